@@ -1,0 +1,31 @@
+# One-command set-up on a fresh machine: every target creates the venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= $(abspath ../shared)
+export RLVR_SHARED := $(SHARED)
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# The main job on an offline default (the real SmolLM2 weights in ../shared/models).
+demo: install
+	$(PY) scripts/generate.py --model $(SHARED)/models/SmolLM2-135M-Instruct.Q4_1.gguf --chat \
+		--prompt "What is the capital of France?" --max_new_tokens 32 --temperature 0
+
+test: install
+	$(VENV)/bin/ruff check rlvr_jax scripts tests configs benchmarks serving
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check rlvr_jax scripts tests configs benchmarks serving
+
+clean:
+	rm -rf $(VENV) .jax_cache .pytest_cache

@@ -1,0 +1,357 @@
+"""One model configuration for every supported decoder family.
+
+GPT-2, the Llama family (Llama 2/3, SmolLM2, Mistral) and Qwen2/Qwen3 differ in a handful of switches
+(norm type, positional scheme, MLP shape, biases, q/k norms, sliding windows). Keeping them in one frozen
+dataclass lets one decoder implementation serve all of them, and lets the config be a static (hashable)
+argument to jitted functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+
+_DTYPES = {
+    "float32": jnp.float32,
+    "fp32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "bf16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "fp16": jnp.float16,
+}
+
+
+def resolve_dtype(name: str | Any) -> Any:
+    """Turns 'bf16' / 'float32' / a jnp dtype into a jnp dtype, with a clear error for anything else."""
+    if not isinstance(name, str):
+        return jnp.dtype(name).type
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a decoder-only transformer, in our own names.
+
+    `family` selects the switches that a checkpoint's `model_type` implies; the switches themselves are
+    explicit fields so that a new family is usually a new row in `from_hf_config`, not new model code.
+    """
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position_embeddings: int = 2048
+    norm_eps: float = 1e-6
+    # Switches that distinguish families.
+    norm_type: str = "rms"  # "rms" | "layer"
+    mlp_type: str = "gated"  # "gated" (SwiGLU: down(act(gate) * up)) | "plain" (fc -> act -> proj)
+    activation: str = "silu"  # "silu" | "gelu_tanh" | "gelu"
+    positional: str = "rope"  # "rope" | "learned"
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    tie_word_embeddings: bool = False
+    # Rotary embeddings.
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # frozen dict of HF rope parameters
+    # Sliding-window attention, per layer (0 = full attention).
+    sliding_windows: tuple[int, ...] | None = None
+    # Token ids.
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    # Dtypes: parameters are stored in `param_dtype`; matmuls run in `dtype`; norms and softmax in fp32.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; supported: {', '.join(FAMILIES)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        resolve_dtype(self.dtype)
+        resolve_dtype(self.param_dtype)
+
+    @property
+    def compute_dtype(self) -> Any:
+        return resolve_dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> Any:
+        return resolve_dtype(self.param_dtype)
+
+    @property
+    def rope_parameters(self) -> dict[str, Any]:
+        return dict(self.rope_scaling or ())
+
+    def window_array(self) -> np.ndarray:
+        """Per-layer sliding window as an int array (0 = none), scanned alongside the layers."""
+        if self.sliding_windows is None:
+            return np.zeros((self.num_layers,), np.int32)
+        return np.asarray(self.sliding_windows, np.int32)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def num_params(self) -> int:
+        """Parameter count, for reports and MFU (embeddings counted once when tied)."""
+        d, h, kv, hd, f, v = (
+            self.hidden_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.intermediate_size,
+            self.vocab_size,
+        )
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        mlp = (3 if self.mlp_type == "gated" else 2) * d * f
+        per_layer = attn + mlp + 2 * d
+        total = self.num_layers * per_layer + v * d + d
+        if not self.tie_word_embeddings:
+            total += v * d
+        if self.positional == "learned":
+            total += self.max_position_embeddings * d
+        return total
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> ModelConfig:
+        """Builds a config from a transformers `config.json` dict (or a GGUF-derived equivalent)."""
+        model_type = hf.get("model_type")
+        if model_type is None:
+            raise ValueError("config.json has no 'model_type'; is this a Hugging Face causal-LM checkpoint?")
+        builder = _HF_BUILDERS.get(model_type)
+        if builder is None:
+            raise ValueError(
+                f"unsupported architecture model_type={model_type!r}; supported: {', '.join(_HF_BUILDERS)}. "
+                "Convert the model to one of these families or open an issue for the new family."
+            )
+        fields = builder(hf)
+        fields.update(_token_ids(hf))
+        fields.update(overrides)
+        return cls(**fields)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The inverse of `from_hf_config`: a config.json dict that transformers loads."""
+        return _to_hf(self)
+
+
+def _token_ids(hf: dict[str, Any]) -> dict[str, Any]:
+    eos = hf.get("eos_token_id")
+    eos_ids = tuple(eos) if isinstance(eos, list | tuple) else ((eos,) if eos is not None else ())
+    return {
+        "bos_token_id": hf.get("bos_token_id"),
+        "eos_token_ids": tuple(int(e) for e in eos_ids),
+        "pad_token_id": hf.get("pad_token_id"),
+    }
+
+
+def _rope(hf: dict[str, Any]) -> tuple[float, tuple[tuple[str, Any], ...] | None]:
+    """Reads rope theta and scaling from either the transformers 4 or the transformers 5 layout."""
+    params = dict(hf.get("rope_parameters") or {})
+    legacy = dict(hf.get("rope_scaling") or {})
+    theta = params.pop("rope_theta", None) or hf.get("rope_theta") or 10000.0
+    scaling = {**legacy, **params}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    scaling.pop("type", None)
+    scaling["rope_type"] = rope_type
+    if rope_type not in ("default", "linear", "llama3"):
+        raise ValueError(f"rope_type={rope_type!r} is not supported yet (supported: default, linear, llama3)")
+    frozen = None if rope_type == "default" else tuple(sorted(scaling.items()))
+    return float(theta), frozen
+
+
+def _llama_like(hf: dict[str, Any], family: str) -> dict[str, Any]:
+    heads = hf["num_attention_heads"]
+    hidden = hf["hidden_size"]
+    theta, scaling = _rope(hf)
+    layers = hf["num_hidden_layers"]
+    windows = _sliding_windows(hf, family, layers)
+    return {
+        "family": family,
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hidden,
+        "num_layers": layers,
+        "num_heads": heads,
+        "num_kv_heads": hf.get("num_key_value_heads") or heads,
+        "head_dim": hf.get("head_dim") or hidden // heads,
+        "intermediate_size": hf["intermediate_size"],
+        "max_position_embeddings": hf.get("max_position_embeddings", 2048),
+        "norm_eps": hf.get("rms_norm_eps", 1e-6),
+        "activation": _activation(hf.get("hidden_act", "silu")),
+        "qkv_bias": bool(hf.get("attention_bias", family == "qwen2") or family == "qwen2"),
+        "out_bias": bool(hf.get("attention_bias", False)) and family in ("llama", "mistral"),
+        "mlp_bias": bool(hf.get("mlp_bias", False)),
+        "qk_norm": family == "qwen3",
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "sliding_windows": windows,
+    }
+
+
+def _sliding_windows(hf: dict[str, Any], family: str, layers: int) -> tuple[int, ...] | None:
+    window = hf.get("sliding_window")
+    if not window:
+        return None
+    if family == "mistral":
+        return (int(window),) * layers
+    layer_types = hf.get("layer_types")
+    if family in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+        if layer_types:
+            return tuple(int(window) if t == "sliding_attention" else 0 for t in layer_types)
+        first_full = hf.get("max_window_layers", layers)
+        return tuple(int(window) if i >= first_full else 0 for i in range(layers))
+    return None
+
+
+def _gpt2(hf: dict[str, Any]) -> dict[str, Any]:
+    hidden = hf.get("n_embd", hf.get("hidden_size"))
+    heads = hf.get("n_head", hf.get("num_attention_heads"))
+    return {
+        "family": "gpt2",
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hidden,
+        "num_layers": hf.get("n_layer", hf.get("num_hidden_layers")),
+        "num_heads": heads,
+        "num_kv_heads": heads,
+        "head_dim": hidden // heads,
+        "intermediate_size": hf.get("n_inner") or 4 * hidden,
+        "max_position_embeddings": hf.get("n_positions", 1024),
+        "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+        "norm_type": "layer",
+        "mlp_type": "plain",
+        "activation": _activation(hf.get("activation_function", "gelu_new")),
+        "positional": "learned",
+        "qkv_bias": True,
+        "out_bias": True,
+        "mlp_bias": True,
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", True)),
+    }
+
+
+def _activation(name: str) -> str:
+    table = {
+        "silu": "silu",
+        "swish": "silu",
+        "gelu_new": "gelu_tanh",
+        "gelu_pytorch_tanh": "gelu_tanh",
+        "gelu_fast": "gelu_tanh",
+        "gelu": "gelu",
+    }
+    if name not in table:
+        raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(table)}")
+    return table[name]
+
+
+_HF_BUILDERS = {
+    "gpt2": _gpt2,
+    "llama": lambda hf: _llama_like(hf, "llama"),
+    "mistral": lambda hf: _llama_like(hf, "mistral"),
+    "qwen2": lambda hf: _llama_like(hf, "qwen2"),
+    "qwen3": lambda hf: _llama_like(hf, "qwen3"),
+}
+
+_ARCHITECTURES = {
+    "gpt2": "GPT2LMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+def _to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    eos: Any = list(cfg.eos_token_ids)
+    eos = eos[0] if len(eos) == 1 else (eos or None)
+    common = {
+        "architectures": [_ARCHITECTURES[cfg.family]],
+        "model_type": cfg.family,
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": cfg.pad_token_id,
+        "torch_dtype": cfg.param_dtype
+        if cfg.param_dtype in ("float32", "bfloat16", "float16")
+        else {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[cfg.param_dtype],
+    }
+    if cfg.family == "gpt2":
+        return {
+            **common,
+            "n_embd": cfg.hidden_size,
+            "n_layer": cfg.num_layers,
+            "n_head": cfg.num_heads,
+            "n_inner": cfg.intermediate_size,
+            "n_positions": cfg.max_position_embeddings,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "activation_function": {"gelu_tanh": "gelu_new", "gelu": "gelu", "silu": "silu"}[cfg.activation],
+        }
+    hidden_act = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[cfg.activation]
+    rope = {"rope_theta": cfg.rope_theta, **(cfg.rope_parameters or {"rope_type": "default"})}
+    out: dict[str, Any] = {
+        **common,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.norm_eps,
+        "hidden_act": hidden_act,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": rope,
+    }
+    if cfg.rope_scaling:
+        out["rope_scaling"] = dict(cfg.rope_parameters)
+    if cfg.family in ("llama", "mistral"):
+        out["attention_bias"] = cfg.qkv_bias
+        out["mlp_bias"] = cfg.mlp_bias
+    if cfg.family == "qwen3":
+        out["attention_bias"] = cfg.qkv_bias
+    if cfg.sliding_windows and any(cfg.sliding_windows):
+        window = max(cfg.sliding_windows)
+        out["sliding_window"] = window
+        if cfg.family in ("qwen2", "qwen3"):
+            out["use_sliding_window"] = True
+            out["layer_types"] = ["sliding_attention" if w else "full_attention" for w in cfg.sliding_windows]
+    return out
+
+
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """Inverse rotary frequencies [head_dim // 2], with the checkpoint's scaling rule applied."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    params = cfg.rope_parameters
+    kind = params.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / float(params["factor"])
+    elif kind == "llama3":
+        factor = float(params["factor"])
+        low = float(params.get("low_freq_factor", 1.0))
+        high = float(params.get("high_freq_factor", 4.0))
+        original = float(params["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        low_wavelen, high_wavelen = original / low, original / high
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (original / wavelen - low) / (high - low)
+        mid = (1 - smooth) * scaled / factor + smooth * scaled
+        is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = np.where(is_mid, mid, scaled)
+    return inv.astype(np.float32)

@@ -1,0 +1,52 @@
+"""rlvr-jax: RL from verifiable rewards (GRPO and relatives) on sharded JAX/Flax models."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+# Lower bounds are the oldest versions we test against: jax 0.10 (CPU CI) and jax 0.11 (the CUDA image).
+INSTALL_REQUIRES = [
+    "jax>=0.10.0",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.4",
+    "numpy>=2.0",
+    "ml_dtypes>=0.5",
+    "transformers>=5.17",
+    "tokenizers>=0.22",
+    "safetensors>=0.5",
+    "huggingface-hub>=1.0",
+    "gguf>=0.17",
+    "sentencepiece>=0.2",
+    "protobuf>=4.0",
+    "datasets>=4.0",
+    "grain>=0.2.12",
+    "ml-collections>=1.0",
+    "tensorboardX>=2.6",
+    "rich>=13.0",
+]
+
+EXTRAS = {
+    # torch (CPU) is only a numerical reference for tests; the framework itself never imports it.
+    "dev": ["pytest>=8.0", "ruff>=0.6", "torch==2.13.0", "scipy>=1.11"],
+}
+
+setup(
+    name="rlvr-jax",
+    version="0.1.0",
+    description="Reinforcement learning from verifiable rewards (GRPO and relatives) in JAX/Flax",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["rlvr_jax", "rlvr_jax.*", "serving", "serving.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

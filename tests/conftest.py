@@ -1,0 +1,39 @@
+"""Shared test set-up: offline, CPU, a persistent compilation cache, and the path to ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ.get("RLVR_JAX_CACHE", str(REPO / ".jax_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def shared_path() -> Path:
+    """../shared (or $RLVR_SHARED): the read-only models and data sets tests use."""
+    return Path(os.environ.get("RLVR_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = shared_path()
+    if not path.is_dir():
+        raise FileNotFoundError(f"shared data folder {path} is missing; set RLVR_SHARED to its location")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf(shared_dir: Path) -> Path:
+    return shared_dir / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
