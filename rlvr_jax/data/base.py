@@ -1,0 +1,52 @@
+"""The task interface: a registry of named verifiable tasks (loader + prompt + reward).
+
+A task turns a data source into a list of samples (dicts with at least `id` and `prompt`, plus whatever
+fields its reward needs, such as `answer` or `test`), and names the reward that scores completions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Sample = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A verifiable task.
+
+    name: registry key used by configs (`data.task`).
+    load: `load(split, path=None, **options) -> list[Sample]`; `path=None` reads the Hugging Face hub,
+      a path reads a local jsonl / json / parquet file or arrow directory.
+    reward: name of the registered reward function that scores this task's completions.
+    system_prompt: optional system message used when the prompt goes through a chat template.
+    splits: the splits the loader can serve.
+    """
+
+    name: str
+    load: Callable[..., list[Sample]]
+    reward: str
+    system_prompt: str | None = None
+    splits: Sequence[str] = ("train", "validation", "test")
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    if task.name in _TASKS and _TASKS[task.name] is not task:
+        raise ValueError(f"task {task.name!r} is registered twice")
+    _TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; registered: {', '.join(sorted(_TASKS)) or '(none)'}")
+    return _TASKS[name]
+
+
+def registered_tasks() -> list[str]:
+    return sorted(_TASKS)

@@ -1,0 +1,307 @@
+"""The rollout engine: batched prefill, then a decode loop that never leaves the device.
+
+`generate` is a pure function of (graphdef, params, prompts, key): prefill the left-padded prompts once
+into a preallocated KV cache, copy each prompt's cache to its G group members, then run a
+`lax.while_loop` that samples one token per row per step and stops early when every row has hit a stop
+token. Shapes are static; `Sampler` rounds prompt lengths and generation lengths up to buckets so that the
+number of compilations stays small and is counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlvr_jax.generate.sampling import sample_tokens
+from rlvr_jax.models.decoder import Decoder, KVCache
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. temperature 0 means greedy; top_k 0 and top_p 1 disable those filters."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class RowParams(NamedTuple):
+    """Per-row sampling parameters as device arrays (so rows of one batch may differ)."""
+
+    temperature: Array
+    top_k: Array
+    top_p: Array
+
+    @classmethod
+    def broadcast(cls, params: SamplingParams, rows: int) -> RowParams:
+        return cls(
+            temperature=jnp.full((rows,), params.temperature, jnp.float32),
+            top_k=jnp.full((rows,), params.top_k, jnp.int32),
+            top_p=jnp.full((rows,), params.top_p, jnp.float32),
+        )
+
+
+class GenerateOutput(NamedTuple):
+    """Generated tokens for B*G rows (group members adjacent: row i*G + g is sample g of prompt i).
+
+    tokens: [rows, N] int32, padded with the pad id after a row stops.
+    logprobs: [rows, N] float32 log-prob of each sampled token (see `sample_tokens`), 0 on padding.
+    mask: [rows, N] bool, True for generated tokens up to and including the stop token.
+    lengths: [rows] number of generated tokens (mask.sum(-1)).
+    finished: [rows] bool, True when the row ended on a stop token (False: hit max_new_tokens).
+    steps: scalar, decode steps run (fewer than N when every row stopped early).
+    """
+
+    tokens: Array
+    logprobs: Array
+    mask: Array
+    lengths: Array
+    finished: Array
+    steps: Array
+
+
+def generate(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    prompt_ids: Array,
+    prompt_mask: Array,
+    key: Array,
+    row_params: RowParams,
+    limit: Array | int | None = None,
+    *,
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+    group_size: int = 1,
+    use_filters: bool = False,
+    cache_dtype: Any = None,
+) -> GenerateOutput:
+    """Samples `group_size` completions for each prompt. Pure; jit it with the keyword args static.
+
+    prompt_ids/prompt_mask: [B, P] left padded. row_params: arrays of shape [B * group_size].
+    limit: decode at most this many tokens (a traced scalar <= max_new_tokens, which sizes the buffers),
+      so requests of different lengths share one compiled bucket without generating past what they asked.
+    """
+    model: Decoder = nnx.merge(graphdef, params)
+    cfg = model.cfg
+    B, P = prompt_ids.shape
+    G, N = group_size, max_new_tokens
+    rows = B * G
+
+    # Prefill each prompt once, then give every group member its own copy of the prompt's cache.
+    cache = KVCache.init(cfg, B, P + N, cache_dtype)
+    hidden, cache = model(prompt_ids, mask=prompt_mask, cache=cache, return_hidden=True)
+    last_logits = model.logits(hidden[:, -1:])[:, 0]  # only the last position's logits are needed
+    if G > 1:
+        cache = cache._replace(
+            k=jnp.repeat(cache.k, G, axis=1),
+            v=jnp.repeat(cache.v, G, axis=1),
+            valid=jnp.repeat(cache.valid, G, axis=0),
+        )
+        last_logits = jnp.repeat(last_logits, G, axis=0)
+
+    stops = jnp.asarray(stop_ids, jnp.int32)
+    key, first_key = jax.random.split(key)
+    token, logprob = sample_tokens(first_key, last_logits, *row_params, use_filters=use_filters)
+
+    tokens = jnp.full((rows, N), pad_id, jnp.int32).at[:, 0].set(token)
+    logprobs = jnp.zeros((rows, N), jnp.float32).at[:, 0].set(logprob)
+    done = jnp.isin(token, stops)
+    mask = jnp.zeros((rows, N), bool).at[:, 0].set(True)
+
+    limit = N if limit is None else jnp.minimum(limit, N)
+
+    def cond(carry):
+        step, _, _, _, done, _, _, _ = carry
+        return (step < limit) & ~jnp.all(done)
+
+    def body(carry):
+        step, tokens, logprobs, mask, done, last, cache, key = carry
+        logits, cache = model(last[:, None], mask=jnp.ones((rows, 1), bool), cache=cache)
+        key, sub = jax.random.split(key)
+        new, lp = sample_tokens(sub, logits[:, 0], *row_params, use_filters=use_filters)
+        active = ~done
+        new = jnp.where(active, new, pad_id)
+        tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, step))
+        logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(active, lp, 0.0)[:, None], (0, step))
+        mask = jax.lax.dynamic_update_slice(mask, active[:, None], (0, step))
+        done = done | (active & jnp.isin(new, stops))
+        return step + 1, tokens, logprobs, mask, done, new, cache, key
+
+    init = (jnp.ones((), jnp.int32), tokens, logprobs, mask, done, token, cache, key)
+    steps, tokens, logprobs, mask, done, _, _, _ = jax.lax.while_loop(cond, body, init)
+    return GenerateOutput(
+        tokens=tokens,
+        logprobs=logprobs,
+        mask=mask,
+        lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32),
+        finished=done,
+        steps=steps,
+    )
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= n (beyond the largest, the next multiple of it)."""
+    for b in buckets:
+        if n <= b:
+            return b
+    top = buckets[-1]
+    return top * math.ceil(n / top)
+
+
+DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+DEFAULT_NEW_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclasses.dataclass
+class Completion:
+    """One decoded sample, for host-side consumers (rewards, evaluation, the server)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finished: bool  # ended on a stop token
+
+
+class Sampler:
+    """Host-side driver: tokenises, buckets shapes, calls the jitted `generate`, decodes.
+
+    Keeps one compiled executable per (batch, prompt bucket, new-token bucket, group, filters) and counts
+    compilations in `compile_count`, so tests and servers can check that recompiles stay bounded.
+    """
+
+    def __init__(
+        self,
+        model: Decoder,
+        tokenizer: Any,
+        *,
+        prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
+        new_token_buckets: Sequence[int] = DEFAULT_NEW_TOKEN_BUCKETS,
+    ):
+        self.graphdef, self.params = nnx.split(model)
+        self.config = model.cfg
+        self.tokenizer = tokenizer
+        self.prompt_buckets = tuple(prompt_buckets)
+        self.new_token_buckets = tuple(new_token_buckets)
+        self.compile_count = 0
+        self._compiled: dict[tuple, Any] = {}
+        self.last_timing: dict[str, float] = {}
+
+    def update_params(self, params: Any) -> None:
+        """Points the sampler at new parameters (same structure): the trainer calls this after a step."""
+        self.params = params
+
+    def _fn(self, key: tuple) -> Any:
+        if key not in self._compiled:
+            _, _, N, G, filters, stops, pad = key
+            self._compiled[key] = jax.jit(
+                functools.partial(
+                    generate,
+                    max_new_tokens=N,
+                    stop_ids=stops,
+                    pad_id=pad,
+                    group_size=G,
+                    use_filters=filters,
+                ),
+                static_argnums=0,
+            )
+            self.compile_count += 1
+        return self._compiled[key]
+
+    def generate_ids(
+        self,
+        prompt_ids: np.ndarray,
+        prompt_mask: np.ndarray,
+        params: SamplingParams,
+        *,
+        seed: int | Array = 0,
+        group_size: int = 1,
+        row_params: RowParams | None = None,
+    ) -> GenerateOutput:
+        """Runs the sampler on already-tokenised, left-padded prompts (padded here up to a bucket)."""
+        B, P = prompt_ids.shape
+        P_b = bucket(P, self.prompt_buckets)
+        N_b = bucket(params.max_new_tokens, self.new_token_buckets)
+        if P_b + N_b > self.config.max_position_embeddings and self.config.positional == "learned":
+            raise ValueError(
+                f"prompt ({P}) + new tokens ({params.max_new_tokens}) exceed the model's "
+                f"{self.config.max_position_embeddings} positions"
+            )
+        pad = self.tokenizer.pad_id
+        ids = np.full((B, P_b), pad, np.int32)
+        mask = np.zeros((B, P_b), bool)
+        ids[:, P_b - P :] = prompt_ids
+        mask[:, P_b - P :] = prompt_mask
+        if row_params is None:
+            row_params = RowParams.broadcast(params, B * group_size)
+        use_filters = bool(params.top_k > 0 or params.top_p < 1.0)
+        fn = self._fn((B, P_b, N_b, group_size, use_filters, tuple(self.tokenizer.stop_ids), pad))
+        key = jax.random.key(seed) if isinstance(seed, int) else seed
+        t0 = time.perf_counter()
+        limit = jnp.asarray(params.max_new_tokens, jnp.int32)
+        out = fn(self.graphdef, self.params, jnp.asarray(ids), jnp.asarray(mask), key, row_params, limit)
+        out = jax.block_until_ready(out)
+        self.last_timing = {"seconds": time.perf_counter() - t0, "steps": int(out.steps)}
+        if N_b != params.max_new_tokens:
+            out = _truncate(out, params.max_new_tokens)
+        return out
+
+    def complete(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams,
+        *,
+        chat: bool = True,
+        system: str | None = None,
+        seed: int = 0,
+        group_size: int = 1,
+    ) -> list[list[Completion]]:
+        """Text in, text out: returns `group_size` completions for each prompt."""
+        texts = [self.tokenizer.format(p, chat=chat, system=system) for p in prompts]
+        ids, mask = self.tokenizer.encode_batch(texts, chat_formatted=chat)
+        out = jax.device_get(self.generate_ids(ids, mask, params, seed=seed, group_size=group_size))
+        results: list[list[Completion]] = []
+        for i in range(len(prompts)):
+            group = []
+            for g in range(group_size):
+                r = i * group_size + g
+                n = int(out.lengths[r])
+                token_ids = [int(t) for t in out.tokens[r, :n]]
+                answer = self.tokenizer.truncate_at_stop(token_ids)
+                group.append(
+                    Completion(
+                        text=self.tokenizer.decode(answer),
+                        token_ids=token_ids,
+                        logprobs=[float(x) for x in out.logprobs[r, :n]],
+                        finished=bool(out.finished[r]),
+                    )
+                )
+            results.append(group)
+        return results
+
+
+def _truncate(out: GenerateOutput, n: int) -> GenerateOutput:
+    """Cuts the unused tail of the bucket off the generation axis (decoding stopped at n already)."""
+    return out._replace(tokens=out.tokens[:, :n], logprobs=out.logprobs[:, :n], mask=out.mask[:, :n])

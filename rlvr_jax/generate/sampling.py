@@ -1,0 +1,67 @@
+"""Choosing the next token from logits: greedy, temperature, top-k and top-p, as pure functions.
+
+Per-row parameters are arrays (not Python constants) so that one compiled sampler serves a batch whose
+rows ask for different temperatures (the inference server batches such requests together).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+_NEG = -1e30
+
+
+def scale_logits(logits: Array, temperature: Array) -> Array:
+    """logits / T per row; rows with T == 0 (greedy) are left unscaled."""
+    t = jnp.where(temperature > 0, temperature, 1.0).astype(jnp.float32)
+    return logits.astype(jnp.float32) / t[:, None]
+
+
+def filter_top_k_top_p(logits: Array, top_k: Array, top_p: Array) -> Array:
+    """Masks (to -inf) the tokens outside each row's top-k and top-p (nucleus) set.
+
+    top_k <= 0 and top_p >= 1 disable the filters. The nucleus is the smallest set of most-probable tokens
+    whose probability reaches top_p; the token that crosses the threshold is kept (standard definition).
+    One descending sort of the vocabulary serves both filters.
+    """
+    vocab = logits.shape[-1]
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    # top-k: the k-th largest logit is the threshold.
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take_along_axis(sorted_logits, (k - 1)[:, None], axis=-1)
+    # top-p: cumulative probability before each sorted token; keep while it is below top_p.
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = before < top_p[:, None]
+    n_keep = jnp.maximum(jnp.sum(keep_sorted, axis=-1), 1)
+    pth = jnp.take_along_axis(sorted_logits, (n_keep - 1)[:, None], axis=-1)
+    threshold = jnp.maximum(kth, pth)
+    return jnp.where(logits >= threshold, logits, _NEG)
+
+
+def sample_tokens(
+    key: Array,
+    logits: Array,
+    temperature: Array,
+    top_k: Array,
+    top_p: Array,
+    *,
+    use_filters: bool,
+) -> tuple[Array, Array]:
+    """Samples one token per row and returns (token ids [B], log-prob [B]).
+
+    The log-prob is that of the chosen token under softmax(logits / T) before top-k/top-p filtering (T = 1
+    for greedy rows): exactly what the trainer recomputes from its own forward pass, so the two can be
+    compared for importance-sampling correction. `use_filters` is static: batches that need no top-k/top-p
+    skip the vocabulary sort entirely.
+    """
+    scaled = scale_logits(logits, temperature)
+    logprobs = jax.nn.log_softmax(scaled, axis=-1)
+    candidates = filter_top_k_top_p(scaled, top_k, top_p) if use_filters else scaled
+    sampled = jax.random.categorical(key, candidates, axis=-1)
+    greedy = jnp.argmax(logits, axis=-1)
+    tokens = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    chosen = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+    return tokens, chosen
