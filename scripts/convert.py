@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     export_hf(loaded.model, out, loaded.tokenizer, dtype=args.dtype)
     cfg = loaded.config
     print(
-        f"wrote {out} ({cfg.family}, {cfg.num_layers} layers, {cfg.num_params() / 1e6:.1f}M parameters, {args.dtype})"
+        f"wrote {out} ({cfg.family}, {cfg.num_layers} layers, "
+        f"{cfg.num_params() / 1e6:.1f}M parameters, {args.dtype})"
     )
     return 0
 
