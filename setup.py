@@ -26,11 +26,14 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0",
     "tensorboardX>=2.6",
     "rich>=13.0",
+    # rewards and procedural tasks (rlvr_jax.rewards.math_answers, rlvr_jax.data.text_tasks)
+    "math-verify>=0.9.0",
+    "reasoning-gym>=0.1.25",
 ]
 
 EXTRAS = {
     # torch (CPU) is only a numerical reference for tests; the framework itself never imports it.
-    "dev": ["pytest>=8.0", "ruff>=0.6", "torch==2.13.0", "scipy>=1.11"],
+    "dev": ["pytest>=8.0", "ruff>=0.6", "torch==2.13.0", "accelerate>=1.0", "scipy>=1.11"],
 }
 
 setup(

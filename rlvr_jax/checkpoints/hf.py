@@ -222,13 +222,24 @@ def tensors_to_params(cfg: ModelConfig, tensors: Tensors, source: str = "checkpo
         used.add(name)
         return np.asarray(tensors[name], dtype=np.float32)
 
+    def convert(name: str, to_ours: _Fn) -> np.ndarray:
+        value = take(name)
+        try:
+            return to_ours(value)
+        except ValueError:  # a reshape to the config's layout failed: the sizes disagree
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {value.shape}, which does not fit the config "
+                f"(hidden_size={cfg.hidden_size}, heads={cfg.num_heads}, kv_heads={cfg.num_kv_heads}, "
+                f"head_dim={cfg.head_dim}); the weights and config.json disagree."
+            ) from None
+
     params: dict[str, Any] = {}
     for hf_name, ours, to_ours, _ in _top_table(cfg):
-        params[ours] = to_ours(take(hf_name))
+        params[ours] = convert(hf_name, to_ours)
     layers: dict[str, list[np.ndarray]] = {}
     for i in range(cfg.num_layers):
         for suffix, ours, to_ours, _ in _layer_table(cfg) + _gpt2_qkv_rows(cfg):
-            layers.setdefault(ours, []).append(to_ours(take(_layer_prefix(cfg, i) + suffix)))
+            layers.setdefault(ours, []).append(convert(_layer_prefix(cfg, i) + suffix, to_ours))
     params["layers"] = {name: np.stack(values) for name, values in layers.items()}
 
     unused = sorted(set(tensors) - used)

@@ -24,6 +24,8 @@ _DTYPES = {
     "bf16": jnp.bfloat16,
     "float16": jnp.float16,
     "fp16": jnp.float16,
+    # For numerical checks against a float64 reference; needs `jax.config.update("jax_enable_x64", True)`.
+    "float64": jnp.float64,
 }
 
 
@@ -354,4 +356,4 @@ def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
         mid = (1 - smooth) * scaled / factor + smooth * scaled
         is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         inv = np.where(is_mid, mid, scaled)
-    return inv.astype(np.float32)
+    return inv

@@ -25,6 +25,11 @@ Array = jax.Array
 _NEG = -1e30  # finite mask value: a fully masked (padding) row gives a uniform softmax, not NaN.
 
 
+def _wide(dtype: Any) -> Any:
+    """Precision for norms, softmax, rotary angles and logits: float32 (float64 when computing in it)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 class KVCache(NamedTuple):
     """Preallocated keys/values for all layers.
 
@@ -179,11 +184,12 @@ class Decoder(nnx.Module):
     def logits(self, hidden: Array) -> Array:
         """Projects hidden states to float32 logits (tied or separate output head)."""
         cfg = self.cfg
+        out = _wide(cfg.compute_dtype)
         if cfg.tie_word_embeddings:
             w = self.embed[...].astype(cfg.compute_dtype)
-            return jnp.einsum("btd,vd->btv", hidden, w, preferred_element_type=jnp.float32)
+            return jnp.einsum("btd,vd->btv", hidden, w, preferred_element_type=out)
         w = self.lm_head[...].astype(cfg.compute_dtype)
-        return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=out)
 
 
 def positions_from_mask(mask: Array) -> Array:
@@ -206,7 +212,7 @@ def forward_hidden(
         x = x + jnp.take(params["pos_embed"], positions, axis=0).astype(dt)
         rope = None
     else:
-        rope = _rope_tables(cfg, positions)
+        rope = _rope_tables(cfg, positions, _wide(dt))
 
     T = tokens.shape[1]
     if cache is None:
@@ -292,7 +298,7 @@ def attention(q: Array, k: Array, v: Array, q_slots: Array, k_valid: Array, wind
     B, T, H, Dh = q.shape
     S, K = k.shape[1], k.shape[2]
     qg = q.reshape(B, T, K, H // K, Dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=_wide(q.dtype))
     scores = scores * (Dh**-0.5)
     k_slots = jnp.arange(S, dtype=jnp.int32)
     diff = q_slots[:, None] - k_slots[None, :]
@@ -304,9 +310,9 @@ def attention(q: Array, k: Array, v: Array, q_slots: Array, k_valid: Array, wind
     return out.reshape(B, T, H, Dh)
 
 
-def _rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
-    inv = jnp.asarray(rope_frequencies(cfg))
-    angles = positions[..., None].astype(jnp.float32) * inv  # [B, T, Dh/2]
+def _rope_tables(cfg: ModelConfig, positions: Array, dtype: Any) -> tuple[Array, Array]:
+    inv = jnp.asarray(rope_frequencies(cfg), dtype)
+    angles = positions[..., None].astype(dtype) * inv  # [B, T, Dh/2]
     return jnp.cos(angles), jnp.sin(angles)
 
 
@@ -314,14 +320,14 @@ def _apply_rope(x: Array, rope: tuple[Array, Array]) -> Array:
     """Rotates the two halves of each head (the Hugging Face 'rotate_half' layout)."""
     cos, sin = rope
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(cos.dtype)
     x1, x2 = jnp.split(x32, 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
 
 
 def _rms(x: Array, scale: Array, eps: float) -> Array:
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(_wide(x.dtype))
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return (y.astype(x.dtype) * scale.astype(x.dtype)).astype(x.dtype)
 
@@ -329,11 +335,11 @@ def _rms(x: Array, scale: Array, eps: float) -> Array:
 def _norm(cfg: ModelConfig, x: Array, scale: Array, bias: Array | None) -> Array:
     if cfg.norm_type == "rms":
         return _rms(x, scale, cfg.norm_eps)
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(_wide(x.dtype))
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(jnp.float32)
-    return (y + bias.astype(jnp.float32)).astype(x.dtype)
+    y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(x32.dtype)
+    return (y + bias.astype(x32.dtype)).astype(x.dtype)
 
 
 def _activate(name: str, x: Array) -> Array:
