@@ -1,0 +1,190 @@
+"""The jitted sampler on a tiny random model: distributions, log-probs, stopping, groups, recompiles."""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from rlvr_jax.generate import Sampler, SamplingParams
+from rlvr_jax.generate.sampling import filter_top_k_top_p
+from rlvr_jax.models import ModelConfig, init_model
+
+VOCAB = 24
+CFG = ModelConfig(
+    family="llama",
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+)
+PAD = 0
+
+
+def _tokenizer(stop_ids=(1,)):
+    return types.SimpleNamespace(pad_id=PAD, stop_ids=tuple(stop_ids))
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = init_model(CFG, seed=3)
+    # Sharper logits than the 0.02-std initialisation gives, so distributions are far from uniform.
+    m.embed[...] = m.embed[...] * 40.0
+    return m
+
+
+def _prompts():
+    ids = np.array([[0, 0, 5, 6, 7], [0, 8, 9, 10, 11], [12, 13, 14, 15, 16]], np.int32)
+    return ids, ids != PAD
+
+
+def _first_token_probs(model, ids, mask, temperature):
+    logits, _ = model(jnp.asarray(ids), mask=jnp.asarray(mask))
+    return np.asarray(jax.nn.softmax(logits[:, -1] / temperature, axis=-1))
+
+
+def test_logprobs_equal_a_full_forward_pass(model):
+    sampler = Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,)))  # no stop: every row runs to the end
+    ids, mask = _prompts()
+    T = 0.8
+    out = jax.device_get(
+        sampler.generate_ids(ids, mask, SamplingParams(temperature=T, max_new_tokens=6), group_size=2)
+    )
+    assert out.tokens.shape == (6, 6) and out.mask.all()
+    full_ids = np.concatenate([np.repeat(ids, 2, axis=0), out.tokens], axis=1)
+    full_mask = np.concatenate([np.repeat(mask, 2, axis=0), out.mask], axis=1)
+    logits, _ = model(jnp.asarray(full_ids), mask=jnp.asarray(full_mask))
+    logp = np.asarray(jax.nn.log_softmax(logits / T, axis=-1))
+    P = ids.shape[1]
+    # The token at position P + t was predicted by the logits at position P + t - 1.
+    expected = np.take_along_axis(logp[:, P - 1 : -1], out.tokens[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(out.logprobs, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (5, 1.0), (0, 0.7), (6, 0.8)])
+def test_sampled_frequencies_match_the_filtered_softmax(model, top_k, top_p):
+    ids, mask = _prompts()
+    ids, mask = ids[:1], mask[:1]
+    T = 1.3
+    n = 4000
+    sampler = Sampler(model, _tokenizer())
+    params = SamplingParams(temperature=T, top_k=top_k, top_p=top_p, max_new_tokens=1)
+    out = jax.device_get(sampler.generate_ids(ids, mask, params, seed=7, group_size=n))
+    counts = np.bincount(out.tokens[:, 0], minlength=VOCAB)
+
+    logits, _ = model(jnp.asarray(ids), mask=jnp.asarray(mask))
+    scaled = logits[:, -1] / T
+    kept = filter_top_k_top_p(scaled, jnp.array([top_k]), jnp.array([top_p], jnp.float32))
+    probs = np.asarray(jax.nn.softmax(kept, axis=-1))[0]
+    support = probs > 1e-9
+    if top_k:
+        assert support.sum() == top_k
+    assert counts[~support].sum() == 0, "a token outside the top-k / top-p set was sampled"
+    # Chi-square over the support, merging tiny-expectation cells into one.
+    expected = probs[support] * n
+    observed = counts[support]
+    big = expected >= 5
+    obs = np.append(observed[big], observed[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    exp = exp.astype(np.float64) * obs.sum() / exp.sum()
+    exp[-1] += obs.sum() - exp.sum()  # exact float equality of the totals, as scipy requires
+    p = stats.chisquare(obs, exp).pvalue
+    assert p > 1e-3, f"chi-square p={p:.2e}; observed {obs}, expected {exp.round(1)}"
+
+
+def test_top_p_keeps_the_token_that_crosses_the_threshold():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept = filter_top_k_top_p(logits, jnp.array([0]), jnp.array([0.6]))
+    assert np.isfinite(np.asarray(kept)[0, :2]).all() and (np.asarray(kept)[0, 2:] < -1e29).all()
+    kept = filter_top_k_top_p(logits, jnp.array([0]), jnp.array([0.5]))
+    assert (np.asarray(kept)[0, 1:] < -1e29).all()
+
+
+def test_group_samples_have_the_distribution_of_independent_samples(model):
+    ids, mask = _prompts()
+    prompt, pmask = ids[1:2], mask[1:2]
+    n = 3000
+    sampler = Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,)))
+    params = SamplingParams(temperature=1.0, max_new_tokens=2)
+    grouped = jax.device_get(sampler.generate_ids(prompt, pmask, params, seed=1, group_size=n))
+    independent = jax.device_get(
+        sampler.generate_ids(np.repeat(prompt, n, 0), np.repeat(pmask, n, 0), params, seed=2)
+    )
+    for step in range(2):
+        a = np.bincount(grouped.tokens[:, step], minlength=VOCAB)
+        b = np.bincount(independent.tokens[:, step], minlength=VOCAB)
+        keep = (a + b) >= 10
+        table = np.stack([np.append(a[keep], a[~keep].sum()), np.append(b[keep], b[~keep].sum())])
+        table = table[:, table.sum(0) > 0]
+        p = stats.chi2_contingency(table).pvalue
+        assert p > 1e-3, f"step {step}: grouped vs independent differ (p={p:.2e})"
+    # And group members are not copies of each other.
+    assert len({tuple(r) for r in grouped.tokens}) > n // 10
+
+
+def test_rows_stop_on_stop_tokens_and_are_masked(model):
+    ids, mask = _prompts()
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    free = jax.device_get(Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,))).generate_ids(ids, mask, greedy))
+    # Make row 0's third token a stop token; rows whose greedy path never produces it run to the end.
+    stop = int(free.tokens[0, 2])
+    out = jax.device_get(Sampler(model, _tokenizer(stop_ids=(stop,))).generate_ids(ids, mask, greedy))
+    for r in range(3):
+        hits = np.flatnonzero(free.tokens[r] == stop)
+        if hits.size:
+            n = hits[0] + 1
+            assert out.finished[r] and out.lengths[r] == n
+            np.testing.assert_array_equal(out.tokens[r, :n], free.tokens[r, :n])
+            assert (out.tokens[r, n:] == PAD).all() and not out.mask[r, n:].any()
+            assert (out.logprobs[r, n:] == 0).all()
+        else:
+            assert not out.finished[r] and out.lengths[r] == 8
+    assert out.lengths[0] == 3
+
+
+def test_early_exit_when_every_row_is_done(model):
+    ids, mask = _prompts()
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    free = jax.device_get(Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,))).generate_ids(ids, mask, greedy))
+    stops = tuple(int(t) for t in free.tokens[:, 1])  # every row stops at its second token
+    out = jax.device_get(Sampler(model, _tokenizer(stop_ids=stops)).generate_ids(ids, mask, greedy))
+    assert int(out.steps) <= 2 and out.finished.all()
+
+
+def test_same_seed_same_samples_and_bounded_recompiles(model):
+    sampler = Sampler(
+        model, _tokenizer(stop_ids=(VOCAB + 5,)), prompt_buckets=(8, 16), new_token_buckets=(8,)
+    )
+    ids, mask = _prompts()
+    params = SamplingParams(temperature=1.0, max_new_tokens=5)
+    a = jax.device_get(sampler.generate_ids(ids, mask, params, seed=11))
+    b = jax.device_get(sampler.generate_ids(ids, mask, params, seed=11))
+    c = jax.device_get(sampler.generate_ids(ids, mask, params, seed=12))
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert (a.tokens != c.tokens).any()
+    # Other prompt lengths and generation lengths inside the same buckets reuse the executable.
+    sampler.generate_ids(ids[:, 1:], mask[:, 1:], SamplingParams(temperature=1.0, max_new_tokens=3))
+    sampler.generate_ids(ids[:, 2:], mask[:, 2:], SamplingParams(temperature=1.0, max_new_tokens=8))
+    assert sampler.compile_count == 1
+    assert a.tokens.shape == (3, 5)
+    longer = np.concatenate([ids, ids], axis=1)
+    sampler.generate_ids(longer, longer != PAD, params)
+    assert sampler.compile_count == 2  # the 16 bucket
+
+
+def test_sampling_params_are_validated():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingParams(max_new_tokens=0)
