@@ -1,0 +1,150 @@
+"""Short-answer rewards: `qa_em` / `qa_f1` (open QA, SQuAD-normalised) and `label` (sentiment classification).
+
+The model's answer is the text of an `<answer>...</answer>` tag, else what follows the last "Answer:",
+else the first non-empty line: models tend to answer first and explain after, and scoring the explanation
+would reward verbosity under F1 and fail under EM.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rlvr_jax.rewards.base import RewardResult, register_reward
+from rlvr_jax.rewards.shaping import score_batch
+
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
+_ANSWER_LINE_RE = re.compile(r"(?:^|\b)(?:final\s+)?answer\s*:\s*([^\n]*)", re.IGNORECASE)
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lowercase, drop punctuation, drop the articles a/an/the, squeeze whitespace."""
+    text = text.lower().translate(_PUNCTUATION)
+    return " ".join(_ARTICLES_RE.sub(" ", text).split())
+
+
+def extract_short_answer(text: str) -> str:
+    """The answer part of a completion (see the module docstring for the order)."""
+    tags = _ANSWER_TAG_RE.findall(text)
+    if tags and tags[-1].strip():
+        return tags[-1].strip()
+    lines = _ANSWER_LINE_RE.findall(text)
+    if lines and lines[-1].strip():
+        return lines[-1].strip()
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """SQuAD token F1 of the normalised strings; two empty answers agree (1), one empty one does not (0)."""
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def gold_answers(sample: Mapping[str, Any]) -> list[str]:
+    """Accepted answers of a sample: `answers` (a list), else `answer` (a string or a list)."""
+    golds = sample.get("answers", sample.get("answer"))
+    if isinstance(golds, str):
+        golds = [golds]
+    if not isinstance(golds, Sequence):
+        return []
+    return [g for g in golds if isinstance(g, str)]
+
+
+def _qa_reward(
+    completions: Sequence[Any], samples: Sequence[Mapping[str, Any]], metric: Any, name: str
+) -> RewardResult:
+    def one(text: str, sample: Mapping[str, Any]) -> tuple[float, str]:
+        golds = gold_answers(sample)
+        if not golds:
+            return 0.0, "sample has no 'answers'"
+        prediction = extract_short_answer(text)
+        if not prediction:
+            return 0.0, "no answer found"
+        score, best = max((metric(prediction, g), g) for g in golds)
+        return score, f"{name} {score:.3f}: {prediction[:60]!r} vs {best[:60]!r}"
+
+    return score_batch(completions, samples, one)
+
+
+@register_reward("qa_em")
+def qa_em_reward(completions: Sequence[Any], samples: Sequence[Mapping[str, Any]], **_: Any) -> RewardResult:
+    """1 where the normalised answer equals any accepted answer (max over `answers`)."""
+    return _qa_reward(completions, samples, exact_match, "EM")
+
+
+@register_reward("qa_f1")
+def qa_f1_reward(completions: Sequence[Any], samples: Sequence[Mapping[str, Any]], **_: Any) -> RewardResult:
+    """Best token F1 of the normalised answer against the accepted answers: partial credit for near misses."""
+    return _qa_reward(completions, samples, token_f1, "F1")
+
+
+# ---------------------------------------------------------------------------------------------- labels
+
+# Words a sentiment classifier may answer with, and the label id each stands for.
+DEFAULT_LABEL_WORDS: dict[str, int] = {"positive": 1, "negative": 0, "pos": 1, "neg": 0}
+_LABEL_ANCHOR_RE = re.compile(r"\b(?:answer|sentiment|label)\s*(?:is)?\s*:?", re.IGNORECASE)
+
+
+def gold_label(value: Any, label_words: Mapping[str, int]) -> int | None:
+    """A sample's label as an int: 0/1 ints, "0"/"1" strings (IMDb copies) or a label word."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return label_words.get(text)
+    return None
+
+
+def predicted_label(text: str, label_words: Mapping[str, int]) -> int | None:
+    """The label the completion gives: the first label word after the last "Answer:/Sentiment:" (or in the
+    whole text without one), or a bare label id such as "1" as the entire answer."""
+    anchors = list(_LABEL_ANCHOR_RE.finditer(text))
+    region = text[anchors[-1].end() :] if anchors else text
+    bare = region.strip().strip(string.punctuation + " \n")
+    if len(bare) <= 3 and bare.lstrip("-").isdigit() and int(bare) in label_words.values():
+        return int(bare)
+    words = "|".join(re.escape(w) for w in sorted(label_words, key=len, reverse=True))
+    found = re.search(rf"\b({words})\b", region, re.IGNORECASE)
+    return label_words[found[1].lower()] if found else None
+
+
+@register_reward("label")
+def label_reward(
+    completions: Sequence[Any],
+    samples: Sequence[Mapping[str, Any]],
+    label_words: Mapping[str, int] | None = None,
+    **_: Any,
+) -> RewardResult:
+    """1 where the completion names the sample's `label` (positive/negative words or the label id)."""
+    words = {k.lower(): int(v) for k, v in (label_words or DEFAULT_LABEL_WORDS).items()}
+
+    def one(text: str, sample: Mapping[str, Any]) -> tuple[float, str]:
+        gold = gold_label(sample.get("label"), words)
+        if gold is None:
+            return 0.0, f"sample label {sample.get('label')!r} is not a known label"
+        pred = predicted_label(text, words)
+        if pred is None:
+            return 0.0, "no label in the completion"
+        return (1.0, f"correct label {pred}") if pred == gold else (0.0, f"wrong label {pred}, gold {gold}")
+
+    return score_batch(completions, samples, one)

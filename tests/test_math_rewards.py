@@ -1,0 +1,265 @@
+"""`numeric` (GSM8K-style) and `math` (math-verify) rewards: gold solutions, tricky formats, bad input."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlvr_jax.data import get_task
+from rlvr_jax.rewards import get_reward
+
+
+def score(name: str, completion: object, gold: object, **options: object) -> tuple[float, str]:
+    result = get_reward(name)([completion], [{"answer": gold}], **options)
+    return float(result.scores[0]), result.reasons[0]
+
+
+@pytest.fixture(scope="module")
+def gsm8k_test(shared_dir: Path) -> list[dict]:
+    return get_task("gsm8k").load("test", shared_dir / "data" / "gsm8k")
+
+
+@pytest.fixture(scope="module")
+def math500(shared_dir: Path) -> list[dict]:
+    return get_task("math").load("test", shared_dir / "data" / "math500")
+
+
+# ---------------------------------------------------------------------------------------------- numeric
+
+
+def test_gsm8k_reference_solutions_all_score_one(gsm8k_test: list[dict]) -> None:
+    assert len(gsm8k_test) == 1319
+    result = get_reward("numeric")([s["solution"] for s in gsm8k_test], gsm8k_test)
+    failures = [
+        (s["id"], r) for s, x, r in zip(gsm8k_test, result.scores, result.reasons, strict=True) if x != 1.0
+    ]
+    assert not failures, failures[:5]
+    assert result.scores.dtype == np.float32 and result.scores.shape == (1319,)
+
+
+def test_numeric_is_fast(gsm8k_test: list[dict]) -> None:
+    """The training loop scores every completion of every step; GSM8K must go at thousands per second."""
+    completions = [s["solution"] for s in gsm8k_test]
+    start = time.perf_counter()
+    get_reward("numeric")(completions, gsm8k_test)
+    rate = len(completions) / (time.perf_counter() - start)
+    assert rate > 2000, f"{rate:.0f} samples/s"
+
+
+CORRECT = [
+    ("#### 18", "18"),
+    ("Janet sells 9 eggs.\nShe makes 9 * 2 = $18.\n#### 18", "18"),
+    ("The answer is 18.", "18"),
+    ("\\boxed{18}", "18"),
+    ("The final answer is $\\boxed{70}$.", "70"),
+    ("#### 1,000", "1000"),
+    ("She pays $1,234.50 in total.\n#### 1,234.50", "1234.5"),
+    ("It costs $2,500,000 in total.", "2500000"),
+    ("The answer is $5.", "5"),
+    ("The answer is 5 dollars", "5"),
+    ("The answer is 5%.", "5"),
+    ("#### -5", "-5"),
+    ("The answer is −5", "-5"),  # Unicode minus
+    ("The temperature drops to -10 degrees.", "-10"),
+    ("#### 5.0", "5"),
+    ("#### 5.00", "5.0"),
+    ("\\boxed{\\frac{1}{2}}", "0.5"),
+    ("The answer is 1/2", "0.5"),
+    ("\\boxed{\\dfrac{3}{4}}", "0.75"),
+    ("\\boxed{-\\frac{3}{4}}", "-0.75"),
+    ("\\boxed{\\tfrac12}", "0.5"),
+    ("\\boxed{1{,}000}", "1000"),
+    ("\\boxed{\\$18}", "18"),
+    ("\\boxed{18 \\text{ dollars}}", "18"),
+    ("\\boxed{18\\%}", "18"),
+    ("\\boxed{x = 7}", "7"),
+    ("Final answer: 42", "42"),
+    ("The answer is: **25**", "25"),
+    ("answer = 0.25", "1/4"),
+    ("The answer is 5 - 3 = 2.", "2"),
+    ("The answer is 5 because 2 + 3 = 5.", "5"),
+    ("So she has 3 + 4 = 7 apples.", "7"),
+    ("#### 36\n\nHope this helps! Ask me 2 more questions.", "36"),
+    ("#### 007", "7"),
+    ("#### .5", "0.5"),
+    ("#### **18**", "18"),
+    ("#### 18 dollars (9 * 2)", "18"),  # the first number of a '####' line, as GSM8K's evaluation reads it
+    ("#### 9 * 2 = 18", "18"),
+    ("So the total is 18. #### 18", "18"),
+    # markdown headings are not '####' answers
+    ("#### Step 1: eggs left\n16 - 3 - 4 = 9\n#### Step 2: money\n9 * 2 = 18\nThe answer is 18.", "18"),
+    ("#### 1. Eggs left\n16 - 3 - 4 = 9\n#### 2. Money\n9 * 2 = 18\n\\boxed{18}", "18"),
+    ("After 12 weeks she has 3 * 12 = 36 dollars.\nThe answer is 36", 36),  # an int gold
+]
+
+WRONG = [
+    ("#### 12", "1.2"),
+    ("#### 1.19", "1.2"),
+    ("#### -5", "5"),
+    ("#### 5", "-5"),
+    ("The answer is 18.5", "18"),
+    ("#### 1000", "100"),
+    ("\\boxed{18}", "81"),
+    # the gold number appears only where the question is restated; the final answer is wrong
+    ("Janet's ducks lay 16 eggs and she earns 18 dollars? Let's check: 9 * 2 = 20. The answer is 20.", "18"),
+    # two numbers, the last (the final answer) wrong
+    ("First I got 18, but recomputing gives 19.", "18"),
+    ("#### 18\n#### 20", "18"),  # the last '####' counts
+    ("The total is 18. \\boxed{20}", "18"),  # a marked answer beats an earlier number
+    ("\\boxed{5 \\text{ or } 6}", "5"),  # hedging
+    ("#### 5 or 6", "5"),
+    ("I cannot solve this.", "5"),
+]
+
+
+@pytest.mark.parametrize(("completion", "gold"), CORRECT)
+def test_numeric_accepts(completion: str, gold: object) -> None:
+    value, reason = score("numeric", completion, gold)
+    assert value == 1.0, reason
+
+
+@pytest.mark.parametrize(("completion", "gold"), WRONG)
+def test_numeric_rejects(completion: str, gold: str) -> None:
+    value, reason = score("numeric", completion, gold)
+    assert value == 0.0, reason
+
+
+def test_numeric_tolerance_is_opt_in() -> None:
+    assert score("numeric", "#### 3.3333", "10/3")[0] == 0.0
+    assert score("numeric", "#### 3.3333", "10/3", rel_tol=1e-4)[0] == 1.0
+
+
+def test_numeric_reasons_say_where_the_answer_came_from() -> None:
+    assert "####" in score("numeric", "#### 18", "18")[1]
+    assert "boxed" in score("numeric", "\\boxed{3}", "18")[1]
+    assert "no number" in score("numeric", "no idea", "18")[1]
+    assert "no 'answer'" in get_reward("numeric")(["#### 1"], [{}]).reasons[0]
+
+
+BAD_COMPLETIONS = [
+    None,
+    "",
+    "   \n\t",
+    b"\xff\xfe\x00\x01",  # binary
+    "#### 18 \udcff",  # lone surrogate (what a bad decode leaves behind)
+    "#### 18" + "9" * 300_000,  # huge
+    "#### 18\x00\x00",
+    12345,
+]
+
+
+@pytest.mark.parametrize("name", ["numeric", "math"])
+def test_bad_completions_score_zero_with_a_reason(name: str) -> None:
+    samples = [{"answer": "18"}] * len(BAD_COMPLETIONS)
+    result = get_reward(name)(BAD_COMPLETIONS, samples)
+    assert result.scores.tolist() == [0.0] * len(BAD_COMPLETIONS)
+    assert all(result.reasons), result.reasons
+
+
+def test_valid_utf8_bytes_are_decoded() -> None:
+    assert score("numeric", b"#### 18", "18")[0] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- math
+
+
+def test_math500_gold_solutions_score_one(math500: list[dict]) -> None:
+    assert len(math500) == 500
+    result = get_reward("math")([s["solution"] for s in math500], math500)
+    failures = [
+        (s["id"], s["answer"], r)
+        for s, x, r in zip(math500, result.scores, result.reasons, strict=True)
+        if x != 1
+    ]
+    print(f"MATH-500 gold solutions scoring 1.0: {int(result.scores.sum())}/500; failures: {failures}")
+    assert result.scores.sum() >= 495, failures
+
+
+EQUIVALENT = [
+    ("The answer is $\\boxed{0.5}$", "\\frac{1}{2}"),
+    ("$\\boxed{\\frac{1}{2}}$", "0.5"),
+    ("$\\boxed{\\dfrac{1}{2}}$", "\\frac12"),
+    ("$\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("$\\boxed{(3, \\pi/2)}$", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("$\\boxed{2\\sqrt{2}}$", "\\sqrt{8}"),
+    ("so $x = \\boxed{\\frac{6}{4}}$", "\\frac{3}{2}"),
+    ("$\\boxed{x^2+2x+1}$", "(x+1)^2"),
+    ("\\boxed{10\\%}", "0.1"),
+    ("$\\boxed{\\text{(C)}}$", "\\text{(C)}"),
+]
+
+NOT_EQUIVALENT = [
+    ("$\\boxed{0.51}$", "\\frac{1}{2}"),
+    ("$\\boxed{\\frac{2}{1}}$", "\\frac{1}{2}"),
+    ("$\\boxed{(3, \\pi)}$", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("$\\boxed{x^2+1}$", "(x+1)^2"),
+    ("$\\boxed{-2}$", "2"),
+    ("no answer at all", "2"),
+]
+
+
+@pytest.mark.parametrize(("completion", "gold"), EQUIVALENT)
+def test_math_accepts_equivalent_forms(completion: str, gold: str) -> None:
+    value, reason = score("math", completion, gold)
+    assert value == 1.0, reason
+
+
+@pytest.mark.parametrize(("completion", "gold"), NOT_EQUIVALENT)
+def test_math_rejects_wrong_answers(completion: str, gold: str) -> None:
+    value, reason = score("math", completion, gold)
+    assert value == 0.0, reason
+
+
+def test_integer_shortcut_agrees_with_math_verify(math500: list[dict]) -> None:
+    """The sympy-free path for integer answers must give math-verify's verdict wherever it applies."""
+    from rlvr_jax.rewards.math_answers import integer_shortcut, math_verify_one
+
+    golds = [s for s in math500 if re.fullmatch(r"-?\d+", s["answer"])][:80]
+    cases = [(s["solution"], s["answer"]) for s in golds]
+    cases += [(f"So $\\boxed{{{int(s['answer']) + 1}}}$.", s["answer"]) for s in golds]
+    cases += [(f"\\boxed{{ 0{s['answer'].lstrip('-')} }}", s["answer"]) for s in golds]
+    cases += [
+        ("\\boxed{3} or \\boxed{4}", "4"),
+        ("The final answer is $4$. \\boxed{3}", "4"),
+        ("\\boxed{3.0}", "3"),
+    ]
+    decided = 0
+    for text, gold in cases:
+        fast = integer_shortcut(text, gold)
+        if fast is not None:
+            decided += 1
+            assert fast[0] == math_verify_one(text, gold)[0], (text[-80:], gold, fast)
+    assert decided >= 150
+
+
+def test_math_gold_from_boxed_solution() -> None:
+    sample = {"solution": "so we get $\\boxed{\\frac{1}{3}}$."}
+    assert get_reward("math")(["\\boxed{1/3}"], [sample]).scores[0] == 1.0
+
+
+def test_math_from_a_worker_thread() -> None:
+    """math-verify's SIGALRM timeouts would raise off the main thread; the reward switches them off there."""
+    results = []
+    worker = threading.Thread(target=lambda: results.append(score("math", "$\\boxed{\\frac{2}{4}}$", "0.5")))
+    worker.start()
+    worker.join(60)
+    assert results and results[0][0] == 1.0, results
+
+
+@pytest.mark.parametrize("error", ["timeout", "crash"])
+def test_math_verify_failures_score_zero(monkeypatch: pytest.MonkeyPatch, error: str) -> None:
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    def broken_parse(*args: object, **kwargs: object) -> list:
+        raise TimeoutException("slow") if error == "timeout" else RecursionError("deep")
+
+    monkeypatch.setattr(math_verify, "parse", broken_parse)
+    value, reason = score("math", "\\boxed{0.5}", "\\frac{1}{2}")  # not an integer: math-verify runs
+    assert value == 0.0
+    assert ("timed out" if error == "timeout" else "could not parse") in reason
