@@ -21,6 +21,14 @@ jax.config.update("jax_compilation_cache_dir", os.environ.get("RLVR_JAX_CACHE", 
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here because pyproject.toml's [tool.pytest.ini_options] has no markers list yet.
+    config.addinivalue_line(
+        "markers",
+        "qwen_coder: needs the Qwen2.5-Coder GGUF ($RLVR_QWEN_CODER_GGUF; ../shared/tools/fetch-qwen-coder)",
+    )
+
+
 def shared_path() -> Path:
     """../shared (or $RLVR_SHARED): the read-only models and data sets tests use."""
     return Path(os.environ.get("RLVR_SHARED", REPO.parent / "shared")).resolve()

@@ -1,0 +1,172 @@
+"""Score pre-generated completions for any registered task and print the pass rate / mean reward.
+
+    python scripts/score.py --task humaneval --samples samples.jsonl [--data ../shared/data] [--out r.jsonl]
+
+Samples are jsonl, one completion per line, joined to the task's data by id: the human-eval format
+(`task_id`, `completion`; for HumanEval the completion continues the prompt, for MBPP it is the whole
+program) or `id` + `completion` for any task. Several completions per id are fine (pass@1 over all of
+them). `--data` is the local data file or folder (default: the task's Hugging Face hub source); `--split`
+picks the split the ids come from (default test). `--out` writes one row per sample, in input order: the
+input row plus `passed` (reward >= 1), `reward` and `reason`.
+
+Errors that are the input's fault (unknown task or ids, unreadable files, missing fields, a data file of the
+wrong schema) stop with a one-line message naming the problem and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rlvr_jax.data import get_task, registered_tasks  # noqa: E402
+from rlvr_jax.data.loaders import DataError  # noqa: E402
+from rlvr_jax.rewards import RewardResult, get_reward  # noqa: E402
+from rlvr_jax.rewards.sandbox import score_async  # noqa: E402
+
+PROGRESS_MIN_SAMPLES = 64  # below this a progress bar is noise
+CHUNK = 64  # samples per reward call: small enough for a live progress bar, big enough to fill the pool
+
+
+class InputError(Exception):
+    """A problem with what the user passed; reported as one line, without a traceback."""
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl / .jsonl.gz file; each must be an object with an id and a `completion`."""
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read samples file {path}: {e}") from e
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}, line {number}: not valid JSON ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise InputError(f"{path}, line {number}: expected a JSON object, found {type(row).__name__}")
+        if "task_id" not in row and "id" not in row:
+            raise InputError(f"{path}, line {number}: no 'task_id' (or 'id') field; it has {sorted(row)}")
+        if "completion" not in row:
+            raise InputError(f"{path}, line {number}: no 'completion' field; it has {sorted(row)}")
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{path} holds no samples")
+    return rows
+
+
+def sample_id(row: Mapping[str, Any]) -> str:
+    """The join key: human-eval's `task_id`, else `id`, as text (MBPP task ids are ints in some files)."""
+    return str(row["task_id"] if "task_id" in row else row["id"])
+
+
+def join(
+    rows: Sequence[Mapping[str, Any]], data: Sequence[Mapping[str, Any]], where: str
+) -> list[Mapping[str, Any]]:
+    """The task sample for each row, in row order; unknown ids are an error that lists some of them."""
+    by_id = {str(sample["id"]): sample for sample in data}
+    unknown = sorted({sample_id(r) for r in rows} - by_id.keys())
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        example = next(iter(by_id), "(none)")
+        raise InputError(
+            f"{len(unknown)} sample id(s) not in {where}: {shown} (its ids look like {example!r})"
+        )
+    return [by_id[sample_id(r)] for r in rows]
+
+
+def score(
+    reward_name: str, completions: list[Any], samples: list[Mapping[str, Any]], options: dict
+) -> RewardResult:
+    """Scores in chunks submitted together (the sandbox pool stays full); a rich progress bar when big."""
+    reward = get_reward(reward_name)
+    chunks = [slice(i, i + CHUNK) for i in range(0, len(samples), CHUNK)]
+    futures = [score_async(reward, completions[c], samples[c], **options) for c in chunks]
+    if len(samples) >= PROGRESS_MIN_SAMPLES:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            bar = progress.add_task("scoring", total=len(samples))
+            for chunk, future in zip(chunks, futures, strict=True):
+                future.result()
+                progress.advance(bar, len(samples[chunk]))
+    results = [f.result() for f in futures]
+    scores = [s for r in results for s in r.scores.tolist()]
+    reasons = [why for r in results for why in r.reasons]
+    return RewardResult(scores, reasons)
+
+
+def summary(task: str, rows: Sequence[Mapping[str, Any]], result: RewardResult) -> str:
+    n = len(rows)
+    passed = int((result.scores >= 1.0).sum())
+    problems = len({sample_id(r) for r in rows})
+    return (
+        f"{task}: {n} samples over {problems} problems; passed {passed}/{n} = {passed / n:.2%}; "
+        f"mean reward {float(result.scores.mean()):.4f}"
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", required=True, help=f"registered task: {', '.join(registered_tasks())}")
+    parser.add_argument("--samples", required=True, type=Path, help="jsonl of {task_id|id, completion}")
+    parser.add_argument("--data", default=None, help="local data file or folder (default: the hub)")
+    parser.add_argument("--split", default="test", help="split the sample ids come from (default test)")
+    parser.add_argument("--out", type=Path, default=None, help="write per-sample results (jsonl) here")
+    parser.add_argument("--timeout", type=float, default=None, help="per-program seconds (code tasks)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        try:
+            task = get_task(args.task)
+        except KeyError as e:
+            raise InputError(e.args[0]) from e
+        rows = read_samples(args.samples)
+        try:
+            data = task.load(args.split, args.data)
+        except (DataError, OSError, ValueError) as e:
+            raise InputError(
+                f"cannot load task {args.task!r} ({args.split}) from {args.data or 'the hub'}: {e}"
+            ) from e
+        samples = join(rows, data, f"{args.task} {args.split} ({args.data or 'hub'})")
+        options = {"timeout_s": args.timeout} if args.timeout else {}
+        result = score(task.reward, [r["completion"] for r in rows], samples, options)
+        if args.out:
+            try:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                with args.out.open("w", encoding="utf-8") as f:
+                    for row, value, why in zip(rows, result.scores.tolist(), result.reasons, strict=True):
+                        out = {**row, "passed": value >= 1.0, "reward": value, "reason": why}
+                        f.write(json.dumps(out, ensure_ascii=False) + "\n")
+            except OSError as e:
+                raise InputError(f"cannot write results to {args.out}: {e}") from e
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(args.task, rows, result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Code rewards and code tasks: fence extraction, unusable completions, HumanEval / MBPP loading and scoring.
+
+The full reference runs (164 HumanEval, 500 MBPP) go through scripts/score.py in test_score_cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from rlvr_jax.data import get_task, registered_tasks
+from rlvr_jax.data.loaders import DataError
+from rlvr_jax.rewards import get_reward, registered_rewards
+from rlvr_jax.rewards.code import extract_code, usable_code
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+
+
+@pytest.fixture(scope="module")
+def humaneval(shared_dir: Path) -> list[dict]:
+    return get_task("humaneval").load("test", shared_dir / "data")
+
+
+@pytest.fixture(scope="module")
+def mbpp(shared_dir: Path) -> list[dict]:
+    return get_task("mbpp").load("test", shared_dir / "data" / "mbpp")
+
+
+def test_code_tasks_and_rewards_are_registered() -> None:
+    assert {"humaneval", "mbpp"} <= set(registered_tasks())
+    assert {"code_humaneval", "code_mbpp"} <= set(registered_rewards())
+    assert get_task("humaneval").reward == "code_humaneval"
+    assert get_task("mbpp").reward == "code_mbpp"
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+
+
+def test_humaneval_loads_from_the_file_or_its_folder(humaneval: list[dict], shared_dir: Path) -> None:
+    assert len(humaneval) == 164
+    assert humaneval[0]["id"] == "HumanEval/0"
+    assert {"prompt", "test", "entry_point"} <= humaneval[0].keys()
+    from_file = get_task("humaneval").load("test", shared_dir / "data" / "humaneval" / "HumanEval.jsonl.gz")
+    assert [s["id"] for s in from_file] == [s["id"] for s in humaneval]
+
+
+def test_humaneval_train_validation_are_a_seeded_80_20_split(shared_dir: Path) -> None:
+    task = get_task("humaneval")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "carved from the test data"
+        train = {s["id"] for s in task.load("train", shared_dir / "data")}
+        validation = {s["id"] for s in task.load("validation", shared_dir / "data")}
+        again = {s["id"] for s in task.load("validation", shared_dir / "data")}
+        other_seed = {s["id"] for s in task.load("validation", shared_dir / "data", split_seed=1)}
+    assert len(train) + len(validation) == 164 and not train & validation
+    assert abs(len(validation) - 33) <= 1
+    assert validation == again and validation != other_seed
+
+
+def test_mbpp_samples(mbpp: list[dict]) -> None:
+    assert len(mbpp) == 500
+    ids = [int(s["id"]) for s in mbpp]
+    assert ids == list(range(11, 511)) and all(isinstance(s["id"], str) for s in mbpp)
+    first = mbpp[0]
+    assert first["text"] in first["prompt"] and first["test_list"][0] in first["prompt"]
+    assert "python" in first["prompt"].lower()
+    assert len(first["test_list"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("task", "record", "missing"),
+    [
+        ("humaneval", {"task_id": "HumanEval/0", "prompt": "def f():\n", "entry_point": "f"}, "test"),
+        ("mbpp", {"task_id": 1, "text": "Write f.", "code": "def f(): pass"}, "test_list"),
+    ],
+)
+def test_wrong_schema_names_the_field_and_the_file(
+    tmp_path: Path, task: str, record: dict, missing: str
+) -> None:
+    path = tmp_path / "test.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=missing) as info:
+        get_task(task).load("test", path)
+    assert str(path) in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ extraction
+
+
+def test_extract_code_without_and_with_fences() -> None:
+    assert extract_code("    return 1\n") == ("    return 1\n", "")
+    answer = "Here you go:\n```python\ndef f():\n    return 1\n```\nThis returns 1."
+    assert extract_code(answer) == ("def f():\n    return 1\n", "")
+    two = "```python\nprint(f())\n```\nand\n```py\ndef f():\n    return 2\n```\n"
+    assert extract_code(two, "f") == ("def f():\n    return 2\n", "")
+    assert extract_code(two) == ("print(f())\n", "")
+
+
+@pytest.mark.parametrize(
+    ("completion", "reason"),
+    [
+        ("```python\ndef f():\n    return 1\n", "unterminated"),
+        ("```bash\nls\n```\n", "no python code block"),
+        ("", "empty"),
+        ("   \n\t", "empty"),
+        ("```python\n```\n", "empty"),
+        (None, "None"),
+        (b"\xff\xfe\x00garbage", "binary"),
+        ("def f():\n    return '\x00'", "NUL"),
+        ("\x01\x02\x03binary\x04", "binary"),
+        ("x" * 100_001, "too l"),
+        ("def f():\n    return '\ud800'\n", "surrogate"),
+        (12345, "int"),
+    ],
+)
+def test_unusable_completions_are_rejected_with_a_reason(completion: object, reason: str) -> None:
+    code, why = usable_code(completion, "f")
+    assert code is None
+    assert reason in why
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+@needs_bwrap
+def test_humaneval_reward_plain_fenced_wrong_and_unusable_in_one_batch(humaneval: list[dict]) -> None:
+    sample = humaneval[0]  # has_close_elements
+    fenced = (
+        "Sure! Here is the function:\n\n```python\n"
+        "from typing import List\n\n"
+        "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+        "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1 :])\n"
+        "```\n"
+    )
+    completions = [
+        sample["canonical_solution"],
+        fenced,
+        "    return False\n",
+        "```python\ndef has_close_elements(numbers, threshold):\n",  # unterminated
+        "",
+        b"\xff\xfe",
+        "x" * 200_000,
+        "    import sys\n    sys.exit(0)\n",
+    ]
+    result = get_reward("code_humaneval")(completions, [sample] * len(completions), timeout_s=5.0)
+    assert result.scores.tolist() == [1, 1, 0, 0, 0, 0, 0, 0], result.reasons
+    assert "AssertionError" in result.reasons[2]
+    assert "unterminated" in result.reasons[3]
+    assert "before the tests finished" in result.reasons[7]
+
+
+@needs_bwrap
+def test_mbpp_reward_uses_setup_code_and_fenced_answers(mbpp: list[dict]) -> None:
+    by_id = {s["id"]: s for s in mbpp}
+    tree = by_id["367"]  # the one task with test_setup_code: its asserts use trees the setup builds
+    remove_occ = by_id["11"]
+    fenced = f"```python\n{remove_occ['code']}\n```"
+    completions = [tree["code"], fenced, "def remove_Occ(s, ch):\n    return s\n"]
+    result = get_reward("code_mbpp")(completions, [tree, remove_occ, remove_occ])
+    assert result.scores.tolist() == [1, 1, 0], result.reasons
+    # Task 367's reference is reported broken upstream; it fails only if test_setup_code is skipped.
+    no_setup = {**tree, "test_setup_code": ""}
+    skipped = get_reward("code_mbpp")([tree["code"]], [no_setup])
+    assert skipped.scores.tolist() == [0] and "NameError" in skipped.reasons[0]
+
+
+def test_rewards_check_lengths_and_sample_fields(humaneval: list[dict]) -> None:
+    with pytest.raises(ValueError, match="completions"):
+        get_reward("code_humaneval")(["a", "b"], humaneval[:1])
+    with pytest.raises(KeyError, match="entry_point"):
+        get_reward("code_humaneval")(["    return 1\n"], [{"id": "x", "prompt": "", "test": ""}])

@@ -1,0 +1,157 @@
+"""scripts/score.py end to end (subprocess): every HumanEval canonical solution and MBPP reference, run in
+the sandbox, plus the input errors it must name."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlvr_jax.data import get_task, registered_tasks
+
+REPO = Path(__file__).resolve().parent.parent
+SCORE = REPO / "scripts" / "score.py"
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+
+
+def run_score(*args: object, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(SCORE), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data"
+
+
+@needs_bwrap
+def test_all_humaneval_canonical_solutions_pass_and_a_wrong_one_fails(data_dir: Path, tmp_path: Path) -> None:
+    with gzip.open(data_dir / "humaneval" / "HumanEval.jsonl.gz", "rt") as f:
+        problems = [json.loads(line) for line in f]
+    rows = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in problems]
+    rows.insert(7, {"task_id": "HumanEval/0", "completion": "    return False\n"})  # wrong
+    samples, out = write_jsonl(tmp_path / "samples.jsonl", rows), tmp_path / "results.jsonl"
+    proc = run_score("--task", "humaneval", "--samples", samples, "--data", data_dir, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "passed 164/165" in proc.stdout
+    results = read_jsonl(out)
+    assert [r["task_id"] for r in results] == [r["task_id"] for r in rows]  # input order
+    failures = [(i, r["reason"]) for i, r in enumerate(results) if not r["passed"]]
+    assert [i for i, _ in failures] == [7], failures
+    assert "AssertionError" in failures[0][1]
+    assert all(r["reason"] == "passed" and r["reward"] == 1.0 for i, r in enumerate(results) if i != 7)
+
+
+@needs_bwrap
+def test_mbpp_references_pass(data_dir: Path, tmp_path: Path) -> None:
+    """All 500 MBPP test-split references pass their asserts.
+
+    The data README (and the upstream folklore) says task 367's reference fails its own tests. It does
+    not once its `test_setup_code` runs between the code and the asserts, which is what code_mbpp does;
+    it fails only when a harness skips the setup (see test_code_rewards). We assert what is true.
+    """
+    records = [json.loads(line) for line in (data_dir / "mbpp" / "test.jsonl").read_text().splitlines()]
+    rows = [{"task_id": r["task_id"], "completion": r["code"]} for r in records]
+    samples, out = write_jsonl(tmp_path / "samples.jsonl", rows), tmp_path / "results.jsonl"
+    proc = run_score("--task", "mbpp", "--samples", samples, "--data", data_dir / "mbpp", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    results = read_jsonl(out)
+    failures = {str(r["task_id"]): r["reason"] for r in results if not r["passed"]}
+    assert failures == {}, failures
+    assert "passed 500/500" in proc.stdout
+
+
+def test_text_tasks_score_through_the_same_cli(data_dir: Path, tmp_path: Path) -> None:
+    """Generic path: a non-code task joins on `id` and uses its own reward."""
+    if "gsm8k" not in registered_tasks():
+        pytest.skip("gsm8k task not registered")
+    samples = get_task("gsm8k").load("test", data_dir)[:20]
+    rows = [{"id": s["id"], "completion": f"The answer is\n#### {s['answer']}"} for s in samples]
+    rows[3]["completion"] = "#### -1"
+    path, out = write_jsonl(tmp_path / "samples.jsonl", rows), tmp_path / "out.jsonl"
+    proc = run_score("--task", "gsm8k", "--samples", path, "--data", data_dir, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "passed 19/20" in proc.stdout
+    results = read_jsonl(out)
+    assert [r["reward"] for r in results].count(0.0) == 1 and results[3]["reward"] == 0.0
+
+
+def test_input_errors_are_named(data_dir: Path, tmp_path: Path) -> None:
+    good = write_jsonl(tmp_path / "good.jsonl", [{"task_id": "HumanEval/0", "completion": "    return 1\n"}])
+    cases = {
+        "unknown task": (["--task", "no_such_task", "--samples", good], "unknown task 'no_such_task'"),
+        "missing file": (["--task", "humaneval", "--samples", tmp_path / "nope.jsonl"], "cannot read"),
+        "unknown id": (
+            [
+                "--task",
+                "humaneval",
+                "--data",
+                data_dir,
+                "--samples",
+                write_jsonl(tmp_path / "u.jsonl", [{"task_id": "HumanEval/9999", "completion": "x"}]),
+            ],
+            "'HumanEval/9999'",
+        ),
+        "no completion": (
+            [
+                "--task",
+                "humaneval",
+                "--samples",
+                write_jsonl(tmp_path / "c.jsonl", [{"task_id": "HumanEval/0"}]),
+            ],
+            "line 1: no 'completion' field",
+        ),
+        "no id": (
+            ["--task", "humaneval", "--samples", write_jsonl(tmp_path / "i.jsonl", [{"completion": "x"}])],
+            "no 'task_id' (or 'id') field",
+        ),
+        "bad json": (
+            ["--task", "humaneval", "--samples", _text(tmp_path / "b.jsonl", "{oops\n")],
+            "not valid JSON",
+        ),
+        "wrong schema data": (
+            [
+                "--task",
+                "humaneval",
+                "--data",
+                write_jsonl(
+                    tmp_path / "HumanEval.jsonl",
+                    [{"task_id": "HumanEval/0", "prompt": "def f():\n", "entry_point": "f"}],
+                ),
+                "--samples",
+                good,
+            ],
+            "'test'",
+        ),
+    }
+    for name, (args, message) in cases.items():
+        proc = run_score(*args, timeout=120)
+        assert proc.returncode == 2, f"{name}: {proc.returncode} {proc.stderr}"
+        assert message in proc.stderr, f"{name}: {proc.stderr!r}"
+        assert "Traceback" not in proc.stderr, name
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
