@@ -1,0 +1,514 @@
+"""GGUF loading: tensor-for-tensor parity with transformers' own GGUF loader, the embedded tokenizer,
+and clear errors for files we cannot use.
+
+transformers (torch) is the reference: it dequantises with the same gguf package and undoes llama.cpp's
+Q/K row permutation itself, so equal tensors under equal names prove our names, layouts and
+permutation.  Real files cover llama (SmolLM2) and qwen2 (Qwen2.5-Coder); tiny synthetic files written
+the way llama.cpp's converter writes them cover qwen3, gpt2, biased Q/K and Llama 3 RoPE scaling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers.initialization import no_init_weights
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+from rlvr_jax.checkpoints.gguf import GGUFCheckpoint, load_gguf, load_gguf_tokenizer
+from rlvr_jax.checkpoints.hf import CheckpointError
+
+QWEN_CODER_DEFAULT = "~/.cache/rlvr-models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+CORE_CONFIG_KEYS = {
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "rms_norm_eps",
+    "rope_theta",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The reference and the comparison.
+
+
+class _PlainArrayReader(gguf.GGUFReader):
+    """gguf's reader parsing a plain ndarray view of its memory map instead of the np.memmap.
+
+    Same bytes, same parser; it only skips np.memmap's per-slice Python hooks, which made
+    transformers' reads of these files 3x slower (Qwen2.5-Coder: 30 s -> 12 s).
+    """
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._plain
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self._plain = value.view(np.ndarray)
+
+
+@contextlib.contextmanager
+def faster_transformers_gguf() -> Iterator[None]:
+    """Speed-ups for the reference that leave its results unchanged.
+
+    transformers imports the reader and the (pure) name-map factory from `gguf` at call time; it
+    rebuilds the name map once per module of the model, ~400 times for SmolLM2.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", _PlainArrayReader)
+        patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
+        yield
+
+
+def transformers_reference(path: Path, hf_config: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+    """transformers' GGUF loader: its parsed config and its dequantised, renamed, un-permuted tensors.
+
+    This is the function `from_pretrained(..., gguf_file=...)` calls, driven directly so that the
+    model skeleton it needs for names can live on the meta device: no accelerate, no random
+    initialisation of 0.5B parameters.  The skeleton is built from our config; transformers' own
+    parse of the file comes back in `config` and is compared separately.
+    """
+    config = transformers.AutoConfig.for_model(**hf_config)
+    with torch.device("meta"):
+        skeleton = transformers.AutoModelForCausalLM.from_config(config)
+    with faster_transformers_gguf():
+        parsed = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)
+    tensors = {name: t.to(torch.float32).numpy() for name, t in parsed["tensors"].items()}
+    return parsed["config"], tensors
+
+
+def max_tensor_diff(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """Largest absolute difference over all tensors, after checking names, shapes and dtypes."""
+    assert sorted(ours) == sorted(reference)
+    worst = 0.0
+    for name, ref in reference.items():
+        mine = ours[name]
+        assert mine.dtype == np.float32, name
+        assert mine.shape == ref.shape, (name, mine.shape, ref.shape)
+        worst = max(worst, float(np.max(np.abs(mine - ref))))
+    return worst
+
+
+def assert_same_config(ours: dict[str, Any], reference: dict[str, Any]) -> None:
+    """Every core field transformers parsed agrees with ours (floats up to float32 rounding)."""
+    shared = CORE_CONFIG_KEYS & reference.keys()
+    assert shared >= CORE_CONFIG_KEYS - {"bos_token_id"}, reference
+    for key in sorted(shared):
+        if isinstance(reference[key], float):
+            assert ours[key] == pytest.approx(reference[key], rel=1e-6), key
+        else:
+            assert ours[key] == reference[key], key
+
+
+def check_against_transformers(
+    path: Path, ckpt: GGUFCheckpoint | None = None
+) -> tuple[GGUFCheckpoint, float]:
+    ckpt = ckpt or load_gguf(path)
+    ref_config, ref_tensors = transformers_reference(path, ckpt.hf_config)
+    assert_same_config(ckpt.hf_config, ref_config)
+    return ckpt, max_tensor_diff(ckpt.tensors, ref_tensors)
+
+
+# --------------------------------------------------------------------------------------------------
+# Real files.
+
+
+@pytest.fixture(scope="module")
+def smollm(smollm_gguf: Path) -> GGUFCheckpoint:
+    return load_gguf(smollm_gguf)
+
+
+def test_smollm2_matches_transformers(smollm: GGUFCheckpoint, smollm_gguf: Path) -> None:
+    ckpt, worst = check_against_transformers(smollm_gguf, smollm)
+    assert worst < 1e-6
+    assert len(ckpt.tensors) == 2 + 30 * 9  # embeddings, final norm, 9 per layer; lm_head is tied
+    assert "lm_head.weight" not in ckpt.tensors
+    assert ckpt.tensors["model.layers.0.self_attn.q_proj.weight"].shape == (576, 576)
+    assert ckpt.tensors["model.layers.0.self_attn.k_proj.weight"].shape == (192, 576)
+    assert ckpt.tensors["model.layers.0.mlp.down_proj.weight"].shape == (576, 1536)
+
+
+def test_smollm2_config_and_metadata(smollm: GGUFCheckpoint, smollm_gguf: Path) -> None:
+    """The numbers from ../shared/models/README.md, independently of transformers."""
+    config = smollm.hf_config
+    assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+    expected = {
+        "num_hidden_layers": 30,
+        "hidden_size": 576,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5,  # exactly, not float32's 9.99999974e-06
+        "dtype": "float32",
+    }
+    assert {key: config[key] for key in expected} == expected
+    assert "rope_scaling" not in config
+    assert smollm.chat_template is not None and "<|im_start|>" in smollm.chat_template
+    assert smollm.metadata["path"] == str(smollm_gguf)
+    assert smollm.metadata["quantization_types"] == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+    assert smollm.metadata["general.name"].startswith("Smollm2 135M")
+    assert smollm.tensors["model.embed_tokens.weight"].flags.writeable
+
+
+def _listing(directory: Path) -> list[tuple[str, int]]:
+    return sorted((entry.name, entry.stat().st_mtime_ns) for entry in os.scandir(directory))
+
+
+@pytest.fixture(scope="module")
+def smollm_tokenizer(smollm_gguf: Path) -> transformers.PreTrainedTokenizerBase:
+    # The model folder is read-only (root would not notice): check that nothing is written there.
+    before = _listing(smollm_gguf.parent)
+    tokenizer = load_gguf_tokenizer(smollm_gguf)
+    assert _listing(smollm_gguf.parent) == before, "loading the tokenizer wrote beside the GGUF file"
+    return tokenizer
+
+
+def test_smollm2_tokenizer(smollm: GGUFCheckpoint, smollm_tokenizer, smollm_gguf: Path) -> None:
+    with faster_transformers_gguf():
+        reference = transformers.AutoTokenizer.from_pretrained(
+            str(smollm_gguf.parent), gguf_file=smollm_gguf.name
+        )
+    text = "Hello world! GGUF files keep the tokenizer: 12 + 30 = 42, naïve café."
+    ids = smollm_tokenizer.encode(text, add_special_tokens=False)
+    assert ids == reference.encode(text, add_special_tokens=False)
+    assert smollm_tokenizer.decode(ids) == text
+    assert smollm_tokenizer.chat_template == smollm.chat_template
+    prompt = smollm_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_smollm2_answers_with_our_tensors(smollm: GGUFCheckpoint, smollm_tokenizer) -> None:
+    """Our config and tensors in transformers' torch Llama give the README's greedy answer.
+
+    Independent of transformers' GGUF code: had both of us un-permuted Q/K wrongly in the same
+    way, the parity test would pass but this answer would be gibberish.  One teacher-forced
+    forward pass checks every greedy step at once.
+    """
+    with no_init_weights():  # every weight is overwritten below
+        model = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.for_model(**smollm.hf_config)
+        )
+    tensors = {name: torch.from_numpy(array) for name, array in smollm.tensors.items()}
+    assert model.load_state_dict(tensors, strict=False).missing_keys == ["lm_head.weight"]
+    model.tie_weights()
+    prompt = smollm_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_dict=True,
+    )["input_ids"]
+    answer = smollm_tokenizer.encode("The capital of France is Paris.", add_special_tokens=False)
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor([prompt + answer])).logits[0]
+    assert logits[len(prompt) - 1 : -1].argmax(-1).tolist() == answer
+
+
+@pytest.mark.qwen_coder
+def test_qwen2_coder_matches_transformers() -> None:
+    path = Path(os.environ.get("RLVR_QWEN_CODER_GGUF", QWEN_CODER_DEFAULT)).expanduser()
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run ../shared/tools/fetch-qwen-coder (or set RLVR_QWEN_CODER_GGUF)")
+    ckpt, worst = check_against_transformers(path)
+    assert worst < 1e-6
+    config = ckpt.hf_config
+    assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"]) == ("qwen2", 24, 896)
+    # This export stores lm_head separately (Q8_0, vs Q5_0 embeddings), so it is untied here.
+    assert config["tie_word_embeddings"] is False and "lm_head.weight" in ckpt.tensors
+    assert len(ckpt.tensors) == 3 + 24 * 12  # embeddings, norm, lm_head; 12 per layer with Q/K/V biases
+    assert ckpt.tensors["model.layers.0.self_attn.q_proj.bias"].shape == (896,)
+    assert ckpt.metadata["file_type_name"] == "MOSTLY_Q4_K_M"
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic files, written the way llama.cpp's convert_hf_to_gguf.py writes them.
+
+
+def _llamacpp_permute(weights: np.ndarray, heads: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute: each head's rotary halves become interleaved pairs."""
+    return (
+        weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def _llama3_rope_freqs(scaling: dict[str, float], theta: float, head_dim: int) -> np.ndarray:
+    """The rope_freqs tensor llama.cpp's converter writes for llama3 RoPE scaling."""
+    freqs = theta ** (-np.arange(0, head_dim, 2) / head_dim)
+    wavelen = 2 * math.pi / freqs
+    context, low, high = (
+        scaling["original_max_position_embeddings"],
+        scaling["low_freq_factor"],
+        scaling["high_freq_factor"],
+    )
+    factor = scaling["factor"]
+    smooth = (context / wavelen - low) / (high - low)
+    between = 1 / ((1 - smooth) / factor + smooth)
+    divisors = np.where(wavelen < context / high, 1.0, np.where(wavelen > context / low, factor, between))
+    return divisors.astype(np.float32)
+
+
+def write_gguf(
+    path: Path,
+    model: transformers.PreTrainedModel,
+    arch: gguf.MODEL_ARCH,
+    describe: Callable[[gguf.GGUFWriter], None],
+    convert: Callable[[str, np.ndarray], np.ndarray] = lambda name, w: w,
+    extra: dict[str, np.ndarray] | None = None,
+    name: str = "tiny test model",
+) -> None:
+    """Write `model` as F32 GGUF using the gguf package's own HF -> GGUF name map."""
+    names = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_name(name)
+    describe(writer)
+    state = model.state_dict()
+    for hf_name, tensor in state.items():
+        if hf_name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        assert gguf_name is not None, hf_name
+        writer.add_tensor(gguf_name, convert(hf_name, tensor.detach().numpy().astype(np.float32)))
+    for gguf_name, array in (extra or {}).items():
+        writer.add_tensor(gguf_name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _describe_decoder(config: transformers.PretrainedConfig) -> Callable[[gguf.GGUFWriter], None]:
+    def describe(writer: gguf.GGUFWriter) -> None:
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(config.num_attention_heads)
+        writer.add_head_count_kv(config.num_key_value_heads)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+        writer.add_bos_token_id(config.bos_token_id)
+        writer.add_eos_token_id(config.eos_token_id)
+
+    return describe
+
+
+def _state(model: transformers.PreTrainedModel) -> dict[str, np.ndarray]:
+    tensors = {name: t.detach().numpy() for name, t in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        tensors.pop("lm_head.weight")
+    return tensors
+
+
+def test_synthetic_mistral_with_bias_and_llama3_rope(tmp_path: Path) -> None:
+    """Biased Q/K rows are permuted too; Llama 3 RoPE scaling comes back from rope_freqs; Mistral
+    (architecture 'llama' in GGUF) is told apart by its name."""
+    torch.manual_seed(0)
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=128, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, attention_bias=True, tie_word_embeddings=False, max_position_embeddings=131072,
+        rope_parameters={"rope_theta": 500000.0, **scaling}, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval()
+
+    def permute(name: str, w: np.ndarray) -> np.ndarray:
+        if "q_proj" in name:
+            return _llamacpp_permute(w, config.num_attention_heads)
+        if "k_proj" in name:
+            return _llamacpp_permute(w, config.num_key_value_heads)
+        return w
+
+    path = tmp_path / "tiny-mistral.gguf"
+    freqs = _llama3_rope_freqs(scaling, 500000.0, 64)
+    extra = {"rope_freqs.weight": freqs}
+    write_gguf(path, model, gguf.MODEL_ARCH.LLAMA, _describe_decoder(config), permute, extra, "Mistral Tiny")
+    ckpt = load_gguf(path)
+    assert ckpt.hf_config["model_type"] == "mistral"
+    assert ckpt.hf_config["rope_scaling"] == scaling
+    assert max_tensor_diff(ckpt.tensors, _state(model)) == 0.0
+    assert ckpt.hf_config["attention_bias"] is True and ckpt.hf_config["tie_word_embeddings"] is False
+
+
+def test_synthetic_qwen3_matches_transformers(tmp_path: Path) -> None:
+    """Qwen3: no permutation, q/k norms, and a head_dim that is not hidden_size / heads."""
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(
+        vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    path = tmp_path / "tiny-qwen3.gguf"
+    write_gguf(path, model, gguf.MODEL_ARCH.QWEN3, _describe_decoder(config))
+    ckpt, worst = check_against_transformers(path)
+    assert worst == 0.0
+    assert max_tensor_diff(ckpt.tensors, _state(model)) == 0.0
+    assert ckpt.hf_config["head_dim"] == 32
+
+
+def test_synthetic_gpt2_matches_transformers(tmp_path: Path) -> None:
+    """GPT-2: Conv1D weights go back to [in, out]; position embeddings and LayerNorm biases map."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128, n_inner=160
+    )
+    model = transformers.GPT2LMHeadModel(config).eval()
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    def describe(writer: gguf.GGUFWriter) -> None:
+        writer.add_block_count(config.n_layer)
+        writer.add_context_length(config.n_positions)
+        writer.add_embedding_length(config.n_embd)
+        writer.add_feed_forward_length(config.n_inner)
+        writer.add_head_count(config.n_head)
+        writer.add_layer_norm_eps(config.layer_norm_epsilon)
+
+    path = tmp_path / "tiny-gpt2.gguf"
+    write_gguf(path, model, gguf.MODEL_ARCH.GPT2, describe, lambda n, w: w.T if n.endswith(conv1d) else w)
+    ckpt = load_gguf(path)
+    _, reference = transformers_reference(path, ckpt.hf_config)
+    assert max_tensor_diff(ckpt.tensors, reference) == 0.0
+    assert max_tensor_diff(ckpt.tensors, _state(model)) == 0.0
+    expected = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128, "n_inner": 160, "vocab_size": 96}
+    assert {key: ckpt.hf_config[key] for key in expected} == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# Files we cannot use: one clear error each, never a numpy/struct traceback.
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.gguf"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        load_gguf(path)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        load_gguf_tokenizer(path)
+
+
+def _truncated_copy(source: Path, target: Path, fraction: float) -> Path:
+    with source.open("rb") as f:
+        target.write_bytes(f.read(int(source.stat().st_size * fraction)))
+    return target
+
+
+def _file_with(target: Path, data: bytes) -> Path:
+    target.write_bytes(data)
+    return target
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda src, tmp: _file_with(tmp / "garbage.gguf", os.urandom(4096)), id="not-gguf"),
+        pytest.param(lambda src, tmp: _file_with(tmp / "empty.gguf", b""), id="empty"),
+        pytest.param(
+            lambda src, tmp: _truncated_copy(src, tmp / "head.gguf", 0.005), id="truncated-metadata"
+        ),
+        pytest.param(lambda src, tmp: _truncated_copy(src, tmp / "half.gguf", 0.5), id="truncated-tensors"),
+    ],
+)
+def test_unreadable_files(make: Callable[[Path, Path], Path], smollm_gguf: Path, tmp_path: Path) -> None:
+    path = make(smollm_gguf, tmp_path)
+    with pytest.raises(CheckpointError, match="not a readable GGUF file") as info:
+        load_gguf(path)
+    assert str(path) in str(info.value)
+
+
+def test_tokenizer_of_unreadable_file(tmp_path: Path) -> None:
+    path = _file_with(tmp_path / "garbage.gguf", b"GGUF" + os.urandom(4092))
+    with pytest.raises(CheckpointError, match="not a readable GGUF file") as info:
+        load_gguf_tokenizer(path)
+    assert str(path) in str(info.value)
+
+
+def _tiny_file(
+    path: Path,
+    arch: str,
+    tensor_type: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
+    shards: int = 1,
+) -> Path:
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    if shards > 1:
+        writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, shards)
+    if tensor_type == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    else:
+        block_size, type_size = gguf.GGML_QUANT_SIZES[tensor_type]
+        raw = np.zeros((4, 32 // block_size * type_size), np.uint8)
+        writer.add_tensor("token_embd.weight", raw, raw_dtype=tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_unknown_architecture(tmp_path: Path) -> None:
+    path = _tiny_file(tmp_path / "mamba.gguf", "mamba")
+    with pytest.raises(CheckpointError, match=r"architecture 'mamba' is not supported.*Hugging Face") as info:
+        load_gguf(path)
+    assert str(path) in str(info.value)
+
+
+def test_quantisation_without_dequantiser(tmp_path: Path) -> None:
+    path = _tiny_file(tmp_path / "q8_1.gguf", "llama", gguf.GGMLQuantizationType.Q8_1)
+    with pytest.raises(CheckpointError, match=r"Q8_1, which gguf .* cannot dequantise; re-export") as info:
+        load_gguf(path)
+    assert str(path) in str(info.value)
+
+
+def test_split_file(tmp_path: Path) -> None:
+    path = _tiny_file(tmp_path / "model-00001-of-00002.gguf", "llama", shards=2)
+    with pytest.raises(CheckpointError, match=r"one of 2 shards .*llama-gguf-split --merge"):
+        load_gguf(path)
+
+
+def test_unknown_tensors_are_an_error(tmp_path: Path) -> None:
+    """A tensor we have no HF name for (here a mixture-of-experts one) must not be dropped silently."""
+    config = transformers.Qwen3Config(
+        vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    model = transformers.Qwen3ForCausalLM(config)
+    path = tmp_path / "moe.gguf"
+    extra = {"blk.0.ffn_gate_exps.weight": np.zeros((4, 96, 64), np.float32)}
+    write_gguf(path, model, gguf.MODEL_ARCH.QWEN3, _describe_decoder(config), extra=extra)
+    with pytest.raises(
+        CheckpointError, match=r"1 tensors have no Qwen3ForCausalLM counterpart .*ffn_gate_exps"
+    ):
+        load_gguf(path)
