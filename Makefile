@@ -21,11 +21,11 @@ demo: install
 		--prompt "What is the capital of France?" --max_new_tokens 32 --temperature 0
 
 test: install
-	$(VENV)/bin/ruff check rlvr_jax scripts tests configs benchmarks serving
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 lint: install
-	$(VENV)/bin/ruff check rlvr_jax scripts tests configs benchmarks serving
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache

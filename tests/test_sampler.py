@@ -188,3 +188,23 @@ def test_sampling_params_are_validated():
         SamplingParams(temperature=-1)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)
+
+
+def test_two_stage_sampling_is_exact_across_blocks():
+    from rlvr_jax.generate.sampling import categorical_two_stage
+
+    V, n = 2500, 20000  # three blocks of 1024, the last one padded
+    rng = np.random.default_rng(0)
+    logits = np.full(V, -30.0, np.float32)
+    hot = rng.choice(V, 12, replace=False)  # mass spread over tokens in every block
+    logits[hot] = rng.normal(0, 1, 12)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    tokens, lse = categorical_two_stage(jax.random.key(0), jnp.tile(jnp.asarray(logits), (n, 1)))
+    np.testing.assert_allclose(np.asarray(lse)[0], np.log(np.exp(logits.astype(np.float64)).sum()), rtol=1e-5)
+    counts = np.bincount(np.asarray(tokens), minlength=V)
+    assert counts[np.setdiff1d(np.arange(V), hot)].sum() <= 2  # ~1e-9 mass outside the hot set
+    expected = probs[hot] * n
+    observed = counts[hot].astype(np.float64)
+    expected = expected * observed.sum() / expected.sum()
+    assert stats.chisquare(observed, expected).pvalue > 1e-3

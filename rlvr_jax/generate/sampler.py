@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from rlvr_jax.generate.sampling import sample_tokens
-from rlvr_jax.models.decoder import Decoder, KVCache
+from rlvr_jax.models.decoder import Decoder, KVCache, apply, logits_from_hidden, unstack_layers
 
 Array = jax.Array
 
@@ -109,17 +109,16 @@ def generate(
     B, P = prompt_ids.shape
     G, N = group_size, max_new_tokens
     rows = B * G
+    # Per-layer weights are sliced out of the stacked parameters once, outside the decode loop.
+    arrays = model.arrays()
+    arrays["layers"] = unstack_layers(arrays["layers"], cfg.num_layers)
 
     # Prefill each prompt once, then give every group member its own copy of the prompt's cache.
     cache = KVCache.init(cfg, B, P + N, cache_dtype)
-    hidden, cache = model(prompt_ids, mask=prompt_mask, cache=cache, return_hidden=True)
-    last_logits = model.logits(hidden[:, -1:])[:, 0]  # only the last position's logits are needed
+    hidden, cache = apply(cfg, arrays, prompt_ids, mask=prompt_mask, cache=cache, return_hidden=True)
+    last_logits = logits_from_hidden(cfg, arrays, hidden[:, -1:])[:, 0]  # only the last position
     if G > 1:
-        cache = cache._replace(
-            k=jnp.repeat(cache.k, G, axis=1),
-            v=jnp.repeat(cache.v, G, axis=1),
-            valid=jnp.repeat(cache.valid, G, axis=0),
-        )
+        cache = cache.repeat(G)
         last_logits = jnp.repeat(last_logits, G, axis=0)
 
     stops = jnp.asarray(stop_ids, jnp.int32)
@@ -139,7 +138,7 @@ def generate(
 
     def body(carry):
         step, tokens, logprobs, mask, done, last, cache, key = carry
-        logits, cache = model(last[:, None], mask=jnp.ones((rows, 1), bool), cache=cache)
+        logits, cache = apply(cfg, arrays, last[:, None], mask=jnp.ones((rows, 1), bool), cache=cache)
         key, sub = jax.random.split(key)
         new, lp = sample_tokens(sub, logits[:, 0], *row_params, use_filters=use_filters)
         active = ~done
@@ -199,7 +198,10 @@ class Sampler:
         *,
         prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
         new_token_buckets: Sequence[int] = DEFAULT_NEW_TOKEN_BUCKETS,
+        prng_impl: str | None = None,
     ):
+        """prng_impl: JAX PRNG implementation for integer seeds ("threefry2x32", "rbg", "unsafe_rbg"; None =
+        JAX's default). rbg draws the per-step vocabulary-sized noise much faster on GPU."""
         self.graphdef, self.params = nnx.split(model)
         self.config = model.cfg
         self.tokenizer = tokenizer
@@ -208,6 +210,7 @@ class Sampler:
         self.compile_count = 0
         self._compiled: dict[tuple, Any] = {}
         self.last_timing: dict[str, float] = {}
+        self.prng_impl = prng_impl
 
     def update_params(self, params: Any) -> None:
         """Points the sampler at new parameters (same structure): the trainer calls this after a step."""
@@ -258,7 +261,7 @@ class Sampler:
             row_params = RowParams.broadcast(params, B * group_size)
         use_filters = bool(params.top_k > 0 or params.top_p < 1.0)
         fn = self._fn((B, P_b, N_b, group_size, use_filters, tuple(self.tokenizer.stop_ids), pad))
-        key = jax.random.key(seed) if isinstance(seed, int) else seed
+        key = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
         t0 = time.perf_counter()
         limit = jnp.asarray(params.max_new_tokens, jnp.int32)
         out = fn(self.graphdef, self.params, jnp.asarray(ids), jnp.asarray(mask), key, row_params, limit)

@@ -41,6 +41,29 @@ def filter_top_k_top_p(logits: Array, top_k: Array, top_p: Array) -> Array:
     return jnp.where(logits >= threshold, logits, _NEG)
 
 
+def categorical_two_stage(key: Array, logits: Array, block: int = 1024) -> tuple[Array, Array]:
+    """Exact sampling from softmax(logits) per row, plus each row's logsumexp, in about one vocabulary pass.
+
+    Gumbel-max (`jax.random.categorical`) draws one random number per vocabulary entry per row: at batch 256
+    and a 152k vocabulary that is 39M draws per decode step, which profiling showed to cost a quarter of
+    the step. Here the vocabulary is cut into blocks; one pass computes each block's probability mass
+    (which also gives the logsumexp), a block is drawn from those masses, then a token from inside the
+    chosen block. P(token) = P(block) * P(token | block), so the result is exactly softmax-distributed.
+    """
+    B, V = logits.shape
+    nb = -(-V // block)
+    padded = jnp.pad(logits, ((0, 0), (0, nb * block - V)), constant_values=_NEG)
+    blocks = padded.reshape(B, nb, block)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    mass = jnp.sum(jnp.exp(blocks - top[:, :, None]), axis=-1)  # [B, nb]
+    lse = top[:, 0] + jnp.log(jnp.sum(mass, axis=-1))
+    k_block, k_token = jax.random.split(key)
+    chosen_block = jax.random.categorical(k_block, jnp.log(mass), axis=-1)
+    inside = jnp.take_along_axis(blocks, chosen_block[:, None, None], axis=1)[:, 0]  # [B, block]
+    offset = jax.random.categorical(k_token, inside, axis=-1)
+    return (chosen_block * block + offset).astype(jnp.int32), lse
+
+
 def sample_tokens(
     key: Array,
     logits: Array,
@@ -58,10 +81,17 @@ def sample_tokens(
     skip the vocabulary sort entirely.
     """
     scaled = scale_logits(logits, temperature)
-    logprobs = jax.nn.log_softmax(scaled, axis=-1)
-    candidates = filter_top_k_top_p(scaled, top_k, top_p) if use_filters else scaled
-    sampled = jax.random.categorical(key, candidates, axis=-1)
-    greedy = jnp.argmax(logits, axis=-1)
-    tokens = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
-    chosen = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
-    return tokens, chosen
+    if use_filters:
+        sampled, _ = categorical_two_stage(key, filter_top_k_top_p(scaled, top_k, top_p))
+        lse = jax.nn.logsumexp(scaled, axis=-1)
+    else:
+        sampled, lse = categorical_two_stage(key, scaled)
+    # The greedy argmax is another vocabulary pass: skip it when no row is greedy.
+    tokens = jax.lax.cond(
+        jnp.any(temperature <= 0),
+        lambda: jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1).astype(jnp.int32)),
+        lambda: sampled,
+    )
+    # log softmax at the chosen token only: no vocabulary-sized log-prob array is materialised.
+    chosen = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0]
+    return tokens, chosen - lse
