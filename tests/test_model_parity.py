@@ -160,3 +160,19 @@ def test_export_round_trip_loads_in_transformers(pair, tmp_path):
     ids, mask = _batch(seed=2)
     diff = np.abs(_hf_logits(reloaded, ids, mask) - _hf_logits(hf_model, ids, mask))[mask].max()
     assert diff < TOL, f"{family}: exported model's logits differ by {diff}"
+
+
+def test_fused_decoding_layers_match_full_forward(pair):
+    """The sampler's form of the weights (unstacked, q/k/v and gate/up fused) gives the same logits."""
+    from rlvr_jax.models.decoder import apply, fuse_projections, unstack_layers
+
+    family, _, ours, _ = pair
+    cfg = ours.config
+    ids, mask = _batch(seed=3)
+    full, _ = ours.model(jnp.asarray(ids), mask=jnp.asarray(mask))
+    arrays = ours.model.arrays()
+    arrays["layers"] = [fuse_projections(cfg, p) for p in unstack_layers(arrays["layers"], cfg.num_layers)]
+    cache = KVCache.init(cfg, batch=ids.shape[0], max_len=ids.shape[1])
+    fused, _ = apply(cfg, arrays, jnp.asarray(ids), mask=jnp.asarray(mask), cache=cache)
+    diff = np.abs(np.asarray(fused) - np.asarray(full))[mask].max()
+    assert diff < TOL, f"{family}: fused decoding weights differ by {diff}"

@@ -22,7 +22,14 @@ import numpy as np
 from flax import nnx
 
 from rlvr_jax.generate.sampling import sample_tokens
-from rlvr_jax.models.decoder import Decoder, KVCache, apply, logits_from_hidden, unstack_layers
+from rlvr_jax.models.decoder import (
+    Decoder,
+    KVCache,
+    apply,
+    fuse_projections,
+    logits_from_hidden,
+    unstack_layers,
+)
 
 Array = jax.Array
 
@@ -109,9 +116,10 @@ def generate(
     B, P = prompt_ids.shape
     G, N = group_size, max_new_tokens
     rows = B * G
-    # Per-layer weights are sliced out of the stacked parameters once, outside the decode loop.
+    # Per-layer weights are sliced out of the stacked parameters (and q/k/v, gate/up fused) once,
+    # outside the decode loop.
     arrays = model.arrays()
-    arrays["layers"] = unstack_layers(arrays["layers"], cfg.num_layers)
+    arrays["layers"] = [fuse_projections(cfg, p) for p in unstack_layers(arrays["layers"], cfg.num_layers)]
 
     # Prefill each prompt once, then give every group member its own copy of the prompt's cache.
     cache = KVCache.init(cfg, B, P + N, cache_dtype)
