@@ -130,7 +130,16 @@ def check_model() -> dict[str, Any]:
     sampled = Sampler(sharded, tokenizer).generate_ids(
         PROMPTS, mask, SamplingParams(temperature=0.0, max_new_tokens=N), group_size=G
     )
+    # The Sampler given the mesh: rows split over (data, fsdp); an odd prompt count is padded and cut.
+    mesh_sampler = Sampler(model, tokenizer, mesh=mesh)
+    odd = len(PROMPTS) - 1
+    mesh_sampled = mesh_sampler.generate_ids(
+        PROMPTS[:odd], mask[:odd], SamplingParams(temperature=0.0, max_new_tokens=N), group_size=G
+    )
     return {
+        "mesh_sampler_tokens": np.asarray(mesh_sampled.tokens).tolist(),
+        "mesh_sampler_rows": odd * G,
+        "mesh_sampler_q_spec": _spec(mesh_sampler.params["layers"]["q"][...]),
         "devices": jax.device_count(),
         "mesh": dict(mesh.shape),
         "q_spec": _spec(sharded.layers.q[...]),

@@ -211,6 +211,9 @@ def test_sharded_model_and_sampler_match_one_device():
     assert r["sharded_tokens_spec"] == [["data", "fsdp"]]
     assert r["sharded_mask_equal"]
     assert r["sampler_tokens"] == r["ref_tokens"]
+    # Data-parallel Sampler: parameters placed by the rules, rows split; filler rows dropped again.
+    assert r["mesh_sampler_q_spec"] == r["q_spec"]
+    assert r["mesh_sampler_tokens"] == r["ref_tokens"][: r["mesh_sampler_rows"]]
     assert "(3, 2)" in r["uneven_batch_error"] and "multiple of the 4 batch shards" in r["uneven_batch_error"]
 
 

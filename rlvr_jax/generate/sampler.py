@@ -133,10 +133,13 @@ def generate(
     key, first_key = jax.random.split(key)
     token, logprob = sample_tokens(first_key, last_logits, *row_params, use_filters=use_filters)
 
+    # Rows with an empty prompt (filler rows that make a batch divide over a mesh) generate nothing.
+    empty = jnp.repeat(~jnp.any(prompt_mask, axis=1), G)
+    token = jnp.where(empty, pad_id, token)
     tokens = jnp.full((rows, N), pad_id, jnp.int32).at[:, 0].set(token)
-    logprobs = jnp.zeros((rows, N), jnp.float32).at[:, 0].set(logprob)
-    done = jnp.isin(token, stops)
-    mask = jnp.zeros((rows, N), bool).at[:, 0].set(True)
+    logprobs = jnp.zeros((rows, N), jnp.float32).at[:, 0].set(jnp.where(empty, 0.0, logprob))
+    done = jnp.isin(token, stops) | empty
+    mask = jnp.zeros((rows, N), bool).at[:, 0].set(~empty)
 
     limit = N if limit is None else jnp.minimum(limit, N)
 
@@ -207,9 +210,15 @@ class Sampler:
         prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
         new_token_buckets: Sequence[int] = DEFAULT_NEW_TOKEN_BUCKETS,
         prng_impl: str | None = None,
+        mesh: Any = None,
+        rules: Any = None,
     ):
         """prng_impl: JAX PRNG implementation for integer seeds ("threefry2x32", "rbg", "unsafe_rbg"; None =
-        JAX's default). rbg draws the per-step vocabulary-sized noise much faster on GPU."""
+        JAX's default). rbg draws the per-step vocabulary-sized noise much faster on GPU.
+
+        mesh: a `jax.sharding.Mesh` (see `rlvr_jax.sharding.make_mesh`) for data-parallel rollouts: the
+        parameters are placed on it by their logical axes (`rules`, default `DEFAULT_RULES`) and prompt
+        rows are split over its batch axes, so every device decodes its own rows."""
         self.graphdef, self.params = nnx.split(model)
         self.config = model.cfg
         self.tokenizer = tokenizer
@@ -219,27 +228,60 @@ class Sampler:
         self._compiled: dict[tuple, Any] = {}
         self.last_timing: dict[str, float] = {}
         self.prng_impl = prng_impl
+        self.mesh = mesh
+        if mesh is not None:
+            from rlvr_jax import sharding
+
+            self.rules = rules or sharding.DEFAULT_RULES
+            self._param_shardings = sharding.param_shardings(self.params, mesh, self.rules)
+            self.params = sharding.put_on_mesh(self.params, self._param_shardings)
 
     def update_params(self, params: Any) -> None:
         """Points the sampler at new parameters (same structure): the trainer calls this after a step."""
         self.params = params
 
     def _fn(self, key: tuple) -> Any:
+        """The jitted sampler for one shape bucket: fn(params, ids, mask, key, row_params, limit)."""
         if key not in self._compiled:
             _, _, N, G, filters, stops, pad = key
-            self._compiled[key] = jax.jit(
-                functools.partial(
-                    generate,
-                    max_new_tokens=N,
-                    stop_ids=stops,
-                    pad_id=pad,
-                    group_size=G,
-                    use_filters=filters,
-                ),
-                static_argnums=0,
+            fn = functools.partial(
+                generate,
+                self.graphdef,
+                max_new_tokens=N,
+                stop_ids=stops,
+                pad_id=pad,
+                group_size=G,
+                use_filters=filters,
             )
+            if self.mesh is None:
+                self._compiled[key] = jax.jit(fn)
+            else:
+                from jax.sharding import NamedSharding, PartitionSpec
+
+                from rlvr_jax import sharding
+
+                rows = sharding.batch_sharding(self.mesh, self.rules)
+                same = NamedSharding(self.mesh, PartitionSpec())
+                self._compiled[key] = jax.jit(
+                    fn,
+                    in_shardings=(self._param_shardings, rows, rows, same, RowParams(rows, rows, rows), same),
+                    out_shardings=GenerateOutput(rows, rows, rows, rows, rows, same),
+                )
             self.compile_count += 1
         return self._compiled[key]
+
+    def _pad_rows(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Adds empty prompt rows until the row count divides over the mesh's batch axes."""
+        if self.mesh is None:
+            return ids, mask
+        from rlvr_jax import sharding
+
+        extra = -len(ids) % sharding.batch_shards(self.mesh, self.rules)
+        if not extra:
+            return ids, mask
+        pad_ids = np.full((extra, ids.shape[1]), self.tokenizer.pad_id, ids.dtype)
+        pad_mask = np.zeros((extra, mask.shape[1]), bool)  # empty prompts: done from the start
+        return np.concatenate([ids, pad_ids]), np.concatenate([mask, pad_mask])
 
     def generate_ids(
         self,
@@ -265,15 +307,22 @@ class Sampler:
         mask = np.zeros((B, P_b), bool)
         ids[:, P_b - P :] = prompt_ids
         mask[:, P_b - P :] = prompt_mask
+        ids, mask = self._pad_rows(ids, mask)
+        rows = len(ids) * group_size
         if row_params is None:
-            row_params = RowParams.broadcast(params, B * group_size)
+            row_params = RowParams.broadcast(params, rows)
+        elif len(row_params.temperature) != rows:
+            fill = RowParams.broadcast(params, rows - len(row_params.temperature))
+            row_params = RowParams(*(jnp.concatenate([a, b]) for a, b in zip(row_params, fill, strict=True)))
         use_filters = bool(params.top_k > 0 or params.top_p < 1.0)
-        fn = self._fn((B, P_b, N_b, group_size, use_filters, tuple(self.tokenizer.stop_ids), pad))
+        fn = self._fn((len(ids), P_b, N_b, group_size, use_filters, tuple(self.tokenizer.stop_ids), pad))
         key = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
         t0 = time.perf_counter()
         limit = jnp.asarray(params.max_new_tokens, jnp.int32)
-        out = fn(self.graphdef, self.params, jnp.asarray(ids), jnp.asarray(mask), key, row_params, limit)
+        out = fn(self.params, jnp.asarray(ids), jnp.asarray(mask), key, row_params, limit)
         out = jax.block_until_ready(out)
+        if len(ids) != B:  # drop the rows added to fill the mesh
+            out = out._replace(**{f: getattr(out, f)[: B * group_size] for f in out._fields if f != "steps"})
         self.last_timing = {"seconds": time.perf_counter() - t0, "steps": int(out.steps)}
         if N_b != params.max_new_tokens:
             out = _truncate(out, params.max_new_tokens)
