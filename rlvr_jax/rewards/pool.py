@@ -1,0 +1,98 @@
+"""Scoring in a pool of worker processes, overlapped with device work.
+
+Pure-Python verifiers (math-verify's sympy, regex parsing) hold the GIL: in threads they run one at a
+time. `RewardPool` splits a batch into chunks and scores them in separate processes, returning a Future
+so the trainer can start the next device step while the host scores the last one. Workers start with
+the "spawn" method: forking a process that has initialised JAX is unsafe. Rewards are passed by
+registered name (functions of this package pickle by reference too), and each worker imports the
+registry once.
+
+Code rewards already run every program in its own sandboxed subprocess from a thread pool; they gain
+nothing from this pool, and `submit` sends them to `sandbox.score_async` instead.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import multiprocessing
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rlvr_jax.rewards.base import RewardResult
+
+# Rewards whose work already happens in subprocesses (the sandbox); scoring them in a thread is enough.
+_SUBPROCESS_REWARDS = ("code_humaneval", "code_mbpp")
+
+
+def _score_chunk(name: str, completions: list[Any], samples: list[Mapping[str, Any]], options: dict) -> tuple:
+    import rlvr_jax.rewards  # noqa: F401  (registers every reward in this worker)
+    from rlvr_jax.rewards.base import get_reward
+
+    result = get_reward(name)(completions, samples, **options)
+    return result.scores, result.reasons
+
+
+class RewardPool:
+    """A process pool for host-side reward scoring. Use as a context manager or call `close()`."""
+
+    def __init__(self, workers: int | None = None, min_chunk: int = 32):
+        self.workers = workers or max(1, (os.cpu_count() or 1))
+        self.min_chunk = min_chunk
+        self._processes = cf.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        # Combines chunk results without blocking the caller.
+        self._threads = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="reward-pool")
+
+    def submit(
+        self,
+        reward: str,
+        completions: Sequence[Any],
+        samples: Sequence[Mapping[str, Any]],
+        **options: Any,
+    ) -> cf.Future:
+        """Scores the batch in the background; the Future yields a RewardResult in input order."""
+        if len(completions) != len(samples):
+            raise ValueError(f"{len(completions)} completions for {len(samples)} samples")
+        if reward in _SUBPROCESS_REWARDS:
+            from rlvr_jax.rewards.sandbox import score_async
+
+            return score_async(reward, completions, samples, **options)
+        n = len(completions)
+        chunks = max(1, min(self.workers, n // self.min_chunk))
+        bounds = np.linspace(0, n, chunks + 1).astype(int)
+        lengths = options.pop("lengths", None)
+        futures = []
+        for lo, hi in itertools.pairwise(bounds):
+            chunk_options = dict(options)
+            if lengths is not None:
+                chunk_options["lengths"] = list(lengths[lo:hi])
+            futures.append(
+                self._processes.submit(
+                    _score_chunk, reward, list(completions[lo:hi]), list(samples[lo:hi]), chunk_options
+                )
+            )
+        return self._threads.submit(_gather, futures)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+        self._processes.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _gather(futures: list[cf.Future]) -> RewardResult:
+    scores, reasons = [], []
+    for future in futures:
+        s, r = future.result()
+        scores.append(np.asarray(s, np.float32))
+        reasons.extend(r)
+    return RewardResult(np.concatenate(scores) if scores else np.zeros((0,), np.float32), reasons)

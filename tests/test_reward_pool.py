@@ -1,0 +1,46 @@
+"""The process pool scores exactly like a direct call, in input order, and overlaps with the caller."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rlvr_jax.data import get_task
+from rlvr_jax.rewards import get_reward
+from rlvr_jax.rewards.pool import RewardPool
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with RewardPool(workers=2, min_chunk=16) as p:
+        yield p
+
+
+def test_pool_matches_direct_scoring_in_order(pool, shared_dir):
+    samples = get_task("gsm8k").load("test", path=shared_dir / "data" / "gsm8k")[:200]
+    # Every third completion is wrong, so order mistakes would show.
+    completions = [
+        s["answer"] if i % 3 else f"The answer is #### {i + 100000}" for i, s in enumerate(samples)
+    ]
+    direct = get_reward("numeric")(completions, samples)
+    pooled = pool.submit("numeric", completions, samples).result(timeout=120)
+    np.testing.assert_array_equal(pooled.scores, direct.scores)
+    assert pooled.reasons == direct.reasons
+    assert pooled.scores.sum() == 133  # 200 minus the 67 rows with i % 3 == 0
+
+
+def test_math_verify_in_workers(pool):
+    samples = [{"answer": "\\frac{1}{2}"}, {"answer": "3"}]
+    result = pool.submit("math", ["so \\boxed{0.5}", "\\boxed{4}"], samples).result(timeout=120)
+    assert result.scores.tolist() == [1.0, 0.0]
+
+
+def test_code_rewards_go_to_the_sandbox(pool):
+    samples = [{"prompt": "def f(x):\n", "test": "def check(f):\n    assert f(2) == 4\n", "entry_point": "f"}]
+    result = pool.submit("code_humaneval", ["    return x * 2\n"], samples).result(timeout=120)
+    assert result.scores.tolist() == [1.0]
+
+
+def test_mismatched_lengths_are_an_error(pool):
+    with pytest.raises(ValueError, match="2 completions for 1 samples"):
+        pool.submit("numeric", ["1", "2"], [{"answer": "1"}])
