@@ -176,3 +176,30 @@ def test_fused_decoding_layers_match_full_forward(pair):
     fused, _ = apply(cfg, arrays, jnp.asarray(ids), mask=jnp.asarray(mask), cache=cache)
     diff = np.abs(np.asarray(fused) - np.asarray(full))[mask].max()
     assert diff < TOL, f"{family}: fused decoding weights differ by {diff}"
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_gives_the_same_gradients(remat):
+    import jax
+    from flax import nnx
+
+    from rlvr_jax.models import ModelConfig, init_model
+
+    cfg = ModelConfig(
+        family="qwen3", vocab_size=40, hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=2,
+        head_dim=8, intermediate_size=48,
+    )  # fmt: skip
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 9)), jnp.int32)
+
+    def grads(config):
+        graphdef, state = nnx.split(init_model(config, seed=1))
+
+        def loss(state):
+            logits, _ = nnx.merge(graphdef, state)(tokens)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
+
+        return jax.grad(loss)(state)
+
+    base, rematted = grads(cfg), grads(cfg.replace(remat=remat))
+    for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(rematted), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

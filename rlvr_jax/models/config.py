@@ -79,6 +79,10 @@ class ModelConfig:
     # Dtypes: parameters are stored in `param_dtype`; matmuls run in `dtype`; norms and softmax in fp32.
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # Rematerialisation of the scanned layers in the full-sequence (training) forward:
+    # "none" keeps every activation, "full" recomputes each layer in the backward pass, "dots" saves only
+    # matmul outputs (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -89,6 +93,8 @@ class ModelConfig:
             )
         resolve_dtype(self.dtype)
         resolve_dtype(self.param_dtype)
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"remat must be one of none, full, dots; got {self.remat!r}")
 
     @property
     def compute_dtype(self) -> Any:

@@ -279,6 +279,10 @@ def forward_hidden(
             x, _, _ = _block(cfg, p, x, rope, q_slots, mask, window, start, None, None)
             return x, None
 
+        if cfg.remat == "full":
+            block = jax.checkpoint(block)
+        elif cfg.remat == "dots":
+            block = jax.checkpoint(block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         layers = params["layers"]
         if isinstance(layers, list):
             layers = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
