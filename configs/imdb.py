@@ -1,0 +1,21 @@
+"""GRPO on IMDb sentiment with Qwen2.5-0.5B-Instruct; reward: the predicted label matches.
+
+    python scripts/train.py --config=configs/imdb.py --workdir=runs/imdb \
+        --config.data.path=../shared/data/imdb
+
+Timing on one H100: not yet measured.
+"""
+
+from rlvr_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.data.task = "imdb"
+    c.data.eval_split = "test"
+    c.data.eval_limit = 100
+    c.sampling.max_new_tokens = 32
+    c.train.steps = 50
+    if arg not in (None, ""):
+        raise ValueError(f"unknown preset {arg!r} for imdb; this config has no presets")
+    return c
