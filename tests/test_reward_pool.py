@@ -44,3 +44,16 @@ def test_code_rewards_go_to_the_sandbox(pool):
 def test_mismatched_lengths_are_an_error(pool):
     with pytest.raises(ValueError, match="2 completions for 1 samples"):
         pool.submit("numeric", ["1", "2"], [{"answer": "1"}])
+
+
+def digit_fraction(completions, samples, **_):
+    """A reward defined outside the package: the pool must run it in its workers too."""
+    from rlvr_jax.rewards.base import RewardResult
+
+    scores = [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+    return RewardResult(np.asarray(scores, np.float32), ["digits"] * len(completions))
+
+
+def test_pool_runs_functions_from_other_modules(pool):
+    result = pool.submit(digit_fraction, ["a1", "22", "xy"] * 20, [{}] * 60).result(timeout=120)
+    assert result.scores[:3].tolist() == [0.5, 1.0, 0.0]

@@ -17,7 +17,7 @@ import concurrent.futures as cf
 import itertools
 import multiprocessing
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,11 +28,18 @@ from rlvr_jax.rewards.base import RewardResult
 _SUBPROCESS_REWARDS = ("code_humaneval", "code_mbpp")
 
 
-def _score_chunk(name: str, completions: list[Any], samples: list[Mapping[str, Any]], options: dict) -> tuple:
-    import rlvr_jax.rewards  # noqa: F401  (registers every reward in this worker)
-    from rlvr_jax.rewards.base import get_reward
+def _score_chunk(
+    reward: str | Callable[..., RewardResult],
+    completions: list[Any],
+    samples: list[Mapping[str, Any]],
+    options: dict,
+) -> tuple:
+    if isinstance(reward, str):
+        import rlvr_jax.rewards  # noqa: F401  (registers every reward in this worker)
+        from rlvr_jax.rewards.base import get_reward
 
-    result = get_reward(name)(completions, samples, **options)
+        reward = get_reward(reward)
+    result = reward(completions, samples, **options)
     return result.scores, result.reasons
 
 
@@ -50,15 +57,19 @@ class RewardPool:
 
     def submit(
         self,
-        reward: str,
+        reward: str | Callable[..., RewardResult],
         completions: Sequence[Any],
         samples: Sequence[Mapping[str, Any]],
         **options: Any,
     ) -> cf.Future:
-        """Scores the batch in the background; the Future yields a RewardResult in input order."""
+        """Scores the batch in the background; the Future yields a RewardResult in input order.
+
+        `reward` is a registered name or a module-level function (sent to the workers by reference, so
+        rewards registered outside this package work as long as their module imports).
+        """
         if len(completions) != len(samples):
             raise ValueError(f"{len(completions)} completions for {len(samples)} samples")
-        if reward in _SUBPROCESS_REWARDS:
+        if isinstance(reward, str) and reward in _SUBPROCESS_REWARDS:
             from rlvr_jax.rewards.sandbox import score_async
 
             return score_async(reward, completions, samples, **options)
