@@ -73,6 +73,13 @@ class RewardPool:
             from rlvr_jax.rewards.sandbox import score_async
 
             return score_async(reward, completions, samples, **options)
+        if isinstance(reward, str):
+            from rlvr_jax.rewards.base import get_reward
+
+            fn = get_reward(reward)
+            # Ours are re-registered in each worker by name; others travel as a reference to their module.
+            if not getattr(fn, "__module__", "").startswith("rlvr_jax."):
+                reward = fn
         n = len(completions)
         chunks = max(1, min(self.workers, n // self.min_chunk))
         bounds = np.linspace(0, n, chunks + 1).astype(int)
