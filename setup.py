@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0",
     "tensorboardX>=2.6",
     "rich>=13.0",
+    "matplotlib>=3.8",  # reward curves (rlvr_jax.monitoring.plot_rewards)
     # rewards and procedural tasks (rlvr_jax.rewards.math_answers, rlvr_jax.data.text_tasks)
     "math-verify>=0.9.0",
     "reasoning-gym>=0.1.25",

@@ -1,0 +1,523 @@
+"""Training metrics: `metrics.jsonl`, TensorBoard, optional Weights & Biases, a progress bar, MFU, plots.
+
+`MetricsWriter.write(step, metrics)` sends one step's numbers to every sink. Why it looks like this:
+- `metrics.jsonl` is the record of a run: one JSON object per line ({"step", "time", "run_id", ...}),
+  appended and flushed per step, so a crash or SIGKILL loses at most the line being written (and the
+  next open drops such a cut-off line). Non-finite
+  values are written as `null` (strict JSON that jq, pandas and every JSON parser read; NaN is not JSON);
+  `read_metrics` turns them back into NaN. TensorBoard and W&B get the real NaN / inf.
+- Exactly once across a resume: a run killed after checkpoint k and resumed from it recomputes steps
+  k+1.. . `MetricsWriter(..., resume_step=k)` first drops the lines with step > k (`truncate_after`) and
+  opens TensorBoard with `purge_step=k+1`, so both hold every step once, as an uninterrupted run would
+  (W&B ignores steps it has already seen).
+- Only process 0 writes (`primary`), so a multi-host run produces one file, not one per host.
+- Sinks are small objects with `write(step, row)` / `close()`: a Prometheus or structured-log sink is one
+  more class passed in `extra_sinks`.
+
+MFU: `step_flops(compiled)` reads XLA's cost analysis (`jax.jit(f).lower(...).compile().cost_analysis()`:
+a dict in jax >= 0.4.30, a one-element list before). For a program partitioned over a mesh the count is per
+device, which is what `mfu` divides by one device's peak. Peaks are dense bf16 tensor-core numbers, so a
+float32 run reports a (truthfully) lower MFU; unknown devices (CPUs) give None.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+JSONL = "metrics.jsonl"
+RESERVED = ("step", "time", "run_id")
+Number = int | float
+
+
+# ----------------------------------------------------------------------------------------- flattening
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Number | None]:
+    """Nested dicts -> {"a/b": number}; arrays of one element -> a number, longer ones -> "key/i".
+
+    Device arrays are fetched in one `jax.device_get` (one transfer, not one per metric). Bools become 0/1,
+    integers stay integers (token counts stay exact), None stays None (a metric not measured this step).
+    """
+    leaves: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, f"{key}/{k}" if key else str(k))
+        else:
+            leaves[key] = value
+
+    walk(metrics, prefix)
+    out: dict[str, Number | None] = {}
+
+    def put(key: str, value: Any) -> None:
+        if value is None:
+            out[key] = None
+        elif isinstance(value, int | np.integer | np.bool_):  # bool is an int: 0/1
+            out[key] = int(value)
+        elif isinstance(value, float | np.floating):
+            out[key] = float(value)
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            flat = value.reshape(-1)
+            if flat.size == 1:
+                put(key, flat[0])
+            else:
+                for i, x in enumerate(flat):
+                    put(f"{key}/{i}", x)
+        else:
+            raise TypeError(f"metric {key!r} is a {type(value).__name__}; metrics must be numbers or arrays")
+
+    for key, value in jax.device_get(leaves).items():
+        put(key, value)
+    return out
+
+
+def _json_value(value: Number | None) -> Number | None:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+# -------------------------------------------------------------------------------------------- jsonl
+
+
+def _valid_prefix(path: Path) -> int:
+    """Length of the file up to its last newline: a line cut short by a crash is not part of the record."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    return data.rfind(b"\n") + 1
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl (a directory means its metrics.jsonl); nulls come back as NaN."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / JSONL
+    rows = []
+    text = path.read_bytes()[: _valid_prefix(path)].decode()
+    for line in text.splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
+    return rows
+
+
+def truncate_after(path: str | Path, step: int) -> int:
+    """Drops the lines of a metrics.jsonl with step > `step` (and a cut-off last line); returns how many.
+
+    Written to a temporary file and renamed, so a crash here leaves either the old or the new file.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    lines = data[: _valid_prefix(path)].decode().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    dropped = len([line for line in lines if line.strip()]) - len(kept)
+    if dropped or len(data) != _valid_prefix(path):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+# -------------------------------------------------------------------------------------------- sinks
+
+
+class Sink(Protocol):
+    """Where one step's flattened metrics go (jsonl, TensorBoard, W&B, Prometheus, ...)."""
+
+    def write(self, step: int, row: Mapping[str, Number | None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends one line per step to `path`, flushed (and fsync'ed when asked) before `write` returns."""
+
+    def __init__(self, path: Path, run_id: str, fsync: bool = False):
+        self.path, self.run_id, self.fsync = path, run_id, fsync
+        keep = _valid_prefix(path)
+        if path.exists() and path.stat().st_size != keep:
+            with open(path, "r+b") as f:  # a line cut short by a crash: drop it before appending
+                f.truncate(keep)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+
+    def write(self, step: int, row: Mapping[str, Number | None]) -> None:
+        record = {"step": int(step), "time": time.time(), "run_id": self.run_id}
+        record.update({k: _json_value(v) for k, v in row.items()})
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoardSink:
+    """Scalars in a tensorboardX event file under `logdir`.
+
+    tensorboardX writes from a background thread (its file is flushed every few seconds and on close), so a
+    killed process may lose its last few events here; metrics.jsonl is the record that is never lost.
+    """
+
+    def __init__(self, logdir: Path, purge_step: int | None = None, config: Mapping[str, Any] | None = None):
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(logdir=str(logdir), purge_step=purge_step, flush_secs=5)
+        if config:
+            self._writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
+
+    def write(self, step: int, row: Mapping[str, Number | None]) -> None:
+        for key, value in row.items():
+            if value is not None:
+                self._writer.add_scalar(key, value, global_step=int(step))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WandbSink:
+    """Weights & Biases, resumed under the same run id (imported only when asked for)."""
+
+    def __init__(self, project: str, run_id: str, workdir: Path, config: Mapping[str, Any] | None = None):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError(
+                f"logging.wandb_project={project!r} needs the wandb package: pip install wandb "
+                "(or leave wandb_project unset)"
+            ) from e
+        self._wandb = wandb
+        self._run = wandb.init(
+            project=project, id=run_id, resume="allow", dir=str(workdir), config=dict(config or {})
+        )
+
+    def write(self, step: int, row: Mapping[str, Number | None]) -> None:
+        self._run.log({k: v for k, v in row.items() if v is not None}, step=int(step))
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+# ----------------------------------------------------------------------------------------- the writer
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus 6 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+class MetricsWriter:
+    """Writes each step's metrics to metrics.jsonl, TensorBoard and (optionally) W&B under `workdir`.
+
+    Args:
+      workdir: the run directory (metrics.jsonl and tensorboard/ go here).
+      tensorboard: write TensorBoard events to workdir/tensorboard.
+      wandb_project: also log to this W&B project (needs `wandb`).
+      run_id: identifies the run in every line and in W&B; keep it in the checkpoint and pass it back on
+        resume. Default: a new one (`new_run_id`).
+      config: a snapshot (plain dict) for W&B and TensorBoard's text tab.
+      resume_step: resuming from a checkpoint of this step: drop later lines first (see module docstring).
+      primary: whether this process writes (default: `jax.process_index() == 0`).
+      fsync: also fsync each line (survives a machine crash, not just a process crash).
+      extra_sinks: more `Sink`s (Prometheus, structured logs).
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        tensorboard: bool = True,
+        wandb_project: str | None = None,
+        run_id: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        resume_step: int | None = None,
+        primary: bool | None = None,
+        fsync: bool = False,
+        extra_sinks: Sequence[Sink] = (),
+    ):
+        self.workdir = Path(workdir)
+        self.run_id = run_id or new_run_id()
+        if primary is None:
+            primary = jax.process_index() == 0
+        self.primary = primary
+        self.sinks: list[Sink] = []
+        if not primary:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.path = self.workdir / JSONL
+        if resume_step is not None:
+            truncate_after(self.path, resume_step)
+        self.sinks.append(JsonlSink(self.path, self.run_id, fsync=fsync))
+        if tensorboard:
+            purge = None if resume_step is None else resume_step + 1
+            self.sinks.append(TensorBoardSink(self.workdir / "tensorboard", purge, config))
+        if wandb_project:
+            self.sinks.append(WandbSink(wandb_project, self.run_id, self.workdir, config))
+        self.sinks.extend(extra_sinks)
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Number | None]:
+        """Logs one step; returns the flattened row (e.g. for the progress bar)."""
+        row = flatten_metrics(metrics)
+        clash = [k for k in RESERVED if k in row]
+        if clash:
+            raise ValueError(f"metric names {clash} are reserved for the line's own fields; rename them")
+        if self.primary:
+            for sink in self.sinks:
+                sink.write(step, row)
+        return row
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+class PhaseTimer:
+    """Wall time per phase of a step ("rollout", "reward", "train") as `time/<phase>` seconds.
+
+    Device work is asynchronous: end a phase on a value that is ready (e.g. `jax.block_until_ready`), or
+    its time is charged to whichever later phase first waits for it.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def metrics(self, tokens: Mapping[str, int] | None = None) -> dict[str, float]:
+        """{"time/<phase>": s, "time/step": total} plus `tokens_per_s/<phase>` for the phases in `tokens`."""
+        out = {f"time/{name}": s for name, s in self.seconds.items()}
+        out["time/step"] = sum(self.seconds.values())
+        for name, count in (tokens or {}).items():
+            s = self.seconds.get(name)
+            if s:
+                out[f"tokens_per_s/{name}"] = count / s
+        return out
+
+    def reset(self) -> None:
+        self.seconds = {}
+
+
+# ------------------------------------------------------------------------------------------------ MFU
+
+# Dense bf16 peak FLOP/s per device, matched against `device.device_kind` in order (first match wins).
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    (r"H100.*PCIe", 756e12),
+    (r"H100|H200|GH200", 989e12),
+    (r"A100", 312e12),
+    (r"\bL4\b", 121e12),
+    (r"TPU v5 ?lite|TPU v5e", 197e12),
+    (r"TPU v5p|TPU v5$", 459e12),
+    (r"TPU v6 ?lite|TPU v6e|Trillium", 918e12),
+    (r"TPU v4", 275e12),
+)
+
+
+def peak_flops(device: Any = None) -> float | None:
+    """Peak dense bf16 FLOP/s of one device (a jax Device or its `device_kind`); None when unknown."""
+    if device is None:
+        device = jax.devices()[0]
+    kind = device if isinstance(device, str) else getattr(device, "device_kind", "")
+    for pattern, peak in PEAK_FLOPS:
+        if re.search(pattern, kind):
+            return peak
+    return None
+
+
+def step_flops(compiled: Any) -> float | None:
+    """FLOPs of one call of a compiled (or lowered) jax function, per device, from XLA's cost analysis."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops is not None and flops >= 0 else None
+
+
+def mfu(
+    flops_per_step: float | None, step_seconds: float, device: Any = None, *, peak: float | None = None
+) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the device's peak; None when either is unknown.
+
+    flops_per_step: per device (what `step_flops` gives for a partitioned program).
+    peak: overrides the table (e.g. a float32 peak, or a device the table does not know).
+    """
+    peak = peak if peak is not None else peak_flops(device)
+    if flops_per_step is None or peak is None or step_seconds <= 0:
+        return None
+    return flops_per_step / step_seconds / peak
+
+
+# ------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A rich progress bar for the training loop: steps done, time left, reward / accuracy / step time.
+
+    Off (every method a no-op) when `quiet` or when the console is not a terminal (logs, CI), so piped
+    output is not filled with control codes; metrics.jsonl is the record either way.
+    `fields` maps a label to the metric key it shows.
+    """
+
+    DEFAULT_FIELDS: Mapping[str, str] = {"reward": "reward/mean", "acc": "accuracy", "s/step": "time/step"}
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        initial: int = 0,
+        quiet: bool = False,
+        description: str = "train",
+        fields: Mapping[str, str] | None = None,
+        console: Any = None,
+    ):
+        from rich.console import Console
+
+        self.fields = dict(self.DEFAULT_FIELDS if fields is None else fields)
+        console = console or Console(file=sys.stderr)
+        self.enabled = not quiet and console.is_terminal
+        self._progress = None
+        self._started = False
+        if not self.enabled:
+            return
+        from rich import progress as rp
+
+        self._progress = rp.Progress(
+            rp.TextColumn("[bold]{task.description}"),
+            rp.BarColumn(),
+            rp.MofNCompleteColumn(),
+            rp.TimeElapsedColumn(),
+            rp.TextColumn("<"),
+            rp.TimeRemainingColumn(),
+            rp.TextColumn("{task.fields[info]}"),
+            console=console,
+        )
+        self._task = self._progress.add_task(description, total=total, completed=initial, info="")
+
+    def update(self, step: int, metrics: Mapping[str, Any] | None = None, **shown: float) -> None:
+        """Moves the bar to `step` (steps done) and shows the chosen metrics that are present and finite.
+
+        metrics: a (flattened) metrics row, shown through `fields`; `shown`: extra label=value pairs.
+        """
+        if self._progress is None:
+            return
+        values = {label: (metrics or {}).get(key) for label, key in self.fields.items()} | shown
+        parts = [
+            f"{label} {value:.3g}"
+            for label, value in values.items()
+            if isinstance(value, int | float) and math.isfinite(value)
+        ]
+        self.start()
+        self._progress.update(self._task, completed=step, info="  ".join(parts))
+
+    def start(self) -> None:
+        """Starts drawing (done by `with` or the first `update`)."""
+        if self._progress is not None and not self._started:
+            self._progress.start()
+            self._started = True
+
+    def close(self) -> None:
+        """Stops drawing and leaves the final bar on screen."""
+        if self._progress is not None and self._started:
+            self._progress.stop()
+            self._started = False
+
+    def __enter__(self) -> Progress:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def plot_rewards(
+    metrics_jsonl: str | Path,
+    out_png: str | Path,
+    *,
+    reward_key: str = "reward/mean",
+    std_key: str = "reward/std",
+    accuracy_keys: Sequence[str] = ("accuracy", "eval/accuracy"),
+    title: str | None = None,
+) -> Path:
+    """A PNG of reward mean (with a ±1 std band) and accuracy against step, from a metrics.jsonl.
+
+    Accuracy keys missing from the file are skipped; points missing on some steps (e.g. an eval every N
+    steps) are drawn only where measured.
+    """
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+
+    rows = read_metrics(metrics_jsonl)
+    if not rows:
+        raise ValueError(f"{metrics_jsonl} has no metrics to plot")
+
+    def series(key: str) -> tuple[np.ndarray, np.ndarray]:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+        pts = [(s, v) for s, v in pts if math.isfinite(v)]
+        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts], dtype=float)
+
+    fig = Figure(figsize=(7, 5.5), constrained_layout=True)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    steps, reward = series(reward_key)
+    top.plot(steps, reward, marker="o", markersize=3, color="tab:blue", label="reward (mean)")
+    std_by_step = dict(zip(*series(std_key), strict=True))
+    band = np.array([s in std_by_step for s in steps], dtype=bool)
+    if band.any():
+        std = np.array([std_by_step.get(s, 0.0) for s in steps])
+        lo, hi = reward - std, reward + std
+        top.fill_between(steps, lo, hi, where=band, color="tab:blue", alpha=0.2, label="± 1 std")
+    top.set_ylabel("reward")
+    top.grid(alpha=0.3)
+    top.legend(loc="best", fontsize="small")
+    top.set_title(title or f"Reward and accuracy ({Path(metrics_jsonl).parent.name or 'run'})")
+
+    drawn = False
+    for key, color in zip(accuracy_keys, ("tab:green", "tab:orange", "tab:red", "tab:purple"), strict=False):
+        acc_steps, acc = series(key)
+        if len(acc_steps):
+            bottom.plot(acc_steps, acc, marker="o", markersize=3, color=color, label=key)
+            drawn = True
+    bottom.set_ylabel("accuracy")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.grid(alpha=0.3)
+    if drawn:
+        bottom.legend(loc="best", fontsize="small")
+    else:
+        bottom.text(0.5, 0.5, "no accuracy logged", ha="center", va="center", transform=bottom.transAxes)
+    bottom.set_xlabel("step")
+
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    return out

@@ -1,0 +1,280 @@
+"""Metrics logging: metrics.jsonl (round trip, non-finite values, crash-safe resume), TensorBoard events,
+W&B wiring, progress bar, MFU from XLA's cost analysis, and the reward plot."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import sys
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from rich.console import Console
+from tensorboardX.crc32c import crc32c
+from tensorboardX.proto.event_pb2 import Event
+
+from rlvr_jax.monitoring import (
+    MetricsWriter,
+    PhaseTimer,
+    Progress,
+    flatten_metrics,
+    mfu,
+    peak_flops,
+    plot_rewards,
+    read_metrics,
+    step_flops,
+    truncate_after,
+)
+
+
+def read_events(logdir: Path) -> list[Event]:
+    """A minimal TFRecord reader (no tensorboard install needed) that also checks both CRCs."""
+
+    def masked(data: bytes) -> int:
+        crc = crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    events = []
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            header = data[pos : pos + 8]
+            (length,) = struct.unpack("<Q", header)
+            (length_crc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+            body = data[pos + 12 : pos + 12 + length]
+            (body_crc,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
+            assert masked(header) == length_crc and masked(body) == body_crc
+            events.append(Event.FromString(body))
+            pos += 16 + length
+    return events
+
+
+def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for event in read_events(logdir):
+        for value in event.summary.value:
+            out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+def fake_metrics(step: int) -> dict:
+    return {
+        "reward": {"mean": jnp.float32(0.1 * step), "std": np.float64(0.05), "math": 0.25 * step},
+        "accuracy": step / 10,
+        "tokens": step * 1000,
+        "truncated": np.array([True, False]).mean() > 0.4,
+        "ratio": jnp.array([0.9, 1.1]),
+        "eval/accuracy": None if step % 2 else 0.5,
+    }
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    with MetricsWriter(tmp_path, run_id="run-a", tensorboard=False) as writer:
+        for step in (1, 2):
+            writer.write(step, fake_metrics(step))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2] and {r["run_id"] for r in rows} == {"run-a"}
+    row = rows[1]
+    assert row["reward/mean"] == pytest.approx(0.2) and row["reward/math"] == 0.5
+    assert row["tokens"] == 2000 and isinstance(row["tokens"], int)
+    assert (
+        row["truncated"] == 1
+        and row["ratio/0"] == pytest.approx(0.9)
+        and row["ratio/1"] == pytest.approx(1.1)
+    )
+    assert row["eval/accuracy"] == 0.5 and math.isnan(rows[0]["eval/accuracy"])
+    assert isinstance(row["time"], float)
+
+
+def test_non_finite_values_are_strict_json_nulls(tmp_path: Path) -> None:
+    with MetricsWriter(tmp_path, run_id="r") as writer:
+        writer.write(1, {"loss": float("nan"), "grad_norm": jnp.inf, "kl": -np.inf, "ok": 1.5})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert record["loss"] is None and record["grad_norm"] is None and record["kl"] is None
+    row = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert math.isnan(row["loss"]) and row["ok"] == 1.5
+    logged = scalars(tmp_path / "tensorboard")  # TensorBoard keeps the real values
+    assert math.isnan(logged["loss"][0][1]) and logged["grad_norm"][0][1] == math.inf
+
+
+def test_bad_metrics_are_rejected(tmp_path: Path) -> None:
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:
+        with pytest.raises(ValueError, match="reserved"):
+            writer.write(1, {"step": 3})
+        with pytest.raises(TypeError, match="'name'"):
+            writer.write(1, {"name": "abc"})
+    assert flatten_metrics({"a": {"b": {"c": 1}}, "e": np.zeros(0)}) == {"a/b/c": 1}
+
+
+def test_tensorboard_events_are_written_and_readable(tmp_path: Path) -> None:
+    with MetricsWriter(tmp_path, config={"lr": 1e-3}) as writer:
+        for step in range(1, 4):
+            writer.write(step, fake_metrics(step))
+    logged = scalars(tmp_path / "tensorboard")
+    assert [s for s, _ in logged["reward/mean"]] == [1, 2, 3]
+    assert logged["reward/mean"][2][1] == pytest.approx(0.3)
+    assert [s for s, _ in logged["eval/accuracy"]] == [2]  # None: not logged that step
+    assert "ratio/1" in logged and "tokens" in logged
+
+
+def test_resume_writes_every_step_exactly_once(tmp_path: Path) -> None:
+    def run(workdir: Path, steps: range, resume_step: int | None = None) -> None:
+        with MetricsWriter(workdir, run_id="r", resume_step=resume_step) as writer:
+            for step in steps:
+                writer.write(step, fake_metrics(step))
+
+    run(tmp_path / "straight", range(1, 8))
+    # Killed after step 5 (checkpoint at 3) in the middle of writing step 6's line.
+    run(tmp_path / "resumed", range(1, 6))
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "time": 1.0, "rew')
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4, 5]  # cut line ignored
+    run(tmp_path / "resumed", range(4, 8), resume_step=3)
+
+    def without_time(workdir: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(workdir)]
+
+    straight, resumed = without_time(tmp_path / "straight"), without_time(tmp_path / "resumed")
+    assert json.dumps(resumed) == json.dumps(straight)
+    events = read_events(tmp_path / "resumed" / "tensorboard")
+    purges = [e for e in events if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert [e.step for e in purges] == [4]  # TensorBoard drops the earlier run's steps >= 4
+
+
+def test_truncate_after(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    assert truncate_after(path, 3) == 0  # no file yet
+    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(1, 6)) + '{"step": 6')
+    assert truncate_after(path, 2) == 3
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    assert path.read_text().endswith("\n") and not (tmp_path / "metrics.jsonl.tmp").exists()
+    assert truncate_after(path, 10) == 0
+
+
+def test_only_the_primary_process_writes(tmp_path: Path) -> None:
+    with MetricsWriter(tmp_path / "other", primary=False) as writer:
+        assert writer.write(1, {"x": 1.0}) == {"x": 1.0}
+    assert not (tmp_path / "other").exists()
+
+
+def test_wandb_is_optional_and_wired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install wandb"):
+        MetricsWriter(tmp_path, wandb_project="p")
+
+    calls: list[tuple] = []
+
+    class FakeRun:
+        def log(self, row: dict, step: int) -> None:
+            calls.append(("log", step, row))
+
+        def finish(self) -> None:
+            calls.append(("finish",))
+
+    def init(**kwargs: object) -> FakeRun:
+        calls.append(("init", kwargs))
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    with MetricsWriter(tmp_path, tensorboard=False, wandb_project="p", run_id="r7", config={"a": 1}) as w:
+        w.write(3, {"x": 2.0, "y": None})
+    assert calls[0] == (
+        "init",
+        {"project": "p", "id": "r7", "resume": "allow", "dir": str(tmp_path), "config": {"a": 1}},
+    )
+    assert calls[1] == ("log", 3, {"x": 2.0}) and calls[2] == ("finish",)
+
+
+def test_phase_timer() -> None:
+    timer = PhaseTimer()
+    for name in ("rollout", "reward", "train", "train"):
+        with timer.phase(name):
+            pass
+    out = timer.metrics(tokens={"rollout": 100, "train": 50})
+    assert set(out) == {
+        "time/rollout",
+        "time/reward",
+        "time/train",
+        "time/step",
+        "tokens_per_s/rollout",
+        "tokens_per_s/train",
+    }
+    assert out["time/step"] == pytest.approx(out["time/rollout"] + out["time/reward"] + out["time/train"])
+
+
+def test_progress_bar_off_without_a_terminal_and_shows_metrics_with_one() -> None:
+    piped = io.StringIO()
+    with Progress(10, console=Console(file=piped)) as bar:
+        bar.update(1, {"reward/mean": 0.5})
+    assert not bar.enabled and piped.getvalue() == ""
+    assert not Progress(10, quiet=True, console=Console(file=io.StringIO(), force_terminal=True)).enabled
+
+    tty = io.StringIO()
+    console = Console(file=tty, force_terminal=True, width=140)
+    with Progress(10, initial=2, console=console) as bar:
+        bar.update(4, {"reward/mean": 0.4567, "accuracy": 0.25, "time/step": 1.5, "other": 1})
+    text = tty.getvalue()
+    assert (
+        bar.enabled
+        and "4/10" in text
+        and "reward 0.457" in text
+        and "acc 0.25" in text
+        and "s/step 1.5" in text
+    )
+
+    tty = io.StringIO()  # without a `with` block: drawing starts on the first update, close() ends it
+    bar = Progress(5, console=Console(file=tty, force_terminal=True, width=140))
+    bar.update(1, reward=0.125, kl=float("nan"))
+    bar.close()
+    assert "1/5" in tty.getvalue() and "reward 0.125" in tty.getvalue() and "kl" not in tty.getvalue()
+
+
+def test_mfu_arithmetic_and_peak_table() -> None:
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12 and peak_flops("NVIDIA L4") == 121e12
+    assert peak_flops("NVIDIA L40S") is None
+    assert peak_flops("TPU v5 lite") == 197e12 and peak_flops("TPU v5p") == 459e12
+    assert peak_flops("TPU v6 lite") == 918e12 and peak_flops("cpu") is None
+    assert peak_flops() is None  # this test runs on a CPU
+    assert mfu(989e12 * 0.3, 2.0, "NVIDIA H100 80GB HBM3") == pytest.approx(0.15)
+    assert mfu(1e12, 1.0, "cpu") is None and mfu(None, 1.0, "TPU v5p") is None
+    assert mfu(1e12, 0.0, "TPU v5p") is None
+    assert mfu(2e9, 0.5, "cpu", peak=8e9) == pytest.approx(0.5)
+
+
+def test_step_flops_from_cost_analysis() -> None:
+    m, k, n = 128, 64, 32
+    matmul = jax.jit(lambda a, b: a @ b)
+    lowered = matmul.lower(jnp.ones((m, k)), jnp.ones((k, n)))
+    assert step_flops(lowered.compile()) == pytest.approx(2 * m * n * k, rel=0.05)
+
+    class OldJax:  # jax < 0.4.30 returned a list with one dict
+        def cost_analysis(self) -> list[dict]:
+            return [{"flops": 10.0}]
+
+    assert step_flops(OldJax()) == 10.0
+
+
+def test_plot_rewards(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with MetricsWriter(tmp_path / "run", tensorboard=False) as writer:
+        for step in range(1, 31):
+            mean = 1 - math.exp(-step / 10) + 0.05 * rng.standard_normal()
+            row = {"reward": {"mean": mean, "std": 0.15}, "accuracy": min(1.0, mean)}
+            if step % 10 == 0:
+                row["eval/accuracy"] = 0.4 + step / 100  # an eval every 10 steps: sparse points
+            writer.write(step, row)
+    out = plot_rewards(tmp_path / "run" / "metrics.jsonl", tmp_path / "plots" / "rewards.png")
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    with pytest.raises(ValueError, match="no metrics"):
+        (tmp_path / "empty.jsonl").write_text("")
+        plot_rewards(tmp_path / "empty.jsonl", tmp_path / "x.png")
