@@ -1,0 +1,375 @@
+"""The GRPO training loop: the one place with side effects, read top to bottom.
+
+    data (grain, per-host shard) -> prompts -> sampler (jit, on the mesh) -> rewards (host processes)
+    -> advantages -> train step (jit, donated, on the mesh) -> metrics -> checkpoint
+
+Everything on the device is a pure function of (params, inputs, key); the key of step t is
+fold_in(seed, t), so a run resumed from a checkpoint at step k redoes steps k+1.. exactly as an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from rlvr_jax import sharding
+from rlvr_jax.checkpointing import Checkpointer, PreemptionHandler
+from rlvr_jax.checkpoints import export_hf, load_model
+from rlvr_jax.config import validate
+from rlvr_jax.data import get_task
+from rlvr_jax.data.pipeline import batches, make_pipeline
+from rlvr_jax.evaluation.generate_and_score import (
+    PASS_THRESHOLD,
+    encode_prompts,
+    generate_and_score,
+    summarize,
+)
+from rlvr_jax.generate import Sampler, SamplingParams
+from rlvr_jax.models.decoder import abstract_model
+from rlvr_jax.monitoring.metrics import MetricsWriter, Progress, plot_rewards
+from rlvr_jax.rewards.pool import RewardPool
+from rlvr_jax.rl import LossConfig, get_advantage_fn
+from rlvr_jax.rl.train_step import (
+    OptimConfig,
+    batch_from_rollout,
+    export_params,
+    init_train_state,
+    make_logprob_fn,
+    make_optimizer,
+    make_train_step,
+    update_on_rollout,
+)
+
+
+@dataclasses.dataclass
+class RunSummary:
+    workdir: str
+    steps: int
+    eval_before: dict[str, float]
+    eval_after: dict[str, float]
+    checkpoint_dir: str
+    tensorboard_dir: str
+    metrics_file: str
+    reward_plot: str | None
+    export_dir: str | None
+    preempted: bool = False
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _load_policy(config: ml_collections.ConfigDict):
+    loaded = load_model(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+    cfg = loaded.config.replace(remat=config.model.remat)
+    graphdef, _ = nnx.split(abstract_model(cfg))
+    model = nnx.merge(graphdef, nnx.state(loaded.model))
+    return model, loaded.tokenizer
+
+
+def _loss_config(config: ml_collections.ConfigDict) -> LossConfig:
+    rl = config.rl
+    return LossConfig(
+        ratio_type=rl.ratio_type,
+        clip_low=rl.clip_low,
+        clip_high=rl.clip_high,
+        aggregation=rl.aggregation,
+        max_len=config.sampling.max_new_tokens,
+        beta=rl.beta,
+        kl_estimator=rl.kl_estimator,
+        tis_cap=rl.tis_cap or None,
+        entropy_coef=rl.entropy_coef,
+    )
+
+
+def _optim_config(config: ml_collections.ConfigDict) -> OptimConfig:
+    o = config.optim
+    return OptimConfig(
+        learning_rate=o.learning_rate,
+        warmup_steps=o.warmup_steps,
+        total_steps=config.train.steps,
+        schedule=o.schedule,
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        max_grad_norm=o.max_grad_norm,
+        micro_batches=o.micro_batches,
+    )
+
+
+def _evaluate(sampler, task, samples, config, seed: int) -> dict[str, float]:
+    params = SamplingParams(
+        temperature=config.sampling.eval_temperature, max_new_tokens=config.sampling.max_new_tokens
+    )
+    scored = generate_and_score(
+        sampler,
+        task,
+        samples,
+        params,
+        chat=config.data.chat,
+        seed=seed,
+        reward=config.reward.name,
+        reward_options=dict(config.reward.options),
+    )
+    return summarize(scored)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
+    """Runs (or resumes) the experiment described by `config` in `workdir`."""
+    sharding.initialize_distributed()
+    validate(config, jax.device_count())
+    workdir = Path(workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    # Model, tokenizer, mesh.
+    t_load = time.perf_counter()
+    model, tokenizer = _load_policy(config)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    sampler = Sampler(model, tokenizer, mesh=mesh)
+    _log(
+        f"loaded {config.model.path} ({model.cfg.family}, {model.cfg.num_params() / 1e6:.0f}M params) in "
+        f"{time.perf_counter() - t_load:.1f}s; mesh {dict(mesh.shape)} on {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s)"
+    )
+
+    # Data.
+    task = get_task(config.data.task)
+    options = dict(config.data.options)
+    train_samples = task.load(config.data.train_split, config.data.path, chat=config.data.chat, **options)
+    eval_samples = task.load(config.data.eval_split, config.data.path, chat=config.data.chat, **options)
+    eval_samples = eval_samples[: config.data.eval_limit]
+    pipeline = make_pipeline(train_samples, config.rl.prompts_per_step, seed=config.seed, num_epochs=None)
+    reward_name = config.reward.name or task.reward
+    _log(
+        f"task {task.name}: {len(train_samples)} training prompts, {len(eval_samples)} held-out; "
+        f"reward {reward_name}"
+    )
+
+    # Optimiser, state, step function.
+    optimizer = make_optimizer(_optim_config(config))
+    state = init_train_state(model, optimizer, mesh=mesh)
+    graphdef = nnx.graphdef(model)
+    train_step = make_train_step(
+        graphdef,
+        optimizer,
+        _loss_config(config),
+        temperature=config.sampling.temperature,
+        micro_batches=config.optim.micro_batches,
+        mesh=mesh,
+    )
+    # Old log-probs (mu > 1) and reference log-probs (beta > 0) at the sampling temperature.
+    logprob_fn = make_logprob_fn(graphdef, temperature=config.sampling.temperature, mesh=mesh)
+    # The frozen reference: a copy of the initial policy, held only when the KL term is on.
+    ref_params = jax.tree.map(jnp.copy, state.params) if config.rl.beta > 0 else None
+    advantage_fn = get_advantage_fn(config.rl.advantage)
+    sampling = SamplingParams(
+        temperature=config.sampling.temperature,
+        top_p=config.sampling.top_p,
+        top_k=config.sampling.top_k,
+        max_new_tokens=config.sampling.max_new_tokens,
+    )
+
+    # Resume.
+    checkpointer = Checkpointer(
+        workdir / "checkpoints", keep=config.train.keep_checkpoints, best_metric="eval_accuracy"
+    )
+    start, meta = 0, {}
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, meta = checkpointer.restore(latest, state)
+        start = int(meta["step"])
+        _log(f"resumed from {workdir / 'checkpoints'} at step {start}")
+    iterator = batches(pipeline, meta.get("data_iterator"))
+    sampler.update_params(export_params(state.params, model.cfg.param_dtype))
+    metrics_file = workdir / "metrics.jsonl"
+    # A resumed run drops what was logged after its checkpoint and rewrites those steps exactly once.
+    writer = MetricsWriter(
+        workdir,
+        tensorboard=config.logging.tensorboard,
+        wandb_project=config.logging.wandb_project,
+        run_id=meta.get("run_id"),
+        config=config.to_dict(),
+        resume_step=start if latest is not None else None,
+    )
+
+    eval_before = meta.get("eval_before")
+    if eval_before is None:
+        eval_before = _evaluate(sampler, task, eval_samples, config, seed=config.seed)
+        writer.write(0, {f"eval/{k}": v for k, v in eval_before.items()})
+    _log(
+        f"held-out accuracy before training: {eval_before['accuracy']:.3f} "
+        f"(reward {eval_before['reward']:.3f})"
+    )
+
+    key = jax.random.key(config.seed)
+    G = config.rl.group_size
+    reward_pool = RewardPool()
+    preemption = PreemptionHandler()
+    progress = Progress(config.train.steps, initial=start)
+    eval_metrics: dict[str, float] = {}
+    step = start
+    try:
+        for step in range(start + 1, config.train.steps + 1):
+            t0 = time.perf_counter()
+            prompts = next(iterator)
+            ids, mask = encode_prompts(sampler, task, prompts, config.data.chat)
+            step_key = jax.random.fold_in(key, step)
+            rollout = sampler.generate_ids(ids, mask, sampling, seed=step_key, group_size=G)
+            tokens = np.asarray(rollout.tokens)
+            lengths = np.asarray(rollout.lengths)
+            completions = [
+                tokenizer.decode(tokenizer.truncate_at_stop(tokens[r, : lengths[r]]))
+                for r in range(len(tokens))
+            ]
+            t1 = time.perf_counter()
+            repeated = [p for p in prompts for _ in range(G)]
+            rewards = reward_pool.submit(
+                reward_name, completions, repeated, **dict(config.reward.options)
+            ).result()
+            t2 = time.perf_counter()
+            scores = jnp.asarray(rewards.scores)
+            advantages = advantage_fn(scores, G)
+            batch = batch_from_rollout(ids, mask, rollout, advantages)
+            batch = sharding.shard_batch(batch, mesh)
+            state, updates = update_on_rollout(
+                train_step,
+                state,
+                batch,
+                epochs=config.rl.mu,
+                logprob_fn=logprob_fn,
+                ref_params=ref_params,
+                mesh=mesh,
+            )
+            # The next step donates these buffers: the sampler gets the new ones every step.
+            sampler.update_params(export_params(state.params, model.cfg.param_dtype))
+            step_metrics = jax.device_get(updates[-1])
+            t3 = time.perf_counter()
+
+            generated = int(lengths.sum())
+            finished = np.asarray(rollout.finished)
+            metrics = {
+                "reward/mean": float(np.mean(rewards.scores)),
+                "reward/std": float(np.std(rewards.scores)),
+                "accuracy": float(np.mean(rewards.scores >= PASS_THRESHOLD)),
+                "response/length_mean": float(lengths.mean()),
+                "response/length_max": int(lengths.max()),
+                "response/truncation_rate": float(1.0 - finished.mean()),
+                "groups/zero_variance_fraction": float(
+                    np.mean(np.std(np.asarray(rewards.scores).reshape(-1, G), axis=1) == 0)
+                ),
+                "time/rollout_s": t1 - t0,
+                "time/reward_s": t2 - t1,
+                "time/train_s": t3 - t2,
+                "time/step_s": t3 - t0,
+                "throughput/rollout_tokens_per_s": generated / max(t1 - t0, 1e-9),
+                "throughput/train_tokens_per_s": float(np.asarray(batch["attn_mask"]).sum())
+                * config.rl.mu
+                / max(t3 - t2, 1e-9),
+                **{f"train/{k}": float(np.asarray(v)) for k, v in step_metrics.items()},
+            }
+            if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
+                eval_metrics = _evaluate(sampler, task, eval_samples, config, seed=config.seed)
+                metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+            writer.write(step, metrics)
+            progress.update(step, reward=metrics["reward/mean"], accuracy=metrics["accuracy"])
+
+            stop = preemption.should_stop(step)  # every host calls this every step
+            if step % config.train.checkpoint_every == 0 or stop:
+                ran_eval = "eval/accuracy" in metrics
+                _save(
+                    checkpointer,
+                    state,
+                    step,
+                    iterator,
+                    eval_before,
+                    writer.run_id,
+                    eval_metrics if ran_eval else None,
+                )
+            if stop:
+                checkpointer.wait()
+                _log(f"preemption signal received: checkpoint saved at step {step}; exiting")
+                break
+    finally:
+        progress.close()
+        reward_pool.close()
+
+    preempted = preemption.requested
+    eval_after = _evaluate(sampler, task, eval_samples, config, seed=config.seed) if not preempted else {}
+    if eval_after:
+        writer.write(step, {f"eval/{k}": v for k, v in eval_after.items()})
+        if step % config.train.checkpoint_every:
+            _save(checkpointer, state, step, iterator, eval_before, writer.run_id, eval_after)
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+
+    plot = None
+    export_dir = None
+    if not preempted:
+        plot = str(workdir / "reward_curve.png")
+        plot_rewards(metrics_file, plot)
+        if config.train.export_hf and jax.process_index() == 0:
+            export_dir = str(
+                export_hf(
+                    nnx.merge(graphdef, state.params), workdir / "hf_export", tokenizer, dtype="float32"
+                )
+            )
+    summary = RunSummary(
+        workdir=str(workdir),
+        steps=step,
+        eval_before=eval_before,
+        eval_after=eval_after,
+        checkpoint_dir=str(workdir / "checkpoints"),
+        tensorboard_dir=str(workdir / "tensorboard"),
+        metrics_file=str(metrics_file),
+        reward_plot=plot,
+        export_dir=export_dir,
+        preempted=preempted,
+    )
+    (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
+    return summary
+
+
+def _save(checkpointer, state, step, iterator, eval_before, run_id, eval_metrics) -> None:
+    """Checkpoints the state with what exact resumption needs; ranks it only when it was just evaluated."""
+    meta = {
+        "step": step,
+        "data_iterator": iterator.get_state(),
+        "eval_before": eval_before,
+        "run_id": run_id,
+    }
+    metrics = {"eval_accuracy": eval_metrics["accuracy"]} if eval_metrics else None
+    if not checkpointer.save(step, state, meta, metrics=metrics):
+        _log(f"warning: no checkpoint written at step {step} (non-finite state or step already saved)")
+
+
+def print_summary(summary: RunSummary) -> None:
+    before, after = summary.eval_before, summary.eval_after
+    lines = [""]
+    if after:
+        lines.append(
+            f"held-out accuracy: before {before['accuracy']:.3f} -> after {after['accuracy']:.3f} "
+            f"(n={after['n']}; mean reward {before['reward']:.3f} -> {after['reward']:.3f})"
+        )
+    lines += [
+        f"checkpoints:   {summary.checkpoint_dir}",
+        f"TensorBoard:   tensorboard --logdir {summary.tensorboard_dir}",
+        f"metrics:       {summary.metrics_file}",
+    ]
+    if summary.reward_plot:
+        lines.append(f"reward curve:  {summary.reward_plot}")
+    if summary.export_dir:
+        lines.append(f"HF export:     {summary.export_dir}")
+    _log("\n".join(lines))

@@ -1,0 +1,47 @@
+"""Train a model with GRPO (and relatives) on a verifiable task.
+
+    python scripts/train.py --config=configs/quickstart.py --workdir=/tmp/quickstart
+    python scripts/train.py --config=configs/gsm8k.py:small --workdir=runs/gsm8k \
+        --config.model.path=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --config.data.path=../shared/data/gsm8k --config.sampling.temperature=0.8
+
+--config takes a config file and an optional preset after a colon; --config.a.b=v overrides any key
+(unknown keys are an error). Re-running with the same --workdir resumes from its latest checkpoint.
+Multi-host: launch one process per host with JAX's usual environment (see README, "Multi-host").
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rlvr_jax.cli import fail_cleanly
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, metrics)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def run() -> int:
+        from rlvr_jax.trainer import print_summary, train
+
+        summary = train(_CONFIG.value, _WORKDIR.value)
+        print_summary(summary)
+        return 0
+
+    code = fail_cleanly(run)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    app.run(main)
