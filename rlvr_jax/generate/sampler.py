@@ -103,6 +103,7 @@ def generate(
     pad_id: int,
     group_size: int = 1,
     use_filters: bool = False,
+    top_k_only: int = 0,
     cache_dtype: Any = None,
 ) -> GenerateOutput:
     """Samples `group_size` completions for each prompt. Pure; jit it with the keyword args static.
@@ -131,7 +132,9 @@ def generate(
 
     stops = jnp.asarray(stop_ids, jnp.int32)
     key, first_key = jax.random.split(key)
-    token, logprob = sample_tokens(first_key, last_logits, *row_params, use_filters=use_filters)
+    token, logprob = sample_tokens(
+        first_key, last_logits, *row_params, use_filters=use_filters, top_k_only=top_k_only
+    )
 
     # Rows with an empty prompt (filler rows that make a batch divide over a mesh) generate nothing.
     empty = jnp.repeat(~jnp.any(prompt_mask, axis=1), G)
@@ -151,7 +154,9 @@ def generate(
         step, tokens, logprobs, mask, done, last, cache, key = carry
         logits, cache = apply(cfg, arrays, last[:, None], mask=jnp.ones((rows, 1), bool), cache=cache)
         key, sub = jax.random.split(key)
-        new, lp = sample_tokens(sub, logits[:, 0], *row_params, use_filters=use_filters)
+        new, lp = sample_tokens(
+            sub, logits[:, 0], *row_params, use_filters=use_filters, top_k_only=top_k_only
+        )
         active = ~done
         new = jnp.where(active, new, pad_id)
         tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, step))
@@ -243,7 +248,7 @@ class Sampler:
     def _fn(self, key: tuple) -> Any:
         """The jitted sampler for one shape bucket: fn(params, ids, mask, key, row_params, limit)."""
         if key not in self._compiled:
-            _, _, N, G, filters, stops, pad = key
+            _, _, N, G, filters, top_k_only, stops, pad = key
             fn = functools.partial(
                 generate,
                 self.graphdef,
@@ -252,6 +257,7 @@ class Sampler:
                 pad_id=pad,
                 group_size=G,
                 use_filters=filters,
+                top_k_only=top_k_only,
             )
             if self.mesh is None:
                 self._compiled[key] = jax.jit(fn)
@@ -309,13 +315,18 @@ class Sampler:
         mask[:, P_b - P :] = prompt_mask
         ids, mask = self._pad_rows(ids, mask)
         rows = len(ids) * group_size
+        custom_rows = row_params is not None  # per-row filters may differ from `params`
         if row_params is None:
             row_params = RowParams.broadcast(params, rows)
         elif len(row_params.temperature) != rows:
             fill = RowParams.broadcast(params, rows - len(row_params.temperature))
             row_params = RowParams(*(jnp.concatenate([a, b]) for a, b in zip(row_params, fill, strict=True)))
         use_filters = bool(params.top_k > 0 or params.top_p < 1.0)
-        fn = self._fn((len(ids), P_b, N_b, group_size, use_filters, tuple(self.tokenizer.stop_ids), pad))
+        # Top-k without top-p for every row: a static lax.top_k instead of a vocabulary sort.
+        top_k_only = params.top_k if params.top_k > 0 and params.top_p >= 1.0 and not custom_rows else 0
+        fn = self._fn(
+            (len(ids), P_b, N_b, group_size, use_filters, top_k_only, tuple(self.tokenizer.stop_ids), pad)
+        )
         key = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
         t0 = time.perf_counter()
         limit = jnp.asarray(params.max_new_tokens, jnp.int32)

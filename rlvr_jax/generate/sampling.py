@@ -41,6 +41,18 @@ def filter_top_k_top_p(logits: Array, top_k: Array, top_p: Array) -> Array:
     return jnp.where(logits >= threshold, logits, _NEG)
 
 
+def filter_top_k(logits: Array, top_k: Array, k_max: int) -> Array:
+    """Top-k only (no nucleus), through `lax.top_k` with a static bound instead of a vocabulary sort.
+
+    Rows with top_k <= 0 are left unfiltered; top_k above `k_max` is capped at it.
+    """
+    values = jax.lax.top_k(logits, k_max)[0]
+    k = jnp.clip(top_k, 1, k_max)
+    kth = jnp.take_along_axis(values, (k - 1)[:, None], axis=-1)
+    kth = jnp.where(top_k[:, None] > 0, kth, -jnp.inf)
+    return jnp.where(logits >= kth, logits, _NEG)
+
+
 def categorical_two_stage(key: Array, logits: Array, block: int = 1024) -> tuple[Array, Array]:
     """Exact sampling from softmax(logits) per row, plus each row's logsumexp, in about one vocabulary pass.
 
@@ -72,17 +84,23 @@ def sample_tokens(
     top_p: Array,
     *,
     use_filters: bool,
+    top_k_only: int = 0,
 ) -> tuple[Array, Array]:
     """Samples one token per row and returns (token ids [B], log-prob [B]).
 
     The log-prob is that of the chosen token under softmax(logits / T) before top-k/top-p filtering (T = 1
     for greedy rows): exactly what the trainer recomputes from its own forward pass, so the two can be
     compared for importance-sampling correction. `use_filters` is static: batches that need no top-k/top-p
-    skip the vocabulary sort entirely.
+    skip the vocabulary sort entirely; `top_k_only` > 0 (static: no row uses top-p, none a top-k above it)
+    replaces the sort by `lax.top_k`.
     """
     scaled = scale_logits(logits, temperature)
     if use_filters:
-        sampled, _ = categorical_two_stage(key, filter_top_k_top_p(scaled, top_k, top_p))
+        if top_k_only > 0:
+            kept = filter_top_k(scaled, top_k, top_k_only)
+        else:
+            kept = filter_top_k_top_p(scaled, top_k, top_p)
+        sampled, _ = categorical_two_stage(key, kept)
         lse = jax.nn.logsumexp(scaled, axis=-1)
     else:
         sampled, lse = categorical_two_stage(key, scaled)
