@@ -38,6 +38,7 @@ from rlvr_jax.models.decoder import abstract_model
 from rlvr_jax.monitoring.metrics import MetricsWriter, Progress, plot_rewards
 from rlvr_jax.rewards.pool import RewardPool
 from rlvr_jax.rl import LossConfig, get_advantage_fn
+from rlvr_jax.rl.dynamic_sampling import fill_batch
 from rlvr_jax.rl.train_step import (
     OptimConfig,
     batch_from_rollout,
@@ -223,24 +224,45 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     try:
         for step in range(start + 1, config.train.steps + 1):
             t0 = time.perf_counter()
-            prompts = next(iterator)
-            ids, mask = encode_prompts(sampler, task, prompts, config.data.chat)
             step_key = jax.random.fold_in(key, step)
-            rollout = sampler.generate_ids(ids, mask, sampling, seed=step_key, group_size=G)
-            tokens = np.asarray(rollout.tokens)
+
+            def generate_round(_: int, round_key=step_key) -> dict[str, np.ndarray]:
+                nonlocal round_index
+                round_index += 1
+                prompts = next(iterator)
+                ids, mask = encode_prompts(sampler, task, prompts, config.data.chat)
+                # Round 1 samples with the step's key; refill rounds (dynamic sampling) fold from it.
+                round_seed = round_key if round_index == 1 else jax.random.fold_in(round_key, round_index)
+                rollout = jax.device_get(
+                    sampler.generate_ids(ids, mask, sampling, seed=round_seed, group_size=G)
+                )
+                completions = [
+                    tokenizer.decode(tokenizer.truncate_at_stop(rollout.tokens[r, : rollout.lengths[r]]))
+                    for r in range(len(rollout.tokens))
+                ]
+                repeated = [p for p in prompts for _ in range(G)]
+                rewards = reward_pool.submit(
+                    reward_name, completions, repeated, **dict(config.reward.options)
+                ).result()
+                return rollout_rows(ids, mask, rollout, rewards.scores, G)
+
+            round_index = 0
+            if config.rl.dynamic_sampling:
+                filled = fill_batch(
+                    generate_round,
+                    config.rl.prompts_per_step,
+                    G,
+                    max_rounds=config.rl.dynamic_sampling_rounds,
+                )
+                rows, ds_stats = filled.rollouts, filled.stats
+                rows["mask"] = rows["mask"] & filled.kept[:, None]  # padding groups carry no loss
+            else:
+                rows, ds_stats = generate_round(config.rl.prompts_per_step), None
+            ids, mask, rollout = rows_to_batch_inputs(rows, G, sampler.prompt_buckets, tokenizer.pad_id)
+            scores = rows["rewards"]
             lengths = np.asarray(rollout.lengths)
-            completions = [
-                tokenizer.decode(tokenizer.truncate_at_stop(tokens[r, : lengths[r]]))
-                for r in range(len(tokens))
-            ]
-            t1 = time.perf_counter()
-            repeated = [p for p in prompts for _ in range(G)]
-            rewards = reward_pool.submit(
-                reward_name, completions, repeated, **dict(config.reward.options)
-            ).result()
-            t2 = time.perf_counter()
-            scores = jnp.asarray(rewards.scores)
-            advantages = advantage_fn(scores, G)
+            t1 = t2 = time.perf_counter()  # rollout and reward overlap per round; timed together
+            advantages = advantage_fn(jnp.asarray(scores), G)
             batch = batch_from_rollout(ids, mask, rollout, advantages)
             batch = sharding.shard_batch(batch, mesh)
             state, updates = update_on_rollout(
@@ -260,17 +282,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             generated = int(lengths.sum())
             finished = np.asarray(rollout.finished)
             metrics = {
-                "reward/mean": float(np.mean(rewards.scores)),
-                "reward/std": float(np.std(rewards.scores)),
-                "accuracy": float(np.mean(rewards.scores >= PASS_THRESHOLD)),
+                "reward/mean": float(np.mean(scores)),
+                "reward/std": float(np.std(scores)),
+                "accuracy": float(np.mean(scores >= PASS_THRESHOLD)),
                 "response/length_mean": float(lengths.mean()),
                 "response/length_max": int(lengths.max()),
                 "response/truncation_rate": float(1.0 - finished.mean()),
-                "groups/zero_variance_fraction": float(
-                    np.mean(np.std(np.asarray(rewards.scores).reshape(-1, G), axis=1) == 0)
+                "groups/zero_variance_fraction": float(np.mean(np.std(scores.reshape(-1, G), axis=1) == 0)),
+                **(
+                    {
+                        "groups/dropped_fraction": ds_stats["dropped_fraction"],
+                        "groups/generation_rounds": ds_stats["rounds"],
+                        "groups/padded": ds_stats["groups_padded"],
+                    }
+                    if ds_stats
+                    else {}
                 ),
-                "time/rollout_s": t1 - t0,
-                "time/reward_s": t2 - t1,
+                "time/rollout_and_reward_s": t1 - t0,
                 "time/train_s": t3 - t2,
                 "time/step_s": t3 - t0,
                 "throughput/rollout_tokens_per_s": generated / max(t1 - t0, 1e-9),
@@ -340,6 +368,52 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     )
     (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
     return summary
+
+
+def rollout_rows(ids, mask, rollout, scores, group_size: int) -> dict[str, np.ndarray]:
+    """One generation round as per-row arrays (what dynamic sampling filters and concatenates).
+
+    Prompts are stored unpadded, one object per row, because rounds may pad to different prompt buckets;
+    `rows_to_batch_inputs` pads them again to one width.
+    """
+    prompts = np.empty(len(ids) * group_size, dtype=object)
+    for i in range(len(ids)):
+        for g in range(group_size):
+            prompts[i * group_size + g] = np.asarray(ids[i][mask[i]])
+    return {
+        "prompt": prompts,
+        "tokens": np.asarray(rollout.tokens),
+        "logprobs": np.asarray(rollout.logprobs),
+        "mask": np.asarray(rollout.mask),
+        "lengths": np.asarray(rollout.lengths),
+        "finished": np.asarray(rollout.finished),
+        "rewards": np.asarray(scores, np.float32),
+    }
+
+
+def rows_to_batch_inputs(rows: dict[str, np.ndarray], group_size: int, buckets, pad_id: int):
+    """Left-padded prompt ids / mask [prompts, P] and a GenerateOutput [rows, N] from per-row arrays.
+
+    P is rounded up to a prompt bucket, so the train step sees a bounded set of shapes.
+    """
+    from rlvr_jax.generate.sampler import GenerateOutput, bucket
+
+    prompts = rows["prompt"][::group_size]
+    width = bucket(max(len(p) for p in prompts), buckets)
+    ids = np.full((len(prompts), width), pad_id, np.int32)
+    mask = np.zeros((len(prompts), width), bool)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = True
+    out = GenerateOutput(
+        tokens=rows["tokens"],
+        logprobs=rows["logprobs"],
+        mask=rows["mask"],
+        lengths=rows["mask"].sum(axis=1).astype(np.int32),
+        finished=rows["finished"],
+        steps=np.int32(rows["tokens"].shape[1]),
+    )
+    return ids, mask, out
 
 
 def _save(checkpointer, state, step, iterator, eval_before, run_id, eval_metrics) -> None:

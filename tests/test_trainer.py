@@ -181,3 +181,22 @@ def test_bad_config_stops_before_loading_anything(tmp_path):
                            "--config.rl.no_such_key=3"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert proc.returncode != 0 and "no_such_key" in proc.stderr
+
+
+def test_dynamic_sampling_refills_and_logs_dropped_groups(tiny_model_dir, tmp_path):
+    """With DAPO dynamic sampling on, zero-variance groups are dropped and refilled within the round cap."""
+    from rlvr_jax.trainer import train
+
+    config = _tiny_config(tiny_model_dir, **{"train.steps": 3, "train.export_hf": False})
+    config.rl.dynamic_sampling = True
+    config.rl.dynamic_sampling_rounds = 2
+    config.rl.group_size = 2  # small groups: some have equal rewards, so dropping happens
+    config.sampling.max_new_tokens = 2
+    summary = train(config, tmp_path / "run")
+    rows = [r for r in read_metrics(summary.metrics_file) if "reward/mean" in r]
+    assert len(rows) == 3
+    for r in rows:
+        assert 1 <= r["groups/generation_rounds"] <= 2
+        assert 0.0 <= r["groups/dropped_fraction"] <= 1.0
+        assert r["train/skipped"] == 0
+    assert any(r["groups/dropped_fraction"] > 0 for r in rows)
