@@ -7,10 +7,7 @@ processes with fake CPU devices (tests/sharding_checks.py): this process already
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +20,7 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from rlvr_jax import sharding
 from rlvr_jax.models import ModelConfig, abstract_model
+from tests.multiprocess import result, run_processes, subprocess_env
 
 CHECKS = Path(__file__).resolve().parent / "sharding_checks.py"
 SIZES = {"data": 2, "fsdp": 2, "tensor": 4}
@@ -182,23 +180,16 @@ def test_initialize_distributed_is_a_no_op_for_one_process():
 # ------------------------------------------------------------------------ several devices, subprocesses
 
 
-def _env(devices: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_", "TPU_"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **extra)
-    return env
-
-
-def _result(stdout: str) -> dict:
-    line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
-
-
 def test_sharded_model_and_sampler_match_one_device():
     proc = subprocess.run(
-        [sys.executable, str(CHECKS), "model"], env=_env(8), capture_output=True, text=True, timeout=300
+        [sys.executable, str(CHECKS), "model"],
+        env=subprocess_env(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = _result(proc.stdout)
+    r = result(proc.stdout)
     assert r["devices"] == 8 and r["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     # The parameters really are split: embed dim over fsdp, heads over tensor.
     assert r["q_spec"] == [None, "fsdp", "tensor", None]
@@ -217,39 +208,10 @@ def test_sharded_model_and_sampler_match_one_device():
     assert "(3, 2)" in r["uneven_batch_error"] and "multiple of the 4 batch shards" in r["uneven_batch_error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_share_one_mesh():
     """Two processes x 2 CPU devices: explicit JAX_* launch, per-host rows, a forward on the global mesh."""
-    port, n = _free_port(), 2
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(CHECKS), "distributed"],
-            env=_env(
-                2,
-                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                JAX_NUM_PROCESSES=str(n),
-                JAX_PROCESS_ID=str(i),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(n)
-    ]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    results = [_result(out) for out, _ in outputs]
+    n = 2
+    results = run_processes(CHECKS, ["distributed"], n=n, devices=2)
     for i, r in enumerate(results):
         assert r["initialized"] == [True, True]
         assert r["process"] == [i, n] and r["devices"] == [2, 4]

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
-import os
-import socket
 import subprocess
 import sys
 import types
@@ -26,6 +23,7 @@ from rlvr_jax.models import abstract_model
 from rlvr_jax.rl import train_step as ts
 from rlvr_jax.rl.losses import LossConfig, token_entropy
 from tests import train_step_checks as checks
+from tests.multiprocess import result, run_processes, subprocess_env
 
 CHECKS = Path(__file__).resolve().parent / "train_step_checks.py"
 CFG, PROMPTS = checks.CFG, checks.PROMPTS  # the tiny model and prompts the subprocess checks use
@@ -332,17 +330,6 @@ def test_bf16_compute_with_fp32_master_weights_and_remat(model):
 # ------------------------------------------------------------------------ several devices, subprocesses
 
 
-def _env(devices: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_", "TPU_"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **extra)
-    return env
-
-
-def _result(stdout: str) -> dict:
-    line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
-
-
 # fp32 throughout; measured: losses within 3e-7, parameters within 6e-7 after two AdamW updates at lr 2e-3.
 LOSS_ATOL, PARAM_ATOL = 1e-5, 1e-5
 
@@ -368,13 +355,13 @@ def test_mesh_2x2x2_matches_one_device_over_two_updates(one_device, tmp_path):
     out = tmp_path / "mesh.npz"
     proc = subprocess.run(
         [sys.executable, str(CHECKS), "mesh", str(out)],
-        env=_env(8),
+        env=subprocess_env(8),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = _result(proc.stdout)
+    r = result(proc.stdout)
     assert r["devices"] == 8 and r["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     # Parameters and Adam's moments really are split: embed dim over fsdp, heads over tensor; rows too.
     assert r["q_spec"] == r["mu_q_spec"] == [None, "fsdp", "tensor", None]
@@ -386,36 +373,10 @@ def test_mesh_2x2x2_matches_one_device_over_two_updates(one_device, tmp_path):
     assert r["step"] == 2 and r["donated_deleted"] and r["model_still_valid"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_each_feeding_half_the_rows_match_one_process(one_device, tmp_path):
-    port, n = _free_port(), 2
+    n = 2
     out = tmp_path / "dist"
-    env = dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(CHECKS), "distributed", str(out)],
-            env=_env(2, **env, JAX_PROCESS_ID=str(i)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(n)
-    ]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    for i, (stdout, _) in enumerate(outputs):
-        r = _result(stdout)
+    for i, r in enumerate(run_processes(CHECKS, ["distributed", str(out)], n=n, devices=2)):
         assert r["process"] == [i, n] and r["devices"] == [2, 4]
         assert r["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
         assert not r["batch_fully_addressable"] and r["batch_global_equal"]
