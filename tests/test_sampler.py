@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import types
 
 import jax
@@ -208,3 +209,30 @@ def test_two_stage_sampling_is_exact_across_blocks():
     observed = counts[hot].astype(np.float64)
     expected = expected * observed.sum() / expected.sum()
     assert stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+def test_streaming_yields_growing_prefixes_and_ends_with_generate_ids(model):
+    sampler = Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,)), new_token_buckets=(16,))
+    ids, mask = _prompts()
+    params = SamplingParams(temperature=1.0, max_new_tokens=11)
+    full = jax.device_get(sampler.generate_ids(ids, mask, params, seed=5, group_size=2))
+    chunks = list(sampler.stream_ids(ids, mask, params, seed=5, group_size=2, chunk_tokens=4))
+    # First yield right after the prefill (one token per row), then every 4 steps up to 11.
+    assert [int(c.lengths.max()) for c in chunks] == [1, 5, 9, 11]
+    for earlier, later in itertools.pairwise(chunks):
+        n = int(earlier.lengths.max())
+        np.testing.assert_array_equal(earlier.tokens[:, :n], later.tokens[:, :n])
+    last = chunks[-1]
+    for field in ("tokens", "logprobs", "mask", "lengths", "finished"):
+        np.testing.assert_array_equal(getattr(last, field), getattr(full, field), err_msg=field)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        next(sampler.stream_ids(ids, mask, params, chunk_tokens=0))
+
+
+def test_streaming_stops_when_every_row_is_done(model):
+    ids, mask = _prompts()
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+    free = jax.device_get(Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,))).generate_ids(ids, mask, greedy))
+    stops = tuple(int(t) for t in free.tokens[:, 1])  # every row stops by its second token
+    chunks = list(Sampler(model, _tokenizer(stop_ids=stops)).stream_ids(ids, mask, greedy, chunk_tokens=3))
+    assert len(chunks) == 2 and chunks[-1].finished.all() and int(chunks[-1].lengths.max()) <= 2

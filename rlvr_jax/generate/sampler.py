@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -89,6 +89,129 @@ class GenerateOutput(NamedTuple):
     steps: Array
 
 
+class DecodeState(NamedTuple):
+    """Everything the decode loop carries between steps (a pytree; `stream` hands it back and forth)."""
+
+    step: Array  # next column of `tokens` to write (1 after prefill: column 0 is the first token)
+    tokens: Array
+    logprobs: Array
+    mask: Array
+    done: Array
+    last: Array  # the token each row feeds next
+    cache: KVCache
+    key: Array
+
+
+def _decode_arrays(graphdef: nnx.GraphDef, params: Any, attention: str | None) -> tuple[Any, dict]:
+    """The config and parameter arrays the decode loop uses. Per-layer weights are sliced out of the
+    stacked parameters (and q/k/v, gate/up fused) once, outside the loop."""
+    model: Decoder = nnx.merge(graphdef, params)
+    cfg = model.cfg if attention is None else model.cfg.replace(attention=attention)
+    arrays = model.arrays()
+    arrays["layers"] = [fuse_projections(cfg, p) for p in unstack_layers(arrays["layers"], cfg.num_layers)]
+    return cfg, arrays
+
+
+def _prefill(
+    cfg: Any,
+    arrays: dict,
+    prompt_ids: Array,
+    prompt_mask: Array,
+    key: Array,
+    row_params: RowParams,
+    *,
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+    group_size: int,
+    use_filters: bool,
+    top_k_only: int,
+    cache_dtype: Any,
+) -> DecodeState:
+    """Prefills each prompt once, gives every group member its own copy of the prompt's cache, and
+    samples the first token."""
+    B, P = prompt_ids.shape
+    G, N = group_size, max_new_tokens
+    rows = B * G
+    cache = KVCache.init(cfg, B, P + N, cache_dtype)
+    hidden, cache = apply(cfg, arrays, prompt_ids, mask=prompt_mask, cache=cache, return_hidden=True)
+    last_logits = logits_from_hidden(cfg, arrays, hidden[:, -1:])[:, 0]  # only the last position
+    if G > 1:
+        cache = cache.repeat(G)
+        last_logits = jnp.repeat(last_logits, G, axis=0)
+
+    key, first_key = jax.random.split(key)
+    token, logprob = sample_tokens(
+        first_key, last_logits, *row_params, use_filters=use_filters, top_k_only=top_k_only
+    )
+    # Rows with an empty prompt (filler rows that make a batch divide over a mesh) generate nothing.
+    empty = jnp.repeat(~jnp.any(prompt_mask, axis=1), G)
+    token = jnp.where(empty, pad_id, token)
+    return DecodeState(
+        step=jnp.ones((), jnp.int32),
+        tokens=jnp.full((rows, N), pad_id, jnp.int32).at[:, 0].set(token),
+        logprobs=jnp.zeros((rows, N), jnp.float32).at[:, 0].set(jnp.where(empty, 0.0, logprob)),
+        mask=jnp.zeros((rows, N), bool).at[:, 0].set(~empty),
+        done=jnp.isin(token, jnp.asarray(stop_ids, jnp.int32)) | empty,
+        last=token,
+        cache=cache,
+        key=key,
+    )
+
+
+def _decode(
+    cfg: Any,
+    arrays: dict,
+    state: DecodeState,
+    row_params: RowParams,
+    until: Array | int,
+    *,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+    use_filters: bool,
+    top_k_only: int,
+) -> DecodeState:
+    """Decodes one token per row per step until step `until` or until every row is done."""
+    rows = state.tokens.shape[0]
+    stops = jnp.asarray(stop_ids, jnp.int32)
+
+    def cond(s: DecodeState):
+        return (s.step < until) & ~jnp.all(s.done)
+
+    def body(s: DecodeState) -> DecodeState:
+        logits, cache = apply(cfg, arrays, s.last[:, None], mask=jnp.ones((rows, 1), bool), cache=s.cache)
+        key, sub = jax.random.split(s.key)
+        new, lp = sample_tokens(
+            sub, logits[:, 0], *row_params, use_filters=use_filters, top_k_only=top_k_only
+        )
+        active = ~s.done
+        new = jnp.where(active, new, pad_id)
+        at = (0, s.step)
+        return DecodeState(
+            step=s.step + 1,
+            tokens=jax.lax.dynamic_update_slice(s.tokens, new[:, None], at),
+            logprobs=jax.lax.dynamic_update_slice(s.logprobs, jnp.where(active, lp, 0.0)[:, None], at),
+            mask=jax.lax.dynamic_update_slice(s.mask, active[:, None], at),
+            done=s.done | (active & jnp.isin(new, stops)),
+            last=new,
+            cache=cache,
+            key=key,
+        )
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def _output(state: DecodeState) -> GenerateOutput:
+    return GenerateOutput(
+        tokens=state.tokens,
+        logprobs=state.logprobs,
+        mask=state.mask,
+        lengths=jnp.sum(state.mask, axis=-1, dtype=jnp.int32),
+        finished=state.done,
+        steps=state.step,
+    )
+
+
 def generate(
     graphdef: nnx.GraphDef,
     params: Any,
@@ -105,76 +228,49 @@ def generate(
     use_filters: bool = False,
     top_k_only: int = 0,
     cache_dtype: Any = None,
+    attention: str | None = None,
 ) -> GenerateOutput:
     """Samples `group_size` completions for each prompt. Pure; jit it with the keyword args static.
 
     prompt_ids/prompt_mask: [B, P] left padded. row_params: arrays of shape [B * group_size].
     limit: decode at most this many tokens (a traced scalar <= max_new_tokens, which sizes the buffers),
       so requests of different lengths share one compiled bucket without generating past what they asked.
+    attention: override the model's attention kernels ("auto" / "xla", see `ModelConfig.attention`).
     """
-    model: Decoder = nnx.merge(graphdef, params)
-    cfg = model.cfg
-    B, P = prompt_ids.shape
-    G, N = group_size, max_new_tokens
-    rows = B * G
-    # Per-layer weights are sliced out of the stacked parameters (and q/k/v, gate/up fused) once,
-    # outside the decode loop.
-    arrays = model.arrays()
-    arrays["layers"] = [fuse_projections(cfg, p) for p in unstack_layers(arrays["layers"], cfg.num_layers)]
+    cfg, arrays = _decode_arrays(graphdef, params, attention)
+    state = _prefill(
+        cfg, arrays, prompt_ids, prompt_mask, key, row_params,
+        max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id, group_size=group_size,
+        use_filters=use_filters, top_k_only=top_k_only, cache_dtype=cache_dtype,
+    )  # fmt: skip
+    limit = max_new_tokens if limit is None else jnp.minimum(limit, max_new_tokens)
+    state = _decode(
+        cfg, arrays, state, row_params, limit,
+        stop_ids=stop_ids, pad_id=pad_id, use_filters=use_filters, top_k_only=top_k_only,
+    )  # fmt: skip
+    return _output(state)
 
-    # Prefill each prompt once, then give every group member its own copy of the prompt's cache.
-    cache = KVCache.init(cfg, B, P + N, cache_dtype)
-    hidden, cache = apply(cfg, arrays, prompt_ids, mask=prompt_mask, cache=cache, return_hidden=True)
-    last_logits = logits_from_hidden(cfg, arrays, hidden[:, -1:])[:, 0]  # only the last position
-    if G > 1:
-        cache = cache.repeat(G)
-        last_logits = jnp.repeat(last_logits, G, axis=0)
 
-    stops = jnp.asarray(stop_ids, jnp.int32)
-    key, first_key = jax.random.split(key)
-    token, logprob = sample_tokens(
-        first_key, last_logits, *row_params, use_filters=use_filters, top_k_only=top_k_only
-    )
+def stream_start(
+    graphdef: nnx.GraphDef, params: Any, prompt_ids: Array, prompt_mask: Array, key: Array,
+    row_params: RowParams, **static: Any,
+) -> DecodeState:  # fmt: skip
+    """`generate` up to its first token, returning the loop state for `stream_continue`."""
+    cfg, arrays = _decode_arrays(graphdef, params, static.pop("attention", None))
+    return _prefill(cfg, arrays, prompt_ids, prompt_mask, key, row_params, **static)
 
-    # Rows with an empty prompt (filler rows that make a batch divide over a mesh) generate nothing.
-    empty = jnp.repeat(~jnp.any(prompt_mask, axis=1), G)
-    token = jnp.where(empty, pad_id, token)
-    tokens = jnp.full((rows, N), pad_id, jnp.int32).at[:, 0].set(token)
-    logprobs = jnp.zeros((rows, N), jnp.float32).at[:, 0].set(jnp.where(empty, 0.0, logprob))
-    done = jnp.isin(token, stops) | empty
-    mask = jnp.zeros((rows, N), bool).at[:, 0].set(~empty)
 
-    limit = N if limit is None else jnp.minimum(limit, N)
-
-    def cond(carry):
-        step, _, _, _, done, _, _, _ = carry
-        return (step < limit) & ~jnp.all(done)
-
-    def body(carry):
-        step, tokens, logprobs, mask, done, last, cache, key = carry
-        logits, cache = apply(cfg, arrays, last[:, None], mask=jnp.ones((rows, 1), bool), cache=cache)
-        key, sub = jax.random.split(key)
-        new, lp = sample_tokens(
-            sub, logits[:, 0], *row_params, use_filters=use_filters, top_k_only=top_k_only
-        )
-        active = ~done
-        new = jnp.where(active, new, pad_id)
-        tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, step))
-        logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(active, lp, 0.0)[:, None], (0, step))
-        mask = jax.lax.dynamic_update_slice(mask, active[:, None], (0, step))
-        done = done | (active & jnp.isin(new, stops))
-        return step + 1, tokens, logprobs, mask, done, new, cache, key
-
-    init = (jnp.ones((), jnp.int32), tokens, logprobs, mask, done, token, cache, key)
-    steps, tokens, logprobs, mask, done, _, _, _ = jax.lax.while_loop(cond, body, init)
-    return GenerateOutput(
-        tokens=tokens,
-        logprobs=logprobs,
-        mask=mask,
-        lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32),
-        finished=done,
-        steps=steps,
-    )
+def stream_continue(
+    graphdef: nnx.GraphDef, params: Any, state: DecodeState, row_params: RowParams, until: Array,
+    *, stop_ids: tuple[int, ...], pad_id: int, use_filters: bool, top_k_only: int,
+    attention: str | None = None,
+) -> DecodeState:  # fmt: skip
+    """Continues `stream_start`'s loop up to step `until`: chunks of the same loop, same samples."""
+    cfg, arrays = _decode_arrays(graphdef, params, attention)
+    return _decode(
+        cfg, arrays, state, row_params, until,
+        stop_ids=stop_ids, pad_id=pad_id, use_filters=use_filters, top_k_only=top_k_only,
+    )  # fmt: skip
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int:
@@ -234,6 +330,9 @@ class Sampler:
         self.last_timing: dict[str, float] = {}
         self.prng_impl = prng_impl
         self.mesh = mesh
+        # The Pallas decode kernel is a custom call the SPMD partitioner cannot split by rows, so on a
+        # multi-device mesh decoding uses the einsum attention, which it can (see ModelConfig.attention).
+        self._attention = "xla" if mesh is not None and mesh.size > 1 else None
         if mesh is not None:
             from rlvr_jax import sharding
 
@@ -245,20 +344,17 @@ class Sampler:
         """Points the sampler at new parameters (same structure): the trainer calls this after a step."""
         self.params = params
 
+    def _static(self, key: tuple) -> dict[str, Any]:
+        _, _, N, G, filters, top_k_only, stops, pad = key
+        return dict(
+            max_new_tokens=N, stop_ids=stops, pad_id=pad, group_size=G, use_filters=filters,
+            top_k_only=top_k_only, attention=self._attention,
+        )  # fmt: skip
+
     def _fn(self, key: tuple) -> Any:
         """The jitted sampler for one shape bucket: fn(params, ids, mask, key, row_params, limit)."""
         if key not in self._compiled:
-            _, _, N, G, filters, top_k_only, stops, pad = key
-            fn = functools.partial(
-                generate,
-                self.graphdef,
-                max_new_tokens=N,
-                stop_ids=stops,
-                pad_id=pad,
-                group_size=G,
-                use_filters=filters,
-                top_k_only=top_k_only,
-            )
+            fn = functools.partial(generate, self.graphdef, **self._static(key))
             if self.mesh is None:
                 self._compiled[key] = jax.jit(fn)
             else:
@@ -276,6 +372,19 @@ class Sampler:
             self.compile_count += 1
         return self._compiled[key]
 
+    def _stream_fns(self, key: tuple) -> tuple[Any, Any]:
+        """Jitted (start, continue) for one bucket: the same loop as `_fn`, cut into chunks."""
+        skey = ("stream", *key)
+        if skey not in self._compiled:
+            static = self._static(key)
+            start = jax.jit(functools.partial(stream_start, self.graphdef, cache_dtype=None, **static))
+            for name in ("max_new_tokens", "group_size"):
+                static.pop(name)
+            cont = jax.jit(functools.partial(stream_continue, self.graphdef, **static), donate_argnums=(1,))
+            self._compiled[skey] = (start, cont)
+            self.compile_count += 2
+        return self._compiled[skey]
+
     def _pad_rows(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Adds empty prompt rows until the row count divides over the mesh's batch axes."""
         if self.mesh is None:
@@ -289,17 +398,16 @@ class Sampler:
         pad_mask = np.zeros((extra, mask.shape[1]), bool)  # empty prompts: done from the start
         return np.concatenate([ids, pad_ids]), np.concatenate([mask, pad_mask])
 
-    def generate_ids(
+    def _prepare(
         self,
         prompt_ids: np.ndarray,
         prompt_mask: np.ndarray,
         params: SamplingParams,
-        *,
-        seed: int | Array = 0,
-        group_size: int = 1,
-        row_params: RowParams | None = None,
-    ) -> GenerateOutput:
-        """Runs the sampler on already-tokenised, left-padded prompts (padded here up to a bucket)."""
+        group_size: int,
+        row_params: RowParams | None,
+    ) -> tuple[tuple, np.ndarray, np.ndarray, RowParams]:
+        """Pads prompts into their bucket (and rows to fill the mesh); returns (bucket key, ids, mask,
+        per-row parameters)."""
         B, P = prompt_ids.shape
         P_b = bucket(P, self.prompt_buckets)
         N_b = bucket(params.max_new_tokens, self.new_token_buckets)
@@ -324,20 +432,71 @@ class Sampler:
         use_filters = bool(params.top_k > 0 or params.top_p < 1.0)
         # Top-k without top-p for every row: a static lax.top_k instead of a vocabulary sort.
         top_k_only = params.top_k if params.top_k > 0 and params.top_p >= 1.0 and not custom_rows else 0
-        fn = self._fn(
-            (len(ids), P_b, N_b, group_size, use_filters, top_k_only, tuple(self.tokenizer.stop_ids), pad)
-        )
-        key = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
+        key = (len(ids), P_b, N_b, group_size, use_filters, top_k_only, tuple(self.tokenizer.stop_ids), pad)
+        return key, ids, mask, row_params
+
+    def _finish(self, out: GenerateOutput, rows: int, max_new_tokens: int) -> GenerateOutput:
+        """Drops the rows added to fill the mesh and the bucket's unused tail."""
+        if out.tokens.shape[0] != rows:
+            out = out._replace(**{f: getattr(out, f)[:rows] for f in out._fields if f != "steps"})
+        if out.tokens.shape[1] != max_new_tokens:
+            out = _truncate(out, max_new_tokens)
+        return out
+
+    def generate_ids(
+        self,
+        prompt_ids: np.ndarray,
+        prompt_mask: np.ndarray,
+        params: SamplingParams,
+        *,
+        seed: int | Array = 0,
+        group_size: int = 1,
+        row_params: RowParams | None = None,
+    ) -> GenerateOutput:
+        """Runs the sampler on already-tokenised, left-padded prompts (padded here up to a bucket)."""
+        key, ids, mask, row_params = self._prepare(prompt_ids, prompt_mask, params, group_size, row_params)
+        fn = self._fn(key)
+        rng = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
         t0 = time.perf_counter()
         limit = jnp.asarray(params.max_new_tokens, jnp.int32)
-        out = fn(self.params, jnp.asarray(ids), jnp.asarray(mask), key, row_params, limit)
+        out = fn(self.params, jnp.asarray(ids), jnp.asarray(mask), rng, row_params, limit)
         out = jax.block_until_ready(out)
-        if len(ids) != B:  # drop the rows added to fill the mesh
-            out = out._replace(**{f: getattr(out, f)[: B * group_size] for f in out._fields if f != "steps"})
         self.last_timing = {"seconds": time.perf_counter() - t0, "steps": int(out.steps)}
-        if N_b != params.max_new_tokens:
-            out = _truncate(out, params.max_new_tokens)
-        return out
+        return self._finish(out, len(prompt_ids) * group_size, params.max_new_tokens)
+
+    def stream_ids(
+        self,
+        prompt_ids: np.ndarray,
+        prompt_mask: np.ndarray,
+        params: SamplingParams,
+        *,
+        seed: int | Array = 0,
+        group_size: int = 1,
+        row_params: RowParams | None = None,
+        chunk_tokens: int = 16,
+    ) -> Iterator[GenerateOutput]:
+        """`generate_ids`, yielding as it goes: once after the prefill (the first token of every row),
+        then after every `chunk_tokens` decode steps, until every row is done or has its
+        `max_new_tokens`. Each yield is cumulative (host numpy arrays of the same fields); the last one
+        equals `generate_ids`' result for the same arguments and seed, because it is the same loop with
+        the same keys, cut into chunks. For servers: time to first token is one prefill, not a whole
+        generation. Each chunk costs one host round trip, so rollouts use `generate_ids`.
+        """
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        key, ids, mask, row_params = self._prepare(prompt_ids, prompt_mask, params, group_size, row_params)
+        start, cont = self._stream_fns(key)
+        rng = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
+        rows, limit = len(prompt_ids) * group_size, params.max_new_tokens
+        state = start(self.params, jnp.asarray(ids), jnp.asarray(mask), rng, row_params)
+        while True:
+            out = self._finish(jax.device_get(_output(state)), rows, limit)
+            yield out
+            step = int(out.steps)
+            if step >= limit or bool(np.all(out.finished)):
+                return
+            until = jnp.asarray(min(step + chunk_tokens, limit), jnp.int32)
+            state = cont(self.params, state, row_params, until)
 
     def complete(
         self,

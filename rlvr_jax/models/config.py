@@ -83,6 +83,12 @@ class ModelConfig:
     # "none" keeps every activation, "full" recomputes each layer in the backward pass, "dots" saves only
     # matmul outputs (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
     remat: str = "none"
+    # Attention kernels (numerics are the same up to rounding; see `decoder.attention`):
+    # "auto": full-sequence attention (prefill, training) through jax.nn.dot_product_attention, which is
+    #   cuDNN flash attention on GPU in bf16/fp16; single-token decoding through the Pallas flash-decoding
+    #   kernel on GPU, which reads only the filled part of the KV cache; plain XLA einsums elsewhere.
+    # "xla": the plain einsum implementation everywhere (the reference the others are tested against).
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -95,6 +101,8 @@ class ModelConfig:
         resolve_dtype(self.param_dtype)
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"remat must be one of none, full, dots; got {self.remat!r}")
+        if self.attention not in ("auto", "xla"):
+            raise ValueError(f"attention must be 'auto' or 'xla'; got {self.attention!r}")
 
     @property
     def compute_dtype(self) -> Any:

@@ -12,11 +12,14 @@ Design choices, and why:
 - The KV cache is a preallocated pytree passed in and returned, laid out [batch, kv_heads, slots, head_dim]
   so that attention reads each head's keys contiguously. Sequences are left padded so that every row
   writes the same cache slot, and a per-slot validity mask handles the padding. Both paths share one
-  attention function.
+  attention function, which picks its kernel (`ModelConfig.attention`): cuDNN flash attention through
+  `jax.nn.dot_product_attention` for full sequences on GPU, a Pallas flash-decoding kernel for one-token
+  decode steps on GPU (it reads only the filled slots of the cache), and plain XLA einsums elsewhere.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -333,7 +336,7 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, start, 0))
         keys, values = k_cache.astype(dt), v_cache.astype(dt)
 
-    attn = attention(q, keys, values, q_slots, k_valid, window)
+    attn = attention(q, keys, values, q_slots, k_valid, window, impl=cfg.attention)
     out = jnp.einsum("bthk,hkd->btd", attn, p["o"].astype(dt))
     if cfg.out_bias:
         out = out + p["o_bias"].astype(dt)
@@ -363,25 +366,129 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
     return x + down, k_cache, v_cache
 
 
-def attention(q: Array, k: Array, v: Array, q_slots: Array, k_valid: Array, window: Array | int) -> Array:
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    q_slots: Array,
+    k_valid: Array,
+    window: Array | int,
+    *,
+    impl: str = "xla",
+) -> Array:
     """Causal grouped-query attention over cache slots.
 
     q: [B, T, H, Dh]; k, v: [B, K, S, Dh]; q_slots: [T] slot of each query; k_valid: [B, S].
     A query at slot i sees key slot j when j <= i, slot j is valid, and (window == 0 or i - j < window).
+
+    impl "xla" is the reference einsum implementation. "auto" routes to faster kernels where they apply
+    and are numerically equivalent (tests compare them with the reference):
+    - one-token decode steps on GPU: the Pallas flash-decoding kernel (`_decode_attention_pallas`), which
+      skips cache blocks beyond the current slot instead of reading the whole preallocated cache;
+    - full sequences (prefill, training) in a 16/32-bit dtype: `jax.nn.dot_product_attention`, cuDNN
+      flash attention on GPU in bf16/fp16 and JAX's XLA implementation otherwise.
     """
+    if impl == "auto":
+        on_gpu = jax.default_backend() == "gpu"
+        if q.shape[1] == 1 and on_gpu and _pallas_decode_supported(q, k, window):
+            return _decode_attention_pallas(q, k, v, q_slots, k_valid, window)
+        if q.shape[1] > 1 and q.dtype in (jnp.bfloat16, jnp.float16, jnp.float32):
+            cudnn = on_gpu and q.dtype != jnp.float32 and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128
+            return _dot_product_attention(q, k, v, q_slots, k_valid, window, cudnn=cudnn)
     B, T, H, Dh = q.shape
-    K, S = k.shape[1], k.shape[2]
+    K = k.shape[1]
     qg = q.reshape(B, T, K, H // K, Dh)
     scores = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=_wide(q.dtype))
     scores = scores * (Dh**-0.5)
-    k_slots = jnp.arange(S, dtype=jnp.int32)
-    diff = q_slots[:, None] - k_slots[None, :]
-    allowed = (diff >= 0) & ((window == 0) | (diff < window))
-    allowed = allowed[None, :, :] & k_valid[:, None, :]  # [B, T, S]
+    allowed = _allowed(q_slots, k_valid, window)
     scores = jnp.where(allowed[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(B, T, H, Dh)
+
+
+def _allowed(q_slots: Array, k_valid: Array, window: Array | int) -> Array:
+    """[B, T, S] bool: which key slots each query may attend to (causal, valid, inside the window)."""
+    k_slots = jnp.arange(k_valid.shape[1], dtype=jnp.int32)
+    diff = q_slots[:, None] - k_slots[None, :]
+    allowed = (diff >= 0) & ((window == 0) | (diff < window))
+    return allowed[None, :, :] & k_valid[:, None, :]
+
+
+def _dot_product_attention(
+    q: Array, k: Array, v: Array, q_slots: Array, k_valid: Array, window: Array | int, *, cudnn: bool
+) -> Array:
+    """`jax.nn.dot_product_attention` with our mask (left padding, causal, sliding window) as its mask.
+
+    The mask is passed in full rather than as is_causal + sequence lengths because rows are left padded
+    (cuDNN's padding masks assume right padding) and queries may start mid-cache (chunked prefill).
+    """
+    keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, S, K, Dh]
+    mask = _allowed(q_slots, k_valid, window)[:, None]  # [B, 1, T, S]
+    return jax.nn.dot_product_attention(
+        q, keys, values, mask=mask, implementation="cudnn" if cudnn else "xla"
+    )
+
+
+def _decode_split(slots: int) -> int:
+    """Cache slots per Pallas program: the largest power of two (<= 128) dividing the cache length."""
+    split = 1
+    while slots % (split * 2) == 0 and split < 128:
+        split *= 2
+    return split
+
+
+def _pallas_decode_supported(q: Array, k: Array, window: Array | int) -> bool:
+    """Shapes the Triton flash-decoding kernel compiles for: power-of-two head_dim >= 16, and cache slots
+    that split into power-of-two blocks of at least 16 (every sampler bucket is a multiple of 16)."""
+    head_dim = q.shape[-1]
+    return (
+        head_dim >= 16
+        and head_dim & (head_dim - 1) == 0
+        and _decode_split(k.shape[2]) >= 16
+        and isinstance(window, int)
+    )
+
+
+def _decode_attention_pallas(
+    q: Array,
+    k: Array,
+    v: Array,
+    q_slots: Array,
+    k_valid: Array,
+    window: int,
+    *,
+    interpret: bool = False,
+) -> Array:
+    """One decode step with JAX's Pallas flash-decoding kernel (`pallas.ops.gpu.decode_attention.gqa`).
+
+    The kernel attends over one contiguous slot range [start, end) per row and skips blocks outside it,
+    so a step reads the filled part of the cache only. Our rows satisfy that: left padding is followed by
+    the prompt and then by every decoded token, so a row's valid slots are one run ending at the current
+    slot (the sampler always decodes with mask=1). interpret=True runs the kernel on CPU for tests.
+    """
+    from jax.experimental.pallas.ops.gpu import decode_attention
+
+    B, Dh = q.shape[0], q.shape[-1]
+    S = k.shape[2]
+    split = _decode_split(S)
+    first = jnp.argmax(k_valid, axis=1).astype(jnp.int32)  # first valid slot (left padding before it)
+    current = q_slots[0]
+    if window:
+        first = jnp.maximum(first, current - window + 1)
+    end = jnp.full((B,), current + 1, jnp.int32)
+    out = decode_attention.gqa(
+        q[:, 0],
+        k.swapaxes(1, 2),  # the kernel takes [B, S, K, Dh] and swaps back: XLA cancels the pair
+        v.swapaxes(1, 2),
+        start_idx=first,
+        kv_seq_len=end,
+        sm_scale=1.0 / math.sqrt(Dh),
+        block_k=split,
+        k_splits=S // split,
+        interpret=interpret,
+    )
+    return out[:, None].astype(q.dtype)
 
 
 def _rope_tables(cfg: ModelConfig, positions: Array, dtype: Any) -> tuple[Array, Array]:

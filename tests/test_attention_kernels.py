@@ -1,0 +1,81 @@
+"""The fast attention kernels (`ModelConfig.attention="auto"`) against the einsum reference.
+
+On CPU, "auto" sends full sequences through `jax.nn.dot_product_attention` (its XLA implementation; on
+GPU the same call is cuDNN flash attention), and the Pallas flash-decoding kernel runs in interpret mode,
+so the code paths the GPU takes are checked here for their masks: left padding, causality, windows.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlvr_jax.generate import Sampler, SamplingParams
+from rlvr_jax.models import ModelConfig, init_model
+from rlvr_jax.models import decoder as dec
+
+B, H, K, DH, S = 3, 14, 2, 64, 96  # Qwen2.5-0.5B's head grouping: 7 query heads per kv head
+
+
+def _qkv(T: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.normal(size=(B, T, H, DH)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(B, K, S, DH)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(B, K, S, DH)), jnp.float32)
+    return q, k, v
+
+
+@pytest.mark.parametrize("window", [0, 16])
+def test_pallas_decode_kernel_equals_reference_on_left_padded_cache(window):
+    q, k, v = _qkv(1)
+    current = 60  # the slot being decoded; slots after it are empty cache
+    valid = np.zeros((B, S), bool)
+    for row, padding in enumerate([0, 5, 40]):
+        valid[row, padding : current + 1] = True
+    valid, slots = jnp.asarray(valid), jnp.array([current], jnp.int32)
+    # Garbage in the empty slots must not leak in: the kernel has to stop at the current slot.
+    k = k.at[:, :, current + 1 :].set(1e4)
+    ref = dec.attention(q, k, v, slots, valid, window, impl="xla")
+    out = dec._decode_attention_pallas(q, k, v, slots, valid, window, interpret=True)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-6)
+
+
+@pytest.mark.parametrize("window", [0, 16])
+def test_dot_product_attention_path_equals_reference(window):
+    q, k, v = _qkv(S, seed=1)
+    valid = np.ones((B, S), bool)
+    valid[1, :7] = False  # a left-padded row
+    valid = jnp.asarray(valid)
+    slots = jnp.arange(S, dtype=jnp.int32)
+    ref = dec.attention(q, k, v, slots, valid, window, impl="xla")
+    out = dec.attention(q, k, v, slots, valid, window, impl="auto")
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-6)
+
+
+def test_decode_split_sizes():
+    assert dec._decode_split(384) == 128 and dec._decode_split(48) == 16 and dec._decode_split(40) == 8
+    q = jnp.zeros((1, 1, 4, 64))
+    assert dec._pallas_decode_supported(q, jnp.zeros((1, 1, 384, 64)), 0)
+    assert not dec._pallas_decode_supported(q, jnp.zeros((1, 1, 40, 64)), 0)  # blocks of 8 are too small
+    assert not dec._pallas_decode_supported(jnp.zeros((1, 1, 4, 80)), jnp.zeros((1, 1, 384, 80)), 0)
+
+
+def test_auto_and_xla_models_give_the_same_samples():
+    cfg = ModelConfig(
+        family="qwen2", vocab_size=64, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        head_dim=16, intermediate_size=96, qkv_bias=True,
+    )  # fmt: skip
+    tok = type("Tok", (), {"pad_id": 0, "stop_ids": (63,)})()
+    ids = np.array([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]], np.int32)
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    outs = []
+    for attention in ("xla", "auto"):
+        model = init_model(cfg.replace(attention=attention), seed=4)
+        model.embed[...] = model.embed[...] * 30.0
+        outs.append(jax.device_get(Sampler(model, tok).generate_ids(ids, ids != 0, params)))
+    np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
+    np.testing.assert_allclose(outs[0].logprobs, outs[1].logprobs, atol=1e-5)
+    with pytest.raises(ValueError, match="attention"):
+        cfg.replace(attention="flash")
