@@ -180,7 +180,26 @@ def check_distributed() -> dict[str, Any]:
     # Reference: this host alone, with every prompt, on one of its own devices.
     local_state = jax.device_put(state, jax.local_devices()[0])
     ref = np.asarray(jax.jit(functools.partial(_forward, graphdef))(local_state, PROMPTS, PROMPTS != PAD))
+
+    # The Sampler on the global mesh, fed this host's prompts only (one fewer on the last host, so that
+    # hosts disagree on row counts), returns this host's rows; compared with one device doing them all.
+    tokenizer = types.SimpleNamespace(pad_id=PAD, stop_ids=(STOP,))
+    mine = local[:-1] if pid == nproc - 1 else local
+    params = SamplingParams(temperature=1.0, max_new_tokens=6)
+    sampler = Sampler(model, tokenizer, mesh=mesh)
+    out = sampler.generate_ids(mine, mine != PAD, params, seed=3, group_size=2)
+    with jax.default_device(jax.local_devices()[0]):
+        alone = Sampler(_model(), tokenizer).generate_ids(
+            PROMPTS, PROMPTS != PAD, params, seed=3, group_size=2
+        )
     return {
+        "sampler_multihost": sampler.multihost,
+        "sampler_rows": list(np.shape(out.tokens)),
+        "sampler_tokens": np.asarray(out.tokens).tolist(),
+        "sampler_logprobs": np.asarray(out.logprobs).tolist(),
+        "alone_tokens": np.asarray(alone.tokens).tolist(),
+        "alone_logprobs": np.asarray(alone.logprobs).tolist(),
+        "rows_per_host": per_host,
         "initialized": [first, again],
         "process": [pid, nproc],
         "devices": [jax.local_device_count(), jax.device_count()],

@@ -219,3 +219,13 @@ def test_two_processes_share_one_mesh():
         assert r["ids_shape"] == [4, 5] and not r["ids_fully_addressable"]
         assert r["ids_global_equal"]
         assert r["logits_max_abs_diff"] < 1e-5
+        # Per-host prompts into the multi-host Sampler: each host gets its own rows back, equal to the
+        # same rows sampled (T=1, same seed) by one device holding every prompt.
+        assert r["sampler_multihost"]
+        rows = r["rows_per_host"] - (1 if i == n - 1 else 0)
+        assert r["sampler_rows"] == [2 * rows, 6]
+        start = 2 * i * r["rows_per_host"]
+        assert r["sampler_tokens"] == r["alone_tokens"][start : start + 2 * rows]
+        np.testing.assert_allclose(
+            r["sampler_logprobs"], np.asarray(r["alone_logprobs"])[start : start + 2 * rows], atol=1e-5
+        )

@@ -333,6 +333,10 @@ class Sampler:
         # The Pallas decode kernel is a custom call the SPMD partitioner cannot split by rows, so on a
         # multi-device mesh decoding uses the einsum attention, which it can (see ModelConfig.attention).
         self._attention = "xla" if mesh is not None and mesh.size > 1 else None
+        # A mesh over several processes: every host passes its own prompts and gets its own rows back.
+        self.multihost = mesh is not None and any(
+            d.process_index != jax.process_index() for d in mesh.devices.flat
+        )
         if mesh is not None:
             from rlvr_jax import sharding
 
@@ -385,18 +389,31 @@ class Sampler:
             self.compile_count += 2
         return self._compiled[skey]
 
-    def _pad_rows(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Adds empty prompt rows until the row count divides over the mesh's batch axes."""
+    def _pad_rows(self, ids: np.ndarray, mask: np.ndarray, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Adds empty prompt rows (done from the start) up to `rows`, or, with rows None, until the row
+        count divides over the mesh's batch axes."""
         if self.mesh is None:
             return ids, mask
         from rlvr_jax import sharding
 
-        extra = -len(ids) % sharding.batch_shards(self.mesh, self.rules)
+        extra = -len(ids) % sharding.batch_shards(self.mesh, self.rules) if rows is None else rows - len(ids)
         if not extra:
             return ids, mask
         pad_ids = np.full((extra, ids.shape[1]), self.tokenizer.pad_id, ids.dtype)
-        pad_mask = np.zeros((extra, mask.shape[1]), bool)  # empty prompts: done from the start
+        pad_mask = np.zeros((extra, mask.shape[1]), bool)
         return np.concatenate([ids, pad_ids]), np.concatenate([mask, pad_mask])
+
+    def _agree(self, rows: int, prompt_len: int, new_tokens: int) -> tuple[int, int, int]:
+        """Multi-host: every process must run the same compiled shapes. Returns the largest row count
+        (rounded up to this host's row shards), prompt length and max_new_tokens over all processes."""
+        from jax.experimental import multihost_utils
+
+        from rlvr_jax import sharding
+
+        sizes = multihost_utils.process_allgather(np.array([rows, prompt_len, new_tokens], np.int32))
+        rows, prompt_len, new_tokens = (int(x) for x in np.asarray(sizes).reshape(-1, 3).max(axis=0))
+        shards = sharding.local_batch_shards(self.mesh, self.rules)
+        return -(-rows // shards) * shards, prompt_len, new_tokens
 
     def _prepare(
         self,
@@ -405,12 +422,15 @@ class Sampler:
         params: SamplingParams,
         group_size: int,
         row_params: RowParams | None,
-    ) -> tuple[tuple, np.ndarray, np.ndarray, RowParams]:
+    ) -> tuple[tuple, np.ndarray, np.ndarray, RowParams, int]:
         """Pads prompts into their bucket (and rows to fill the mesh); returns (bucket key, ids, mask,
-        per-row parameters)."""
+        per-row parameters, decode limit)."""
         B, P = prompt_ids.shape
-        P_b = bucket(P, self.prompt_buckets)
-        N_b = bucket(params.max_new_tokens, self.new_token_buckets)
+        rows, width, limit = None, P, params.max_new_tokens
+        if self.multihost:
+            rows, width, limit = self._agree(B, P, limit)
+        P_b = bucket(width, self.prompt_buckets)
+        N_b = bucket(limit, self.new_token_buckets)
         if P_b + N_b > self.config.max_position_embeddings and self.config.positional == "learned":
             raise ValueError(
                 f"prompt ({P}) + new tokens ({params.max_new_tokens}) exceed the model's "
@@ -421,7 +441,7 @@ class Sampler:
         mask = np.zeros((B, P_b), bool)
         ids[:, P_b - P :] = prompt_ids
         mask[:, P_b - P :] = prompt_mask
-        ids, mask = self._pad_rows(ids, mask)
+        ids, mask = self._pad_rows(ids, mask, rows)
         rows = len(ids) * group_size
         custom_rows = row_params is not None  # per-row filters may differ from `params`
         if row_params is None:
@@ -433,7 +453,23 @@ class Sampler:
         # Top-k without top-p for every row: a static lax.top_k instead of a vocabulary sort.
         top_k_only = params.top_k if params.top_k > 0 and params.top_p >= 1.0 and not custom_rows else 0
         key = (len(ids), P_b, N_b, group_size, use_filters, top_k_only, tuple(self.tokenizer.stop_ids), pad)
-        return key, ids, mask, row_params
+        return key, ids, mask, row_params, limit
+
+    def _inputs(self, ids: np.ndarray, mask: np.ndarray, row_params: RowParams) -> tuple[Any, Any, Any]:
+        """Device inputs: this host's rows become its part of the global arrays on a multi-host mesh."""
+        if not self.multihost:
+            return jnp.asarray(ids), jnp.asarray(mask), row_params
+        from rlvr_jax import sharding
+
+        row_params = RowParams(*(np.asarray(x) for x in row_params))
+        return sharding.host_local_to_global((ids, mask, row_params), self.mesh, self.rules)
+
+    def _local(self, out: GenerateOutput) -> GenerateOutput:
+        """Multi-host: this host's rows of the global output (numpy), in its prompts' order."""
+        if not self.multihost:
+            return out
+        local = lambda x: _host_rows(x) if x.ndim else np.asarray(x.addressable_data(0))
+        return GenerateOutput(*(local(x) for x in out))
 
     def _finish(self, out: GenerateOutput, rows: int, max_new_tokens: int) -> GenerateOutput:
         """Drops the rows added to fill the mesh and the bucket's unused tail."""
@@ -454,13 +490,15 @@ class Sampler:
         row_params: RowParams | None = None,
     ) -> GenerateOutput:
         """Runs the sampler on already-tokenised, left-padded prompts (padded here up to a bucket)."""
-        key, ids, mask, row_params = self._prepare(prompt_ids, prompt_mask, params, group_size, row_params)
+        key, ids, mask, row_params, limit = self._prepare(
+            prompt_ids, prompt_mask, params, group_size, row_params
+        )
         fn = self._fn(key)
         rng = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
         t0 = time.perf_counter()
-        limit = jnp.asarray(params.max_new_tokens, jnp.int32)
-        out = fn(self.params, jnp.asarray(ids), jnp.asarray(mask), rng, row_params, limit)
-        out = jax.block_until_ready(out)
+        ids, mask, row_params = self._inputs(ids, mask, row_params)
+        out = fn(self.params, ids, mask, rng, row_params, jnp.asarray(limit, jnp.int32))
+        out = self._local(jax.block_until_ready(out))
         self.last_timing = {"seconds": time.perf_counter() - t0, "steps": int(out.steps)}
         return self._finish(out, len(prompt_ids) * group_size, params.max_new_tokens)
 
@@ -484,7 +522,9 @@ class Sampler:
         """
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-        key, ids, mask, row_params = self._prepare(prompt_ids, prompt_mask, params, group_size, row_params)
+        if self.multihost:
+            raise NotImplementedError("stream_ids runs on one host; use generate_ids on a multi-host mesh")
+        key, ids, mask, row_params, _ = self._prepare(prompt_ids, prompt_mask, params, group_size, row_params)
         start, cont = self._stream_fns(key)
         rng = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
         rows, limit = len(prompt_ids) * group_size, params.max_new_tokens
@@ -532,6 +572,24 @@ class Sampler:
         return results
 
 
+def _host_rows(x: Array) -> np.ndarray:
+    """This process's rows of a row-sharded global array, in global row order (replicas counted once)."""
+    blocks = {}
+    for shard in x.addressable_shards:
+        start = shard.index[0].start or 0
+        blocks.setdefault(start, np.asarray(shard.data))
+    return np.concatenate([blocks[k] for k in sorted(blocks)])
+
+
 def _truncate(out: GenerateOutput, n: int) -> GenerateOutput:
-    """Cuts the unused tail of the bucket off the generation axis (decoding stopped at n already)."""
-    return out._replace(tokens=out.tokens[:, :n], logprobs=out.logprobs[:, :n], mask=out.mask[:, :n])
+    """Cuts the generation axis to n tokens (the bucket's unused tail, or, on a multi-host mesh where
+    hosts asked for different lengths, the tokens decoded past this host's request)."""
+    mask = out.mask[:, :n]
+    lengths = mask.sum(-1).astype(out.lengths.dtype)
+    return out._replace(
+        tokens=out.tokens[:, :n],
+        logprobs=out.logprobs[:, :n],
+        mask=mask,
+        lengths=lengths,
+        finished=out.finished & (out.lengths <= n),
+    )
