@@ -14,6 +14,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ from rlvr_jax.evaluation.generate_and_score import (
 )
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.models.decoder import abstract_model
-from rlvr_jax.monitoring.metrics import MetricsWriter, Progress, plot_rewards
+from rlvr_jax.monitoring.metrics import MetricsWriter, Progress, mfu, peak_flops, plot_rewards, step_flops
 from rlvr_jax.rewards.pool import RewardPool
 from rlvr_jax.rl import LossConfig, get_advantage_fn
 from rlvr_jax.rl.dynamic_sampling import fill_batch
@@ -193,6 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
         start = int(meta["step"])
         _log(f"resumed from {workdir / 'checkpoints'} at step {start}")
     iterator = batches(pipeline, meta.get("data_iterator"))
+    train_flops: dict[Any, float | None] = {}  # XLA's FLOPs of one update, per batch shape
     sampler.update_params(export_params(state.params, model.cfg.param_dtype))
     metrics_file = workdir / "metrics.jsonl"
     # A resumed run drops what was logged after its checkpoint and rewrites those steps exactly once.
@@ -265,6 +267,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             advantages = advantage_fn(jnp.asarray(scores), G)
             batch = batch_from_rollout(ids, mask, rollout, advantages)
             batch = sharding.shard_batch(batch, mesh)
+            shape_key = tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
+            if shape_key not in train_flops:  # XLA's count for this batch shape, once (a lowering, no run)
+                train_flops[shape_key] = step_flops(train_step.lower(state, batch))
             state, updates = update_on_rollout(
                 train_step,
                 state,
@@ -306,6 +311,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                 * config.rl.mu
                 / max(t3 - t2, 1e-9),
                 **{f"train/{k}": float(np.asarray(v)) for k, v in step_metrics.items()},
+                **_flops_metrics(train_flops[shape_key], len(updates), t3 - t2, mesh),
             }
             if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
                 eval_metrics = _evaluate(sampler, task, eval_samples, config, seed=config.seed)
@@ -414,6 +420,24 @@ def rows_to_batch_inputs(rows: dict[str, np.ndarray], group_size: int, buckets, 
         steps=np.int32(rows["tokens"].shape[1]),
     )
     return ids, mask, out
+
+
+def _flops_metrics(flops: float | None, updates: int, seconds: float, mesh: Any) -> dict[str, float]:
+    """Achieved training TFLOP/s per device and MFU (against the device's bf16 peak, when known).
+
+    `flops` is XLA's cost analysis of one update on the whole batch (from the lowered, unpartitioned
+    program), so it is divided over the mesh's devices. Old / reference log-prob passes are not counted:
+    the figure is the update's own utilisation.
+    """
+    if flops is None or seconds <= 0:
+        return {}
+    devices = 1 if mesh is None else mesh.size
+    per_device = flops * updates / devices
+    out = {"throughput/train_tflops_per_device": per_device / seconds / 1e12}
+    utilisation = mfu(per_device, seconds, peak=peak_flops())
+    if utilisation is not None:
+        out["throughput/mfu"] = utilisation
+    return out
 
 
 def _save(checkpointer, state, step, iterator, eval_before, run_id, eval_metrics) -> None:

@@ -431,12 +431,16 @@ def _jit_per_structure(build: Callable[[Any], Callable[..., Any]]) -> Callable[.
     """
     compiled: dict[Any, Callable[..., Any]] = {}
 
-    def call(tree: Any, *rest: Any) -> Any:
+    def jitted(tree: Any) -> Callable[..., Any]:
         key = jax.tree.structure(tree)
         if key not in compiled:
             compiled[key] = build(tree)
-        return compiled[key](tree, *rest)
+        return compiled[key]
 
+    def call(tree: Any, *rest: Any) -> Any:
+        return jitted(tree)(tree, *rest)
+
+    call.lower = lambda tree, *rest: jitted(tree).lower(tree, *rest)  # as jax.jit's, for cost analysis
     return call
 
 
