@@ -3,7 +3,8 @@
     python scripts/train.py --config=configs/humaneval.py --workdir=runs/humaneval
 
 Local data: --config.data.path=../shared/data/humaneval; a local model: --config.model.path=FILE.gguf
-(../shared/tools/fetch-qwen-coder assembles the Qwen2.5-Coder GGUF). Timing on one H100: not yet measured.
+(../shared/tools/fetch-qwen-coder assembles the Qwen2.5-Coder GGUF).
+Timing on one H100: not measured (the GPU machine has no bubblewrap for the sandbox).
 """
 
 from rlvr_jax.config import base_config
@@ -16,6 +17,7 @@ def get_config(arg: str | None = None):
     c.data.eval_split = "test" if "humaneval" == "mbpp" else "validation"
     c.data.eval_limit = 128
     c.sampling.max_new_tokens = 384
+    c.model.remat = "full"  # long sequences: see configs/gsm8k.py
     c.rl.prompts_per_step = 8
     c.rl.group_size = 8
     c.optim.learning_rate = 1e-6
