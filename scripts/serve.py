@@ -1,0 +1,138 @@
+"""Serve a model over an OpenAI-compatible HTTP API (completions, chat completions, SSE streaming).
+
+    python scripts/serve.py --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --port 8000
+    curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "SmolLM2-135M-Instruct.Q4_1", "messages": [{"role": "user", "content": "Hi"}]}'
+
+--model takes a Hugging Face hub id, a local HF directory or a GGUF file. The server listens at once
+(GET /health answers); the model loads and every (batch, prompt, new-token) bucket compiles in the
+background, and GET /ready turns 200 when that is done. GET /metrics is Prometheus. SIGTERM / Ctrl-C stop
+taking new connections and finish the requests in flight before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rlvr_jax.cli import fail_cleanly
+from serving.config import DEFAULT_NEW_TOKEN_BUCKETS, DEFAULT_PROMPT_BUCKETS, ServerConfig, parse_buckets
+
+
+def default_model_name(src: str) -> str:
+    """What clients pass as `model`: a GGUF file's or directory's name, or the hub id itself."""
+    path = Path(src).expanduser()
+    if path.is_file():
+        return path.stem
+    if path.is_dir():
+        return path.resolve().name
+    return src
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _buckets(text: str) -> str:
+    return ",".join(str(b) for b in text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="hub id, HF directory or .gguf file")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served_model_name", default=None, help="the `model` name clients send")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--max_batch", type=int, default=8, help="most rows (choices) decoded together")
+    p.add_argument("--batch_buckets", default=None, help="batch sizes compiled (default: max_batch)")
+    p.add_argument("--max_queue", type=int, default=64, help="most requests waiting; beyond it: 429")
+    p.add_argument("--batch_wait_ms", type=float, default=5.0, help="how long a batch waits to fill up")
+    p.add_argument("--prompt_buckets", default=_buckets(DEFAULT_PROMPT_BUCKETS), help="prompt lengths")
+    p.add_argument(
+        "--new_token_buckets", default=_buckets(DEFAULT_NEW_TOKEN_BUCKETS), help="completion lengths compiled"
+    )
+    p.add_argument("--max_prompt_tokens", type=int, default=0, help="default: the largest prompt bucket")
+    p.add_argument("--max_tokens_limit", type=int, default=0, help="default: the largest new-token bucket")
+    p.add_argument("--request_timeout", type=float, default=120.0, help="seconds, queueing included")
+    p.add_argument("--stream_chunk_tokens", type=int, default=8, help="decode steps between streamed chunks")
+    p.add_argument("--max_body_bytes", type=int, default=1 << 20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compilation_cache", default=None, help="persistent JAX compilation cache directory")
+    p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = ServerConfig(
+        model_name=args.served_model_name or default_model_name(args.model),
+        max_batch=args.max_batch,
+        batch_buckets=parse_buckets(args.batch_buckets, "--batch_buckets") if args.batch_buckets else (),
+        max_queue=args.max_queue,
+        batch_wait_ms=args.batch_wait_ms,
+        prompt_buckets=parse_buckets(args.prompt_buckets, "--prompt_buckets"),
+        new_token_buckets=parse_buckets(args.new_token_buckets, "--new_token_buckets"),
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens_limit=args.max_tokens_limit,
+        request_timeout_s=args.request_timeout,
+        stream_chunk_tokens=args.stream_chunk_tokens,
+        max_body_bytes=args.max_body_bytes,
+        seed=args.seed,
+    )
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    import jax
+    import uvicorn
+
+    from rlvr_jax.checkpoints import load_model, source_kind
+    from serving.app import create_app
+    from serving.engine import Engine
+
+    source_kind(args.model)  # a missing path or a non-model file fails now, not after the server starts
+    if args.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+    def load_engine() -> Engine:
+        loaded = load_model(args.model, dtype=args.dtype, with_tokenizer=True)
+        return Engine.from_loaded(loaded.model, loaded.tokenizer, config)
+
+    failures: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_failure(error: BaseException) -> None:
+        failures.append(error)
+        if server is not None:
+            server.should_exit = True
+
+    # Uvicorn drains on SIGTERM / SIGINT, then re-sends the signal to the handler that was there before it;
+    # this one turns it into a normal exit, so a graceful shutdown ends with status 0, not "killed".
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
+    app = create_app(config, load_engine, on_load_failure=on_load_failure)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            # In-flight requests finish within the request timeout; after that shutdown goes on anyway.
+            timeout_graceful_shutdown=int(args.request_timeout) + 5,
+        )
+    )
+    server.run()
+    if failures:
+        raise failures[0]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(fail_cleanly(main))

@@ -1,0 +1,362 @@
+"""The FastAPI app: OpenAI-compatible routes, health and readiness, Prometheus metrics.
+
+Routes: POST /v1/completions, POST /v1/chat/completions (both with SSE streaming), GET /v1/models,
+GET /health (the process answers), GET /ready (model loaded and every bucket compiled), GET /metrics.
+
+The model loads and compiles in a background thread after the server has started listening, so that
+liveness probes pass during a long start-up and /ready tells the truth. Every request is checked here,
+at the edge, against the server's limits; anything wrong becomes a 4xx with a message that says what to
+change, and never reaches the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from serving import schemas
+from serving.batcher import Batcher, Job, QueueFull, ShuttingDown, Update
+from serving.choices import Choices
+from serving.config import ServerConfig
+from serving.engine import Engine
+from serving.errors import ApiError, install_error_handlers
+from serving.metrics import CONTENT_TYPE, ServerMetrics
+from serving.middleware import HttpMiddleware
+from serving.responses import Reply, sse
+
+log = logging.getLogger(__name__)
+
+# Completions default to OpenAI's 16 new tokens; chat to as many as the server allows.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+@dataclasses.dataclass
+class ServerState:
+    """What the routes share: settings, metrics, and (once loaded) the engine and batcher."""
+
+    config: ServerConfig
+    metrics: ServerMetrics
+    status: str = "loading"  # loading | ready | failed | stopping
+    error: str | None = None
+    engine: Engine | None = None
+    batcher: Batcher | None = None
+    started: int = dataclasses.field(default_factory=schemas.now)
+
+
+def create_app(
+    config: ServerConfig,
+    load_engine: Callable[[], Engine],
+    *,
+    on_load_failure: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The app. `load_engine` runs in a background thread at start-up (load the model, build the sampler);
+    the app then compiles every bucket and starts the batcher. `on_load_failure` is told when that fails
+    (the command-line server uses it to exit with the message)."""
+    state = ServerState(config=config, metrics=ServerMetrics(config.max_batch))
+
+    def load() -> None:
+        try:
+            engine = load_engine()
+            state.metrics.compilations.set(engine.sampler.compile_count)
+            seconds = engine.warmup(
+                on_shape=lambda *_: state.metrics.compilations.set(engine.sampler.compile_count)
+            )
+            batcher = Batcher(
+                engine, max_batch=config.max_batch, max_queue=config.max_queue,
+                wait_s=config.batch_wait_ms / 1000, seed=config.seed, metrics=state.metrics,
+            )  # fmt: skip
+            batcher.start()
+            state.engine, state.batcher = engine, batcher
+            if state.status == "loading":
+                state.status = "ready"
+                state.metrics.ready.set(1)
+            log.info("ready: %d shapes compiled in %.1f s", len(config.compiled_shapes), seconds)
+        except BaseException as e:
+            state.status, state.error = "failed", f"{type(e).__name__}: {e}"
+            log.error("loading the model failed: %s", state.error)
+            if on_load_failure is not None:
+                on_load_failure(e)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=load, name="model-loader", daemon=True).start()
+        yield
+        # Uvicorn has already waited for the requests in flight; finish whatever the batcher still holds.
+        state.status = "stopping"
+        state.metrics.ready.set(0)
+        if state.batcher is not None and not state.batcher.stop(timeout=config.request_timeout_s):
+            log.warning("the batcher was still busy after %.0f s at shutdown", config.request_timeout_s)
+
+    app = FastAPI(title="rlvr-jax inference server", lifespan=lifespan)
+    app.state.server = state
+    app.add_middleware(HttpMiddleware, metrics=state.metrics, max_body_bytes=config.max_body_bytes)
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process and its event loop answer (loading or not)."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once the model is loaded and every bucket compiled, 503 before and at shutdown."""
+        body: dict[str, Any] = {"status": state.status, "model": config.model_name}
+        if state.error:
+            body["error"] = state.error
+        if state.status == "ready":
+            body["compiled_shapes"] = len(config.compiled_shapes)
+        return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if state.engine is not None:
+            state.metrics.compilations.set(state.engine.sampler.compile_count)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models() -> schemas.ModelList:
+        context = state.engine.context_length if state.engine is not None else 0
+        card = schemas.ModelCard(id=config.model_name, created=state.started, max_model_len=context)
+        return schemas.ModelList(data=[card])
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: schemas.CompletionRequest, request: Request) -> Response:
+        arrived = time.monotonic()
+        engine = _ready_engine(state, body)
+        prompts = _completion_prompts(engine, body)
+        max_tokens = _max_tokens(state, engine, body.max_tokens, prompts, COMPLETIONS_DEFAULT_MAX_TOKENS)
+        return await _generate(state, engine, body, prompts, max_tokens, arrived, chat=False)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: schemas.ChatCompletionRequest, request: Request) -> Response:
+        arrived = time.monotonic()
+        engine = _ready_engine(state, body)
+        if not engine.tokenizer.chat_template:
+            message = (
+                f"{config.model_name!r} has no chat template, so its messages cannot be formatted; "
+                "use /v1/completions with a plain prompt"
+            )
+            raise ApiError(400, message, param="messages")
+        try:
+            prompt = engine.encode_chat(body.template_messages())
+        except Exception as e:  # the model's own Jinja template refused the conversation
+            raise ApiError(
+                400, f"the model's chat template rejected these messages: {e}", param="messages"
+            ) from e
+        max_tokens = _max_tokens(state, engine, body.requested_max_tokens, [prompt], None)
+        return await _generate(state, engine, body, [prompt], max_tokens, arrived, chat=True)
+
+    return app
+
+
+# -- request checks -----------------------------------------------------------------------------------------
+
+
+def _ready_engine(state: ServerState, body: schemas._SamplingFields) -> Engine:
+    """The engine when the server can take this request; otherwise the error that says why not."""
+    if state.status != "ready" or state.engine is None:
+        if state.status == "failed":
+            raise ApiError(503, f"the model failed to load: {state.error}", type="server_error")
+        what = "shutting down" if state.status == "stopping" else "still loading and compiling"
+        raise ApiError(
+            503, f"the server is {what}; retry when GET /ready returns 200", type="server_error",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    if body.model != state.config.model_name:
+        message = (
+            f"the model {body.model!r} does not exist on this server; it serves "
+            f"{state.config.model_name!r} (GET /v1/models lists it)"
+        )
+        raise ApiError(404, message, param="model", code="model_not_found")
+    problem = body.unsupported()
+    if problem:
+        raise ApiError(400, problem)
+    return state.engine
+
+
+def _completion_prompts(engine: Engine, body: schemas.CompletionRequest) -> list[list[int]]:
+    """The request's prompts as token ids: one string, several, token ids, or several token-id lists."""
+    p = body.prompt
+    if isinstance(p, str):
+        prompts = [engine.encode_text(p)]
+    elif all(isinstance(x, str) for x in p):
+        prompts = [engine.encode_text(x) for x in p]
+    elif all(isinstance(x, int) for x in p):
+        prompts = [list(p)]
+    else:
+        prompts = [list(x) for x in p]
+    for ids in prompts:
+        bad = [t for t in ids if not 0 <= t < engine.vocab_size]
+        if bad:
+            raise ApiError(
+                400, f"token id {bad[0]} is outside this model's vocabulary (0..{engine.vocab_size - 1})",
+                param="prompt",
+            )  # fmt: skip
+        if not ids:
+            raise ApiError(
+                400, "the prompt is empty after tokenisation; send at least one token", param="prompt"
+            )
+    return prompts
+
+
+def _max_tokens(
+    state: ServerState, engine: Engine, requested: int | None, prompts: list[list[int]], default: int | None
+) -> int:
+    """Checks prompt lengths and max_tokens against the server's limits and the model's context."""
+    cfg = state.config
+    longest = max(len(p) for p in prompts)
+    if longest > cfg.max_prompt_tokens:
+        raise ApiError(
+            400, f"the prompt has {longest} tokens; this server accepts at most {cfg.max_prompt_tokens} "
+            "prompt tokens (--max_prompt_tokens). Shorten the prompt or the conversation.",
+            param="messages" if default is None else "prompt", code="context_length_exceeded",
+        )  # fmt: skip
+    room = engine.context_length - longest
+    if room < 1:
+        message = (
+            f"the prompt has {longest} tokens, which fills the model's context of "
+            f"{engine.context_length} tokens; shorten it"
+        )
+        raise ApiError(400, message, code="context_length_exceeded")
+    if requested is None:
+        return min(default or cfg.max_tokens_limit, cfg.max_tokens_limit, room)
+    if requested > cfg.max_tokens_limit:
+        message = (
+            f"max_tokens is {requested}, but this server generates at most {cfg.max_tokens_limit} "
+            "tokens per completion (--max_tokens_limit); ask for fewer"
+        )
+        raise ApiError(400, message, param="max_tokens")
+    if requested > room:
+        raise ApiError(
+            400, f"the prompt ({longest} tokens) plus max_tokens ({requested}) exceed the model's context of "
+            f"{engine.context_length} tokens; ask for at most {room} tokens", param="max_tokens",
+            code="context_length_exceeded",
+        )  # fmt: skip
+    return requested
+
+
+# -- generation ---------------------------------------------------------------------------------------------
+
+
+async def _generate(
+    state: ServerState,
+    engine: Engine,
+    body: schemas._SamplingFields,
+    prompts: list[list[int]],
+    max_tokens: int,
+    arrived: float,
+    *,
+    chat: bool,
+) -> Response:
+    cfg = state.config
+    rows = [p for p in prompts for _ in range(body.n)]  # choice i*n + j is sample j of prompt i
+    if len(rows) > cfg.max_batch:
+        message = (
+            f"this request asks for {len(rows)} completions (prompts x n), more than this server's "
+            f"batch of {cfg.max_batch} (--max_batch); send fewer prompts or a smaller n"
+        )
+        raise ApiError(400, message, param="n")
+    loop = asyncio.get_running_loop()
+    updates: asyncio.Queue[Update] = asyncio.Queue()
+    job = Job(
+        prompts=rows, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+        seed=body.seed, enqueued_at=arrived,
+        deliver=lambda update: loop.call_soon_threadsafe(updates.put_nowait, update),
+    )  # fmt: skip
+    assert state.batcher is not None
+    try:
+        state.batcher.submit(job)
+    except QueueFull as e:
+        raise ApiError(
+            429,
+            str(e),
+            type="rate_limit_exceeded",
+            code="queue_full",
+            headers={"Retry-After": str(e.retry_after)},
+        ) from e
+    except ShuttingDown as e:
+        raise ApiError(503, str(e), type="server_error", headers={"Retry-After": "5"}) from e
+    deadline = arrived + cfg.request_timeout_s
+    choices = Choices(engine.tokenizer, len(rows), body.stop_strings)
+    prompt_tokens = sum(len(p) for p in prompts)
+    reply = Reply(body.model, chat, choices, prompt_tokens)
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        events = _stream(
+            state.batcher, job, updates, choices, reply, deadline, cfg.request_timeout_s, include_usage
+        )
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+    try:
+        while not choices.done:
+            update = await _next_update(updates, deadline, cfg.request_timeout_s)
+            choices.apply(update.rows)
+    except BaseException:
+        state.batcher.cancel(job)
+        raise
+    state.batcher.cancel(job)  # finished (possibly by a stop string before the sampler knew): free its rows
+    return JSONResponse(reply.whole())
+
+
+async def _next_update(updates: asyncio.Queue[Update], deadline: float, timeout_s: float) -> Update:
+    """The job's next update, or the error that ends it (a generation failure, or the request timeout)."""
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            update = await updates.get()
+    except TimeoutError:
+        raise ApiError(
+            504, f"the request did not finish within the server's {timeout_s:.0f} s request timeout "
+            "(--request_timeout); the server is busy or max_tokens is large: retry, or ask for fewer tokens",
+            type="timeout", code="request_timeout",
+        ) from None  # fmt: skip
+    if update.error:
+        raise ApiError(500, update.error, type="server_error")
+    return update
+
+
+async def _stream(
+    batcher: Batcher,
+    job: Job,
+    updates: asyncio.Queue[Update],
+    choices: Choices,
+    reply: Reply,
+    deadline: float,
+    timeout_s: float,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """Server-sent events: a role chunk (chat), text deltas as they decode, finish reasons, [DONE].
+
+    Errors after the 200 header has gone out (timeout, generation failure) are sent as an `error` event,
+    which OpenAI clients raise as an exception, followed by [DONE].
+    """
+    try:
+        if reply.chat:
+            for i in range(len(choices.finish_reasons)):
+                yield sse(reply.chunk(i, {"role": "assistant", "content": ""}, None))
+        while not choices.done:
+            try:
+                update = await _next_update(updates, deadline, timeout_s)
+            except ApiError as e:
+                yield sse({"error": {"message": e.message, "type": e.type, "code": e.code}})
+                break
+            for change in choices.apply(update.rows):
+                if change.text:
+                    content = {"content": change.text} if reply.chat else change.text
+                    yield sse(reply.chunk(change.index, content, None))
+                if change.finish_reason:
+                    yield sse(reply.chunk(change.index, {} if reply.chat else "", change.finish_reason))
+        if include_usage and choices.done:
+            yield sse(reply.usage_chunk())
+        yield "data: [DONE]\n\n"
+    finally:
+        batcher.cancel(job)  # done, failed, or the client went away: the batcher drops its rows

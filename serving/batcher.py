@@ -1,0 +1,267 @@
+"""Dynamic batching: a bounded queue in front of one worker thread that owns the sampler.
+
+Requests arrive on the event loop; the worker waits for the first one, then collects more for up to
+`wait_s` or until `max_batch` rows are waiting, and runs them as one batch. Results go back through
+each job's `deliver` callback (thread-safe, never blocking), once per streamed chunk, so a streaming
+client sees tokens as they are decoded and a short request is answered as soon as its own rows are done,
+not when the batch's longest row is.
+
+Why a thread and a bounded queue: the sampler blocks (it waits on the device), and the event loop must
+keep answering /health, /metrics and 429s while it does; the bound on waiting jobs (plus the per-request
+limits checked at the edge) bounds memory whatever the load.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+from serving.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowState:
+    """One choice's progress: its generated ids so far (at most its max_tokens, the stop token included),
+    whether it ended on a stop token, and whether it is over (stop token or max_tokens)."""
+
+    token_ids: tuple[int, ...]
+    stop_token: bool
+    done: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """What a job's `deliver` receives: every row's state, or an error that ends the job."""
+
+    rows: tuple[RowState, ...] = ()
+    error: str | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One request as the batcher sees it: token-id prompts (one per row, i.e. per choice) and sampling."""
+
+    prompts: list[list[int]]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    deliver: Callable[[Update], None]
+    seed: int | None = None
+    enqueued_at: float = dataclasses.field(default_factory=time.monotonic)
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts)
+
+
+class Runner(Protocol):
+    """Runs jobs as one batch, yielding every job's row states after each decoded chunk."""
+
+    def run(self, jobs: Sequence[Job], seed: int) -> Iterator[list[tuple[RowState, ...]]]: ...
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` jobs; `retry_after` is a guess (seconds) at when there is room."""
+
+    def __init__(self, retry_after: int, max_queue: int):
+        super().__init__(
+            f"the server is at capacity ({max_queue} requests already waiting); retry after "
+            f"{retry_after} s or send fewer concurrent requests"
+        )
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    """The server is draining for shutdown and takes no new work."""
+
+
+class Batcher:
+    """The bounded queue and the worker thread. `submit` from any thread; `start` / `stop` once."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        max_batch: int,
+        max_queue: int,
+        wait_s: float,
+        seed: int = 0,
+        metrics: ServerMetrics | None = None,
+    ):
+        self.runner = runner
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.wait_s = wait_s
+        self.metrics = metrics
+        self._seed = seed
+        self._queue: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._batch_seconds = 1.0  # running mean, for Retry-After
+        self.batches_run = 0
+        if metrics is not None:
+            metrics.queue_capacity.set(max_queue)
+
+    # -- producer side -------------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queues a job or raises QueueFull / ShuttingDown (the caller turns those into 429 / 503)."""
+        if job.rows > self.max_batch:
+            raise ValueError(f"a job has {job.rows} rows, more than max_batch ({self.max_batch})")
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down and accepts no new requests")
+            if len(self._queue) >= self.max_queue:
+                if self.metrics is not None:
+                    self.metrics.rejected.labels("queue_full").inc()
+                raise QueueFull(self._retry_after(), self.max_queue)
+            self._queue.append(job)
+            self._set_depth()
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Marks a job cancelled (timed out, client gone); a job still waiting leaves the queue at once."""
+        job.cancelled.set()
+        with self._cond:
+            # A job already collected into a batch is not in the queue: the worker skips it from the next
+            # chunk on.
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job)
+            self._set_depth()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def _retry_after(self) -> int:
+        batches_ahead = len(self._queue) / self.max_batch + 1
+        return max(1, math.ceil(batches_ahead * self._batch_seconds))
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._queue))
+
+    # -- worker side ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("Batcher.start called twice")
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Refuses new jobs, finishes the queued and running ones, and joins the worker.
+
+        Returns False when the worker was still busy after `timeout` seconds.
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._collect()
+            if jobs is None:
+                return
+            if jobs:
+                self._run(jobs)
+
+    def _collect(self) -> list[Job] | None:
+        """Blocks for the first job, then gathers up to max_batch rows for at most wait_s (None: stop)."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None  # stopping, and nothing left to drain
+            deadline = time.monotonic() + self.wait_s
+            while not self._stopping and sum(j.rows for j in self._queue) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            jobs: list[Job] = []
+            rows = 0
+            # First come, first served: stop at the first job that does not fit, so none is overtaken.
+            while self._queue and rows + self._queue[0].rows <= self.max_batch:
+                job = self._queue.popleft()
+                if not job.cancelled.is_set():
+                    jobs.append(job)
+                    rows += job.rows
+            self._set_depth()
+            return jobs
+
+    def _next_seed(self, jobs: Sequence[Job]) -> int:
+        """The first job's seed when it gave one (a request alone in its batch is then reproducible)."""
+        self._seed += 1
+        return jobs[0].seed if jobs[0].seed is not None else self._seed
+
+    def _run(self, jobs: list[Job]) -> None:
+        start = time.monotonic()
+        active = set(range(len(jobs)))
+        last: dict[int, tuple[RowState, ...]] = {}
+        first_token_seen: set[int] = set()
+        generated = 0
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(sum(j.rows for j in jobs))
+            self.metrics.prompt_tokens.inc(sum(len(p) for j in jobs for p in j.prompts))
+        updates = self.runner.run(jobs, self._next_seed(jobs))
+        try:
+            for states in updates:
+                for i in list(active):
+                    job, rows = jobs[i], states[i]
+                    if job.cancelled.is_set():
+                        active.discard(i)
+                        continue
+                    if rows == last.get(i):
+                        continue  # nothing new for this job in this chunk
+                    last[i] = rows
+                    if i not in first_token_seen and any(r.token_ids for r in rows):
+                        first_token_seen.add(i)
+                        if self.metrics is not None:
+                            self.metrics.ttft.observe(time.monotonic() - job.enqueued_at)
+                    if all(r.done for r in rows):
+                        active.discard(i)
+                        generated += sum(len(r.token_ids) for r in rows)
+                    _deliver(job, Update(rows=rows))
+                if not active:
+                    break  # every job is answered or gone: stop decoding this batch
+            for i in active:  # the sampler stopped without finishing them: say so instead of hanging
+                _deliver(jobs[i], Update(error="generation ended before the request was complete"))
+        except Exception as e:
+            log.exception("batch of %d jobs failed", len(jobs))
+            for i in active:
+                _deliver(jobs[i], Update(error=f"generation failed: {type(e).__name__}: {e}"))
+        finally:
+            updates_close = getattr(updates, "close", None)
+            if updates_close is not None:
+                updates_close()
+        seconds = time.monotonic() - start
+        self.batches_run += 1
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+        if self.metrics is not None:
+            self.metrics.batch_duration.observe(seconds)
+            self.metrics.generated_tokens.inc(generated)
+            self.metrics.tokens_per_second.set(generated / seconds if seconds > 0 else 0.0)
+
+
+def _deliver(job: Job, update: Update) -> None:
+    """Hands an update to a job's consumer; a consumer that is gone (loop closed) is not our failure."""
+    try:
+        job.deliver(update)
+    except Exception:
+        log.warning("could not deliver an update (client gone?)", exc_info=True)
+        job.cancelled.set()

@@ -1,0 +1,107 @@
+"""The server's settings, validated once at start-up.
+
+Everything that bounds work or memory lives here (batch size, queue length, token limits, timeouts), so
+that a request can be checked against plain numbers at the edge and a bad flag fails before the model
+loads instead of after minutes of compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+# Four shapes by default: start-up compiles each one (seconds on a GPU, ~30 s each on a small CPU), so more
+# buckets are a flag away (--prompt_buckets, --new_token_buckets) rather than a default cost.
+DEFAULT_PROMPT_BUCKETS = (256, 1024)
+DEFAULT_NEW_TOKEN_BUCKETS = (128, 512)
+
+
+def parse_buckets(text: str, flag: str) -> tuple[int, ...]:
+    """'64,128' -> (64, 128); a message naming the flag when the list is not positive integers."""
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise ValueError(
+            f"{flag} takes comma-separated positive integers such as 64,128; got {text!r}"
+        ) from None
+    if not values or values[0] < 1:
+        raise ValueError(f"{flag} takes comma-separated positive integers such as 64,128; got {text!r}")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """How the server batches, bounds and times requests.
+
+    Every (batch, prompt, new-token) bucket combination is compiled at start-up, so the product of the
+    three bucket lists is the number of compilations (x2: prefill and decode chunk) before /ready.
+    """
+
+    model_name: str
+    max_batch: int = 8
+    batch_buckets: tuple[int, ...] = ()  # default: (max_batch,)
+    max_queue: int = 64
+    batch_wait_ms: float = 5.0
+    prompt_buckets: tuple[int, ...] = DEFAULT_PROMPT_BUCKETS
+    new_token_buckets: tuple[int, ...] = DEFAULT_NEW_TOKEN_BUCKETS
+    max_prompt_tokens: int = 0  # 0: the largest prompt bucket
+    max_tokens_limit: int = 0  # 0: the largest new-token bucket
+    request_timeout_s: float = 120.0
+    stream_chunk_tokens: int = 8
+    max_body_bytes: int = 1 << 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: float) -> None:
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+        positive("max_batch", self.max_batch)
+        positive("max_queue", self.max_queue)
+        positive("request_timeout_s", self.request_timeout_s)
+        positive("stream_chunk_tokens", self.stream_chunk_tokens)
+        positive("max_body_bytes", self.max_body_bytes)
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if not self.model_name:
+            raise ValueError("model_name must not be empty (it is what clients pass as `model`)")
+        batch = _sorted_positive(self.batch_buckets or (self.max_batch,), "batch_buckets")
+        if batch[-1] != self.max_batch:
+            raise ValueError(
+                f"the largest batch bucket ({batch[-1]}) must equal max_batch ({self.max_batch}): a batch "
+                "of max_batch rows needs a compiled shape"
+            )
+        prompt = _sorted_positive(self.prompt_buckets, "prompt_buckets")
+        new = _sorted_positive(self.new_token_buckets, "new_token_buckets")
+        object.__setattr__(self, "batch_buckets", batch)
+        object.__setattr__(self, "prompt_buckets", prompt)
+        object.__setattr__(self, "new_token_buckets", new)
+        if self.max_prompt_tokens == 0:
+            object.__setattr__(self, "max_prompt_tokens", prompt[-1])
+        if self.max_tokens_limit == 0:
+            object.__setattr__(self, "max_tokens_limit", new[-1])
+        # Beyond the largest bucket the sampler would round up to a shape nobody compiled.
+        if not 0 < self.max_prompt_tokens <= prompt[-1]:
+            raise ValueError(
+                f"max_prompt_tokens ({self.max_prompt_tokens}) must be in 1..{prompt[-1]} (the largest "
+                "prompt bucket); add a larger prompt bucket to accept longer prompts"
+            )
+        if not 0 < self.max_tokens_limit <= new[-1]:
+            raise ValueError(
+                f"max_tokens_limit ({self.max_tokens_limit}) must be in 1..{new[-1]} (the largest "
+                "new-token bucket); add a larger new-token bucket to allow longer completions"
+            )
+
+    @property
+    def compiled_shapes(self) -> list[tuple[int, int, int]]:
+        """(batch rows, prompt length, new tokens) of every shape compiled before the server is ready."""
+        return [
+            (b, p, n) for b in self.batch_buckets for p in self.prompt_buckets for n in self.new_token_buckets
+        ]
+
+
+def _sorted_positive(values: Sequence[int], name: str) -> tuple[int, ...]:
+    out = tuple(sorted({int(v) for v in values}))
+    if not out or out[0] < 1:
+        raise ValueError(f"{name} must be a non-empty list of positive integers, got {list(values)}")
+    return out

@@ -1,0 +1,177 @@
+"""The model side of the server: jobs in, per-row token states out, through the project's `Sampler`.
+
+One batch becomes one `Sampler.stream_ids` call on fixed shapes: rows padded up to a batch bucket with
+empty prompts (which generate nothing), prompts left-padded into a prompt bucket, the new-token budget
+rounded up to a new-token bucket. Every combination is compiled by `warmup` before the server says it is
+ready, so no request ever waits for a compilation. Each row carries its own temperature / top-p / top-k
+(`RowParams`), so requests with different sampling share a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax.generate.sampler import GenerateOutput, RowParams, Sampler, SamplingParams, bucket
+from serving.batcher import Job, RowState
+from serving.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Owns the sampler and tokenizer; `run` is the batcher's Runner."""
+
+    def __init__(self, sampler: Sampler, config: ServerConfig):
+        self.sampler = sampler
+        self.tokenizer = sampler.tokenizer
+        self.config = config
+        self.stop_ids = frozenset(int(i) for i in self.tokenizer.stop_ids)
+        model_cfg = sampler.config
+        longest = config.prompt_buckets[-1] + config.new_token_buckets[-1]
+        if model_cfg.positional == "learned" and longest > model_cfg.max_position_embeddings:
+            raise ValueError(
+                f"the largest prompt bucket + new-token bucket ({longest}) exceed this model's "
+                f"{model_cfg.max_position_embeddings} positions; pass smaller --prompt_buckets / "
+                "--new_token_buckets"
+            )
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, config: ServerConfig) -> Engine:
+        sampler = Sampler(
+            model, tokenizer, prompt_buckets=config.prompt_buckets, new_token_buckets=config.new_token_buckets
+        )
+        return cls(sampler, config)
+
+    # -- prompts ---------------------------------------------------------------------------------------------
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation through the model's chat template, ready for the assistant's turn."""
+        text = self.tokenizer.format(messages, chat=True)
+        return self.tokenizer.encode(text, chat_formatted=True)
+
+    def encode_text(self, prompt: str) -> list[int]:
+        """Token ids of a plain prompt (with the tokenizer's usual special tokens, e.g. BOS)."""
+        return self.tokenizer.encode(prompt)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.sampler.config.vocab_size)
+
+    @property
+    def context_length(self) -> int:
+        """Positions the model was trained for: a prompt plus its completion must fit in them."""
+        return int(self.sampler.config.max_position_embeddings)
+
+    # -- batches ---------------------------------------------------------------------------------------------
+    def run(self, jobs: Sequence[Job], seed: int) -> Iterator[list[tuple[RowState, ...]]]:
+        """Runs the jobs as one batch, yielding every job's row states after each decoded chunk."""
+        prompts = [p for job in jobs for p in job.prompts]
+        row_jobs = [job for job in jobs for _ in job.prompts]
+        rows = bucket(len(prompts), self.config.batch_buckets)
+        if rows > self.config.max_batch:
+            raise ValueError(f"{len(prompts)} rows exceed max_batch ({self.config.max_batch})")
+        ids, mask = _left_pad(prompts, rows, self.tokenizer.pad_id)
+        filler = rows - len(prompts)  # empty rows: greedy, unfiltered, and they generate nothing
+        row_params = RowParams(
+            temperature=jnp.asarray([j.temperature for j in row_jobs] + [0.0] * filler, jnp.float32),
+            top_k=jnp.asarray([j.top_k for j in row_jobs] + [0] * filler, jnp.int32),
+            top_p=jnp.asarray([j.top_p for j in row_jobs] + [1.0] * filler, jnp.float32),
+        )
+        params = self._batch_params(max(j.max_tokens for j in jobs))
+        stream = self.sampler.stream_ids(
+            ids, mask, params, seed=seed, row_params=row_params, chunk_tokens=self.config.stream_chunk_tokens
+        )
+        try:
+            for out in stream:
+                yield _row_states(out, jobs, self.stop_ids)
+        finally:
+            stream.close()
+
+    def _batch_params(self, max_new_tokens: int) -> SamplingParams:
+        """The batch-wide SamplingParams; per-row temperature / top-p / top-k come from RowParams.
+
+        top_k here only selects the compiled variant: the sampler builds the top-k/top-p filtering step
+        when the batch-wide top_k > 0 (rows whose own top_k is 0 and top_p 1 are not filtered by it). One
+        variant for every batch halves the start-up compilations and keeps a top_p request from ever
+        meeting an uncompiled shape.
+        """
+        return SamplingParams(
+            temperature=1.0, top_p=1.0, top_k=self.vocab_size, max_new_tokens=max_new_tokens
+        )
+
+    def warmup(self, *, on_shape: Any = None) -> float:
+        """Compiles (or loads from the persistent cache) every bucket shape; returns the seconds it took.
+
+        Each shape runs the prefill and one decode chunk: rows sample at temperature 1 from a long
+        prompt, and a shape is retried with another seed in the (unlikely) case that every row stopped on
+        its first token, which would leave the decode chunk uncompiled.
+        """
+        t0 = time.perf_counter()
+        text = self.encode_text("Count from one to a thousand: one, two, three, four, five,")
+        for rows, prompt_len, new_tokens in self.config.compiled_shapes:
+            t = time.perf_counter()
+            ids = np.resize(np.asarray(text, np.int32), (rows, prompt_len))
+            mask = np.ones((rows, prompt_len), bool)
+            row_params = RowParams.broadcast(SamplingParams(temperature=1.0), rows)
+            for seed in range(8):
+                stream = self.sampler.stream_ids(
+                    ids, mask, self._batch_params(new_tokens), seed=seed, row_params=row_params,
+                    chunk_tokens=self.config.stream_chunk_tokens,
+                )  # fmt: skip
+                chunks = 0
+                for _ in stream:
+                    chunks += 1
+                    if chunks == 2:
+                        break  # prefill and one decode chunk: both functions are compiled
+                stream.close()
+                if chunks == 2:
+                    break
+            else:
+                raise RuntimeError(
+                    f"warm-up never reached a decode step for shape {(rows, prompt_len, new_tokens)}"
+                )
+            log.info(
+                "compiled batch %d x prompt %d x new tokens %d in %.1f s", rows, prompt_len, new_tokens,
+                time.perf_counter() - t,
+            )  # fmt: skip
+            if on_shape is not None:
+                on_shape(rows, prompt_len, new_tokens)
+        return time.perf_counter() - t0
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, longest] ids and mask, prompts right-aligned; rows past the prompts stay empty."""
+    longest = max(len(p) for p in prompts)
+    ids = np.full((rows, longest), pad_id, np.int32)
+    mask = np.zeros((rows, longest), bool)
+    for r, p in enumerate(prompts):
+        ids[r, longest - len(p) :] = p
+        mask[r, longest - len(p) :] = True
+    return ids, mask
+
+
+def _row_states(
+    out: GenerateOutput, jobs: Sequence[Job], stop_ids: frozenset[int]
+) -> list[tuple[RowState, ...]]:
+    """Cuts each row to its own job's max_tokens (the batch decodes up to the largest of them)."""
+    tokens = np.asarray(out.tokens)
+    lengths = np.asarray(out.lengths)
+    states: list[tuple[RowState, ...]] = []
+    r = 0
+    for job in jobs:
+        job_rows = []
+        for _ in job.prompts:
+            n = min(int(lengths[r]), job.max_tokens)
+            ids = tuple(int(t) for t in tokens[r, :n])
+            stop_token = bool(ids) and ids[-1] in stop_ids
+            job_rows.append(
+                RowState(token_ids=ids, stop_token=stop_token, done=stop_token or n >= job.max_tokens)
+            )
+            r += 1
+        states.append(tuple(job_rows))
+    return states

@@ -1,0 +1,143 @@
+"""Errors for people: OpenAI-shaped error bodies whose messages say what was wrong and what to do.
+
+Every failure a client can cause ends here as a 4xx (or a 5xx for the server's own trouble) with a body
+`{"error": {"message", "type", "param", "code"}}` that OpenAI clients understand. Pydantic's validation
+errors are rewritten into one sentence naming the field, because its raw list (one entry per arm of a
+union type) reads like noise to a person.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import schemas
+
+ROUTES = "/v1/completions, /v1/chat/completions, /v1/models, /health, /ready, /metrics"
+
+
+class ApiError(Exception):
+    """An error for the client: HTTP status, OpenAI error type, the field at fault, extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = schemas.ErrorResponse(
+            error=schemas.ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+        return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers)
+
+
+class BodyTooLarge(Exception):
+    """A request body that grew past --max_body_bytes while it streamed in (no Content-Length given)."""
+
+
+def too_large_message(limit: int) -> str:
+    return f"the request body is larger than this server's limit of {limit} bytes (--max_body_bytes)"
+
+
+_FIELD_SHAPES = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
+    "stop": "a string or a list of up to 4 strings",
+    "messages.*.content": (
+        'a string or a list of {"type": "text", "text": "..."} parts (this server takes text only: no images '
+        "or audio)"
+    ),
+}
+
+
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One readable sentence (and the first field at fault) from FastAPI / pydantic validation errors."""
+    by_place: dict[str, list[dict[str, Any]]] = {}
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            detail = err.get("ctx", {}).get("error", "")
+            return f"the request body is not valid JSON ({detail}); send a JSON object", None
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        by_place.setdefault(_place(_plain(loc)), []).append(err)
+    parts = []
+    for place, errs in by_place.items():
+        err, kind = errs[0], errs[0].get("type")
+        shape = _FIELD_SHAPES.get(_pattern(place))
+        if not place:
+            parts.append(f"the request body must be a JSON object ({err.get('msg')})")
+        elif shape and len(errs) > 1:  # one value, several arms of a union failed
+            parts.append(f"{place} must be {shape}")
+        elif kind == "extra_forbidden":
+            parts.append(f"unknown field {place!r} (check its spelling; this server does not support it)")
+        elif kind == "missing":
+            parts.append(f"{place} is required")
+        elif kind == "too_short":
+            parts.append(f"{place} must not be empty")
+        else:
+            parts.append(f"{place}: {err.get('msg')} (got {_short(err.get('input'))})")
+    first = next((p.split(".")[0] for p in by_place if p), None)
+    return "invalid request: " + "; ".join(parts), first
+
+
+def _pattern(place: str) -> str:
+    return re.sub(r"\.\d+", ".*", place)
+
+
+def _place(loc: list[str]) -> str:
+    """Where an error is reported: the enclosing field with a known shape (so the several errors pydantic
+    gives for one union-typed value read as one), else the error's own location."""
+    for k in range(len(loc), 0, -1):
+        if _pattern(".".join(loc[:k])) in _FIELD_SHAPES:
+            return ".".join(loc[:k])
+    return ".".join(loc)
+
+
+def _plain(loc: list[str]) -> list[str]:
+    """Drops pydantic's union-arm tags (`str`, `list[int]`, ...) from an error location."""
+    return [x for x in loc if not x.startswith(("list[", "function-")) and x not in ("str", "int", "float")]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Turns every exception a request can raise into an OpenAI-shaped error response."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(list(exc.errors()))
+        return ApiError(400, message, param=param).response()
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return ApiError(413, str(exc)).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; this server serves {ROUTES}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
