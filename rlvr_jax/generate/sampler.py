@@ -251,28 +251,6 @@ def generate(
     return _output(state)
 
 
-def stream_start(
-    graphdef: nnx.GraphDef, params: Any, prompt_ids: Array, prompt_mask: Array, key: Array,
-    row_params: RowParams, **static: Any,
-) -> DecodeState:  # fmt: skip
-    """`generate` up to its first token, returning the loop state for `stream_continue`."""
-    cfg, arrays = _decode_arrays(graphdef, params, static.pop("attention", None))
-    return _prefill(cfg, arrays, prompt_ids, prompt_mask, key, row_params, **static)
-
-
-def stream_continue(
-    graphdef: nnx.GraphDef, params: Any, state: DecodeState, row_params: RowParams, until: Array,
-    *, stop_ids: tuple[int, ...], pad_id: int, use_filters: bool, top_k_only: int,
-    attention: str | None = None,
-) -> DecodeState:  # fmt: skip
-    """Continues `stream_start`'s loop up to step `until`: chunks of the same loop, same samples."""
-    cfg, arrays = _decode_arrays(graphdef, params, attention)
-    return _decode(
-        cfg, arrays, state, row_params, until,
-        stop_ids=stop_ids, pad_id=pad_id, use_filters=use_filters, top_k_only=top_k_only,
-    )  # fmt: skip
-
-
 def bucket(n: int, buckets: Sequence[int]) -> int:
     """The smallest bucket >= n (beyond the largest, the next multiple of it)."""
     for b in buckets:
@@ -327,6 +305,7 @@ class Sampler:
         self.new_token_buckets = tuple(new_token_buckets)
         self.compile_count = 0
         self._compiled: dict[tuple, Any] = {}
+        self._prepared: tuple[Any, dict] | None = None  # (params, decode-ready arrays) for streaming
         self.last_timing: dict[str, float] = {}
         self.prng_impl = prng_impl
         self.mesh = mesh
@@ -377,17 +356,28 @@ class Sampler:
         return self._compiled[key]
 
     def _stream_fns(self, key: tuple) -> tuple[Any, Any]:
-        """Jitted (start, continue) for one bucket: the same loop as `_fn`, cut into chunks."""
+        """Jitted (start, continue) for one bucket: the same loop as `_fn`, cut into chunks. Both take the
+        decode-ready arrays (`_stream_arrays`), so a chunk does not re-slice and re-fuse the weights."""
         skey = ("stream", *key)
         if skey not in self._compiled:
             static = self._static(key)
-            start = jax.jit(functools.partial(stream_start, self.graphdef, cache_dtype=None, **static))
+            attention = static.pop("attention")
+            cfg = self.config if attention is None else self.config.replace(attention=attention)
+            start = jax.jit(functools.partial(_prefill, cfg, cache_dtype=None, **static))
             for name in ("max_new_tokens", "group_size"):
                 static.pop(name)
-            cont = jax.jit(functools.partial(stream_continue, self.graphdef, **static), donate_argnums=(1,))
+            cont = jax.jit(functools.partial(_decode, cfg, **static), donate_argnums=(1,))
             self._compiled[skey] = (start, cont)
             self.compile_count += 2
         return self._compiled[skey]
+
+    def _stream_arrays(self) -> dict:
+        """The parameters as the decode loop uses them (per layer, q/k/v and gate/up fused), prepared once
+        per parameter set rather than once per streamed chunk."""
+        if self._prepared is None or self._prepared[0] is not self.params:
+            prepare = jax.jit(lambda params: _decode_arrays(self.graphdef, params, None)[1])
+            self._prepared = (self.params, prepare(self.params))
+        return self._prepared[1]
 
     def _pad_rows(self, ids: np.ndarray, mask: np.ndarray, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Adds empty prompt rows (done from the start) up to `rows`, or, with rows None, until the row
@@ -528,7 +518,8 @@ class Sampler:
         start, cont = self._stream_fns(key)
         rng = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
         rows, limit = len(prompt_ids) * group_size, params.max_new_tokens
-        state = start(self.params, jnp.asarray(ids), jnp.asarray(mask), rng, row_params)
+        arrays = self._stream_arrays()
+        state = start(arrays, jnp.asarray(ids), jnp.asarray(mask), rng, row_params)
         while True:
             out = self._finish(jax.device_get(_output(state)), rows, limit)
             yield out
@@ -536,7 +527,7 @@ class Sampler:
             if step >= limit or bool(np.all(out.finished)):
                 return
             until = jnp.asarray(min(step + chunk_tokens, limit), jnp.int32)
-            state = cont(self.params, state, row_params, until)
+            state = cont(arrays, state, row_params, until)
 
     def complete(
         self,
