@@ -136,6 +136,8 @@ def summarise(
     latencies = [r["latency"] for r in ok]
     ttfts = [r["ttft"] for r in ok if r["ttft"] is not None]
     tokens = sum(r["tokens"] for r in ok)
+    # Time per token after the first (streamed in chunks, so an average over the rest of the request).
+    per_token = [(r["latency"] - r["ttft"]) / (r["tokens"] - 1) for r in ok if r["ttft"] and r["tokens"] > 1]
     batches = after["rlvr_serve_batch_size_count"] - before["rlvr_serve_batch_size_count"]
     rows = after["rlvr_serve_batch_size_sum"] - before["rlvr_serve_batch_size_sum"]
 
@@ -158,6 +160,7 @@ def summarise(
             "mean": ms(sum(latencies) / len(latencies) if ok else None),
         },
         "ttft_ms": {"p50": ms(percentile(ttfts, 50)), "p95": ms(percentile(ttfts, 95))},
+        "per_token_ms": {"p50": ms(percentile(per_token, 50)), "p95": ms(percentile(per_token, 95))},
         "mean_completion_tokens": round(tokens / len(ok), 2) if ok else None,
         "server_batches": int(batches),
         "server_mean_batch_rows": round(rows / batches, 2) if batches else None,
