@@ -23,7 +23,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 lint: install
 	$(VENV)/bin/ruff check .
