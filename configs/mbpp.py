@@ -14,7 +14,7 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.model.path = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     c.data.task = "mbpp"
-    c.data.eval_split = "test" if "mbpp" == "mbpp" else "validation"
+    c.data.eval_split = "test"  # MBPP's own 500 test problems; training uses its train split
     c.data.eval_limit = 128
     c.sampling.max_new_tokens = 384
     c.model.remat = "full"  # long sequences: see configs/gsm8k.py

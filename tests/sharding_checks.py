@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -22,27 +21,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from rlvr_jax import sharding  # noqa: E402
 from rlvr_jax.generate import GenerateOutput, RowParams, Sampler, SamplingParams, generate  # noqa: E402
-from rlvr_jax.models import ModelConfig, abstract_model  # noqa: E402
 from rlvr_jax.models.decoder import apply  # noqa: E402
+from tests.tiny import TINY, numpy_model, use_compilation_cache  # noqa: E402
 
-# Same shapes as tests/test_sampler.py's CFG: 2 KV heads divide over tensor=2.
-CFG = ModelConfig(
-    family="llama",
-    vocab_size=24,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-)
+CFG = TINY
 PAD, STOP = 0, 1
 PROMPTS = np.array(
     [[0, 0, 5, 6, 7], [0, 8, 9, 10, 11], [12, 13, 14, 15, 16], [0, 0, 0, 3, 4]],
@@ -50,29 +38,8 @@ PROMPTS = np.array(
 )
 
 
-def _use_compilation_cache() -> None:
-    """The test suite's persistent cache, also for small compiles: a cold start here is mostly compiling."""
-    jax.config.update("jax_compilation_cache_dir", os.environ.get("RLVR_JAX_CACHE", str(REPO / ".jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
-
 def _model() -> nnx.Module:
-    """The tiny model with deterministic weights drawn by numpy, identical in every process.
-
-    jax's random initialisers compile once per parameter shape, which dominates a cold start on CPU, and
-    a second process of a multi-process run never writes the persistent compilation cache.
-    """
-    graphdef, state = nnx.split(abstract_model(CFG))
-    rng = np.random.default_rng(3)
-
-    def fill(path: tuple, var: nnx.Variable) -> nnx.Variable:
-        name = str(getattr(path[-1], "key", path[-1]))
-        scale = {"embed": 0.8, "lm_head": 0.5}.get(name, 0.1)  # sharp logits: clear greedy winners
-        value = rng.standard_normal(var.shape) * scale + (1.0 if name.endswith("norm") else 0.0)
-        return var.replace(jnp.asarray(value, var.dtype))
-
-    state = jax.tree_util.tree_map_with_path(fill, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.merge(graphdef, state)
+    return numpy_model(CFG, 0.1, {"embed": 0.8, "lm_head": 0.5})  # sharp logits: clear greedy winners
 
 
 def _forward(graphdef: nnx.GraphDef, state: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -212,6 +179,6 @@ def check_distributed() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _use_compilation_cache()
+    use_compilation_cache()
     checks = {"model": check_model, "distributed": check_distributed}
     print("RESULT " + json.dumps(checks[sys.argv[1]]()), flush=True)

@@ -28,21 +28,11 @@ from rlvr_jax.export.spec import MANIFEST
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.models import ModelConfig, init_model
 from tests.conftest import REPO
+from tests.tiny import TINY
 
-VOCAB = 24
 PAD = 0
-CFG = ModelConfig(
-    family="llama",
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-    eos_token_ids=(1,),
-    pad_token_id=PAD,
-)
+CFG = TINY.replace(eos_token_ids=(1,), pad_token_id=PAD)
+VOCAB = CFG.vocab_size
 P, N = 16, 8
 SPEC = ExportSpec(prompt_len=P, max_new_tokens=N)  # any batch, cpu + cuda, both signatures
 

@@ -13,19 +13,11 @@ from scipy import stats
 
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.generate.sampling import filter_top_k_top_p
-from rlvr_jax.models import ModelConfig, init_model
+from rlvr_jax.models import init_model
+from tests.tiny import TINY
 
-VOCAB = 24
-CFG = ModelConfig(
-    family="llama",
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-)
+CFG = TINY
+VOCAB = CFG.vocab_size
 PAD = 0
 
 

@@ -19,21 +19,13 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from rlvr_jax import sharding
-from rlvr_jax.models import ModelConfig, abstract_model
+from rlvr_jax.models import abstract_model
 from tests.multiprocess import result, run_processes, subprocess_env
+from tests.tiny import TINY
 
 CHECKS = Path(__file__).resolve().parent / "sharding_checks.py"
 SIZES = {"data": 2, "fsdp": 2, "tensor": 4}
-CFG = ModelConfig(
-    family="llama",
-    vocab_size=24,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-)
+CFG = TINY
 
 
 # ------------------------------------------------------------------------------------------------ mesh

@@ -13,7 +13,6 @@ own single device, computed once for both checks.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from rlvr_jax import sharding  # noqa: E402
 from rlvr_jax.generate import GenerateOutput  # noqa: E402
-from rlvr_jax.models import ModelConfig, abstract_model  # noqa: E402
 from rlvr_jax.rl import train_step as ts  # noqa: E402
 from rlvr_jax.rl.losses import LossConfig  # noqa: E402
+from tests.tiny import TINY, numpy_model, use_compilation_cache  # noqa: E402
 
-CFG = ModelConfig(
-    family="llama",
-    vocab_size=24,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-)
+CFG = TINY
 PAD, G, N = 0, 2, 6
 PROMPTS = np.array([[0, 0, 5, 6, 7], [0, 8, 9, 10, 11], [12, 13, 14, 15, 16], [0, 0, 0, 3, 4]], np.int32)
 TEMPERATURE = 0.8
@@ -51,23 +40,8 @@ LOSS = LossConfig(clip_low=0.2, clip_high=0.28, beta=0.0)
 MICRO = 2
 
 
-def _use_compilation_cache() -> None:
-    jax.config.update("jax_compilation_cache_dir", os.environ.get("RLVR_JAX_CACHE", str(REPO / ".jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
-
 def _model() -> nnx.Module:
-    """Deterministic weights drawn by numpy: identical in every process, no per-shape init compiles."""
-    graphdef, state = nnx.split(abstract_model(CFG))
-    rng = np.random.default_rng(3)
-
-    def fill(path: tuple, var: nnx.Variable) -> nnx.Variable:
-        name = str(getattr(path[-1], "key", path[-1]))
-        value = rng.standard_normal(var.shape) * 0.3 + (1.0 if name.endswith("norm") else 0.0)
-        return var.replace(jnp.asarray(value, var.dtype))
-
-    state = jax.tree_util.tree_map_with_path(fill, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.merge(graphdef, state)
+    return numpy_model(CFG, 0.3)
 
 
 def rollout_batch() -> dict[str, np.ndarray]:
@@ -177,6 +151,6 @@ def check_distributed(out: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _use_compilation_cache()
+    use_compilation_cache()
     checks = {"mesh": check_mesh, "distributed": check_distributed}
     print("RESULT " + json.dumps(checks[sys.argv[1]](sys.argv[2])), flush=True)

@@ -306,6 +306,8 @@ class Sampler:
         self.compile_count = 0
         self._compiled: dict[tuple, Any] = {}
         self._prepared: tuple[Any, dict] | None = None  # (params, decode-ready arrays) for streaming
+        # One jitted preparation for every parameter set (same structure), not one per update_params.
+        self._decode_ready = jax.jit(lambda params: _decode_arrays(self.graphdef, params, None)[1])
         self.last_timing: dict[str, float] = {}
         self.prng_impl = prng_impl
         self.mesh = mesh
@@ -375,8 +377,7 @@ class Sampler:
         """The parameters as the decode loop uses them (per layer, q/k/v and gate/up fused), prepared once
         per parameter set rather than once per streamed chunk."""
         if self._prepared is None or self._prepared[0] is not self.params:
-            prepare = jax.jit(lambda params: _decode_arrays(self.graphdef, params, None)[1])
-            self._prepared = (self.params, prepare(self.params))
+            self._prepared = (self.params, self._decode_ready(self.params))
         return self._prepared[1]
 
     def _pad_rows(self, ids: np.ndarray, mask: np.ndarray, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
