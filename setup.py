@@ -26,7 +26,8 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0",
     "tensorboardX>=2.6",
     "rich>=13.0",
-    "matplotlib>=3.8",  # reward curves (rlvr_jax.monitoring.plot_rewards)
+    "matplotlib>=3.8",  # reward curves, evaluation plots
+    "scipy>=1.11",  # exact binomial tests for evaluation (rlvr_jax.evaluation.stats)
     # rewards and procedural tasks (rlvr_jax.rewards.math_answers, rlvr_jax.data.text_tasks)
     "math-verify>=0.9.0",
     "reasoning-gym>=0.1.25",
@@ -48,6 +49,7 @@ EXTRAS = {
         "torch==2.13.0",
         "accelerate>=1.0",
         "scipy>=1.11",
+        "statsmodels>=0.14",  # reference values for the evaluation statistics
         # serving tests: the real OpenAI client, FastAPI's TestClient
         "openai>=3.57",
         "httpx>=0.28",

@@ -28,12 +28,10 @@ from rlvr_jax.checkpoints import export_hf, load_model
 from rlvr_jax.config import validate
 from rlvr_jax.data import get_task
 from rlvr_jax.data.pipeline import batches, make_pipeline
-from rlvr_jax.evaluation.generate_and_score import (
-    PASS_THRESHOLD,
-    encode_prompts,
-    generate_and_score,
-    summarize,
-)
+from rlvr_jax.evaluation.compare import compare_runs, write_report
+from rlvr_jax.evaluation.generate_and_score import encode_prompts, generate_and_score
+from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics, flat_summary
+from rlvr_jax.evaluation.runs import load_run, write_run
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.models.decoder import abstract_model
 from rlvr_jax.monitoring.metrics import MetricsWriter, Progress, mfu, peak_flops, plot_rewards, step_flops
@@ -64,6 +62,8 @@ class RunSummary:
     reward_plot: str | None
     export_dir: str | None
     preempted: bool = False
+    eval_report: str | None = None  # before vs after: paired test, plots (WORKDIR/eval/compare/report.md)
+    eval_verdict: str | None = None
 
 
 def _log(message: str) -> None:
@@ -71,7 +71,7 @@ def _log(message: str) -> None:
         print(message, flush=True)
 
 
-def _load_policy(config: ml_collections.ConfigDict):
+def load_policy(config: ml_collections.ConfigDict):
     loaded = load_model(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
     cfg = loaded.config.replace(remat=config.model.remat)
     graphdef, _ = nnx.split(abstract_model(cfg))
@@ -94,7 +94,7 @@ def _loss_config(config: ml_collections.ConfigDict) -> LossConfig:
     )
 
 
-def _optim_config(config: ml_collections.ConfigDict) -> OptimConfig:
+def optim_config(config: ml_collections.ConfigDict) -> OptimConfig:
     o = config.optim
     return OptimConfig(
         learning_rate=o.learning_rate,
@@ -110,10 +110,12 @@ def _optim_config(config: ml_collections.ConfigDict) -> OptimConfig:
     )
 
 
-def _evaluate(sampler, task, samples, config, seed: int) -> dict[str, float]:
+def _evaluate(sampler, task, samples, config, seed: int, out: Path | None = None) -> dict[str, float]:
+    """The held-out evaluation (the same as scripts/evaluate.py); the scalars to log, the run to `out`."""
     params = SamplingParams(
         temperature=config.sampling.eval_temperature, max_new_tokens=config.sampling.max_new_tokens
     )
+    reward = config.reward.name or task.reward
     scored = generate_and_score(
         sampler,
         task,
@@ -121,10 +123,19 @@ def _evaluate(sampler, task, samples, config, seed: int) -> dict[str, float]:
         params,
         chat=config.data.chat,
         seed=seed,
-        reward=config.reward.name,
+        reward=reward,
         reward_options=dict(config.reward.options),
+        extra_rewards=EXTRA_REWARDS.get(reward, ()),
     )
-    return summarize(scored)
+    rows = [s.to_row() for s in scored]
+    metrics = eval_metrics(rows, reward=reward, max_new_tokens=config.sampling.max_new_tokens, seed=seed)
+    if out is not None and jax.process_index() == 0:
+        header = {"task": task.name, "split": config.data.eval_split, "reward": reward}
+        header |= {"model": str(config.model.path), "temperature": params.temperature, "seed": seed}
+        write_run(
+            out, rows, header | metrics | {"training_metrics": str(out.parent.parent / "metrics.jsonl")}
+        )
+    return flat_summary(metrics)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
@@ -137,7 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
 
     # Model, tokenizer, mesh.
     t_load = time.perf_counter()
-    model, tokenizer = _load_policy(config)
+    model, tokenizer = load_policy(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     sampler = Sampler(model, tokenizer, mesh=mesh)
     _log(
@@ -160,7 +171,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     )
 
     # Optimiser, state, step function.
-    optimizer = make_optimizer(_optim_config(config))
+    optimizer = make_optimizer(optim_config(config))
     state = init_train_state(model, optimizer, mesh=mesh)
     graphdef = nnx.graphdef(model)
     train_step = _CompiledSteps(make_train_step(
@@ -208,7 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
 
     eval_before = meta.get("eval_before")
     if eval_before is None:
-        eval_before = _evaluate(sampler, task, eval_samples, config, seed=config.seed)
+        eval_before = _evaluate(sampler, task, eval_samples, config, config.seed, workdir / "eval" / "before")
         writer.write(0, {f"eval/{k}": v for k, v in eval_before.items()})
     _log(
         f"held-out accuracy before training: {eval_before['accuracy']:.3f} "
@@ -220,7 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     reward_pool = RewardPool()
     preemption = PreemptionHandler()
     progress = Progress(config.train.steps, initial=start)
-    eval_metrics: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
     step = start
     try:
         for step in range(start + 1, config.train.steps + 1):
@@ -316,8 +327,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                 ),
             }
             if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
-                eval_metrics = _evaluate(sampler, task, eval_samples, config, seed=config.seed)
-                metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+                last_eval = _evaluate(
+                    sampler, task, eval_samples, config, config.seed, workdir / "eval" / f"step_{step}"
+                )
+                metrics.update({f"eval/{k}": v for k, v in last_eval.items()})
             writer.write(step, metrics)
             progress.update(step, reward=metrics["reward/mean"], accuracy=metrics["accuracy"])
 
@@ -331,7 +344,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                     iterator,
                     eval_before,
                     writer.run_id,
-                    eval_metrics if ran_eval else None,
+                    last_eval if ran_eval else None,
                 )
             if stop:
                 checkpointer.wait()
@@ -342,7 +355,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
         reward_pool.close()
 
     preempted = preemption.requested
-    eval_after = _evaluate(sampler, task, eval_samples, config, seed=config.seed) if not preempted else {}
+    eval_after = {}
+    if not preempted:
+        eval_after = _evaluate(sampler, task, eval_samples, config, config.seed, workdir / "eval" / "after")
     if eval_after:
         writer.write(step, {f"eval/{k}": v for k, v in eval_after.items()})
         if step % config.train.checkpoint_every:
@@ -353,9 +368,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
 
     plot = None
     export_dir = None
+    report, verdict = None, None
     if not preempted:
         plot = str(workdir / "reward_curve.png")
         plot_rewards(metrics_file, plot)
+        if jax.process_index() == 0 and (workdir / "eval" / "before" / "samples.jsonl").exists():
+            before, after = load_run(workdir / "eval" / "before"), load_run(workdir / "eval" / "after")
+            comparison = compare_runs(before, after, seed=config.seed)
+            report = str(write_report(before, after, comparison, workdir / "eval" / "compare"))
+            verdict = comparison["verdict"]
         if config.train.export_hf and jax.process_index() == 0:
             export_dir = str(
                 export_hf(
@@ -373,6 +394,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
         reward_plot=plot,
         export_dir=export_dir,
         preempted=preempted,
+        eval_report=report,
+        eval_verdict=verdict,
     )
     (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
     return summary
@@ -500,6 +523,8 @@ def print_summary(summary: RunSummary) -> None:
             f"held-out accuracy: before {before['accuracy']:.3f} -> after {after['accuracy']:.3f} "
             f"(n={after['n']}; mean reward {before['reward']:.3f} -> {after['reward']:.3f})"
         )
+    if summary.eval_verdict:
+        lines.append(f"after vs before: {summary.eval_verdict}")
     lines += [
         f"checkpoints:   {summary.checkpoint_dir}",
         f"TensorBoard:   tensorboard --logdir {summary.tensorboard_dir}",
@@ -507,6 +532,8 @@ def print_summary(summary: RunSummary) -> None:
     ]
     if summary.reward_plot:
         lines.append(f"reward curve:  {summary.reward_plot}")
+    if summary.eval_report:
+        lines.append(f"eval report:   {summary.eval_report}")
     if summary.export_dir:
         lines.append(f"HF export:     {summary.export_dir}")
     _log("\n".join(lines))

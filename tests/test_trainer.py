@@ -96,6 +96,23 @@ def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path)
         assert r["throughput/train_tflops_per_device"] > 0 and r["throughput/xla_cost_tflops_per_device"] > 0
     assert "throughput/mfu" not in rows[0]  # no known peak for a CPU: not made up
 
+    # The held-out evaluations are saved as runs; the before / after report tests the difference.
+    run = tmp_path / "run"
+    lines = (run / "eval" / "after" / "samples.jsonl").read_text().splitlines()
+    samples = [json.loads(line) for line in lines]
+    assert len(samples) == 16 and {"id", "completion", "reward", "reason", "num_tokens"} <= samples[0].keys()
+    assert np.mean([r["reward"] for r in samples]) == pytest.approx(summary.eval_after["reward"], rel=1e-6)
+    assert summary.eval_report and (run / "eval" / "compare" / "accuracy.png").exists()
+    assert "reward" in Path(summary.eval_report).read_text() and summary.eval_verdict
+
+    # scripts/evaluate.py's function on the final checkpoint gives the number training logged.
+    from rlvr_jax.evaluation.evaluate import evaluate
+
+    result = evaluate(_tiny_config(tiny_model_dir), tmp_path / "again", checkpoint=run, limit=16, quiet=True)
+    assert result.metrics["checkpoint_step"] == 24
+    assert result.metrics["mean_reward"]["value"] == pytest.approx(summary.eval_after["reward"], rel=1e-6)
+    assert [r["completion"] for r in result.rows] == [r["completion"] for r in samples]
+
 
 def test_flops_metrics_give_mfu_only_for_devices_with_a_known_peak(monkeypatch):
     from rlvr_jax import trainer

@@ -7,21 +7,21 @@ computed the same way.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from rlvr_jax.data.base import Sample, Task
+from rlvr_jax.evaluation.metrics import GROUP_FIELDS, PASS_THRESHOLD, eval_metrics, flat_summary
 from rlvr_jax.generate.sampler import Sampler, SamplingParams, bucket
 from rlvr_jax.rewards.base import get_reward
-
-# A completion "passes" when its reward reaches this (1.0 for exact-match style rewards).
-PASS_THRESHOLD = 0.999
 
 
 @dataclasses.dataclass
 class ScoredSample:
+    """One completion and its score: a row of samples.jsonl."""
+
     id: str
     sample_index: int  # which draw of this prompt (0 .. num_samples-1)
     completion: str
@@ -29,6 +29,13 @@ class ScoredSample:
     reason: str
     num_tokens: int
     finished: bool
+    prompt: str = ""  # the task's prompt (before any chat template)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. level, extra scores
+
+    def to_row(self) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        extra = row.pop("extra")
+        return {**row, "passed": self.reward >= PASS_THRESHOLD, **extra}
 
 
 def encode_prompts(sampler: Sampler, task: Task, samples: Sequence[Sample], chat: bool) -> tuple[Any, Any]:
@@ -54,9 +61,16 @@ def generate_and_score(
     seed: int = 0,
     reward: str | None = None,
     reward_options: dict[str, Any] | None = None,
+    extra_rewards: Sequence[str] = (),
+    on_batch: Callable[[int, list[ScoredSample]], None] | None = None,
 ) -> list[ScoredSample]:
-    """Samples `num_samples` completions per item (in batches) and scores each with the task's reward."""
+    """Samples `num_samples` completions per item (in batches) and scores each with the task's reward.
+
+    extra_rewards: other registered rewards to score every completion with as well (stored in `extra` under
+    their names, e.g. `qa_em` next to a `qa_f1` task reward). on_batch(items done, scored so far): progress.
+    """
     reward_fn = get_reward(reward or task.reward)
+    extra_fns = {name: get_reward(name) for name in extra_rewards}
     out: list[ScoredSample] = []
     per_batch = max(1, batch_size // num_samples)
     for start in range(0, len(samples), per_batch):
@@ -71,7 +85,10 @@ def generate_and_score(
             metas.append((int(lengths[r]), bool(finished[r])))
         repeated = [s for s in chunk for _ in range(num_samples)]
         scored = reward_fn(texts, repeated, **(reward_options or {}))
+        extra_scores = {name: fn(texts, repeated).scores for name, fn in extra_fns.items()}
         for r, (text, (n, fin)) in enumerate(zip(texts, metas, strict=True)):
+            extra = {f: repeated[r][f] for f in GROUP_FIELDS if repeated[r].get(f) is not None}
+            extra.update({name: float(scores[r]) for name, scores in extra_scores.items()})
             out.append(
                 ScoredSample(
                     id=str(repeated[r]["id"]),
@@ -81,19 +98,25 @@ def generate_and_score(
                     reason=scored.reasons[r],
                     num_tokens=n,
                     finished=fin,
+                    prompt=_prompt_text(repeated[r]["prompt"]),
+                    extra=extra,
                 )
             )
+        if on_batch is not None:
+            on_batch(min(start + per_batch, len(samples)), out)
     return out
 
 
+def _prompt_text(prompt: Any) -> str:
+    """The prompt as text for reading: a string, or the last user message of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+    return str(users[-1] if users else prompt)
+
+
 def summarize(scored: Sequence[ScoredSample]) -> dict[str, float]:
-    """Mean reward and accuracy (fraction of completions with reward >= PASS_THRESHOLD)."""
-    rewards = np.asarray([s.reward for s in scored], np.float64)
-    if rewards.size == 0:
+    """The scalars a training run logs per evaluation: accuracy (and its 95% interval), reward, lengths."""
+    if not scored:
         return {"reward": float("nan"), "accuracy": float("nan"), "n": 0}
-    return {
-        "reward": float(rewards.mean()),
-        "accuracy": float((rewards >= PASS_THRESHOLD).mean()),
-        "n": int(rewards.size),
-        "mean_tokens": float(np.mean([s.num_tokens for s in scored])),
-    }
+    return flat_summary(eval_metrics([s.to_row() for s in scored]))

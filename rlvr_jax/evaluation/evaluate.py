@@ -1,0 +1,220 @@
+"""Evaluate a model (a hub id, HF folder, GGUF file, or a training checkpoint) on a task's held-out split.
+
+The same `generate_and_score` the trainer calls every `train.eval_every` steps, so a curve logged during
+training and a number reported here are computed the same way; this adds the files a comparison needs
+(`samples.jsonl`, `metrics.json`) and a plot of response lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from rlvr_jax import sharding
+from rlvr_jax.checkpointing import Checkpointer
+from rlvr_jax.data import get_task
+from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_score
+from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics
+from rlvr_jax.evaluation.runs import write_run
+from rlvr_jax.generate import Sampler, SamplingParams
+from rlvr_jax.monitoring.metrics import Progress
+
+
+@dataclasses.dataclass
+class EvalResult:
+    out: Path
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+def resolve_checkpoint(path: str | Path, step: str | int | None = None) -> tuple[Path, int]:
+    """(checkpoint folder, step) from a training workdir, its `checkpoints/` folder, or one step's folder.
+
+    step: an int, "latest" / None, or "best" (the best held-out accuracy the run recorded).
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    elif path.name.isdigit() and step in (None, "latest"):
+        path, step = path.parent, int(path.name)
+    ckpt = Checkpointer(path, best_metric="eval_accuracy")
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoints in {path}: pass a training workdir or its checkpoints/")
+        if step in (None, "latest"):
+            chosen = steps[-1]
+        elif step == "best":
+            chosen = ckpt.best_step() or steps[-1]
+        else:
+            chosen = int(step)
+            if chosen not in steps:
+                raise FileNotFoundError(f"no checkpoint {chosen} in {path}; have steps {steps}")
+    finally:
+        ckpt.close()
+    return path, chosen
+
+
+def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | None = None, step=None):
+    """(model, tokenizer, description): `config.model.path`, with a training checkpoint's weights if given.
+
+    A checkpoint holds the whole train state; it is restored into the state the config builds (so pass the
+    config the run was trained with) and only the parameters are kept.
+    """
+    from rlvr_jax.rl.train_step import export_params, init_train_state, make_optimizer
+    from rlvr_jax.trainer import load_policy, optim_config
+
+    model, tokenizer = load_policy(config)
+    source = str(config.model.path)
+    if checkpoint is None:
+        return model, tokenizer, {"model": source}
+    folder, chosen = resolve_checkpoint(checkpoint, step)
+    state = init_train_state(model, make_optimizer(optim_config(config)))
+    ckpt = Checkpointer(folder)
+    try:
+        state, _ = ckpt.restore(chosen, state)
+    except ValueError as e:
+        raise ValueError(
+            f"checkpoint {folder}/{chosen} does not fit the model {source} with this config ({e}); "
+            "pass the --config the run was trained with"
+        ) from None
+    finally:
+        ckpt.close()
+    graphdef = nnx.graphdef(model)
+    model = nnx.merge(graphdef, export_params(state.params, model.cfg.param_dtype))
+    return model, tokenizer, {"model": source, "checkpoint": str(folder), "checkpoint_step": chosen}
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    num_samples: int = 1,
+    temperature: float | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_step: str | int | None = None,
+    batch_size: int = 64,
+    quiet: bool = False,
+) -> EvalResult:
+    """Generates `num_samples` completions for each held-out item, scores them, writes the run to `out`.
+
+    temperature: None = greedy for one sample per item, the config's training temperature for several
+    (pass@k needs distinct samples).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if temperature is None:
+        temperature = config.sampling.eval_temperature if num_samples == 1 else config.sampling.temperature
+    if num_samples > 1 and temperature <= 0:
+        raise ValueError(
+            f"num_samples={num_samples} with temperature {temperature}: greedy samples are all the same; "
+            "pass a temperature > 0 (e.g. 0.8)"
+        )
+    task = get_task(config.data.task)
+    split = split or config.data.eval_split
+    samples = task.load(split, config.data.path, chat=config.data.chat, **dict(config.data.options))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        samples = samples[:limit]
+    if not samples:
+        raise ValueError(f"split {split!r} of task {task.name} has no samples")
+
+    t0 = time.perf_counter()
+    model, tokenizer, source = load_for_eval(config, checkpoint, checkpoint_step)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    sampler = Sampler(model, tokenizer, mesh=mesh)
+    load_s = time.perf_counter() - t0
+    reward = config.reward.name or task.reward
+    params = SamplingParams(
+        temperature=float(temperature),
+        top_p=config.sampling.top_p if temperature > 0 else 1.0,
+        max_new_tokens=config.sampling.max_new_tokens,
+    )
+    progress = Progress(len(samples), quiet=quiet, description=f"eval {task.name}", fields={})
+
+    def on_batch(done: int, scored: list[ScoredSample]) -> None:
+        accuracy = sum(s.reward >= PASS_THRESHOLD for s in scored) / max(len(scored), 1)
+        progress.update(done, accuracy=accuracy)
+
+    t1 = time.perf_counter()
+    try:
+        scored = generate_and_score(
+            sampler,
+            task,
+            samples,
+            params,
+            chat=config.data.chat,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            seed=config.seed,
+            reward=reward,
+            reward_options=dict(config.reward.options),
+            extra_rewards=EXTRA_REWARDS.get(reward, ()),
+            on_batch=on_batch,
+        )
+    finally:
+        progress.close()
+    gen_s = time.perf_counter() - t1
+    rows = [s.to_row() for s in scored]
+    metrics = eval_metrics(
+        rows, reward=reward, max_new_tokens=config.sampling.max_new_tokens, seed=config.seed
+    )
+    metrics = {
+        "task": task.name,
+        "split": split,
+        "reward": reward,
+        **source,
+        "temperature": float(temperature),
+        "top_p": params.top_p,
+        "seed": config.seed,
+        **metrics,
+        "time": {
+            "load_s": round(load_s, 2),
+            "generate_and_score_s": round(gen_s, 2),
+            "samples_per_s": round(len(rows) / max(gen_s, 1e-9), 2),
+        },
+        "hardware": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "jax_version": jax.__version__,
+    }
+    out = write_run(out, rows, metrics)
+    return EvalResult(out=out, metrics=metrics, rows=rows)
+
+
+def describe(metrics: dict[str, Any]) -> str:
+    """A few lines for the terminal: accuracy with its interval, pass@k, extra scores, lengths."""
+    acc = metrics["accuracy"]
+    pct = lambda x: "nan" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+    lines = [
+        f"{metrics['task']} / {metrics['split']}: {metrics['num_items']} items x "
+        f"{metrics['samples_per_item']} sample(s), temperature {metrics['temperature']}",
+        f"accuracy   {pct(acc['value'])}  95% CI [{pct(acc['ci_low'])}, {pct(acc['ci_high'])}]  "
+        f"({acc['method']})",
+        f"mean reward {metrics['mean_reward']['value']:.3f}",
+    ]
+    for k, v in metrics.get("pass_at_k", {}).items():
+        lines.append(f"pass@{k:<4} {pct(v)}")
+    for name in EXTRA_REWARDS:
+        if name in metrics:
+            lines.append(f"{name:<10} {metrics[name]['value']:.3f}")
+    for level, v in metrics.get("by_level", {}).items():
+        lines.append(f"  {level:<10} {pct(v['value'])} (n={v['n']})")
+    if "response_tokens" in metrics:
+        lines.append(
+            f"response tokens: mean {metrics['response_tokens']['mean']:.0f}, "
+            f"truncated {pct(metrics['truncation_rate'])}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""What an evaluation reports: accuracy with its interval, pass@k, extra scores, levels, lengths.
+
+Items, not samples, are the unit of every interval: with several samples per prompt the samples of one
+prompt are correlated, so treating them as independent would make intervals too narrow. One sample per
+item gives the Wilson interval of a proportion; several give the mean per-item pass rate (= unbiased
+pass@1) with a bootstrap over items.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rlvr_jax.evaluation.stats import Interval, bootstrap_mean, mean_pass_at_k, wilson_interval
+
+# A completion "passes" when its reward reaches this (1.0 for exact-match style rewards).
+PASS_THRESHOLD = 0.999
+CONFIDENCE = 0.95
+# Fields a sample may carry that split results into groups worth reporting separately.
+GROUP_FIELDS = ("level",)
+# Rewards worth reporting next to a task's own: QA is scored by both exact match and token F1.
+EXTRA_REWARDS = {"qa_f1": ("qa_em",), "qa_em": ("qa_f1",)}
+
+
+def passed(reward: float) -> bool:
+    return reward >= PASS_THRESHOLD
+
+
+def group_by_item(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Rows of samples.jsonl grouped by prompt id, in first-seen order, each group by sample index."""
+    items: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        items[str(row["id"])].append(row)
+    for group in items.values():
+        group.sort(key=lambda r: int(r.get("sample_index", 0)))
+    return dict(items)
+
+
+def accuracy_interval(items: Mapping[str, Sequence[Mapping[str, Any]]], seed: int = 0) -> Interval:
+    """Accuracy over items: Wilson with one sample each, else per-item pass rates bootstrapped over items."""
+    if not items:
+        return wilson_interval(0, 0, CONFIDENCE)
+    if max(len(g) for g in items.values()) == 1:
+        successes = sum(passed(float(g[0]["reward"])) for g in items.values())
+        return wilson_interval(successes, len(items), CONFIDENCE)
+    rates = [np.mean([passed(float(r["reward"])) for r in g]) for g in items.values()]
+    return bootstrap_mean(rates, CONFIDENCE, seed=seed)
+
+
+def pass_at_ks(items: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]:
+    """Unbiased pass@k for k = 1, 2, 4, ... up to the fewest samples any item has (and that number itself)."""
+    if not items:
+        return {}
+    counts = np.array([len(g) for g in items.values()])
+    correct = np.array([sum(passed(float(r["reward"])) for r in g) for g in items.values()])
+    k_max = int(counts.min())
+    ks = sorted({2**i for i in range(int(math.log2(k_max)) + 1)} | {k_max})
+    return {str(k): mean_pass_at_k(counts, correct, k) for k in ks}
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def eval_metrics(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    reward: str | None = None,
+    extra_scores: Sequence[str] = (),
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The metrics.json body for the rows of samples.jsonl (one row per completion).
+
+    reward: the task's reward name; a QA reward also reports its sibling (exact match next to F1).
+    extra_scores: numeric row fields to report with a bootstrap interval over items. Everything is
+    recomputable from samples.jsonl alone, which is what `compare` relies on.
+    """
+    if reward in EXTRA_REWARDS:
+        extra_scores = (*extra_scores, *EXTRA_REWARDS[reward])
+    items = group_by_item(rows)
+    per_item_reward = [float(np.mean([r["reward"] for r in g])) for g in items.values()]
+    lengths = np.array([int(r["num_tokens"]) for r in rows]) if rows else np.zeros(0, int)
+    finished = np.array([bool(r["finished"]) for r in rows]) if rows else np.zeros(0, bool)
+    samples_per_item = sorted({len(g) for g in items.values()})
+    out: dict[str, Any] = {
+        "num_items": len(items),
+        "num_samples": len(rows),
+        "samples_per_item": samples_per_item[0] if len(samples_per_item) == 1 else samples_per_item,
+        "accuracy": accuracy_interval(items, seed).to_dict(),
+        "mean_reward": bootstrap_mean(per_item_reward, CONFIDENCE, seed=seed).to_dict(),
+    }
+    if samples_per_item and samples_per_item[-1] > 1:
+        out["pass_at_k"] = pass_at_ks(items)
+    for name in extra_scores:
+        per_item = [float(np.mean([r[name] for r in g])) for g in items.values() if name in g[0]]
+        if per_item:
+            out[name] = bootstrap_mean(per_item, CONFIDENCE, seed=seed).to_dict()
+    for field in GROUP_FIELDS:
+        groups: dict[str, dict[str, list[Mapping[str, Any]]]] = defaultdict(dict)
+        for item_id, g in items.items():
+            if g[0].get(field) is not None:
+                groups[str(g[0][field])][item_id] = g
+        if groups:
+            out[f"by_{field}"] = {
+                name: {**accuracy_interval(groups[name], seed).to_dict(), "n": len(groups[name])}
+                for name in sorted(groups, key=_natural_key)
+            }
+    if rows:
+        out["response_tokens"] = {
+            "mean": float(lengths.mean()),
+            "median": float(np.median(lengths)),
+            "p90": float(np.percentile(lengths, 90)),
+            "max": int(lengths.max()),
+        }
+        out["truncation_rate"] = float(1.0 - finished.mean())
+    if max_new_tokens is not None:
+        out["max_new_tokens"] = int(max_new_tokens)
+    return out
+
+
+def flat_summary(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The scalars a training run logs per evaluation (metrics.jsonl, TensorBoard) from `eval_metrics`."""
+    acc = metrics["accuracy"]
+    out = {
+        "accuracy": acc["value"],
+        "accuracy_ci_low": acc["ci_low"],
+        "accuracy_ci_high": acc["ci_high"],
+        "reward": metrics["mean_reward"]["value"],
+        "n": metrics["num_items"],
+    }
+    if "response_tokens" in metrics:
+        out["mean_tokens"] = metrics["response_tokens"]["mean"]
+        out["truncation_rate"] = metrics["truncation_rate"]
+    for k, v in metrics.get("pass_at_k", {}).items():
+        out[f"pass@{k}"] = v
+    return out

@@ -1,0 +1,59 @@
+"""Compare two evaluation runs with paired significance tests and write a report with plots.
+
+    python scripts/compare.py RUN_A RUN_B [--out DIR] [--json]
+    python scripts/compare.py runs/eval/base runs/eval/trained --out runs/compare
+
+RUN_A / RUN_B: folders written by scripts/evaluate.py (samples.jsonl + metrics.json), or training workdirs
+(their final evaluation, WORKDIR/eval/after; WORKDIR/eval/before is the model before training). B is
+compared against A on the items both scored: the accuracy difference with a 95% paired bootstrap
+interval, the exact McNemar p-value for one pass / fail sample per item (a paired permutation test
+otherwise), and the same for the mean reward. Writes OUT/report.md, OUT/comparison.json and PNG plots
+(accuracy with intervals and the paired outcomes, response lengths, training reward curves when a run
+comes from training, accuracy by level when the data has levels). Default OUT: RUN_B/compare.
+Exit status 0 whatever the verdict; 2 for unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rlvr_jax.cli import fail_cleanly
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_a", help="the baseline: an evaluate.py --out folder or a training workdir")
+    parser.add_argument("run_b", help="the candidate, compared against RUN_A")
+    parser.add_argument("--out", help="report folder (default: RUN_B/compare)")
+    parser.add_argument("--examples", type=int, default=3, help="disagreeing items shown per direction")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        from rlvr_jax.evaluation.compare import compare_runs, write_report
+        from rlvr_jax.evaluation.runs import load_run
+
+        a, b = load_run(args.run_a), load_run(args.run_b)
+        result = compare_runs(a, b)
+        out = Path(args.out) if args.out else b.path / "compare"
+        report = write_report(a, b, result, out, examples=args.examples)
+        (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(result["verdict"])
+            for warning in result["warnings"]:
+                print(f"warning: {warning}")
+        print(f"report: {report}")
+        return 0
+
+    return fail_cleanly(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Evaluate a model on a task's held-out split: accuracy with a 95% interval, pass@k, samples for review.
+
+    python scripts/evaluate.py --config=configs/gsm8k.py \
+        --config.model.path=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --config.data.path=../shared/data/gsm8k --split=test --limit=32 --out=runs/eval/smollm2
+    python scripts/evaluate.py --config=configs/gsm8k.py --checkpoint=runs/gsm8k --out=runs/eval/trained
+    python scripts/evaluate.py --config=configs/humaneval.py --num_samples=10 --out=runs/eval/he
+
+Writes OUT/samples.jsonl (prompt id, completion, reward, reason for every sample) and OUT/metrics.json
+(accuracy with its interval and method, mean reward, pass@k with several samples, EM / F1 for QA, by
+level where the data has levels, response lengths, timing). `scripts/compare.py OUT_A OUT_B` tests the
+difference between two such runs. --checkpoint takes a training workdir (its latest checkpoint, or
+--checkpoint_step=N|best) and needs the --config the run was trained with.
+About 5 minutes on a 2-core CPU for the first command (32 items, SmolLM2-135M, up to 384 tokens).
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rlvr_jax.cli import fail_cleanly
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "training workdir (or its checkpoints/) to load weights from"
+)
+_STEP = flags.DEFINE_string("checkpoint_step", "latest", "with --checkpoint: a step number, latest or best")
+_SPLIT = flags.DEFINE_string("split", None, "split to evaluate (default: the config's data.eval_split)")
+_LIMIT = flags.DEFINE_integer("limit", None, "evaluate the first N items only")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per item (pass@k for k up to this)")
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", None, "sampling temperature (default: greedy for 1 sample, the config's for several)"
+)
+_BATCH = flags.DEFINE_integer("batch_size", 64, "completions generated per batch")
+_OUT = flags.DEFINE_string("out", None, "output folder (default: runs/eval/<task>-<split>-<time>)")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def run() -> int:
+        from rlvr_jax.evaluation.evaluate import describe, evaluate
+
+        config = _CONFIG.value
+        step = _STEP.value
+        out = _OUT.value or (
+            f"runs/eval/{config.data.task}-{_SPLIT.value or config.data.eval_split}-"
+            f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        )
+        result = evaluate(
+            config,
+            out,
+            split=_SPLIT.value,
+            limit=_LIMIT.value,
+            num_samples=_NUM_SAMPLES.value,
+            temperature=_TEMPERATURE.value,
+            checkpoint=_CHECKPOINT.value,
+            checkpoint_step=int(step) if step.isdigit() else step,
+            batch_size=_BATCH.value,
+        )
+        print(describe(result.metrics))
+        print(f"wrote {result.out / 'metrics.json'} and {result.out / 'samples.jsonl'}")
+        return 0
+
+    code = fail_cleanly(run)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    app.run(main)
