@@ -238,9 +238,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             t0 = time.perf_counter()
             step_key = jax.random.fold_in(key, step)
 
-            def generate_round(_: int, round_key=step_key) -> dict[str, np.ndarray]:
+            timing = {"rollout": 0.0, "reward": 0.0}
+
+            def generate_round(_: int, round_key=step_key, timing=timing) -> dict[str, np.ndarray]:
                 nonlocal round_index
                 round_index += 1
+                t_round = time.perf_counter()
                 prompts = next(iterator)
                 ids, mask = encode_prompts(sampler, task, prompts, config.data.chat)
                 # Round 1 samples with the step's key; refill rounds (dynamic sampling) fold from it.
@@ -253,9 +256,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                     for r in range(len(rollout.tokens))
                 ]
                 repeated = [p for p in prompts for _ in range(G)]
+                t_reward = time.perf_counter()
                 rewards = reward_pool.submit(
                     reward_name, completions, repeated, **dict(config.reward.options)
                 ).result()
+                timing["rollout"] += t_reward - t_round
+                timing["reward"] += time.perf_counter() - t_reward
                 return rollout_rows(ids, mask, rollout, rewards.scores, G)
 
             round_index = 0
@@ -273,7 +279,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             ids, mask, rollout = rows_to_batch_inputs(rows, G, sampler.prompt_buckets, tokenizer.pad_id)
             scores = rows["rewards"]
             lengths = np.asarray(rollout.lengths)
-            t1 = t2 = time.perf_counter()  # rollout and reward overlap per round; timed together
+            t1 = t2 = time.perf_counter()  # rollout, then reward, per generation round (see `timing`)
             advantages = advantage_fn(jnp.asarray(scores), G)
             batch = batch_from_rollout(ids, mask, rollout, advantages)
             batch = sharding.shard_batch(batch, mesh)
@@ -311,6 +317,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                     else {}
                 ),
                 "time/rollout_and_reward_s": t1 - t0,
+                "time/rollout_s": timing["rollout"],  # sampling + detokenising, all rounds
+                "time/reward_s": timing["reward"],
                 "time/train_s": t3 - t2,
                 "time/step_s": t3 - t0,
                 "throughput/rollout_tokens_per_s": generated / max(t1 - t0, 1e-9),
@@ -376,6 +384,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             before, after = load_run(workdir / "eval" / "before"), load_run(workdir / "eval" / "after")
             comparison = compare_runs(before, after, seed=config.seed)
             report = str(write_report(before, after, comparison, workdir / "eval" / "compare"))
+            (workdir / "eval" / "compare" / "comparison.json").write_text(json.dumps(comparison, indent=2))
             verdict = comparison["verdict"]
         if config.train.export_hf and jax.process_index() == 0:
             export_dir = str(

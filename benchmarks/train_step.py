@@ -1,0 +1,129 @@
+"""Train-step speed: policy log-probs + GRPO loss + backward + AdamW update, at real model shapes.
+
+    python benchmarks/train_step.py --shape qwen2.5-0.5b --seq 512 1024 --tokens 32768 \
+        --out benchmarks/results/train_step_h100.json
+    python benchmarks/train_step.py --shape smollm2-135m --seq 128 --tokens 2048 --repeats 2   # CPU smoke
+
+Random weights (speed does not depend on their values), bf16 compute with fp32 master weights and Adam
+state, as the trainer runs. For each shape x sequence length x remat policy: the step time (median of
+--repeats after a compiling call), tokens/s, model TFLOP/s and MFU (model FLOPs as the trainer counts
+them: 6 per parameter per token plus attention, remat recomputation not counted) and peak device memory.
+Rows per step = --tokens / seq, so every sequence length trains on the same number of tokens. A policy
+that runs out of memory is recorded as such and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.rollout import SHAPES, _device_name, _versions
+
+
+def run_one(shape: str, seq: int, rows: int, remat: str, repeats: int, prompt_len: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from rlvr_jax.models import ModelConfig, init_model
+    from rlvr_jax.monitoring.metrics import peak_flops
+    from rlvr_jax.rl import LossConfig
+    from rlvr_jax.rl.train_step import OptimConfig, init_train_state, make_optimizer, make_train_step
+    from rlvr_jax.trainer import _model_flops
+
+    cfg = ModelConfig.from_hf_config(SHAPES[shape], dtype="bfloat16", param_dtype="float32", remat=remat)
+    model = init_model(cfg, seed=0)
+    optimizer = make_optimizer(OptimConfig(learning_rate=1e-6, total_steps=1000))
+    state = init_train_state(model, optimizer)
+    completion = seq - prompt_len
+    step = make_train_step(
+        nnx.graphdef(model), optimizer, LossConfig(clip_high=0.28, max_len=completion), temperature=1.0
+    )
+    del model
+    rng = np.random.default_rng(0)
+    batch = {
+        "tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, (rows, seq)), jnp.int32),
+        "attn_mask": jnp.ones((rows, seq), bool),
+        "completion_mask": jnp.ones((rows, completion), bool),
+        "advantages": jnp.asarray(rng.standard_normal(rows), jnp.float32),
+        "sampler_logprobs": jnp.full((rows, completion), -2.0, jnp.float32),
+    }
+    result = {"shape": shape, "seq": seq, "rows": rows, "tokens_per_step": rows * seq, "remat": remat}
+    try:
+        t0 = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        result["first_call_s"] = round(time.perf_counter() - t0, 2)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            state, metrics = step(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t0)
+    except Exception as e:  # an OOM is a result of the sweep, not its end
+        if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        result["error"] = "out of memory"
+        return result
+    seconds = statistics.median(times)
+    flops = _model_flops(cfg, (rows, seq))
+    peak = peak_flops()
+    peak_bytes = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")  # no stats on CPU
+    result |= {
+        "step_s": round(seconds, 4),
+        "step_s_all": [round(t, 4) for t in times],
+        "tokens_per_s": round(rows * seq / seconds, 1),
+        "model_tflops_per_s": round(flops / seconds / 1e12, 2),
+        "mfu": round(flops / seconds / peak, 4) if peak else None,
+        "peak_memory_gb": round(peak_bytes / 1e9, 2) if peak_bytes else None,
+        "params_m": round(cfg.num_params() / 1e6, 1),
+        "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", nargs="+", default=["qwen2.5-0.5b", "qwen2.5-1.5b"], choices=sorted(SHAPES))
+    p.add_argument("--seq", nargs="+", type=int, default=[512, 1024], help="prompt + completion tokens")
+    p.add_argument("--prompt_len", type=int, default=128)
+    p.add_argument("--tokens", type=int, default=32768, help="tokens per step (rows = tokens / seq)")
+    p.add_argument("--remat", nargs="+", default=["full", "none"], choices=["none", "full", "dots"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    import jax
+
+    results = []
+    for shape in args.shape:
+        for seq in args.seq:
+            for remat in args.remat:
+                r = run_one(shape, seq, max(1, args.tokens // seq), remat, args.repeats, args.prompt_len)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+                jax.clear_caches()
+    record = {
+        "benchmark": "train step (log-probs + GRPO loss + backward + AdamW), random weights",
+        "device": _device_name(),
+        "date": datetime.date.today().isoformat(),
+        "versions": _versions(),
+        "command": "python benchmarks/train_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "results": results,
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
