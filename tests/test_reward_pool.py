@@ -57,3 +57,21 @@ def digit_fraction(completions, samples, **_):
 def test_pool_runs_functions_from_other_modules(pool):
     result = pool.submit(digit_fraction, ["a1", "22", "xy"] * 20, [{}] * 60).result(timeout=120)
     assert result.scores[:3].tolist() == [0.5, 1.0, 0.0]
+
+
+def test_pool_survives_sigterm_to_its_workers(pool):
+    """`timeout` and schedulers signal the whole process group; the trainer must still finish its step."""
+    import os
+    import signal
+
+    samples = [{"answer": "3"}, {"answer": "4"}]
+    assert pool.submit("numeric", ["#### 3", "#### 5"], samples).result(timeout=120).scores.tolist() == [1, 0]
+    workers = list(pool._processes._processes.values())  # the worker pids are not public
+    assert workers
+    for proc in workers:
+        os.kill(proc.pid, signal.SIGTERM)
+    for proc in workers:
+        proc.join(timeout=0.5)
+        assert proc.is_alive(), "a reward worker died of SIGTERM"
+    result = pool.submit("numeric", ["#### 3", "#### 4"], samples).result(timeout=120)
+    assert result.scores.tolist() == [1.0, 1.0]

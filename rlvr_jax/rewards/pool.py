@@ -7,6 +7,11 @@ the "spawn" method: forking a process that has initialised JAX is unsafe. Reward
 registered name (functions of this package pickle by reference too), and each worker imports the
 registry once.
 
+Workers ignore SIGINT and SIGTERM. Ctrl-C, `timeout` and most schedulers signal the whole process group;
+a worker that died of it would break the pool under the trainer, which is at that moment finishing its
+step to save a checkpoint (`checkpointing.PreemptionHandler`). The parent owns shutdown: `close()` ends
+the workers, and they die with it if it is killed outright.
+
 Code rewards already run every program in its own sandboxed subprocess from a thread pool; they gain
 nothing from this pool, and `submit` sends them to `sandbox.score_async` instead.
 """
@@ -17,6 +22,7 @@ import concurrent.futures as cf
 import itertools
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +32,11 @@ from rlvr_jax.rewards.base import RewardResult
 
 # Rewards whose work already happens in subprocesses (the sandbox); scoring them in a thread is enough.
 _SUBPROCESS_REWARDS = ("code_humaneval", "code_mbpp")
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _score_chunk(
@@ -50,7 +61,7 @@ class RewardPool:
         self.workers = workers or max(1, (os.cpu_count() or 1))
         self.min_chunk = min_chunk
         self._processes = cf.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn")
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
         )
         # Combines chunk results without blocking the caller.
         self._threads = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="reward-pool")
