@@ -10,6 +10,11 @@ state, as the trainer runs. For each shape x sequence length x remat policy: the
 them: 6 per parameter per token plus attention, remat recomputation not counted) and peak device memory.
 Rows per step = --tokens / seq, so every sequence length trains on the same number of tokens. A policy
 that runs out of memory is recorded as such and the sweep goes on.
+
+--profile DIR traces one more step of each configuration with jax.profiler and adds where the device time
+went: matmul kernels (cuBLAS / nvjet / cutlass), attention, XLA fusions (elementwise, softmax, the
+log-softmax over the vocabulary, the optimizer update) and the rest, with the largest kernels. That is the
+answer to "why is MFU below the matmul roofline": only the matmul share runs near peak.
 """
 
 from __future__ import annotations
@@ -26,8 +31,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.rollout import SHAPES, _device_name, _versions
 
+_MATMUL = ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_", "dot")
+_ATTENTION = ("flash", "fmha", "cudnn", "attention", "sdpa")
 
-def run_one(shape: str, seq: int, rows: int, remat: str, repeats: int, prompt_len: int) -> dict:
+
+def kernel_breakdown(trace_dir: str, top: int = 15) -> dict:
+    """Device time of one traced step by kind of kernel, from a jax.profiler trace directory."""
+    from benchmarks.profile_decode import device_kernel_times
+
+    rows = device_kernel_times(trace_dir)
+    total = sum(t for _, t, _ in rows) or 1.0
+    kinds: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "fusion": 0.0, "other": 0.0}
+    for name, t, _ in rows:
+        low = name.lower()
+        kind = (
+            "attention"
+            if any(k in low for k in _ATTENTION)
+            else "matmul"
+            if any(k in low for k in _MATMUL)
+            else "fusion"
+            if "fusion" in low or low.startswith(("loop_", "input_", "wrapped_"))
+            else "other"
+        )
+        kinds[kind] += t
+    return {
+        "device_ms": round(total / 1e3, 2),
+        "share": {k: round(v / total, 4) for k, v in kinds.items()},
+        "top_kernels": [
+            {"name": n[:120], "ms": round(t / 1e3, 2), "share": round(t / total, 4), "launches": c}
+            for n, t, c in rows[:top]
+        ],
+    }
+
+
+def run_one(
+    shape: str, seq: int, rows: int, remat: str, repeats: int, prompt_len: int, profile: str | None = None
+) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -73,6 +112,15 @@ def run_one(shape: str, seq: int, rows: int, remat: str, repeats: int, prompt_le
             raise
         result["error"] = "out of memory"
         return result
+    if profile:
+        trace_dir = Path(profile) / f"{shape}_s{seq}_{remat}"
+        with jax.profiler.trace(str(trace_dir)):
+            state, metrics = step(state, batch)
+            jax.block_until_ready(metrics)
+        try:
+            result["profile"] = kernel_breakdown(str(trace_dir))
+        except FileNotFoundError as e:  # no device plane (CPU) or the profiler wrote nothing
+            result["profile"] = {"error": str(e)}
     seconds = statistics.median(times)
     flops = _model_flops(cfg, (rows, seq))
     peak = peak_flops()
@@ -99,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--remat", nargs="+", default=["full", "none"], choices=["none", "full", "dots"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--profile", help="trace one step per configuration into this folder and summarise it")
     args = p.parse_args(argv)
 
     import jax
@@ -107,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shape:
         for seq in args.seq:
             for remat in args.remat:
-                r = run_one(shape, seq, max(1, args.tokens // seq), remat, args.repeats, args.prompt_len)
+                r = run_one(
+                    shape, seq, max(1, args.tokens // seq), remat, args.repeats, args.prompt_len, args.profile
+                )
                 results.append(r)
                 print(json.dumps(r), flush=True)
                 jax.clear_caches()

@@ -19,6 +19,7 @@ Design choices, and why:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -215,13 +216,49 @@ def apply(
 
 
 def logits_from_hidden(cfg: ModelConfig, params: dict[str, Any], hidden: Array) -> Array:
-    """Projects hidden states to float32 logits (tied or separate output head)."""
-    out = _wide(cfg.compute_dtype)
-    if cfg.tie_word_embeddings:
-        w = params["embed"].astype(cfg.compute_dtype)
-        return jnp.einsum("btd,vd->btv", hidden, w, preferred_element_type=out)
-    w = params["lm_head"].astype(cfg.compute_dtype)
-    return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=out)
+    """Projects hidden states to float32 logits (tied or separate output head).
+
+    The product accumulates in float32 and returns float32 logits (a log-softmax over a 150k vocabulary
+    needs them); its backward pass multiplies in the compute dtype (`_head_bwd`).
+    """
+    tied = bool(cfg.tie_word_embeddings)
+    w = (params["embed"] if tied else params["lm_head"]).astype(cfg.compute_dtype)
+    return _head(hidden.astype(cfg.compute_dtype), w, tied)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _head(hidden: Array, w: Array, tied: bool) -> Array:
+    """hidden [..., D] @ w ([V, D] when tied to the embedding, else [D, V]) -> [..., V] in the wide dtype."""
+    spec = "...d,vd->...v" if tied else "...d,dv->...v"
+    return jnp.einsum(spec, hidden, w, preferred_element_type=_wide(hidden.dtype))
+
+
+def _head_fwd(hidden: Array, w: Array, tied: bool) -> tuple[Array, tuple[Array, Array]]:
+    return _head(hidden, w, tied), (hidden, w)
+
+
+def _head_bwd(tied: bool, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    """Both backward products in the compute dtype, accumulating in float32.
+
+    Left to autodiff, the float32 logits cotangent would promote both products to float32 (TF32 on
+    GPU, half the bf16 rate): on one H100 they took 13% of a Qwen2.5-0.5B train step
+    (benchmarks/results/train_step_profile_h100.json). Rounding the cotangent to bf16 is the usual
+    mixed-precision treatment of every other matmul in the model.
+    """
+    hidden, w = res
+    wide = _wide(hidden.dtype)
+    g = g.astype(hidden.dtype)
+    h2, g2 = hidden.reshape(-1, hidden.shape[-1]), g.reshape(-1, g.shape[-1])
+    if tied:  # w [V, D]
+        dh = jnp.einsum("nv,vd->nd", g2, w, preferred_element_type=wide)
+        dw = jnp.einsum("nd,nv->vd", h2, g2, preferred_element_type=wide)
+    else:  # w [D, V]
+        dh = jnp.einsum("nv,dv->nd", g2, w, preferred_element_type=wide)
+        dw = jnp.einsum("nd,nv->dv", h2, g2, preferred_element_type=wide)
+    return dh.reshape(hidden.shape).astype(hidden.dtype), dw.astype(w.dtype)
+
+
+_head.defvjp(_head_fwd, _head_bwd)
 
 
 def fuse_projections(cfg: ModelConfig, layer: dict[str, Array]) -> dict[str, Array]:
