@@ -14,7 +14,8 @@ runs=${RUNS:-/root/runs}
 budget=${BUDGET:-540}
 mkdir -p "$runs"
 start=$(date +%s)
-timeout -s TERM -k 60 "$budget" python3 scripts/train.py --workdir="$runs/$name" "$@" 2>&1 | tee "$runs/$name.log" | grep -v "^[IW][0-9]" | tail -25
+mkdir -p "$runs/$name" && echo "$(date -u +%FT%TZ) BUDGET=$budget benchmarks/learning_run.sh $name $*" >> "$runs/$name/commands.txt"
+timeout -s TERM -k 60 "$budget" python3 scripts/train.py --workdir="$runs/$name" "$@" 2>&1 | tee -a "$runs/$name.log" | grep -v "^[IW][0-9]" | tail -25
 echo "train.py exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
 if [[ -n ${OUT:-} ]]; then  # one archive: the device returns few files and no deep folders
   cp "$runs/$name.log" "$runs/$name/train.log" 2>/dev/null

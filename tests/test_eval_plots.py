@@ -17,6 +17,7 @@ from rlvr_jax.evaluation.plots import (
     color_for,
     ema,
     plot_accuracy,
+    plot_before_after,
     plot_by_level,
     plot_lengths,
     plot_training_curves,
@@ -212,3 +213,34 @@ def test_plot_by_level_rejects_nothing_to_plot(tmp_path):
         plot_by_level({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="no levels"):
         plot_by_level({"a": {}, "b": {}}, tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------------------ before / after
+
+
+def test_plot_before_after_several_experiments(tmp_path):
+    rows = [
+        {
+            "label": "GSM8K",
+            "before": BASE,
+            "after": TRAINED,
+            "p_value": 1.3e-14,
+            "test": "McNemar",
+            "n": 1319,
+        },
+        {"label": "HumanEval, a long label that has to wrap over lines", "before": TRAINED, "after": BASE},
+    ]
+    tall = load_png(plot_before_after(rows, tmp_path / "ba.png"))
+    assert has_colour(tall, color_for(0)) and has_colour(tall, color_for(1))
+    short = load_png(plot_before_after(rows[:1], tmp_path / "one.png", title="one"))
+    assert tall.shape[0] > short.shape[0]  # one band per experiment
+
+
+def test_plot_before_after_rejects_nothing_and_missing_points(tmp_path):
+    with pytest.raises(ValueError, match="no experiments"):
+        plot_before_after([], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no after accuracy"):
+        plot_before_after([{"label": "x", "before": BASE}], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="fractions"):
+        plot_before_after([{"label": "x", "before": BASE, "after": {"value": 38.5}}], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

@@ -6,8 +6,9 @@ Each figure answers "did training help, and is the difference real":
 - `plot_lengths`: response-length histograms, run means and the share of responses cut at the limit.
 - `plot_training_curves`: training reward (raw and EMA-smoothed) and held-out accuracy against step.
 - `plot_by_level`: accuracy per difficulty level (e.g. MATH levels 1-5) with confidence intervals.
+- `plot_before_after`: several experiments, before vs after with CIs and p-values, in one figure.
 
-All four use the matplotlib object API (`Figure`, `fig.savefig`), never pyplot, so they touch no global
+All of them use the matplotlib object API (`Figure`, `fig.savefig`), never pyplot, so they touch no global
 backend state and are safe in a headless process. Run i has the colour `color_for(i)` in every figure
 (run 0, usually the baseline, is grey). Every function returns the path it wrote, creates its parent
 directories and raises ValueError when given nothing to plot.
@@ -711,4 +712,62 @@ def plot_by_level(
         frameon=False,
     )
     _title(fig, title or "Accuracy by difficulty level")
+    return _save(fig, out_png)
+
+
+# ------------------------------------------------------------------------------------ before / after
+
+
+def plot_before_after(
+    rows: Sequence[Mapping[str, Any]], out_png: str | Path, *, title: str | None = None
+) -> Path:
+    """Several experiments at a glance: held-out accuracy before and after, each with its 95% CI.
+
+    rows: one per experiment, {"label", "before": {"value", "low", "high"}, "after": {...}, optional
+    "p_value", "test" (e.g. "McNemar"), "n"}. Each row is a grey point (before) joined to a blue point
+    (after) with their intervals, and the change with its p-value on the right: significant changes
+    (p < 0.05) in bold. For a results page where one figure should answer "what did training do".
+    """
+    if not rows:
+        raise ValueError("no experiments to plot")
+    fig = Figure(figsize=(10, 1.0 + 0.8 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))[::-1]
+    for yi, row in zip(y, rows, strict=True):
+        points = []
+        for key, color, dy in (("before", color_for(0), 0.12), ("after", color_for(1), -0.12)):
+            value, low, high = _ci(row.get(key, {}))
+            if value is None:
+                raise ValueError(f"{row.get('label')!r}: no {key} accuracy")
+            below, above = _error(value, low, high)
+            ax.errorbar(value, yi + dy, xerr=[[below], [above]], fmt="o", color=color, ecolor=color,
+                        elinewidth=1.6, capsize=3, markersize=7, zorder=3)  # fmt: skip
+            points.append(value)
+        ax.annotate("", xy=(points[1], yi), xytext=(points[0], yi), zorder=2,
+                    arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.2})  # fmt: skip
+        change = f"{100 * (points[1] - points[0]):+.1f} pts"
+        p = _finite(row.get("p_value"))
+        if p is not None:
+            change += f"\np = {_format_p(p)}" + (f" ({row['test']})" if row.get("test") else "")
+        n = _n_text(row.get("n"))
+        label = _wrap(row.get("label", ""), 40) + (f"\n{n}" if n else "")
+        ax.annotate(change, (1.0, yi), xycoords=("axes fraction", "data"), xytext=(8, 0),
+                    textcoords="offset points", va="center", fontsize=NOTE_SIZE + 1,
+                    fontweight="bold" if p is not None and p < 0.05 else "normal")  # fmt: skip
+        ax.text(-0.01, yi, label, transform=ax.get_yaxis_transform(), ha="right", va="center",
+                fontsize=TICK_SIZE)  # fmt: skip
+    ax.set_yticks([])
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlim(0, 1)
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    ax.set_xlabel("held-out accuracy (95% CI)", fontsize=LABEL_SIZE)
+    _style(ax, grid_axis="x")
+    ax.spines["left"].set_visible(False)
+    handles = [
+        Line2D([], [], color=color_for(0), marker="o", linestyle="none", label="before training"),
+        Line2D([], [], color=color_for(1), marker="o", linestyle="none", label="after training"),
+    ]
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False,
+              fontsize=TICK_SIZE)  # fmt: skip
+    _title(fig, title or "Held-out accuracy before and after training")
     return _save(fig, out_png)

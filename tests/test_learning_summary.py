@@ -1,0 +1,64 @@
+"""benchmarks/learning_summary.py: the learning-run table is read from what the runs wrote, faithfully."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from benchmarks import learning_summary as ls
+from tests.tiny import REPO
+
+
+def test_summary_of_the_committed_runs(tmp_path):
+    results = REPO / "benchmarks" / "results"
+    shutil.copytree(results / "learning", tmp_path / "learning")
+    shutil.copy(results / "train_step_h100.json", tmp_path)
+    assert ls.main(["--results", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "learning_runs_h100.json").read_text())
+    assert "H100" in record["device"] and record["versions"]["jax"]
+    runs = {r["name"]: r for r in record["runs"]}
+    assert set(runs) == set(ls.RUNS)
+    gsm8k = runs["qwen_coder_gsm8k"]
+    assert gsm8k["evaluation"]["n"] == 1319 and gsm8k["evaluation"]["test"] == "mcnemar_exact"
+    assert gsm8k["evaluation"]["significant_at_0.01"] == (gsm8k["evaluation"]["p_value"] < 0.01)
+    assert "--config.model.path=/root/models/qwen.gguf" in gsm8k["command"]
+    for run in runs.values():
+        split = run["step_split"]
+        assert split["rollout_s"] + split["update_s"] <= split["step_s"] * 1.05
+        assert split["mean_step_s"] >= split["step_s"] * 0.9
+    assert len(runs["qwen_coder_mbpp"]["transfer"]) == 2
+    assert (tmp_path / "learning_runs_h100.png").stat().st_size > 10_000
+
+
+def test_step_split_counts_a_resumed_step_once(tmp_path):
+    rows = [{"step": 0, "eval/accuracy": 0.2}]
+    for step in range(1, 7):
+        rows.append({"step": step, "time/step_s": 1.0, "time/rollout_s": 0.6, "time/reward_s": 0.1,
+                     "time/train_s": 0.3, "reward/mean": 0.1 * step})  # fmt: skip
+    rows.append(dict(rows[-1]))  # logged again after a resume from step 6's checkpoint
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    split = ls.step_split(path)
+    assert split["steps"] == 6 and split["train_wall_s"] == 6.0
+    assert split["share"] == {"rollout": 0.6, "reward": 0.1, "update": 0.3}
+    with pytest.raises(ValueError, match="only 1 training steps"):
+        path.write_text(json.dumps(rows[1]))
+        ls.step_split(path)
+
+
+def test_overrides_are_exactly_the_changed_keys():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gsm8k", REPO / "configs" / "gsm8k.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config().to_dict()
+    assert ls.overrides("configs/gsm8k.py", config) == []
+    config["optim"]["learning_rate"] = 3e-6
+    config["train"]["steps"] = 7
+    assert ls.overrides("configs/gsm8k.py", config) == [
+        "--config.optim.learning_rate=3e-06",
+        "--config.train.steps=7",
+    ]
