@@ -4,7 +4,11 @@
 
 Local data: --config.data.path=../shared/data/humaneval; a local model: --config.model.path=FILE.gguf
 (../shared/tools/fetch-qwen-coder assembles the Qwen2.5-Coder GGUF).
-Timing on one H100: not measured (the GPU machine has no bubblewrap for the sandbox).
+Not trained on HumanEval on the GPU yet: its 131 training problems are few. What was measured there
+(2026-11-27, `benchmarks/results/learning/qwen_coder_mbpp/humaneval`): Qwen2.5-Coder-0.5B-Instruct trained
+120 steps on MBPP with configs/mbpp.py, then evaluated on all 164 HumanEval problems with
+`scripts/evaluate.py --config=configs/humaneval.py --split=test`: 51.2% -> 56.7% (exact McNemar p = 0.21).
+The learning rate and micro-batches below are the MBPP run's.
 """
 
 from rlvr_jax.config import base_config
@@ -21,7 +25,8 @@ def get_config(arg: str | None = None):
     c.model.remat = "full"  # long sequences: see configs/gsm8k.py
     c.rl.prompts_per_step = 8
     c.rl.group_size = 8
-    c.optim.learning_rate = 1e-6
+    c.optim.learning_rate = 2e-6
+    c.optim.micro_batches = 2
     c.train.steps = 100
     if arg not in (None, ""):
         raise ValueError(f"unknown preset {arg!r} for humaneval; this config has no presets")
