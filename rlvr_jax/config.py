@@ -99,8 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True
     c.logging.wandb_project = ml_collections.FieldReference(None, field_type=str)
-    c.logging.prometheus_port = 0  # 0 = no metrics endpoint
-    c.logging.price_per_hour = ml_collections.FieldReference(None, field_type=float)  # $ per device-hour
+    c.logging.prometheus_port = 0  # serve the training gauges on this port for Prometheus; 0 = off
+    c.logging.pushgateway = ml_collections.FieldReference(None, field_type=str)  # host:port; None = off
+    c.logging.json_logs = False  # log lines as JSON objects on stderr (log aggregation), no progress bar
+    # US$ per device-hour for the cost metrics; None = the table in rlvr_jax/monitoring/cost.py.
+    c.logging.price_per_hour = ml_collections.FieldReference(None, field_type=float)
     return c
 
 

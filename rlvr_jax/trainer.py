@@ -34,7 +34,17 @@ from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metr
 from rlvr_jax.evaluation.runs import load_run, write_run
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.models.decoder import abstract_model
-from rlvr_jax.monitoring.metrics import MetricsWriter, Progress, mfu, peak_flops, plot_rewards, step_flops
+from rlvr_jax.monitoring.cost import CostTracker, device_price
+from rlvr_jax.monitoring.exporters import JsonLogSink, PrometheusSink
+from rlvr_jax.monitoring.metrics import (
+    MetricsWriter,
+    Progress,
+    mfu,
+    new_run_id,
+    peak_flops,
+    plot_rewards,
+    step_flops,
+)
 from rlvr_jax.rewards.pool import RewardPool
 from rlvr_jax.rl import LossConfig, get_advantage_fn
 from rlvr_jax.rl.dynamic_sampling import fill_batch
@@ -64,6 +74,7 @@ class RunSummary:
     preempted: bool = False
     eval_report: str | None = None  # before vs after: paired test, plots (WORKDIR/eval/compare/report.md)
     eval_verdict: str | None = None
+    cost: dict[str, Any] | None = None  # accelerator hours x price (rlvr_jax/monitoring/cost.py)
 
 
 def _log(message: str) -> None:
@@ -142,6 +153,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     """Runs (or resumes) the experiment described by `config` in `workdir`."""
     sharding.initialize_distributed()
     validate(config, jax.device_count())
+    clock_start = time.perf_counter()  # accelerators are billed from here: loading and compiles included
+    events: JsonLogSink | None = None
+    early: list[tuple[str, dict]] = []  # JSON logs need the run id, known once a checkpoint is read
+
+    def say(message: str, event: str = "message", **fields: Any) -> None:
+        if not config.logging.json_logs:
+            _log(message)
+        elif events is None:
+            early.append((message, {"event": event, **fields}))
+        elif jax.process_index() == 0:
+            events.event(fields.pop("event", event), fields.pop("step", None), message=message, **fields)
+
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -151,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     model, tokenizer = load_policy(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     sampler = Sampler(model, tokenizer, mesh=mesh)
-    _log(
+    say(
         f"loaded {config.model.path} ({model.cfg.family}, {model.cfg.num_params() / 1e6:.0f}M params) in "
         f"{time.perf_counter() - t_load:.1f}s; mesh {dict(mesh.shape)} on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)"
@@ -165,7 +188,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     eval_samples = eval_samples[: config.data.eval_limit]
     pipeline = make_pipeline(train_samples, config.rl.prompts_per_step, seed=config.seed, num_epochs=None)
     reward_name = config.reward.name or task.reward
-    _log(
+    say(
         f"task {task.name}: {len(train_samples)} training prompts, {len(eval_samples)} held-out; "
         f"reward {reward_name}"
     )
@@ -203,25 +226,49 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     if latest is not None:
         state, meta = checkpointer.restore(latest, state)
         start = int(meta["step"])
-        _log(f"resumed from {workdir / 'checkpoints'} at step {start}")
+        say(f"resumed from {workdir / 'checkpoints'} at step {start}")
     iterator = batches(pipeline, meta.get("data_iterator"))
     sampler.update_params(export_params(state.params, model.cfg.param_dtype))
     metrics_file = workdir / "metrics.jsonl"
+    run_id = meta.get("run_id") or new_run_id()
+    extra_sinks: list = []
+    if jax.process_index() == 0:
+        if config.logging.json_logs:
+            events = JsonLogSink(run_id)
+            for message, fields in early:
+                say(message, **fields)
+            extra_sinks.append(events)
+        if config.logging.prometheus_port or config.logging.pushgateway:
+            prometheus = PrometheusSink(
+                run_id, port=config.logging.prometheus_port or None, pushgateway=config.logging.pushgateway
+            )
+            extra_sinks.append(prometheus)
+            if prometheus.port:
+                say(f"Prometheus metrics on http://0.0.0.0:{prometheus.port}/metrics", port=prometheus.port)
     # A resumed run drops what was logged after its checkpoint and rewrites those steps exactly once.
     writer = MetricsWriter(
         workdir,
         tensorboard=config.logging.tensorboard,
         wandb_project=config.logging.wandb_project,
-        run_id=meta.get("run_id"),
+        run_id=run_id,
         config=config.to_dict(),
         resume_step=start if latest is not None else None,
+        extra_sinks=extra_sinks,
     )
+    price, price_source = device_price(jax.devices()[0].device_kind, config.logging.price_per_hour)
+    cost = None
+    if price is None:
+        say(f"no cost metrics: {price_source}", event="warning")
+    else:
+        cost = CostTracker.restore(meta.get("cost"), price, jax.device_count(), config.train.steps)
+        cost.elapsed_s += time.perf_counter() - clock_start  # this process's loading time so far
+        cost.mark()
 
     eval_before = meta.get("eval_before")
     if eval_before is None:
         eval_before = _evaluate(sampler, task, eval_samples, config, config.seed, workdir / "eval" / "before")
         writer.write(0, {f"eval/{k}": v for k, v in eval_before.items()})
-    _log(
+    say(
         f"held-out accuracy before training: {eval_before['accuracy']:.3f} "
         f"(reward {eval_before['reward']:.3f})"
     )
@@ -230,7 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     G = config.rl.group_size
     reward_pool = RewardPool()
     preemption = PreemptionHandler()
-    progress = Progress(config.train.steps, initial=start)
+    progress = Progress(config.train.steps, initial=start, quiet=config.logging.json_logs)
     last_eval: dict[str, float] = {}
     step = start
     try:
@@ -339,6 +386,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                     sampler, task, eval_samples, config, config.seed, workdir / "eval" / f"step_{step}"
                 )
                 metrics.update({f"eval/{k}": v for k, v in last_eval.items()})
+            if cost is not None:
+                metrics.update(cost.step(step, int(np.asarray(batch["attn_mask"]).sum()) * config.rl.mu))
             writer.write(step, metrics)
             progress.update(step, reward=metrics["reward/mean"], accuracy=metrics["accuracy"])
 
@@ -353,10 +402,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                     eval_before,
                     writer.run_id,
                     last_eval if ran_eval else None,
+                    cost,
                 )
             if stop:
                 checkpointer.wait()
-                _log(f"preemption signal received: checkpoint saved at step {step}; exiting")
+                say(f"preemption signal received: checkpoint saved at step {step}; exiting")
                 break
     finally:
         progress.close()
@@ -369,7 +419,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     if eval_after:
         writer.write(step, {f"eval/{k}": v for k, v in eval_after.items()})
         if step % config.train.checkpoint_every:
-            _save(checkpointer, state, step, iterator, eval_before, writer.run_id, eval_after)
+            _save(checkpointer, state, step, iterator, eval_before, writer.run_id, eval_after, cost)
     checkpointer.wait()
     checkpointer.close()
     writer.close()
@@ -392,7 +442,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                     nnx.merge(graphdef, state.params), workdir / "hf_export", tokenizer, dtype="float32"
                 )
             )
+    run_cost = None
+    if cost is not None:
+        after_accuracy = eval_after.get("accuracy") if eval_after else None
+        run_cost = cost.summary(eval_before.get("accuracy"), after_accuracy)
+        run_cost["price_source"] = price_source
     summary = RunSummary(
+        cost=run_cost,
         workdir=str(workdir),
         steps=step,
         eval_before=eval_before,
@@ -407,6 +463,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
         eval_verdict=verdict,
     )
     (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
+    if events is not None and jax.process_index() == 0:
+        events.event("end", step, preempted=preempted, eval_before=eval_before, eval_after=eval_after,
+                     verdict=verdict, cost=run_cost)  # fmt: skip
     return summary
 
 
@@ -511,17 +570,33 @@ def _flops_metrics(
     return out
 
 
-def _save(checkpointer, state, step, iterator, eval_before, run_id, eval_metrics) -> None:
+def _save(checkpointer, state, step, iterator, eval_before, run_id, eval_metrics, cost=None) -> None:
     """Checkpoints the state with what exact resumption needs; ranks it only when it was just evaluated."""
     meta = {
         "step": step,
         "data_iterator": iterator.get_state(),
         "eval_before": eval_before,
         "run_id": run_id,
+        "cost": cost.state() if cost is not None else None,
     }
     metrics = {"eval_accuracy": eval_metrics["accuracy"]} if eval_metrics else None
     if not checkpointer.save(step, state, meta, metrics=metrics):
         _log(f"warning: no checkpoint written at step {step} (non-finite state or step already saved)")
+
+
+def format_cost(cost: dict[str, Any]) -> str:
+    """One line: total, device-hours at what price, per million tokens and per accuracy point gained."""
+    text = (
+        f"${cost['usd_total']:.4g} ({cost['device_hours']:.3g} device-hours at "
+        f"${cost['price_per_device_hour']:.2f}/h, {cost['price_source']})"
+    )
+    if cost.get("usd_per_million_tokens") is not None:
+        text += f"; ${cost['usd_per_million_tokens']:.3g} per million tokens"
+    if cost.get("usd_per_accuracy_point") is not None:
+        text += f"; ${cost['usd_per_accuracy_point']:.3g} per accuracy point gained"
+    elif cost.get("accuracy_points_gained") is not None:
+        text += "; no accuracy gained"
+    return text
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -534,6 +609,8 @@ def print_summary(summary: RunSummary) -> None:
         )
     if summary.eval_verdict:
         lines.append(f"after vs before: {summary.eval_verdict}")
+    if summary.cost:
+        lines.append(f"cost:          {format_cost(summary.cost)}")
     lines += [
         f"checkpoints:   {summary.checkpoint_dir}",
         f"TensorBoard:   tensorboard --logdir {summary.tensorboard_dir}",

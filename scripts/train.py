@@ -35,7 +35,8 @@ def main(argv: list[str]) -> None:
         from rlvr_jax.trainer import print_summary, train
 
         summary = train(_CONFIG.value, _WORKDIR.value)
-        print_summary(summary)
+        if not _CONFIG.value.logging.json_logs:  # with JSON logs the run's "end" event says the same
+            print_summary(summary)
         return 0
 
     code = fail_cleanly(run)

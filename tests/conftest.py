@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -45,3 +48,29 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm_gguf(shared_dir: Path) -> Path:
     return shared_dir / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class _Gateway(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, str, str]]] = []
+
+    def _store(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        self.received.append((self.command, self.path, body))
+        self.send_response(200)
+        self.end_headers()
+
+    do_PUT = do_POST = _store
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def pushgateway():
+    """A stand-in Pushgateway: (host:port, the list of (method, path, body) it received)."""
+    _Gateway.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_port}", _Gateway.received
+    server.shutdown()
+    server.server_close()

@@ -148,7 +148,7 @@ def _deterministic(row: dict) -> dict:
     return {
         k: v
         for k, v in row.items()
-        if k not in ("time", "run_id") and not k.startswith(("time/", "throughput/"))
+        if k not in ("time", "run_id") and not k.startswith(("time/", "throughput/", "cost/"))
     }
 
 
@@ -206,6 +206,13 @@ def test_quickstart_tiny_leaves_checkpoint_logs_and_prints_accuracy(tmp_path):
     assert (workdir / "reward_curve.png").stat().st_size > 10_000
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["eval_after"]["n"] == 8
+    # A CPU run is costed too: in every step's metrics and in the final report.
+    steps = [r for r in rows if "cost/usd_total" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert 0 < steps[0]["cost/usd_total"] < steps[1]["cost/usd_total"]
+    assert summary["cost"]["usd_total"] > steps[1]["cost/usd_total"]  # the final evaluation is billed too
+    assert summary["cost"]["price_source"] == "price table: CPU"
+    assert "cost:          $" in proc.stdout and "device-hours" in proc.stdout
 
 
 def test_bad_config_stops_before_loading_anything(tmp_path):
@@ -237,3 +244,29 @@ def test_dynamic_sampling_refills_and_logs_dropped_groups(tiny_model_dir, tmp_pa
         assert 0.0 <= r["groups/dropped_fraction"] <= 1.0
         assert r["train/skipped"] == 0
     assert any(r["groups/dropped_fraction"] > 0 for r in rows)
+
+
+def test_json_logs_pushgateway_and_cost_of_a_run(tiny_model_dir, tmp_path, capsys, pushgateway):
+    """JSON log lines carry the run id; the last step reaches the Pushgateway; dollars are tracked."""
+    from rlvr_jax.trainer import train
+
+    address, received = pushgateway
+    config = _tiny_config(tiny_model_dir, **{"train.steps": 2, "train.export_hf": False})
+    config.logging.json_logs = True
+    config.logging.pushgateway = address
+    config.logging.price_per_hour = 36.0  # $0.01 per second
+    summary = train(config, tmp_path / "run")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    events = [r["event"] for r in lines]
+    assert events[:2] == ["message", "message"] and "step" in events and events[-1] == "end"
+    run_ids = {r["run_id"] for r in lines}
+    assert len(run_ids) == 1 and None not in run_ids
+    step_lines = [r for r in lines if r["event"] == "step" and r["step"] == 2]
+    assert step_lines and step_lines[0]["cost/usd_total"] > 0
+    assert lines[-1]["cost"]["usd_total"] == pytest.approx(summary.cost["usd_total"])
+    assert summary.cost["price_source"] == "logging.price_per_hour"
+    # usd_total = seconds x $0.01 on one device
+    assert summary.cost["usd_total"] == pytest.approx(summary.cost["device_hours"] * 36.0)
+    _, path, body = received[-1]
+    assert path == f"/metrics/job/rlvr-train/run_id/{run_ids.pop()}"
+    assert "rlvr_train_step{" in body and "} 2.0" in body.split("rlvr_train_step{")[1].split("\n")[0]
