@@ -373,6 +373,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                 * config.rl.mu
                 / max(t3 - t2, 1e-9),
                 **{f"train/{k}": float(np.asarray(v)) for k, v in step_metrics.items()},
+                # Cumulative (the per-update flag is train/skipped): alerts count its increase.
+                "train/skipped_updates": int(jax.device_get(state.skipped)),
                 **_flops_metrics(
                     _model_flops(model.cfg, batch["tokens"].shape),
                     train_step.flops(batch),

@@ -8,6 +8,11 @@
 (GET /health answers); the model loads and every (batch, prompt, new-token) bucket compiles in the
 background, and GET /ready turns 200 when that is done. GET /metrics is Prometheus. SIGTERM / Ctrl-C stop
 taking new connections and finish the requests in flight before exiting.
+
+--drift_reference PROFILE.json (written by `scripts/drift.py --save-profile`) turns on drift monitoring:
+the last --drift_window prompts and responses are compared with the profile, the rlvr_drift_* gauges
+appear in /metrics, and POST /v1/feedback {"id", "index", "outcome"} adds verified outcomes (pass-rate
+drift).
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compilation_cache", default=None, help="persistent JAX compilation cache directory")
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--drift_reference", default=None, help="drift profile JSON (scripts/drift.py --save-profile)"
+    )
+    p.add_argument("--drift_window", type=int, default=1000, help="recent requests compared with the profile")
     return p
 
 
@@ -88,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    drift = None
+    if args.drift_reference:  # a bad profile fails now, before the model loads
+        from rlvr_jax.monitoring.drift import DriftMonitor, ReferenceProfile
+
+        drift = DriftMonitor(ReferenceProfile.load(args.drift_reference), window=args.drift_window)
 
     import jax
     import uvicorn
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     # this one turns it into a normal exit, so a graceful shutdown ends with status 0, not "killed".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    app = create_app(config, load_engine, on_load_failure=on_load_failure)
+    app = create_app(config, load_engine, on_load_failure=on_load_failure, drift=drift)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -7,6 +7,8 @@
     responses.py  OpenAI response bodies and SSE chunks; errors.py  OpenAI error bodies, readable messages
     schemas.py  OpenAI request / response models; config.py  the server's limits
     metrics.py  Prometheus series; middleware.py  request metrics by route and status, body size cap
+    drift       with --drift_reference, prompts and responses feed a `rlvr_jax.monitoring.drift.DriftMonitor`
+                (gauges in /metrics); POST /v1/feedback attaches verified outcomes (pass-rate drift)
 
 Start it with `python scripts/serve.py --model SRC`; `serving.app.create_app` builds the app for embedding
 and tests. Nothing is imported here, so that `serving.config` stays cheap for argument checking.

@@ -1,7 +1,15 @@
 """The FastAPI app: OpenAI-compatible routes, health and readiness, Prometheus metrics.
 
 Routes: POST /v1/completions, POST /v1/chat/completions (both with SSE streaming), GET /v1/models,
-GET /health (the process answers), GET /ready (model loaded and every bucket compiled), GET /metrics.
+GET /health (the process answers), GET /ready (model loaded and every bucket compiled), GET /metrics,
+POST /v1/feedback (a completion's verified outcome, for drift monitoring).
+
+Drift: given a `DriftMonitor` (`scripts/serve.py --drift_reference PROFILE.json`), every completed request
+puts each prompt's text (a chat's last user message; a completion's prompt, decoded when sent as token ids)
+and its first choice's text into the monitor's window, keyed by (response id, prompt index). Observing is
+an append to a bounded deque; the statistics are computed when /metrics is scraped (in a worker thread, so
+the event loop keeps serving), at most once per `min_interval_s`. A client that verifies an answer later
+posts {"id": response id, "index": prompt index, "outcome": 0..1} to /v1/feedback.
 
 The model loads and compiles in a background thread after the server has started listening, so that
 liveness probes pass during a long start-up and /ready tells the truth. Every request is checked here,
@@ -18,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -32,6 +40,9 @@ from serving.errors import ApiError, install_error_handlers
 from serving.metrics import CONTENT_TYPE, ServerMetrics
 from serving.middleware import HttpMiddleware
 from serving.responses import Reply, sse
+
+if TYPE_CHECKING:  # scipy and friends load only when a server monitors drift
+    from rlvr_jax.monitoring.drift import DriftMonitor
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,7 @@ class ServerState:
     engine: Engine | None = None
     batcher: Batcher | None = None
     started: int = dataclasses.field(default_factory=schemas.now)
+    drift: DriftMonitor | None = None
 
 
 def create_app(
@@ -57,11 +69,14 @@ def create_app(
     load_engine: Callable[[], Engine],
     *,
     on_load_failure: Callable[[BaseException], None] | None = None,
+    drift: DriftMonitor | None = None,
 ) -> FastAPI:
     """The app. `load_engine` runs in a background thread at start-up (load the model, build the sampler);
     the app then compiles every bucket and starts the batcher. `on_load_failure` is told when that fails
-    (the command-line server uses it to exit with the message)."""
-    state = ServerState(config=config, metrics=ServerMetrics(config.max_batch))
+    (the command-line server uses it to exit with the message). `drift` watches the traffic (see above)."""
+    state = ServerState(config=config, metrics=ServerMetrics(config.max_batch), drift=drift)
+    if drift is not None:
+        drift.register(state.metrics.registry)
 
     def load() -> None:
         try:
@@ -120,7 +135,24 @@ def create_app(
     async def metrics() -> Response:
         if state.engine is not None:
             state.metrics.compilations.set(state.engine.sampler.compile_count)
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+        # Off the event loop: a scrape may recompute the drift statistics over the whole window.
+        return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/feedback")
+    async def feedback(body: schemas.FeedbackRequest) -> dict[str, Any]:
+        """The verified outcome of an earlier completion: counted in the drift monitor's live pass rate."""
+        if state.drift is None:
+            raise ApiError(
+                404, "drift monitoring is off on this server; start it with --drift_reference PROFILE.json",
+                code="drift_monitoring_off",
+            )  # fmt: skip
+        if not state.drift.record_outcome((body.id, body.index), body.outcome):
+            raise ApiError(
+                404, f"no completion {body.id!r} with prompt index {body.index} in the drift window (the "
+                f"last {state.drift.capacity} prompts); send feedback sooner, or check the id",
+                param="id", code="unknown_completion",
+            )  # fmt: skip
+        return {"id": body.id, "index": body.index, "outcome": body.outcome, "accepted": True}
 
     @app.get("/v1/models")
     async def models() -> schemas.ModelList:
@@ -134,7 +166,8 @@ def create_app(
         engine = _ready_engine(state, body)
         prompts = _completion_prompts(engine, body)
         max_tokens = _max_tokens(state, engine, body.max_tokens, prompts, COMPLETIONS_DEFAULT_MAX_TOKENS)
-        return await _generate(state, engine, body, prompts, max_tokens, arrived, chat=False)
+        texts = _completion_texts(engine, body, prompts) if state.drift is not None else None
+        return await _generate(state, engine, body, prompts, max_tokens, arrived, chat=False, texts=texts)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: schemas.ChatCompletionRequest, request: Request) -> Response:
@@ -153,7 +186,8 @@ def create_app(
                 400, f"the model's chat template rejected these messages: {e}", param="messages"
             ) from e
         max_tokens = _max_tokens(state, engine, body.requested_max_tokens, [prompt], None)
-        return await _generate(state, engine, body, [prompt], max_tokens, arrived, chat=True)
+        texts = [_chat_text(body)] if state.drift is not None else None
+        return await _generate(state, engine, body, [prompt], max_tokens, arrived, chat=True, texts=texts)
 
     return app
 
@@ -208,6 +242,21 @@ def _completion_prompts(engine: Engine, body: schemas.CompletionRequest) -> list
     return prompts
 
 
+def _completion_texts(engine: Engine, body: schemas.CompletionRequest, prompts: list[list[int]]) -> list[str]:
+    """The prompts as text for drift monitoring: as sent, or decoded when sent as token ids."""
+    if isinstance(body.prompt, str):
+        return [body.prompt]
+    if all(isinstance(x, str) for x in body.prompt):
+        return list(body.prompt)  # type: ignore[arg-type]
+    return [engine.tokenizer.decode(ids) for ids in prompts]
+
+
+def _chat_text(body: schemas.ChatCompletionRequest) -> str:
+    """What a chat asks, for drift monitoring: its last user message (training prompts are single turns)."""
+    users = [m for m in body.messages if m.role == "user"]
+    return (users[-1] if users else body.messages[-1]).text()
+
+
 def _max_tokens(
     state: ServerState, engine: Engine, requested: int | None, prompts: list[list[int]], default: int | None
 ) -> int:
@@ -256,7 +305,9 @@ async def _generate(
     arrived: float,
     *,
     chat: bool,
+    texts: list[str] | None = None,
 ) -> Response:
+    """Runs the job; `texts` (the prompts as text, with drift monitoring on) are observed once it is done."""
     cfg = state.config
     rows = [p for p in prompts for _ in range(body.n)]  # choice i*n + j is sample j of prompt i
     if len(rows) > cfg.max_batch:
@@ -289,11 +340,18 @@ async def _generate(
     choices = Choices(engine.tokenizer, len(rows), body.stop_strings)
     prompt_tokens = sum(len(p) for p in prompts)
     reply = Reply(body.model, chat, choices, prompt_tokens)
+
+    def observe() -> None:
+        if state.drift is not None and texts is not None:
+            for i, text in enumerate(texts):  # choice i*n is the first sample of prompt i
+                state.drift.observe(text, choices.text(i * body.n), key=(reply.id, i))
+
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         events = _stream(
-            state.batcher, job, updates, choices, reply, deadline, cfg.request_timeout_s, include_usage
-        )
+            state.batcher, job, updates, choices, reply, deadline, cfg.request_timeout_s, include_usage,
+            on_done=observe,
+        )  # fmt: skip
         return StreamingResponse(
             events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
@@ -305,6 +363,7 @@ async def _generate(
         state.batcher.cancel(job)
         raise
     state.batcher.cancel(job)  # finished (possibly by a stop string before the sampler knew): free its rows
+    observe()
     return JSONResponse(reply.whole())
 
 
@@ -333,11 +392,13 @@ async def _stream(
     deadline: float,
     timeout_s: float,
     include_usage: bool,
+    on_done: Callable[[], None] | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events: a role chunk (chat), text deltas as they decode, finish reasons, [DONE].
 
     Errors after the 200 header has gone out (timeout, generation failure) are sent as an `error` event,
-    which OpenAI clients raise as an exception, followed by [DONE].
+    which OpenAI clients raise as an exception, followed by [DONE]. `on_done` runs once every choice has
+    finished (not after a timeout, nor for a client that went away).
     """
     try:
         if reply.chat:
@@ -355,6 +416,8 @@ async def _stream(
                     yield sse(reply.chunk(change.index, content, None))
                 if change.finish_reason:
                     yield sse(reply.chunk(change.index, {} if reply.chat else "", change.finish_reason))
+        if choices.done and on_done is not None:
+            on_done()
         if include_usage and choices.done:
             yield sse(reply.usage_chunk())
         yield "data: [DONE]\n\n"

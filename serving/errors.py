@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import schemas
 
-ROUTES = "/v1/completions, /v1/chat/completions, /v1/models, /health, /ready, /metrics"
+ROUTES = "/v1/completions, /v1/chat/completions, /v1/models, /v1/feedback, /health, /ready, /metrics"
 
 
 class ApiError(Exception):

@@ -138,6 +138,18 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+class FeedbackRequest(_Strict):
+    """POST /v1/feedback: the verified outcome of an earlier completion, for pass-rate drift.
+
+    `id` is the completion's response id; `index` which of its prompts (0 for chat and one-prompt
+    completions). `outcome`: 1 / 0 (true / false) for pass / fail, or a reward in [0, 1].
+    """
+
+    id: str = Field(min_length=1)
+    index: int = Field(default=0, ge=0)
+    outcome: float = Field(ge=0.0, le=1.0)
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

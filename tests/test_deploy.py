@@ -193,7 +193,7 @@ def test_compose_services_point_at_real_files_and_one_port():
 def test_prometheus_scrapes_the_server_and_grafana_reads_prometheus():
     services = _compose()["services"]
     prometheus = yaml.safe_load((DEPLOY / "monitoring" / "prometheus.yml").read_text())
-    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "rlvr-server"]
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "rlvr-serve"]
     assert job["metrics_path"] == "/metrics"
     targets = job["static_configs"][0]["targets"]
     assert f"server:{PORT}" in targets

@@ -4,8 +4,9 @@ Both are `Sink`s for `MetricsWriter`, so they see exactly the numbers metrics.js
 
 Prometheus: every scalar a step logs becomes a gauge `rlvr_train_<key>` labelled with the run id, where
 the key's "/" becomes "_" and a leading "train/" is dropped ("reward/mean" -> `rlvr_train_reward_mean`,
-"train/kl" -> `rlvr_train_kl`, "cost/usd_total" -> `rlvr_train_cost_usd_total`), plus `rlvr_train_step`
-and `rlvr_train_last_step_timestamp_seconds` (alerts on a stalled run use it). The dashboards and alert
+"train/kl" -> `rlvr_train_kl`, "cost/usd_total" -> `rlvr_train_cost_usd_total`), plus `rlvr_train_step`,
+`rlvr_train_last_step_timestamp_seconds` (alerts on a stalled run use it) and `rlvr_train_finished` (1
+after the run ended, so a finished run left in a Pushgateway does not look stalled). The dashboards and alert
 rules in deploy/monitoring are written against these names. Two ways out:
 - an HTTP endpoint (`logging.prometheus_port`) for long runs that Prometheus can reach and scrape;
 - a Pushgateway (`logging.pushgateway`, host:port) for batch jobs that Prometheus cannot reach or that end
@@ -78,6 +79,7 @@ class PrometheusSink:
         return self._gauges[name].labels(run_id=self.run_id)
 
     def write(self, step: int, row: Mapping[str, Number | None]) -> None:
+        self._gauge(PREFIX + "finished", "1 once the run has ended (its last push), else 0").set(0)
         self._gauge(PREFIX + "step", "the last completed training step").set(step)
         self._gauge(PREFIX + "last_step_timestamp_seconds", "unix time of the last step").set(time.time())
         for key, value in row.items():
@@ -104,6 +106,9 @@ class PrometheusSink:
             self._push_failed = True
 
     def close(self) -> None:
+        """Marks the run finished (alerts on stalled runs skip it) and pushes one last time."""
+        if self._gauges:
+            self._gauge(PREFIX + "finished", "1 once the run has ended (its last push), else 0").set(1)
         self.push()
         if self._server is not None:
             self._server.shutdown()
