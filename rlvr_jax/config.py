@@ -81,7 +81,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
     c.optim.max_grad_norm = 1.0
+    # Gradient-accumulation steps per update. 0 = "auto": the fewest that fit, from XLA's compile-time
+    # memory estimate against optim.memory_budget_gb (default: the device's free memory; on a CPU, a share
+    # of RAM), cached per model / shape / device (rlvr_jax/rl/memory.py). optim.micro_batch_tokens > 0
+    # instead picks the fewest whose micro-batches hold at most that many tokens (no compile).
     c.optim.micro_batches = 1
+    c.optim.memory_budget_gb = ml_collections.FieldReference(None, field_type=float)
+    c.optim.micro_batch_tokens = 0
 
     # Device mesh: data * fsdp * tensor = number of devices (-1 = the rest).
     c.mesh = ml_collections.ConfigDict()
@@ -141,7 +147,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "rl.mu",
         "sampling.max_new_tokens",
         "train.steps",
-        "optim.micro_batches",
     )
     for key in positive:
         if int(_get(config, key)) < 1:
@@ -157,8 +162,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate must be > 0, got {config.optim.learning_rate}")
 
+    if config.optim.micro_batches < 0:
+        raise ConfigError(f"optim.micro_batches must be >= 1 (or 0: auto), got {config.optim.micro_batches}")
+    if config.optim.micro_batch_tokens < 0:
+        raise ConfigError(f"optim.micro_batch_tokens must be >= 0, got {config.optim.micro_batch_tokens}")
+    if config.optim.memory_budget_gb is not None and config.optim.memory_budget_gb <= 0:
+        raise ConfigError(f"optim.memory_budget_gb must be > 0, got {config.optim.memory_budget_gb}")
+    auto = config.optim.micro_batches == 0 or config.optim.micro_batch_tokens > 0
     rows = config.rl.prompts_per_step * config.rl.group_size
-    if rows % config.optim.micro_batches:
+    if not auto and rows % config.optim.micro_batches:
         raise ConfigError(
             f"optim.micro_batches={config.optim.micro_batches} does not divide the {rows} rollouts per step "
             f"(rl.prompts_per_step * rl.group_size)"
@@ -176,7 +188,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 f"rl.prompts_per_step={config.rl.prompts_per_step} does not divide over the mesh's "
                 f"data*fsdp={shards} batch shards; use a multiple of {shards}"
             )
-        if (rows // config.optim.micro_batches) % shards:
+        if not auto and (rows // config.optim.micro_batches) % shards:
             raise ConfigError(
                 f"a micro-batch of {rows // config.optim.micro_batches} rows does not divide over "
                 f"data*fsdp={shards}; lower optim.micro_batches or raise the batch"

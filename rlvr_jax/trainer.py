@@ -117,7 +117,7 @@ def optim_config(config: ml_collections.ConfigDict) -> OptimConfig:
         b2=o.b2,
         eps=o.eps,
         max_grad_norm=o.max_grad_norm,
-        micro_batches=o.micro_batches,
+        micro_batches=max(o.micro_batches, 1),  # 0 = auto: the trainer resolves it (`_micro_batches`)
     )
 
 
@@ -197,18 +197,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     optimizer = make_optimizer(optim_config(config))
     state = init_train_state(model, optimizer, mesh=mesh)
     graphdef = nnx.graphdef(model)
+    loss_config = _loss_config(config)
+    # The frozen reference: a copy of the initial policy, held only when the KL term is on. Made before
+    # the memory probe, which must count it as resident.
+    ref_params = jax.tree.map(jnp.copy, state.params) if config.rl.beta > 0 else None
+    micro_batches = _micro_batches(config, sampler, task, train_samples, graphdef, optimizer, loss_config,
+                                   state, mesh, workdir, say)  # fmt: skip
     train_step = _CompiledSteps(make_train_step(
         graphdef,
         optimizer,
-        _loss_config(config),
+        loss_config,
         temperature=config.sampling.temperature,
-        micro_batches=config.optim.micro_batches,
+        micro_batches=micro_batches,
         mesh=mesh,
     ))  # fmt: skip
     # Old log-probs (mu > 1) and reference log-probs (beta > 0) at the sampling temperature.
     logprob_fn = make_logprob_fn(graphdef, temperature=config.sampling.temperature, mesh=mesh)
-    # The frozen reference: a copy of the initial policy, held only when the KL term is on.
-    ref_params = jax.tree.map(jnp.copy, state.params) if config.rl.beta > 0 else None
     advantage_fn = get_advantage_fn(config.rl.advantage)
     sampling = SamplingParams(
         temperature=config.sampling.temperature,
@@ -368,6 +372,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                 "time/reward_s": timing["reward"],
                 "time/train_s": t3 - t2,
                 "time/step_s": t3 - t0,
+                "optim/micro_batches": micro_batches,
                 "throughput/rollout_tokens_per_s": generated / max(t1 - t0, 1e-9),
                 "throughput/train_tokens_per_s": float(np.asarray(batch["attn_mask"]).sum())
                 * config.rl.mu
@@ -469,6 +474,50 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
         events.event("end", step, preempted=preempted, eval_before=eval_before, eval_after=eval_after,
                      verdict=verdict, cost=run_cost)  # fmt: skip
     return summary
+
+
+def _micro_batches(
+    config, sampler, task, train_samples, graphdef, optimizer, loss_config, state, mesh, workdir, say
+) -> int:
+    """`optim.micro_batches`, or the count the memory probe / token budget picks for the worst-case batch.
+
+    Worst case: every row at the longest training prompt's bucket plus the whole generation budget. The
+    choice and every estimate behind it go to WORKDIR/memory_probe.json.
+    """
+    from rlvr_jax.rl.memory import micro_batches_for_tokens, probe_train_step_micro_batches
+
+    o = config.optim
+    if o.micro_batches and not o.micro_batch_tokens:
+        return int(o.micro_batches)
+    rows = config.rl.prompts_per_step * config.rl.group_size
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    prompt_len = encode_prompts(sampler, task, train_samples, config.data.chat)[0].shape[1]
+    completion_len = config.sampling.max_new_tokens
+    if o.micro_batch_tokens:
+        count = micro_batches_for_tokens(rows, prompt_len + completion_len, o.micro_batch_tokens, shards)
+        say(
+            f"micro-batches: {count} (at most {o.micro_batch_tokens} tokens each: {rows} rows x "
+            f"{prompt_len + completion_len} tokens)",
+            micro_batches=count,
+        )
+        return count
+    choice = probe_train_step_micro_batches(
+        graphdef,
+        optimizer,
+        loss_config,
+        state=state,
+        rows=rows,
+        prompt_len=prompt_len,
+        completion_len=completion_len,
+        temperature=config.sampling.temperature,
+        mesh=mesh,
+        old_logprobs=config.rl.mu > 1,
+        budget_bytes=int(o.memory_budget_gb * 1e9) if o.memory_budget_gb else None,
+    )
+    say(f"memory probe: {choice.summary()}", micro_batches=choice.micro_batches)
+    if jax.process_index() == 0:
+        (workdir / "memory_probe.json").write_text(json.dumps(choice.to_json(), indent=2))
+    return choice.micro_batches
 
 
 def rollout_rows(ids, mask, rollout, scores, group_size: int) -> dict[str, np.ndarray]:

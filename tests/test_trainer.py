@@ -270,3 +270,30 @@ def test_json_logs_pushgateway_and_cost_of_a_run(tiny_model_dir, tmp_path, capsy
     _, path, body = received[-1]
     assert path == f"/metrics/job/rlvr-train/run_id/{run_ids.pop()}"
     assert "rlvr_train_step{" in body and "} 2.0" in body.split("rlvr_train_step{")[1].split("\n")[0]
+
+
+def test_memory_probe_picks_micro_batches_and_the_run_uses_them(tiny_model_dir, tmp_path, monkeypatch):
+    """optim.micro_batches=0: the probe's choice follows the memory budget, and the update runs with it."""
+    from rlvr_jax.trainer import train
+
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(name: str, budget_gb: float) -> tuple[dict, list[dict]]:
+        config = _tiny_config(tiny_model_dir, **{"train.steps": 1, "train.export_hf": False})
+        config.optim.micro_batches = 0
+        config.optim.memory_budget_gb = budget_gb
+        train(config, tmp_path / name)
+        probe = json.loads((tmp_path / name / "memory_probe.json").read_text())
+        return probe, read_metrics(tmp_path / name / "metrics.jsonl")
+
+    roomy, rows = run("roomy", 100.0)
+    assert roomy["micro_batches"] == 1 and not roomy["from_cache"]
+    assert [r["optim/micro_batches"] for r in rows if "optim/micro_batches" in r] == [1]
+    whole = roomy["estimates"]["1"]["total_bytes"]
+    # A budget just under one whole-batch step: the probe must split it, and the run must use the split.
+    tight, rows = run("tight", (whole - 1) / 1e9)
+    assert tight["micro_batches"] > 1
+    chosen = tight["estimates"][str(tight["micro_batches"])]["total_bytes"]
+    assert chosen <= tight["budget_bytes"] < whole
+    assert [r["optim/micro_batches"] for r in rows if "optim/micro_batches" in r] == [tight["micro_batches"]]
+    assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
