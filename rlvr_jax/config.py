@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.path = "Qwen/Qwen2.5-0.5B-Instruct"
     c.model.dtype = "bfloat16"  # compute dtype
-    c.model.param_dtype = "float32"  # fp32 master weights; "bfloat16" halves parameter and optimizer memory
+    c.model.param_dtype = "float32"  # master weights and Adam moments; "bfloat16" halves that memory
     c.model.remat = "none"  # none | full | dots
 
     # Which task, from where. data.path None = the Hugging Face hub.

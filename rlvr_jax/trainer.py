@@ -195,7 +195,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
 
     # Optimiser, state, step function.
     optimizer = make_optimizer(optim_config(config))
-    state = init_train_state(model, optimizer, mesh=mesh)
+    state = init_train_state(model, optimizer, mesh=mesh, master_dtype=config.model.param_dtype)
     graphdef = nnx.graphdef(model)
     loss_config = _loss_config(config)
     # The frozen reference: a copy of the initial policy, held only when the KL term is on. Made before

@@ -297,3 +297,22 @@ def test_memory_probe_picks_micro_batches_and_the_run_uses_them(tiny_model_dir, 
     assert chosen <= tight["budget_bytes"] < whole
     assert [r["optim/micro_batches"] for r in rows if "optim/micro_batches" in r] == [tight["micro_batches"]]
     assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+
+
+def test_bf16_master_weights_halve_the_train_state(tiny_model_dir, tmp_path, monkeypatch):
+    """model.param_dtype=bfloat16 keeps the master weights and Adam moments in bf16, and still trains."""
+    from rlvr_jax.trainer import train
+
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    arguments = {}
+    for dtype in ("float32", "bfloat16"):
+        config = _tiny_config(tiny_model_dir, **{"train.steps": 1, "train.export_hf": False})
+        config.model.param_dtype = dtype
+        config.optim.micro_batches = 0  # the probe records the update's argument bytes
+        config.optim.memory_budget_gb = 100.0
+        train(config, tmp_path / dtype)
+        probe = json.loads((tmp_path / dtype / "memory_probe.json").read_text())
+        arguments[dtype] = probe["estimates"]["1"]["argument_bytes"]
+        rows = read_metrics(tmp_path / dtype / "metrics.jsonl")
+        assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+    assert 0.45 < arguments["bfloat16"] / arguments["float32"] < 0.6

@@ -79,7 +79,9 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
     if checkpoint is None:
         return model, tokenizer, {"model": source}
     folder, chosen = resolve_checkpoint(checkpoint, step)
-    state = init_train_state(model, make_optimizer(optim_config(config)))
+    state = init_train_state(
+        model, make_optimizer(optim_config(config)), master_dtype=config.model.param_dtype
+    )
     ckpt = Checkpointer(folder)
     try:
         state, _ = ckpt.restore(chosen, state)
