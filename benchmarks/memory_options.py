@@ -161,7 +161,13 @@ def probe_and_run(shape: str, rows: int, prompt_len: int, completion_len: int, r
     from rlvr_jax import sharding
     from rlvr_jax.models import ModelConfig, init_model
     from rlvr_jax.rl import LossConfig
-    from rlvr_jax.rl.memory import EstimateCache, estimate_memory, per_device_bytes, to_memory_kind
+    from rlvr_jax.rl.memory import (
+        EstimateCache,
+        estimate_memory,
+        per_device_bytes,
+        random_train_batch,
+        to_memory_kind,
+    )
     from rlvr_jax.rl.memory import probe_train_step_micro_batches as probe
     from rlvr_jax.rl.train_step import OptimConfig, init_train_state, make_optimizer, make_train_step
 
@@ -188,15 +194,7 @@ def probe_and_run(shape: str, rows: int, prompt_len: int, completion_len: int, r
         )
     probe_s = time.perf_counter() - t0
     step = make_train_step(graphdef, optimizer, loss, micro_batches=choice.micro_batches, mesh=mesh)
-    rng = np.random.default_rng(0)
-    seq = prompt_len + completion_len
-    batch = {
-        "tokens": rng.integers(0, cfg.vocab_size, (rows, seq)).astype(np.int32),
-        "attn_mask": np.ones((rows, seq), bool),
-        "completion_mask": np.ones((rows, completion_len), bool),
-        "advantages": rng.standard_normal(rows).astype(np.float32),
-        "sampler_logprobs": np.full((rows, completion_len), -2.0, np.float32),
-    }
+    batch = random_train_batch(rows, prompt_len, completion_len, cfg.vocab_size)
     batch = sharding.shard_batch(batch, mesh)
     compiled = step.lower(state, batch).compile()  # as the trainer's _CompiledSteps does
     device = jax.local_devices()[0]
@@ -209,7 +207,7 @@ def probe_and_run(shape: str, rows: int, prompt_len: int, completion_len: int, r
         "shape": shape,
         "remat": remat,
         "rows": rows,
-        "seq": seq,
+        "seq": prompt_len + completion_len,
         "budget_gib": _gib(choice.budget_bytes),
         "budget_source": choice.budget_source,
         "micro_batches": choice.micro_batches,

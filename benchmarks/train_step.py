@@ -75,6 +75,7 @@ def run_one(
     from rlvr_jax.models import ModelConfig, init_model
     from rlvr_jax.monitoring.metrics import peak_flops
     from rlvr_jax.rl import LossConfig
+    from rlvr_jax.rl.memory import random_train_batch
     from rlvr_jax.rl.train_step import OptimConfig, init_train_state, make_optimizer, make_train_step
     from rlvr_jax.trainer import _model_flops
 
@@ -87,14 +88,7 @@ def run_one(
         nnx.graphdef(model), optimizer, LossConfig(clip_high=0.28, max_len=completion), temperature=1.0
     )
     del model
-    rng = np.random.default_rng(0)
-    batch = {
-        "tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, (rows, seq)), jnp.int32),
-        "attn_mask": jnp.ones((rows, seq), bool),
-        "completion_mask": jnp.ones((rows, completion), bool),
-        "advantages": jnp.asarray(rng.standard_normal(rows), jnp.float32),
-        "sampler_logprobs": jnp.full((rows, completion), -2.0, jnp.float32),
-    }
+    batch = jax.tree.map(jnp.asarray, random_train_batch(rows, prompt_len, completion, cfg.vocab_size))
     result = {"shape": shape, "seq": seq, "rows": rows, "tokens_per_step": rows * seq, "remat": remat}
     try:
         t0 = time.perf_counter()

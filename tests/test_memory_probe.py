@@ -264,15 +264,7 @@ def test_the_run_uses_the_chosen_count(probe, choices):
         micro_batches=m,
         mesh=probe.mesh,
     )
-    rng = np.random.default_rng(0)
-    L = PROMPT + COMPLETION
-    batch = {
-        "tokens": rng.integers(1, TINY.vocab_size, (ROWS, L)).astype(np.int32),
-        "attn_mask": np.ones((ROWS, L), bool),
-        "completion_mask": np.ones((ROWS, COMPLETION), bool),
-        "advantages": rng.standard_normal(ROWS).astype(np.float32),
-        "sampler_logprobs": np.full((ROWS, COMPLETION), -2.0, np.float32),
-    }
+    batch = mem.random_train_batch(ROWS, PROMPT, COMPLETION, TINY.vocab_size)
     batch = sharding.shard_batch(batch, probe.mesh)
     compiled = step.lower(state, batch).compile()
     assert mem.estimate_memory(compiled) == chosen.estimates[m]

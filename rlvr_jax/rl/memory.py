@@ -496,6 +496,22 @@ def train_batch_spec(
     return spec
 
 
+def random_train_batch(
+    rows: int, prompt_len: int, completion_len: int, vocab_size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A concrete batch of `train_batch_spec`'s layout with random tokens and advantages, for running and
+    timing the step at a shape (benchmarks, tests): speed and memory do not depend on the values."""
+    rng = np.random.default_rng(seed)
+    L, N = prompt_len + completion_len, completion_len
+    return {
+        "tokens": rng.integers(1, vocab_size, (rows, L)).astype(np.int32),
+        "attn_mask": np.ones((rows, L), bool),
+        "completion_mask": np.ones((rows, N), bool),
+        "advantages": rng.standard_normal(rows).astype(np.float32),
+        "sampler_logprobs": np.full((rows, N), -2.0, np.float32),
+    }
+
+
 def _tree_summary(tree: Any) -> dict[str, Any]:
     """Dtypes and total bytes of a tree: enough to tell two optimizers or master dtypes apart."""
     leaves = jax.tree.leaves(tree)
