@@ -272,19 +272,25 @@ def test_json_logs_pushgateway_and_cost_of_a_run(tiny_model_dir, tmp_path, capsy
     assert "rlvr_train_step{" in body and "} 2.0" in body.split("rlvr_train_step{")[1].split("\n")[0]
 
 
-def test_memory_probe_picks_micro_batches_and_the_run_uses_them(tiny_model_dir, tmp_path, monkeypatch):
-    """optim.micro_batches=0: the probe's choice follows the memory budget, and the update runs with it."""
+def test_memory_probe_picks_micro_batches_and_bf16_master_weights_halve_the_state(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """optim.micro_batches=0: the probe's choice follows the memory budget and the update runs with it;
+    model.param_dtype=bfloat16 keeps master weights and Adam moments in bf16 (half the update's inputs)."""
     from rlvr_jax.trainer import train
 
     monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
 
-    def run(name: str, budget_gb: float) -> tuple[dict, list[dict]]:
+    def run(name: str, budget_gb: float, dtype: str = "float32") -> tuple[dict, list[dict]]:
         config = _tiny_config(tiny_model_dir, **{"train.steps": 1, "train.export_hf": False})
+        config.model.param_dtype = dtype
         config.optim.micro_batches = 0
         config.optim.memory_budget_gb = budget_gb
         train(config, tmp_path / name)
         probe = json.loads((tmp_path / name / "memory_probe.json").read_text())
-        return probe, read_metrics(tmp_path / name / "metrics.jsonl")
+        rows = read_metrics(tmp_path / name / "metrics.jsonl")
+        assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+        return probe, rows
 
     roomy, rows = run("roomy", 100.0)
     assert roomy["micro_batches"] == 1 and not roomy["from_cache"]
@@ -296,23 +302,7 @@ def test_memory_probe_picks_micro_batches_and_the_run_uses_them(tiny_model_dir, 
     chosen = tight["estimates"][str(tight["micro_batches"])]["total_bytes"]
     assert chosen <= tight["budget_bytes"] < whole
     assert [r["optim/micro_batches"] for r in rows if "optim/micro_batches" in r] == [tight["micro_batches"]]
-    assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
 
-
-def test_bf16_master_weights_halve_the_train_state(tiny_model_dir, tmp_path, monkeypatch):
-    """model.param_dtype=bfloat16 keeps the master weights and Adam moments in bf16, and still trains."""
-    from rlvr_jax.trainer import train
-
-    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
-    arguments = {}
-    for dtype in ("float32", "bfloat16"):
-        config = _tiny_config(tiny_model_dir, **{"train.steps": 1, "train.export_hf": False})
-        config.model.param_dtype = dtype
-        config.optim.micro_batches = 0  # the probe records the update's argument bytes
-        config.optim.memory_budget_gb = 100.0
-        train(config, tmp_path / dtype)
-        probe = json.loads((tmp_path / dtype / "memory_probe.json").read_text())
-        arguments[dtype] = probe["estimates"]["1"]["argument_bytes"]
-        rows = read_metrics(tmp_path / dtype / "metrics.jsonl")
-        assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
-    assert 0.45 < arguments["bfloat16"] / arguments["float32"] < 0.6
+    half, _ = run("bf16", 100.0, dtype="bfloat16")
+    ratio = half["estimates"]["1"]["argument_bytes"] / roomy["estimates"]["1"]["argument_bytes"]
+    assert 0.45 < ratio < 0.6
