@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,serve,export]"
+	$(PY) -m pip install -q -e ".[dev,serve,export,docs]"
 	touch $@
 
 # The main job on an offline default: GRPO on procedural arithmetic with the real SmolLM2 weights in

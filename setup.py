@@ -60,7 +60,13 @@ EXTRAS = {
         "dockerfile-parse>=2.0.1",
         "jsonschema>=4.23",
         "PyYAML>=6.0",
+        # notebooks/ executed on CPU by tests/test_notebooks.py
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
     ],
+    # The documentation site (docs/, `sphinx-build -W -b html docs OUT`); `make test` builds it too.
+    "docs": ["sphinx>=8.0", "myst-parser>=4.0", "furo>=2024.8.6"],
 }
 
 setup(

@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         report = compare(profile, prompts, responses, known, config=config)
         text = json.dumps(_strict(report), indent=2, allow_nan=False)
         if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(text + "\n")
         print(text)
         return 0

@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt, params, chat=args.chat, system=args.system, seed=args.seed, group_size=args.num_samples
     )
     t2 = time.perf_counter()
-    for group in results:
-        for completion in group:
+    several = len(results) > 1 or len(results[0]) > 1
+    for i, group in enumerate(results):
+        for j, completion in enumerate(group):
+            if several:  # a header per completion, so that multi-line answers stay apart
+                prompt = f"prompt {i + 1}/{len(results)}, " if len(results) > 1 else ""
+                print(f"--- {prompt}sample {j + 1}/{len(group)} ---")
             print(completion.text)
     if args.verbose:
         tokens = sum(len(c.token_ids) for g in results for c in g)

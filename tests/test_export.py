@@ -310,3 +310,26 @@ def test_real_smollm2_exports_decode_like_jax(tf, smollm_gguf, tmp_path):
     np.testing.assert_array_equal(got["tokens"].numpy(), ref.tokens)
     np.testing.assert_array_equal(got["lengths"].numpy(), ref.lengths)
     assert tok.decode(tok.truncate_at_stop(got["tokens"].numpy()[1])).startswith(" 5, 6")
+
+
+def test_saved_model_cli_shows_the_documented_signature(saved_model_dir, tmp_path):
+    """deploy/README.md's `saved_model_cli show --dir exports/rlvr/1 ...`, run as written on an export laid
+    out the same way (TF Serving's BASE/NAME/VERSION), shows the inputs and outputs that it documents."""
+    from tests.doc_commands import documented_commands
+
+    (command,) = [c for c in documented_commands() if c.tokens[0] == "saved_model_cli"]
+    (tmp_path / "exports" / "rlvr").mkdir(parents=True)
+    (tmp_path / "exports" / "rlvr" / "1").symlink_to(saved_model_dir)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", "-c", command.text], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name, dtype, shape in [
+        ("input_ids", "DT_INT32", f"(-1, {P})"), ("attention_mask", "DT_INT32", f"(-1, {P})"),
+        ("tokens", "DT_INT32", f"(-1, {N})"), ("logprobs", "DT_FLOAT", f"(-1, {N})"),
+        ("lengths", "DT_INT32", "(-1)"), ("finished", "DT_BOOL", "(-1)"),
+    ]:  # fmt: skip
+        block = proc.stdout.split(f"['{name}'] tensor_info:", 1)[1].split("name:", 1)[0]
+        assert f"dtype: {dtype}" in block and f"shape: {shape}" in block, (name, block)
+    assert "Method name is: tensorflow/serving/predict" in proc.stdout

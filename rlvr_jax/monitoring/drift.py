@@ -432,7 +432,10 @@ class ReferenceProfile:
             raise ValueError(f"the drift profile is damaged: {type(e).__name__}: {e}") from e
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json()) + "\n", encoding="utf-8")
+        """Writes the profile as JSON, creating missing parent folders (`runs/` on a fresh checkout)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json()) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceProfile:
