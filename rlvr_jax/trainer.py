@@ -306,7 +306,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                     tokenizer.decode(tokenizer.truncate_at_stop(rollout.tokens[r, : rollout.lengths[r]]))
                     for r in range(len(rollout.tokens))
                 ]
-                repeated = [p for p in prompts for _ in range(G)]
+                # Each row's token count travels with its sample, for the length rewards (overlong,
+                # length_penalty) alone or inside a weighted_sum.
+                repeated = [
+                    {**prompts[r // G], "completion_length": int(rollout.lengths[r])}
+                    for r in range(len(completions))
+                ]
                 t_reward = time.perf_counter()
                 rewards = reward_pool.submit(
                     reward_name, completions, repeated, **dict(config.reward.options)

@@ -246,12 +246,20 @@ def test_dynamic_sampling_refills_and_logs_dropped_groups(tiny_model_dir, tmp_pa
     assert any(r["groups/dropped_fraction"] > 0 for r in rows)
 
 
-def test_json_logs_pushgateway_and_cost_of_a_run(tiny_model_dir, tmp_path, capsys, pushgateway):
-    """JSON log lines carry the run id; the last step reaches the Pushgateway; dollars are tracked."""
+def test_json_logs_pushgateway_cost_and_a_length_shaped_reward(tiny_model_dir, tmp_path, capsys, pushgateway):
+    """JSON log lines carry the run id; the last step reaches the Pushgateway; dollars are tracked. The
+    reward is a weighted sum with DAPO's overlong penalty, which needs each completion's token count."""
     from rlvr_jax.trainer import train
 
     address, received = pushgateway
     config = _tiny_config(tiny_model_dir, **{"train.steps": 2, "train.export_hf": False})
+    # vowel fraction (<= 1) - 10 x length / 8: below 0 for every completion of one token or more, so the
+    # mean reward is negative exactly when the penalty saw the lengths.
+    config.reward.name = "weighted_sum"
+    config.reward.options = {
+        "components": {"digits_test": 1.0, "overlong": 10.0},
+        "component_options": {"overlong": {"max_len": 8, "buffer": 8}},
+    }
     config.logging.json_logs = True
     config.logging.pushgateway = address
     config.logging.price_per_hour = 36.0  # $0.01 per second
@@ -270,6 +278,8 @@ def test_json_logs_pushgateway_and_cost_of_a_run(tiny_model_dir, tmp_path, capsy
     _, path, body = received[-1]
     assert path == f"/metrics/job/rlvr-train/run_id/{run_ids.pop()}"
     assert "rlvr_train_step{" in body and "} 2.0" in body.split("rlvr_train_step{")[1].split("\n")[0]
+    rewards = [r["reward/mean"] for r in read_metrics(summary.metrics_file) if "reward/mean" in r]
+    assert len(rewards) == 2 and all(r < 0 for r in rewards), rewards
 
 
 def test_memory_probe_picks_micro_batches_and_bf16_master_weights_halve_the_state(

@@ -83,7 +83,9 @@ def generate_and_score(
             ids_r = sampler.tokenizer.truncate_at_stop(tokens[r, : lengths[r]])
             texts.append(sampler.tokenizer.decode(ids_r))
             metas.append((int(lengths[r]), bool(finished[r])))
-        repeated = [s for s in chunk for _ in range(num_samples)]
+        repeated = [
+            {**chunk[r // num_samples], "completion_length": metas[r][0]} for r in range(len(texts))
+        ]  # token counts for the length rewards
         scored = reward_fn(texts, repeated, **(reward_options or {}))
         extra_scores = {name: fn(texts, repeated).scores for name, fn in extra_fns.items()}
         for r, (text, (n, fin)) in enumerate(zip(texts, metas, strict=True)):

@@ -44,11 +44,15 @@ def _score_chunk(
     completions: list[Any],
     samples: list[Mapping[str, Any]],
     options: dict,
+    components: Mapping[str, Callable[..., RewardResult]] | None = None,
 ) -> tuple:
     if isinstance(reward, str):
         import rlvr_jax.rewards  # noqa: F401  (registers every reward in this worker)
-        from rlvr_jax.rewards.base import get_reward
+        from rlvr_jax.rewards.base import get_reward, register_reward, registered_rewards
 
+        for name, fn in (components or {}).items():  # rewards registered outside this package
+            if name not in registered_rewards():
+                register_reward(name)(fn)
         reward = get_reward(reward)
     result = reward(completions, samples, **options)
     return result.scores, result.reasons
@@ -84,6 +88,7 @@ class RewardPool:
             from rlvr_jax.rewards.sandbox import score_async
 
             return score_async(reward, completions, samples, **options)
+        components: dict[str, Callable[..., RewardResult]] = {}
         if isinstance(reward, str):
             from rlvr_jax.rewards.base import get_reward
 
@@ -91,6 +96,12 @@ class RewardPool:
             # Ours are re-registered in each worker by name; others travel as a reference to their module.
             if not getattr(fn, "__module__", "").startswith("rlvr_jax."):
                 reward = fn
+            # A combination (weighted_sum) looks its parts up by name in the worker: send the parts that
+            # were registered outside this package along, the same way.
+            for name in options.get("components") or {}:
+                part = get_reward(name)
+                if not getattr(part, "__module__", "").startswith("rlvr_jax."):
+                    components[name] = part
         n = len(completions)
         chunks = max(1, min(self.workers, n // self.min_chunk))
         bounds = np.linspace(0, n, chunks + 1).astype(int)
@@ -102,7 +113,12 @@ class RewardPool:
                 chunk_options["lengths"] = list(lengths[lo:hi])
             futures.append(
                 self._processes.submit(
-                    _score_chunk, reward, list(completions[lo:hi]), list(samples[lo:hi]), chunk_options
+                    _score_chunk,
+                    reward,
+                    list(completions[lo:hi]),
+                    list(samples[lo:hi]),
+                    chunk_options,
+                    components,
                 )
             )
         return self._threads.submit(_gather, futures)
