@@ -7,6 +7,8 @@ says how it is exercised:
   documented size takes minutes); checked below: the tests exist and their module names script and flags.
 - "here": the named test takes it from the docs and runs it exactly as written (through bash, in a scratch
   copy of the layout with ../shared beside it), and checks what it printed.
+- "smaller": the named test takes it from the docs and runs it with size overrides appended
+  (`--config.train.steps=1` and the like), where the documented run takes many minutes on a CPU.
 - "offline": it needs what no machine of ours has (a Docker engine, a cluster, a TPU, an NVIDIA GPU); the
   named tests check everything it uses without it (the Dockerfiles, the manifests, the compose file).
 A new command in the docs fails `test_every_documented_command_is_exercised` until it has an entry, and an
@@ -20,6 +22,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +132,31 @@ COVERAGE: list[Cover] = [
         (f"{HERE}::test_serve_and_curl_as_documented",),
     ),
     Cover(r"curl localhost:8000/.*", "here", (f"{HERE}::test_serve_and_curl_as_documented",)),
+    Cover(
+        r"python scripts/train\.py --config=configs/gsm8k\.py:small --workdir=runs/gsm8k .*",
+        "smaller",
+        (f"{HERE}::test_the_gsm8k_tutorial_trains_on_the_local_copies",),
+    ),
+    Cover(r"sphinx-build -W -b html docs docs/_build/html", "here", ("tests/test_docs_build.py::site",)),
+    # -- docs/deployment.md: launches on hardware we do not have
+    Cover(
+        r"gcloud compute tpus tpu-vm .*",
+        "offline",
+        (
+            "tests/test_sharding.py::test_distributed_settings_from_the_launch_environment",
+            "tests/test_sharding.py::test_two_processes_share_one_mesh",
+        ),
+        "needs a Cloud TPU pod slice",
+    ),
+    Cover(
+        r"srun --ntasks-per-node=1 python scripts/train\.py .*",
+        "offline",
+        (
+            "tests/test_sharding.py::test_distributed_settings_from_the_launch_environment",
+            "tests/test_sharding.py::test_two_processes_share_one_mesh",
+        ),
+        "needs a SLURM cluster",
+    ),
     # -- deploy/README.md
     Cover(
         r"docker build .*",
@@ -247,7 +275,7 @@ def test_every_documented_command_is_exercised(command: Command):
         source = (REPO / path).read_text()
         functions = {n.name: n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)}
         assert name in functions, f"{node} (for {command.where()}) does not exist"
-        if cover.how == "here":  # it takes the command from the docs, so what runs is what is shown
+        if cover.how in ("here", "smaller"):  # it takes the command from the docs: what runs is what is shown
             body = ast.get_source_segment(source, functions[name])
             assert "documented" in body, f"{node} does not read the command from the docs"
         if cover.how == "test":
@@ -336,24 +364,33 @@ def _bash(
     )
 
 
-def test_a_hub_id_loads_from_the_hub_cache(layout, tmp_path, smollm_gguf):
-    """`--model Qwen/...` goes through huggingface_hub (offline here): a cache laid out as the hub lays it
-    out, holding a small random qwen2 model with SmolLM2's tokenizer and chat template, under that id."""
-    from rlvr_jax.checkpoints import export_hf, load_model
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory, smollm_gguf) -> Path:
+    """A small random qwen2 model with SmolLM2's tokenizer and chat template, as an HF directory."""
+    from rlvr_jax.checkpoints import export_hf
     from rlvr_jax.models import ModelConfig
+    from rlvr_jax.models.tokenizer import load_tokenizer
     from tests.tiny import numpy_model
 
-    (command,) = _documented(r"python scripts/generate\.py --model Qwen/.*")
-    repo_id = command.tokens[command.tokens.index("--model") + 1]
-    tokenizer = load_model(smollm_gguf).tokenizer
+    tokenizer = load_tokenizer(smollm_gguf)
     cfg = ModelConfig(
         family="qwen2", vocab_size=49152, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=8, intermediate_size=64, qkv_bias=True, tie_word_embeddings=True,
+        eos_token_ids=tokenizer.stop_ids[:1],
     )  # fmt: skip
+    return export_hf(numpy_model(cfg, 0.02), tmp_path_factory.mktemp("tiny_qwen"), tokenizer)
+
+
+def test_a_hub_id_loads_from_the_hub_cache(layout, tmp_path, tiny_qwen):
+    """`--model Qwen/...` goes through huggingface_hub (offline here): a cache laid out as the hub lays it
+    out, holding the small random qwen2 model (SmolLM2's tokenizer and chat template) under that id."""
+    (command,) = _documented(r"python scripts/generate\.py --model Qwen/.*")
+    repo_id = command.tokens[command.tokens.index("--model") + 1]
     revision = "0" * 40
     cache = tmp_path / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = cache / "snapshots" / revision
-    export_hf(numpy_model(cfg, 0.02), snapshot, tokenizer)
+    snapshot.parent.mkdir(parents=True)
+    shutil.copytree(tiny_qwen, snapshot)
     (cache / "refs").mkdir()
     (cache / "refs" / "main").write_text(revision)
 
@@ -439,3 +476,30 @@ def test_gpu_requirements_pin_the_jax_that_setup_accepts():
 
     pinned = [Version(s.version) for s in jax_req.specifier]
     assert pinned and all(v >= Version(jax_floor) for v in pinned), (jax_req, jax_floor)
+
+
+def test_the_gsm8k_tutorial_trains_on_the_local_copies(layout, tiny_qwen):
+    """docs/tutorials.md's first command with one short step appended, and the small random model in place
+    of SmolLM2 (whose loading through the same flag tests/test_evaluation.py runs): the gsm8k config, the
+    local GSM8K copy and its numeric reward train, evaluate before and after, and leave a checkpoint."""
+    (command,) = _documented(r"python scripts/train\.py --config=configs/gsm8k\.py:small .*")
+    smaller = (
+        " --config.train.steps=1 --config.rl.prompts_per_step=2 --config.rl.group_size=2"
+        " --config.sampling.max_new_tokens=8 --config.data.eval_limit=2 --config.train.export_hf=False"
+        f" --config.model.dtype=float32 --config.optim.micro_batches=1 --config.model.path={tiny_qwen}"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", command.text + smaller], cwd=layout, env=_env(), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    workdir = layout / "runs" / "gsm8k"
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["eval_before"]["n"] == 2 and summary["eval_after"]["n"] == 2
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward/mean" in r] == [1]
+    samples = [
+        json.loads(line) for line in (workdir / "eval" / "after" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert all(r["id"].startswith("gsm8k/test/") for r in samples)
+    assert (workdir / "checkpoints" / "1").is_dir()
