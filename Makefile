@@ -21,12 +21,15 @@ WORKDIR ?= runs/quickstart
 demo: install
 	$(PY) scripts/train.py --config=configs/quickstart.py --workdir=$(WORKDIR)
 
+# Two workers, each test file on one (module fixtures such as the serving process start once): most
+# tests wait on single-threaded XLA compiles and subprocesses, so two workers keep both cores busy.
+TEST_WORKERS ?= 2
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .jax_cache .pytest_cache
+	rm -rf $(VENV) .jax_cache .pytest_cache docs/_build docs/_generated

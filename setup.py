@@ -45,6 +45,7 @@ EXTRAS = {
     # torch (CPU) is only a numerical reference for tests; the framework itself never imports it.
     "dev": [
         "pytest>=8.0",
+        "pytest-xdist>=3.6",  # `make test` runs the suite on two workers
         "ruff>=0.6",
         "torch==2.13.0",
         "accelerate>=1.0",
