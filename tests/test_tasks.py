@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from rlvr_jax.data import get_task, registered_tasks
+from rlvr_jax.data.base import Task, register_task
 from rlvr_jax.data.loaders import DataError, HubUnavailableError, load_hub, read_records, require_fields
 from rlvr_jax.rewards import get_reward
+from rlvr_jax.rewards.base import RewardResult, register_reward
 
 # task -> (local folder, test count, rows the train/validation carve starts from, instruction in the prompt)
 LOCAL = {
@@ -256,3 +258,32 @@ def test_arithmetic_difficulty_knobs(digits: int | tuple[int, int], terms: int |
         assert low_terms <= len(numbers) <= high_terms, sample["question"]
         assert all(low_digits <= len(n) <= high_digits for n in numbers), sample["question"]
     assert len({s["id"] for s in samples}) == 20
+
+
+def test_redefining_a_reward_or_task_replaces_it_but_a_clash_is_an_error():
+    def twice(completions, samples, **_):
+        return RewardResult([1.0] * len(completions), ["first"] * len(completions))
+
+    register_reward("redefined_test")(twice)
+    first = twice
+
+    def twice(completions, samples, **_):
+        return RewardResult([2.0] * len(completions), ["second"] * len(completions))
+
+    register_reward("redefined_test")(twice)
+    assert get_reward("redefined_test") is twice and twice is not first
+
+    def other(completions, samples, **_):
+        return RewardResult([0.0] * len(completions), [""] * len(completions))
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_reward("redefined_test")(other)
+
+    def load(split, path=None, **_):
+        return []
+
+    register_task(Task("redefined_task", load, reward="redefined_test"))
+    again = Task("redefined_task", load, reward="redefined_test")
+    assert register_task(again) is again and get_task("redefined_task") is again
+    with pytest.raises(ValueError, match="registered twice"):
+        register_task(Task("redefined_task", load, reward="numeric"))

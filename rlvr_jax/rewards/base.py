@@ -40,12 +40,22 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator: makes a reward function available to configs by `name`."""
 
     def wrap(fn: RewardFn) -> RewardFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+        old = _REGISTRY.get(name)
+        if old is not None and old is not fn and not _same_definition(old, fn):
             raise ValueError(f"reward {name!r} is registered twice")
         _REGISTRY[name] = fn
         return fn
 
     return wrap
+
+
+def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
+    """The same function defined again (a re-run notebook cell, a reloaded module): the new one replaces
+    the old. Two different functions claiming one name is still an error."""
+    return (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == (
+        getattr(new, "__module__", None),
+        getattr(new, "__qualname__", None),
+    )
 
 
 def get_reward(name: str) -> RewardFn:
