@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rlvr_jax.cli import fail_cleanly
@@ -30,6 +30,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        # absl prints every library's INFO lines under app.run (orbax: a dozen per checkpoint), which
+        # buries the run's own progress; --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
 
     def run() -> int:
         from rlvr_jax.trainer import print_summary, train

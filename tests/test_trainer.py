@@ -199,6 +199,7 @@ def test_quickstart_tiny_leaves_checkpoint_logs_and_prints_accuracy(tmp_path):
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out accuracy: before" in proc.stdout
+    assert "CheckpointManager" not in proc.stderr, "library INFO logs bury the run's progress"
     assert (workdir / "checkpoints" / "2").is_dir()
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     rows = read_metrics(workdir / "metrics.jsonl")
