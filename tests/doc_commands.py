@@ -96,5 +96,23 @@ def _block_commands(path: Path, lang: str, body: list[tuple[int, str]]) -> list[
     return found
 
 
+def code_blocks(path: Path, lang: str = "python") -> list[tuple[int, str]]:
+    """(first line number, text) of every fenced block in `lang`."""
+    lines = path.read_text().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        match = _FENCE.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip().startswith(match.group(1)):
+            j += 1
+        if match.group(2).lower() == lang:
+            blocks.append((i + 2, "\n".join(lines[i + 1 : j])))
+        i = j + 1
+    return blocks
+
+
 def documented_commands() -> list[Command]:
     return [c for f in documentation_files() for c in commands_in(f)]

@@ -503,3 +503,25 @@ def test_the_gsm8k_tutorial_trains_on_the_local_copies(layout, tiny_qwen):
     ]
     assert all(r["id"].startswith("gsm8k/test/") for r in samples)
     assert (workdir / "checkpoints" / "1").is_dir()
+
+
+def test_the_readme_python_example_runs_as_written(layout):
+    """README "Using it from Python": load, sample, split / merge and export, stream; run as written."""
+    from tests.doc_commands import code_blocks
+
+    (_, code), *_ = [b for b in code_blocks(REPO / "README.md") if "load_model" in b[1]]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=layout, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    # The answer's text, then its first three log-probs (a 135M model's arithmetic is not checked here).
+    first = proc.stdout.split("\n1 tokens so far")[0]
+    text, logprobs = first.rsplit(" [", 1)
+    assert "7" in text and len(text) > 20, first
+    assert [float(x) <= 0 for x in logprobs.rstrip("]").split(",")] == [True] * 3, first
+    counts = [int(line.split()[0]) for line in lines if line.endswith("tokens so far")]
+    assert counts and counts == sorted(counts) and counts[-1] <= 32, counts
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(layout / "runs" / "smollm2_hf").model_type == "llama"
