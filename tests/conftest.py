@@ -36,9 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
 # files run longest first, so that `make test`'s two workers (each takes whole files) finish together
 # instead of one waiting on a long file picked up last. Only the order depends on these numbers.
 SLOW_FILES = {
-    "test_trainer.py": 330,
+    "test_trainer.py": 250,
     "test_notebooks.py": 260,
-    "test_doc_commands.py": 130,
+    "test_doc_commands.py": 240,
     "test_generate_real.py": 125,
     "test_export.py": 125,
     "test_checkpoints.py": 100,

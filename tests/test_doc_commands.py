@@ -493,11 +493,21 @@ def test_the_gsm8k_tutorial_trains_on_the_local_copies(layout, tiny_qwen):
         timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # What the command line shows: accuracy before / after, the cost, where everything is, and no
+    # library INFO lines burying it.
+    assert "held-out accuracy: before" in proc.stdout
+    assert "cost:          $" in proc.stdout and "device-hours" in proc.stdout
+    assert "CheckpointManager" not in proc.stderr, "library INFO logs bury the run's progress"
     workdir = layout / "runs" / "gsm8k"
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["eval_before"]["n"] == 2 and summary["eval_after"]["n"] == 2
+    assert summary["cost"]["price_source"] == "price table: CPU"
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "reward/mean" in r] == [1]
+    step = next(r for r in rows if r.get("step") == 1 and "cost/usd_total" in r)
+    assert 0 < step["cost/usd_total"] < summary["cost"]["usd_total"]  # the final evaluation is billed too
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "reward_curve.png").stat().st_size > 10_000
     samples = [
         json.loads(line) for line in (workdir / "eval" / "after" / "samples.jsonl").read_text().splitlines()
     ]
