@@ -67,7 +67,7 @@ class RunSummary:
     eval_before: dict[str, float]
     eval_after: dict[str, float]
     checkpoint_dir: str
-    tensorboard_dir: str  # "" when logging.tensorboard is off
+    tensorboard_dir: str | None  # None when logging.tensorboard is off
     metrics_file: str
     reward_plot: str | None
     export_dir: str | None
@@ -466,7 +466,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
         eval_before=eval_before,
         eval_after=eval_after,
         checkpoint_dir=str(workdir / "checkpoints"),
-        tensorboard_dir=str(workdir / "tensorboard") if config.logging.tensorboard else "",
+        tensorboard_dir=str(workdir / "tensorboard") if config.logging.tensorboard else None,
         metrics_file=str(metrics_file),
         reward_plot=plot,
         export_dir=export_dir,
@@ -668,7 +668,7 @@ def print_summary(summary: RunSummary) -> None:
     if summary.cost:
         lines.append(f"cost:          {format_cost(summary.cost)}")
     lines.append(f"checkpoints:   {summary.checkpoint_dir}")
-    if summary.tensorboard_dir:  # "" when logging.tensorboard is off
+    if summary.tensorboard_dir:
         lines.append(f"TensorBoard:   tensorboard --logdir {summary.tensorboard_dir}")
     lines.append(f"metrics:       {summary.metrics_file}")
     if summary.reward_plot:

@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlvr_jax.rewards.base import same_definition
+
 Sample = dict[str, Any]
 
 
@@ -46,10 +48,7 @@ def register_task(task: Task) -> Task:
 
 
 def _same_task(old: Task, new: Task) -> bool:
-    def where(fn: object) -> tuple:
-        return getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-
-    return old.reward == new.reward and where(old.load) == where(new.load)
+    return old.reward == new.reward and same_definition(old.load, new.load)
 
 
 def get_task(name: str) -> Task:

@@ -41,7 +41,7 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 
     def wrap(fn: RewardFn) -> RewardFn:
         old = _REGISTRY.get(name)
-        if old is not None and old is not fn and not _same_definition(old, fn):
+        if old is not None and old is not fn and not same_definition(old, fn):
             raise ValueError(f"reward {name!r} is registered twice")
         _REGISTRY[name] = fn
         return fn
@@ -49,7 +49,7 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     return wrap
 
 
-def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
+def same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
     """The same function defined again (a re-run notebook cell, a reloaded module): the new one replaces
     the old. Two different functions claiming one name is still an error."""
     return (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == (

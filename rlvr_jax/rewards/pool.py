@@ -34,6 +34,11 @@ from rlvr_jax.rewards.base import RewardResult
 _SUBPROCESS_REWARDS = ("code_humaneval", "code_mbpp")
 
 
+def _outside_package(fn: Callable[..., Any]) -> bool:
+    """A reward the workers' own registry lacks: it must travel to them (as a reference to its module)."""
+    return not getattr(fn, "__module__", "").startswith("rlvr_jax.")
+
+
 def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -94,14 +99,12 @@ class RewardPool:
 
             fn = get_reward(reward)
             # Ours are re-registered in each worker by name; others travel as a reference to their module.
-            if not getattr(fn, "__module__", "").startswith("rlvr_jax."):
+            if _outside_package(fn):
                 reward = fn
             # A combination (weighted_sum) looks its parts up by name in the worker: send the parts that
             # were registered outside this package along, the same way.
-            for name in options.get("components") or {}:
-                part = get_reward(name)
-                if not getattr(part, "__module__", "").startswith("rlvr_jax."):
-                    components[name] = part
+            parts = {name: get_reward(name) for name in options.get("components") or {}}
+            components = {name: part for name, part in parts.items() if _outside_package(part)}
         n = len(completions)
         chunks = max(1, min(self.workers, n // self.min_chunk))
         bounds = np.linspace(0, n, chunks + 1).astype(int)
