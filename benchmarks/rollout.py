@@ -122,8 +122,8 @@ def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
 
 
 def _load(args):
-    from rlvr_jax.checkpoints import load_model
     from rlvr_jax.models import ModelConfig, init_model
+    from rlvr_jax.weights import load_model
 
     if args.model:
         loaded = load_model(args.model, dtype=args.dtype)

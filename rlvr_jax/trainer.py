@@ -24,7 +24,6 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer, PreemptionHandler
-from rlvr_jax.checkpoints import export_hf, load_model
 from rlvr_jax.config import validate
 from rlvr_jax.data import get_task
 from rlvr_jax.data.pipeline import batches, make_pipeline
@@ -58,6 +57,7 @@ from rlvr_jax.rl.train_step import (
     make_train_step,
     update_on_rollout,
 )
+from rlvr_jax.weights import export_hf, load_model
 
 
 @dataclasses.dataclass

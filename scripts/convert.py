@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()) and not args.force:
         raise ValueError(f"output directory {out} is not empty; pass --force to overwrite files in it")
 
-    from rlvr_jax.checkpoints import export_hf, load_model
+    from rlvr_jax.weights import export_hf, load_model
 
     loaded = load_model(args.input)
     export_hf(loaded.model, out, loaded.tokenizer, dtype=args.dtype)

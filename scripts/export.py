@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"output {out} exists and is not empty; pass --overwrite or choose another --out")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, not errors
 
-    from rlvr_jax.checkpoints import load_model
     from rlvr_jax.export import ExportSpec
     from rlvr_jax.export.artifact import check_dependencies, export_artifact, generate_runner
     from rlvr_jax.export.verify import compare_greedy, encode_prompts
+    from rlvr_jax.weights import load_model
 
     check_dependencies(args.format)
 

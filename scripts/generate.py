@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print timing to stderr")
     args = parser.parse_args(argv)
 
-    from rlvr_jax.checkpoints import load_model
     from rlvr_jax.generate import Sampler, SamplingParams
+    from rlvr_jax.weights import load_model
 
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens

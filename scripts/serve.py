@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import uvicorn
 
-    from rlvr_jax.checkpoints import load_model, source_kind
+    from rlvr_jax.weights import load_model, source_kind
     from serving.app import create_app
     from serving.engine import Engine
 

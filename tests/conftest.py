@@ -41,7 +41,7 @@ SLOW_FILES = {
     "test_doc_commands.py": 240,
     "test_generate_real.py": 125,
     "test_export.py": 125,
-    "test_checkpoints.py": 100,
+    "test_weights.py": 100,
     "test_evaluation.py": 95,
     "test_serving.py": 60,
     "test_docs_build.py": 45,

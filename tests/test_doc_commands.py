@@ -73,7 +73,7 @@ COVERAGE: list[Cover] = [
     Cover(
         rf"python scripts/generate\.py --model {SMOLLM} --chat .*",
         "test",
-        ("tests/test_checkpoints.py::test_generate_cli_answers_paris",),
+        ("tests/test_weights.py::test_generate_cli_answers_paris",),
     ),
     Cover(
         r"python scripts/generate\.py --model Qwen/.*",
@@ -83,7 +83,7 @@ COVERAGE: list[Cover] = [
     Cover(
         r"python scripts/convert\.py .*",
         "test",
-        ("tests/test_checkpoints.py::test_gguf_to_hf_round_trip_through_convert_cli",),
+        ("tests/test_weights.py::test_gguf_to_hf_round_trip_through_convert_cli",),
     ),
     Cover(
         r"python scripts/score\.py --task humaneval .*",
@@ -311,7 +311,7 @@ def test_the_check_catches_an_uncovered_command_and_a_missing_test(tmp_path):
     original = list(COVERAGE)
     try:
         COVERAGE[:] = [
-            Cover(r"python scripts/generate\.py .*", "test", ("tests/test_checkpoints.py::test_x",))
+            Cover(r"python scripts/generate\.py .*", "test", ("tests/test_weights.py::test_x",))
         ]
         with pytest.raises(AssertionError, match="does not exist"):
             test_every_documented_command_is_exercised(generate)
@@ -319,7 +319,7 @@ def test_the_check_catches_an_uncovered_command_and_a_missing_test(tmp_path):
             Cover(
                 r"python scripts/generate\.py .*",
                 "test",
-                ("tests/test_checkpoints.py::test_generate_cli_answers_paris",),
+                ("tests/test_weights.py::test_generate_cli_answers_paris",),
             )
         ]
         with pytest.raises(AssertionError, match="never passes"):
@@ -367,9 +367,9 @@ def _bash(
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory, smollm_gguf) -> Path:
     """A small random qwen2 model with SmolLM2's tokenizer and chat template, as an HF directory."""
-    from rlvr_jax.checkpoints import export_hf
     from rlvr_jax.models import ModelConfig
-    from rlvr_jax.models.tokenizer import load_tokenizer
+    from rlvr_jax.weights import export_hf
+    from rlvr_jax.weights.loader import load_tokenizer
     from tests.tiny import numpy_model
 
     tokenizer = load_tokenizer(smollm_gguf)

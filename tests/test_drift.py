@@ -440,7 +440,7 @@ def test_monitor_observe_is_safe_from_many_threads_while_scraping():
 def tiny_chat_engine(smollm_gguf):
     """A tiny random model with SmolLM2's real tokenizer and chat template, as tests/test_serving_units.py."""
     from rlvr_jax.models import init_model
-    from rlvr_jax.models.tokenizer import load_tokenizer
+    from rlvr_jax.weights.loader import load_tokenizer
     from serving.engine import Engine
     from tests.test_serving_units import TINY
 

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from rlvr_jax.checkpoints import export_hf, load_model
 from rlvr_jax.export import ExportSpec, export_stablehlo, load_stablehlo, read_manifest
 from rlvr_jax.export.functions import flat_params
 from rlvr_jax.export.saved_model import EXTRA, LoadedSavedModel, export_saved_model
 from rlvr_jax.export.spec import MANIFEST
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.models import ModelConfig, init_model
+from rlvr_jax.weights import export_hf, load_model
 from tests.conftest import REPO
 from tests.tiny import TINY
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers
 
-from rlvr_jax.checkpoints import load_model
 from rlvr_jax.generate import Sampler, SamplingParams
+from rlvr_jax.weights import load_model
 
 PROMPTS = [
     "What is the capital of France?",

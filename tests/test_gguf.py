@@ -26,8 +26,8 @@ import transformers
 from transformers.initialization import no_init_weights
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-from rlvr_jax.checkpoints.gguf import GGUFCheckpoint, load_gguf, load_gguf_tokenizer
-from rlvr_jax.checkpoints.hf import CheckpointError
+from rlvr_jax.weights.gguf import GGUFCheckpoint, load_gguf, load_gguf_tokenizer
+from rlvr_jax.weights.hf import CheckpointError
 
 QWEN_CODER_DEFAULT = "~/.cache/rlvr-models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 CORE_CONFIG_KEYS = {

@@ -13,9 +13,9 @@ import pytest
 import torch
 import transformers
 
-from rlvr_jax.checkpoints import load_model
-from rlvr_jax.checkpoints.loader import export_hf
 from rlvr_jax.models import KVCache
+from rlvr_jax.weights import load_model
+from rlvr_jax.weights.loader import export_hf
 
 TOL = 1e-4
 

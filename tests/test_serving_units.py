@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.models import ModelConfig, init_model
-from rlvr_jax.models.tokenizer import Tokenizer, load_tokenizer
+from rlvr_jax.models.tokenizer import Tokenizer
+from rlvr_jax.weights.loader import load_tokenizer
 from serving import schemas
 from serving.app import create_app
 from serving.batcher import Batcher, Job, QueueFull, ShuttingDown, Update

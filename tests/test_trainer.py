@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax.checkpoints import export_hf
 from rlvr_jax.data.base import Task, register_task, registered_tasks
 from rlvr_jax.models import ModelConfig, init_model
 from rlvr_jax.monitoring.metrics import read_metrics
 from rlvr_jax.rewards.base import RewardResult, register_reward, registered_rewards
+from rlvr_jax.weights import export_hf
 from tests.conftest import REPO
 
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
@@ -44,7 +44,7 @@ if "digits_test" not in registered_tasks():
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, smollm_gguf):
     """A tiny random llama with the real SmolLM2 tokenizer, saved as an HF directory."""
-    from rlvr_jax.models.tokenizer import load_tokenizer
+    from rlvr_jax.weights.loader import load_tokenizer
 
     tokenizer = load_tokenizer(smollm_gguf)
     cfg = ModelConfig(

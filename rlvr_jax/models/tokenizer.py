@@ -120,7 +120,7 @@ class Tokenizer:
         self.hf.save_pretrained(str(directory))
 
 
-def _generation_eos(directory: Path) -> list[int]:
+def generation_eos(directory: Path) -> list[int]:
     path = directory / "generation_config.json"
     if not path.is_file():
         return []
@@ -128,25 +128,3 @@ def _generation_eos(directory: Path) -> list[int]:
     if eos is None:
         return []
     return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-
-
-def load_tokenizer(
-    src: str | os.PathLike, config: ModelConfig | None = None, kind: str | None = None
-) -> Tokenizer:
-    """The tokenizer of a model source: a GGUF file's embedded one, or AutoTokenizer for a dir / hub id."""
-    text = os.fspath(src)
-    if kind == "gguf" or text.endswith(".gguf"):
-        from rlvr_jax.checkpoints.gguf import load_gguf_tokenizer
-
-        return Tokenizer(load_gguf_tokenizer(text), config)
-    from transformers import AutoTokenizer
-
-    try:
-        hf_tok = AutoTokenizer.from_pretrained(text)
-    except Exception as e:
-        raise ValueError(
-            f"could not load a tokenizer from {text!r} ({type(e).__name__}: {e}); the directory needs "
-            "tokenizer.json or tokenizer_config.json (export with tokenizer files, or copy them in)"
-        ) from e
-    extra = _generation_eos(Path(text)) if Path(text).is_dir() else []
-    return Tokenizer(hf_tok, config, extra_eos=extra)

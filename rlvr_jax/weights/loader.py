@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax.checkpoints import hf
-from rlvr_jax.checkpoints.hf import CheckpointError
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.decoder import Decoder, abstract_model
-from rlvr_jax.models.tokenizer import Tokenizer, load_tokenizer
+from rlvr_jax.models.tokenizer import Tokenizer, generation_eos
+from rlvr_jax.weights import hf
+from rlvr_jax.weights.hf import CheckpointError
 
 
 @dataclasses.dataclass
@@ -89,7 +89,7 @@ def load_model(
     text = os.fspath(src)
     chat_template = None
     if kind == "gguf":
-        from rlvr_jax.checkpoints.gguf import load_gguf
+        from rlvr_jax.weights.gguf import load_gguf
 
         ckpt = load_gguf(text)
         hf_config, tensors, chat_template = ckpt.hf_config, ckpt.tensors, ckpt.chat_template
@@ -168,3 +168,25 @@ def export_hf(
     if tokenizer is not None:
         tokenizer.save(out)
     return out
+
+
+def load_tokenizer(
+    src: str | os.PathLike, config: ModelConfig | None = None, kind: str | None = None
+) -> Tokenizer:
+    """The tokenizer of a model source: a GGUF file's embedded one, or AutoTokenizer for a dir / hub id."""
+    text = os.fspath(src)
+    if kind == "gguf" or text.endswith(".gguf"):
+        from rlvr_jax.weights.gguf import load_gguf_tokenizer
+
+        return Tokenizer(load_gguf_tokenizer(text), config)
+    from transformers import AutoTokenizer
+
+    try:
+        hf_tok = AutoTokenizer.from_pretrained(text)
+    except Exception as e:
+        raise ValueError(
+            f"could not load a tokenizer from {text!r} ({type(e).__name__}: {e}); the directory needs "
+            "tokenizer.json or tokenizer_config.json (export with tokenizer files, or copy them in)"
+        ) from e
+    extra = generation_eos(Path(text)) if Path(text).is_dir() else []
+    return Tokenizer(hf_tok, config, extra_eos=extra)

@@ -11,9 +11,9 @@ import pytest
 import torch
 import transformers
 
-from rlvr_jax.checkpoints import CheckpointError, load_model, source_kind
-from rlvr_jax.checkpoints.loader import params_to_model
 from rlvr_jax.models import ModelConfig, abstract_model, init_model
+from rlvr_jax.weights import CheckpointError, load_model, source_kind
+from rlvr_jax.weights.loader import params_to_model
 from tests.conftest import REPO
 
 TINY = {
@@ -40,8 +40,8 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 def _tiny_dir(tmp_path, config=TINY, tensors=None):
     """A tiny llama HF directory written by our own exporter (no torch)."""
-    from rlvr_jax.checkpoints.hf import params_to_tensors, write_safetensors
-    from rlvr_jax.checkpoints.loader import model_to_params
+    from rlvr_jax.weights.hf import params_to_tensors, write_safetensors
+    from rlvr_jax.weights.loader import model_to_params
 
     cfg = ModelConfig.from_hf_config(config)
     tensors = tensors or params_to_tensors(cfg, model_to_params(init_model(cfg)))
@@ -114,7 +114,7 @@ def test_hub_id_while_offline_says_what_to_do(monkeypatch):
 
 
 def test_sharded_checkpoint_with_index(tmp_path):
-    from rlvr_jax.checkpoints.hf import write_safetensors
+    from rlvr_jax.weights.hf import write_safetensors
 
     d, tensors = _tiny_dir(tmp_path / "a")
     sharded = tmp_path / "b"
@@ -153,7 +153,7 @@ def test_bf16_compute_tracks_fp32(tmp_path):
 
 def test_params_to_model_rejects_wrong_shapes():
     cfg = ModelConfig.from_hf_config(TINY)
-    from rlvr_jax.checkpoints.loader import model_to_params
+    from rlvr_jax.weights.loader import model_to_params
 
     params = model_to_params(init_model(cfg))
     params["layers"]["q"] = params["layers"]["q"][:, :, :1]

@@ -37,7 +37,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, Keys
 
-from rlvr_jax.checkpoints.hf import CheckpointError
+from rlvr_jax.weights.hf import CheckpointError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

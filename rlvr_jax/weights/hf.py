@@ -2,7 +2,7 @@
 
 The mapping between transformers' parameter names/layouts and ours is one table per family
 (`_layer_table`), used in both directions, so import and export cannot drift apart. GGUF files are first
-turned into the same (config dict, HF-named tensors) pair by `rlvr_jax.checkpoints.gguf`, so every source
+turned into the same (config dict, HF-named tensors) pair by `rlvr_jax.weights.gguf`, so every source
 goes through `tensors_to_params`.
 """
 

@@ -1,0 +1,9 @@
+"""Model weights in and out: Hugging Face hub ids and directories (safetensors) and GGUF files.
+
+Not to be confused with `rlvr_jax.checkpointing`, the orbax training-state checkpoints a run resumes from.
+"""
+
+from rlvr_jax.weights.hf import CheckpointError
+from rlvr_jax.weights.loader import LoadedModel, export_hf, load_model, load_tokenizer, source_kind
+
+__all__ = ["CheckpointError", "LoadedModel", "export_hf", "load_model", "load_tokenizer", "source_kind"]
