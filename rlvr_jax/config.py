@@ -7,6 +7,7 @@ compiled, so a typo or a batch that does not divide the mesh fails in a second w
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ def shared_dir() -> Path:
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every knob with its default and a comment. One long function on purpose: it is the reference a
+    reader scans top to bottom, and the docs' configuration page is generated from it."""
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -59,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.ratio_type = "token"  # token (PPO/GRPO/DAPO) | sequence (GSPO)
     c.rl.clip_low = 0.2
     c.rl.clip_high = 0.28  # DAPO clip-higher
+    c.rl.clip_c = ml_collections.FieldReference(None, field_type=float)  # dual-clip bound for A < 0 (e.g. 3)
     c.rl.aggregation = "token-mean"
     c.rl.beta = 0.0  # KL coefficient; 0 holds no reference model
     c.rl.kl_estimator = "k3"
@@ -76,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.learning_rate = 1e-6
     c.optim.schedule = "constant"  # constant | cosine
     c.optim.warmup_steps = 0
+    c.optim.end_lr_ratio = 0.0  # cosine: the rate at the last step, as a fraction of the peak
     c.optim.weight_decay = 0.0
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
@@ -83,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.max_grad_norm = 1.0
     # Gradient-accumulation steps per update. 0 = "auto": the fewest that fit, from XLA's compile-time
     # memory estimate against optim.memory_budget_gb (default: the device's free memory; on a CPU, a share
-    # of RAM), cached per model / shape / device (rlvr_jax/rl/memory.py). optim.micro_batch_tokens > 0
+    # of RAM), cached per model / shape / device (rlvr_jax/optim/memory.py). optim.micro_batch_tokens > 0
     # instead picks the fewest whose micro-batches hold at most that many tokens (no compile).
     c.optim.micro_batches = 1
     c.optim.memory_budget_gb = ml_collections.FieldReference(None, field_type=float)
@@ -121,12 +126,51 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
-    "rl.advantage": ("grpo", "dr_grpo", "rloo", "batch_norm"),
     "rl.ratio_type": ("token", "sequence"),
-    "rl.aggregation": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
-    "rl.kl_estimator": ("k1", "k2", "k3"),
     "optim.schedule": ("constant", "cosine"),
 }
+
+
+def _registries() -> dict[str, Any]:
+    """The config keys that name something registered (`rlvr_jax.registry`): what a user registers is
+    valid here at once."""
+    from rlvr_jax.data.base import TASKS
+    from rlvr_jax.rl.advantages import ADVANTAGES
+    from rlvr_jax.rl.losses import AGGREGATIONS, KL_ESTIMATORS
+
+    return {
+        "rl.advantage": ADVANTAGES,
+        "rl.aggregation": AGGREGATIONS,
+        "rl.kl_estimator": KL_ESTIMATORS,
+        "data.task": TASKS,
+    }
+
+
+def from_section(cls: type, section: ml_collections.ConfigDict, **derived: Any) -> Any:
+    """A library dataclass from the config section holding its fields under the same names, plus the
+    fields derived from elsewhere in the config (`derived`). One mapping instead of a field-by-field copy,
+    so every switch of the dataclass that the section names is reachable from a config."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: section[k] for k in names if k in section}
+    return cls(**(values | {k: v for k, v in derived.items() if k in names}))
+
+
+def loss_config(config: ml_collections.ConfigDict) -> Any:
+    """`rl.*` as the loss's `LossConfig`; the Dr.GRPO length constant is the generation budget."""
+    from rlvr_jax.rl.losses import LossConfig
+
+    return from_section(
+        LossConfig, config.rl, max_len=config.sampling.max_new_tokens, tis_cap=config.rl.tis_cap or None
+    )
+
+
+def optim_config(config: ml_collections.ConfigDict, micro_batches: int | None = None) -> Any:
+    """`optim.*` as `OptimConfig`; the schedule spans `train.steps`. micro_batches: the resolved count
+    (`optim.micro_batches` = 0 means "auto", which the trainer resolves with the memory probe)."""
+    from rlvr_jax.optim.optimizer import OptimConfig
+
+    count = micro_batches if micro_batches is not None else max(config.optim.micro_batches, 1)
+    return from_section(OptimConfig, config.optim, total_steps=config.train.steps, micro_batches=count)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -141,6 +185,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for key, choices in _CHOICES.items():
         if _get(config, key) not in choices:
             raise ConfigError(f"{key}={_get(config, key)!r} is not one of {', '.join(choices)}")
+    for key, registry in _registries().items():
+        if _get(config, key) not in registry:
+            raise ConfigError(f"{key}: {registry.unknown(_get(config, key))}")
     positive = (
         "rl.prompts_per_step",
         "rl.group_size",
@@ -194,12 +241,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 f"data*fsdp={shards}; lower optim.micro_batches or raise the batch"
             )
 
-    from rlvr_jax.data import registered_tasks
-
-    if config.data.task not in registered_tasks():
-        raise ConfigError(
-            f"data.task={config.data.task!r} is unknown; registered: {', '.join(registered_tasks())}"
-        )
+    for build in (loss_config, optim_config):  # the library's own checks, before any model is loaded
+        try:
+            build(config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if config.data.path is not None and not Path(config.data.path).expanduser().exists():
         raise ConfigError(f"data.path={config.data.path!r} does not exist")
     model = str(config.model.path)

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlvr_jax.rewards.base import same_definition
+from rlvr_jax.registry import Registry, same_definition
 
 Sample = dict[str, Any]
 
@@ -34,28 +34,22 @@ class Task:
     splits: Sequence[str] = ("train", "validation", "test")
 
 
-_TASKS: dict[str, Task] = {}
+def _same_task(old: Task, new: Task) -> bool:
+    return old.reward == new.reward and same_definition(old.load, new.load)
+
+
+TASKS: Registry[Task] = Registry("task", same=_same_task)
 
 
 def register_task(task: Task) -> Task:
     """Makes a task available to configs by name. Registering an equal task again (a re-run notebook cell)
     replaces it; a different task under a taken name is an error."""
-    old = _TASKS.get(task.name)
-    if old is not None and old is not task and not _same_task(old, task):
-        raise ValueError(f"task {task.name!r} is registered twice")
-    _TASKS[task.name] = task
-    return task
-
-
-def _same_task(old: Task, new: Task) -> bool:
-    return old.reward == new.reward and same_definition(old.load, new.load)
+    return TASKS.register(task.name, task)
 
 
 def get_task(name: str) -> Task:
-    if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; registered: {', '.join(sorted(_TASKS)) or '(none)'}")
-    return _TASKS[name]
+    return TASKS.get(name)
 
 
 def registered_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return TASKS.names()

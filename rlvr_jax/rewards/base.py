@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rlvr_jax.registry import Registry
+
 
 @dataclasses.dataclass
 class RewardResult:
@@ -33,36 +35,17 @@ class RewardFn(Protocol):
     ) -> RewardResult: ...
 
 
-_REGISTRY: dict[str, RewardFn] = {}
+REWARDS: Registry[RewardFn] = Registry("reward")
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: makes a reward function available to configs by `name`."""
-
-    def wrap(fn: RewardFn) -> RewardFn:
-        old = _REGISTRY.get(name)
-        if old is not None and old is not fn and not same_definition(old, fn):
-            raise ValueError(f"reward {name!r} is registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
-def same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
-    """The same function defined again (a re-run notebook cell, a reloaded module): the new one replaces
-    the old. Two different functions claiming one name is still an error."""
-    return (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == (
-        getattr(new, "__module__", None),
-        getattr(new, "__qualname__", None),
-    )
+    """Decorator: makes a reward function available to configs by `name` (see `rlvr_jax.registry`)."""
+    return REWARDS.decorator(name)
 
 
 def get_reward(name: str) -> RewardFn:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown reward {name!r}; registered: {', '.join(sorted(_REGISTRY)) or '(none)'}")
-    return _REGISTRY[name]
+    return REWARDS.get(name)
 
 
 def registered_rewards() -> list[str]:
-    return sorted(_REGISTRY)
+    return REWARDS.names()

@@ -37,6 +37,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from rlvr_jax.registry import Registry
+
 Array = jax.Array
 AdvantageFn = Callable[..., Array]
 
@@ -105,26 +107,21 @@ def group_advantages(
     return jnp.where(degenerate, 0.0, adv).reshape(-1)
 
 
-_REGISTRY: dict[str, AdvantageFn] = {}
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage")
 
 
 def register_advantage(name: str, fn: AdvantageFn) -> AdvantageFn:
-    """Makes `fn(rewards, group_size, **options) -> [rows]` available to configs by `name`."""
-    if name in _REGISTRY and _REGISTRY[name] is not fn:
-        raise ValueError(f"advantage {name!r} is registered twice")
-    _REGISTRY[name] = fn
-    return fn
+    """Makes `fn(rewards, group_size, **options) -> [rows]` available to configs (`rl.advantage`)."""
+    return ADVANTAGES.register(name, fn)
 
 
 def get_advantage_fn(name: str) -> AdvantageFn:
     """The advantage estimator registered as `name`: `fn(rewards [rows], group_size, **options) -> [rows]`."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown advantage {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return ADVANTAGES.get(name)
 
 
 def registered_advantages() -> list[str]:
-    return sorted(_REGISTRY)
+    return ADVANTAGES.names()
 
 
 def _preset(**switches: Any) -> AdvantageFn:
