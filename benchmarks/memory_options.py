@@ -78,8 +78,9 @@ def step_memory(cfg, rows: int, prompt_len: int, completion_len: int, micro_batc
     from rlvr_jax import sharding
     from rlvr_jax.models import abstract_model
     from rlvr_jax.rl import LossConfig
-    from rlvr_jax.rl.memory import abstract_train_state, estimate_memory, train_batch_spec
-    from rlvr_jax.rl.train_step import OptimConfig, make_optimizer, make_train_step
+    from rlvr_jax.optim.memory import abstract_train_state, estimate_memory, train_batch_spec
+    from rlvr_jax.optim import OptimConfig, make_optimizer
+    from rlvr_jax.rl.update import make_train_step
 
     optimizer = make_optimizer(OptimConfig(learning_rate=1e-6, total_steps=1000))
     state = abstract_train_state(cfg, optimizer, master_dtype=master)
@@ -107,8 +108,8 @@ def reference_memory(cfg, rows: int, prompt_len: int, completion_len: int) -> di
     from jax.sharding import SingleDeviceSharding
 
     from rlvr_jax.models import abstract_model
-    from rlvr_jax.rl.memory import abstract_like, estimate_memory, train_batch_spec
-    from rlvr_jax.rl.train_step import completion_logprobs
+    from rlvr_jax.optim.memory import abstract_like, estimate_memory, train_batch_spec
+    from rlvr_jax.rl.update import completion_logprobs
 
     graphdef, params = nnx.split(abstract_model(cfg.replace(param_dtype="float32")))
     params = abstract_like(params)
@@ -182,15 +183,16 @@ def probe_and_run(
     from rlvr_jax import sharding
     from rlvr_jax.models import ModelConfig, init_model
     from rlvr_jax.rl import LossConfig
-    from rlvr_jax.rl.memory import (
+    from rlvr_jax.optim.memory import (
         EstimateCache,
         estimate_memory,
         per_device_bytes,
         random_train_batch,
         to_memory_kind,
     )
-    from rlvr_jax.rl.memory import probe_train_step_micro_batches as probe
-    from rlvr_jax.rl.train_step import OptimConfig, init_train_state, make_optimizer, make_train_step
+    from rlvr_jax.optim.memory import probe_train_step_micro_batches as probe
+    from rlvr_jax.optim import OptimConfig, init_train_state, make_optimizer
+    from rlvr_jax.rl.update import make_train_step
 
     # As the trainer: model.param_dtype=float32 widens to float32 master weights, bfloat16 keeps the bf16
     # parameters (and so bf16 Adam moments) as they are.
@@ -318,7 +320,7 @@ def run_isolated(args: list[str], timeout: float) -> dict:
 
 def choose(results: list[dict], budget: int) -> list[dict]:
     """`pick_micro_batches`' answer for each (remat, master) from the estimates already measured."""
-    from rlvr_jax.rl.memory import MemoryBudgetError, MemoryEstimate, pick_micro_batches
+    from rlvr_jax.optim.memory import MemoryBudgetError, MemoryEstimate, pick_micro_batches
 
     by_setting: dict[tuple, dict[int, dict]] = {}
     for r in results:

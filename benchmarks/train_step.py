@@ -75,9 +75,10 @@ def run_one(
     from rlvr_jax.models import ModelConfig, init_model
     from rlvr_jax.monitoring.metrics import peak_flops
     from rlvr_jax.rl import LossConfig
-    from rlvr_jax.rl.memory import random_train_batch
-    from rlvr_jax.rl.train_step import OptimConfig, init_train_state, make_optimizer, make_train_step
-    from rlvr_jax.trainer import _model_flops
+    from rlvr_jax.optim.memory import random_train_batch
+    from rlvr_jax.optim import OptimConfig, init_train_state, make_optimizer
+    from rlvr_jax.rl.update import make_train_step
+    from rlvr_jax.monitoring.metrics import model_flops
 
     cfg = ModelConfig.from_hf_config(SHAPES[shape], dtype="bfloat16", param_dtype="float32", remat=remat)
     model = init_model(cfg, seed=0)
@@ -116,7 +117,7 @@ def run_one(
         except FileNotFoundError as e:  # no device plane (CPU) or the profiler wrote nothing
             result["profile"] = {"error": str(e)}
     seconds = statistics.median(times)
-    flops = _model_flops(cfg, (rows, seq))
+    flops = model_flops(cfg, (rows, seq))
     peak = peak_flops()
     peak_bytes = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")  # no stats on CPU
     result |= {

@@ -16,9 +16,10 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.models import abstract_model
-from rlvr_jax.rl import memory as mem
+from rlvr_jax.optim import OptimConfig, init_train_state, make_optimizer
+from rlvr_jax.optim import memory as mem
 from rlvr_jax.rl.losses import LossConfig
-from rlvr_jax.rl.train_step import OptimConfig, init_train_state, make_optimizer, make_train_step
+from rlvr_jax.rl.update import make_train_step
 from tests.tiny import TINY, numpy_model
 
 # --------------------------------------------------------------------------------- a fake compiler

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax import rl
+from rlvr_jax.models import logprobs
 from rlvr_jax.rl import (
     LossConfig,
     aggregate,
@@ -24,7 +25,7 @@ from rlvr_jax.rl import (
 # Jitted once here: eager dispatch would compile every primitive per shape (slower on CPU), and every test
 # then also checks that its path traces (config errors are raised at trace time).
 policy_loss = jax.jit(rl.policy_loss, static_argnames="config")
-token_entropy = jax.jit(rl.token_entropy)
+token_entropy = jax.jit(logprobs.token_entropy)
 
 # ---------------------------------------------------------------------------------------------- advantages
 # G = 4, three groups:
@@ -443,3 +444,40 @@ def test_fill_batch_input_errors() -> None:
         )
     with pytest.raises(ValueError, match=">= 1"):
         fill_batch(lambda n: {"rewards": np.ones(2)}, target_groups=1, group_size=2, max_rounds=0)
+
+
+def _round(prompts: list[list[int]], width: int, G: int, rewards: list[float]):
+    """rollout_rows of one generation round whose prompts are left-padded to `width`."""
+    from rlvr_jax.generate.sampler import GenerateOutput
+
+    ids = np.zeros((len(prompts), width), np.int32)
+    mask = np.zeros((len(prompts), width), bool)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, True
+    rows = len(prompts) * G
+    tokens = np.arange(100, 100 + rows * 3, dtype=np.int32).reshape(rows, 3)
+    out = GenerateOutput(
+        tokens=tokens, logprobs=-np.ones((rows, 3), np.float32), mask=np.ones((rows, 3), bool),
+        lengths=np.full(rows, 3, np.int32), finished=np.ones(rows, bool), steps=np.int32(3),
+    )  # fmt: skip
+    return rl.rollout_rows(ids, mask, out, np.asarray(rewards, np.float32), G)
+
+
+def test_rounds_padded_to_different_prompt_buckets_concatenate_without_per_row_copies():
+    """Dynamic sampling joins rounds whose prompts were padded to different widths: the narrower round is
+    left-padded, so each row keeps its own prompt tokens right before its completion."""
+    G = 2
+    narrow = _round([[5, 6], [7]], width=4, G=G, rewards=[0, 1, 0, 0])  # group 2 has no spread: dropped
+    wide = _round([[8, 9, 10, 11, 12]], width=8, G=G, rewards=[1, 0])
+    rounds = iter([narrow, wide])
+    filled = fill_batch(lambda _: next(rounds), target_groups=2, group_size=G, max_rounds=2)
+    assert filled.stats["groups_kept"] == 2
+    batch = rl.batch_from_rows(filled.rollouts, np.zeros(4, np.float32))
+    tokens, attn = np.asarray(batch["tokens"]), np.asarray(batch["attn_mask"])
+    assert tokens.shape == (4, 8 + 3)
+    for r, prompt in enumerate([[5, 6], [5, 6], [8, 9, 10, 11, 12], [8, 9, 10, 11, 12]]):
+        assert tokens[r][attn[r]].tolist()[: len(prompt)] == prompt  # the prompt, then the completion
+        assert attn[r].sum() == len(prompt) + 3 and attn[r, -3:].all()
+    np.testing.assert_array_equal(tokens[:, -3:], np.concatenate([narrow["tokens"][:2], wide["tokens"]]))
+    # One round: the same batch as batch_from_rollout builds from the prompts and the sampler's output.
+    assert np.asarray(rl.batch_from_rows(narrow, np.zeros(4))["tokens"]).shape == (4, 4 + 3)

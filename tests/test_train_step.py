@@ -20,8 +20,12 @@ from flax import nnx
 
 from rlvr_jax.generate import GenerateOutput, Sampler, SamplingParams
 from rlvr_jax.models import abstract_model
-from rlvr_jax.rl import train_step as ts
-from rlvr_jax.rl.losses import LossConfig, token_entropy
+from rlvr_jax.models.logprobs import token_entropy, token_logprobs
+from rlvr_jax.optim.optimizer import OptimConfig, decay_mask, make_optimizer, make_schedule
+from rlvr_jax.optim.state import TrainState, export_params, init_train_state
+from rlvr_jax.rl.batch import batch_from_rollout
+from rlvr_jax.rl.losses import LossConfig
+from rlvr_jax.rl.update import make_logprob_fn, make_train_step, update_on_rollout
 from tests import train_step_checks as checks
 from tests.multiprocess import result, run_processes, subprocess_env
 
@@ -50,7 +54,7 @@ def _rollout(seed: int = 7, n: int = 6, g: int = 2) -> tuple[GenerateOutput, np.
 
 def _batch(seed: int = 7, **extra: np.ndarray) -> dict:
     out, adv = _rollout(seed)
-    batch = {k: np.asarray(v) for k, v in ts.batch_from_rollout(PROMPTS, PROMPTS != PAD, out, adv).items()}
+    batch = {k: np.asarray(v) for k, v in batch_from_rollout(PROMPTS, PROMPTS != PAD, out, adv).items()}
     return batch | extra
 
 
@@ -58,7 +62,7 @@ def _batch(seed: int = 7, **extra: np.ndarray) -> dict:
 def _step(optimizer_name: str, loss_config: LossConfig, micro_batches: int, graphdef: nnx.GraphDef):
     """One jitted step per setting, shared by the tests (each compile costs seconds on CPU)."""
     optimizer, schedule = OPTIMIZERS[optimizer_name], SCHEDULES.get(optimizer_name)
-    return ts.make_train_step(
+    return make_train_step(
         graphdef,
         optimizer,
         loss_config,
@@ -71,10 +75,10 @@ def _step(optimizer_name: str, loss_config: LossConfig, micro_batches: int, grap
 
 @functools.cache
 def _logprob_fn(graphdef: nnx.GraphDef):
-    return ts.make_logprob_fn(graphdef, temperature=T, chunk=4)
+    return make_logprob_fn(graphdef, temperature=T, chunk=4)
 
 
-ADAM = ts.OptimConfig(
+ADAM = OptimConfig(
     learning_rate=1e-2,
     warmup_steps=2,
     total_steps=100,
@@ -82,11 +86,11 @@ ADAM = ts.OptimConfig(
     max_grad_norm=1.0,
     weight_decay=0.01,
 )
-OPTIMIZERS = {"sgd": optax.sgd(0.1), "adam": ts.make_optimizer(ADAM)}
-SCHEDULES = {"adam": ts.make_schedule(ADAM)}
+OPTIMIZERS = {"sgd": optax.sgd(0.1), "adam": make_optimizer(ADAM)}
+SCHEDULES = {"adam": make_schedule(ADAM)}
 
 
-def _params(state: ts.TrainState) -> list[np.ndarray]:
+def _params(state: TrainState) -> list[np.ndarray]:
     return [np.array(x) for x in jax.tree.leaves(state.params)]  # copies: the step donates the state
 
 
@@ -99,7 +103,7 @@ def test_chunked_logprobs_and_entropy_equal_a_full_forward_with_left_padding(mod
     mask = np.concatenate([PROMPTS != PAD, np.ones((4, 6), bool)], axis=1)
 
     def lp(p, chunk, **kw):
-        return ts.token_logprobs(graphdef, p, tokens, mask, T, chunk=chunk, **kw)
+        return token_logprobs(graphdef, p, tokens, mask, T, chunk=chunk, **kw)
 
     def total(p, chunk):
         return jnp.sum(lp(p, chunk, completion_len=6)[0])
@@ -136,7 +140,7 @@ def test_batch_from_rollout_aligns_with_the_sampler_log_probs(model):
         )
     )
     adv = np.arange(8, dtype=np.float32)
-    batch = ts.batch_from_rollout(PROMPTS, PROMPTS != PAD, out, adv)
+    batch = batch_from_rollout(PROMPTS, PROMPTS != PAD, out, adv)
     assert batch["tokens"].shape == (8, 11) and batch["completion_mask"].shape == (8, 6)
     np.testing.assert_array_equal(batch["tokens"][2:4, :5], np.repeat(PROMPTS[1:2], 2, axis=0))
     np.testing.assert_array_equal(batch["completion_mask"], out.mask)
@@ -149,9 +153,9 @@ def test_batch_from_rollout_aligns_with_the_sampler_log_probs(model):
     np.testing.assert_array_equal(np.asarray(lp)[~out.mask], 0.0)
 
     with pytest.raises(ValueError, match="not a whole number of groups of 3 prompts"):
-        ts.batch_from_rollout(PROMPTS[:3], PROMPTS[:3] != PAD, out, adv)
+        batch_from_rollout(PROMPTS[:3], PROMPTS[:3] != PAD, out, adv)
     with pytest.raises(ValueError, match=r"advantages must be \[rows\] = \[8\]"):
-        ts.batch_from_rollout(PROMPTS, PROMPTS != PAD, out, adv[:4])
+        batch_from_rollout(PROMPTS, PROMPTS != PAD, out, adv[:4])
 
 
 # ---------------------------------------------------------------------------------------- accumulation
@@ -169,7 +173,7 @@ def test_micro_batches_give_the_full_batch_gradient(model, aggregation, micro):
     graphdef = nnx.graphdef(model)
     results = []
     for m in micro:
-        state = ts.init_train_state(model, OPTIMIZERS["sgd"])
+        state = init_train_state(model, OPTIMIZERS["sgd"])
         new, metrics = _step("sgd", config, m, graphdef)(state, batch)
         results.append((_params(new), {k: float(v) for k, v in metrics.items()}))
     (ref, ref_metrics), *others = results
@@ -181,7 +185,7 @@ def test_micro_batches_give_the_full_batch_gradient(model, aggregation, micro):
         for name in ("loss", "grad_norm", "ratio_mean", "ratio_min", "ratio_max", "clip_frac_high"):
             assert metrics[name] == pytest.approx(ref_metrics[name], rel=1e-5, abs=1e-6), name
     with pytest.raises(ValueError, match="8 rows do not split into 3 micro-batches"):
-        _step("sgd", config, 3, graphdef)(ts.init_train_state(model, OPTIMIZERS["sgd"]), batch)
+        _step("sgd", config, 3, graphdef)(init_train_state(model, OPTIMIZERS["sgd"]), batch)
 
 
 # ------------------------------------------------------------------------------------------- NaN guard
@@ -190,7 +194,7 @@ def test_micro_batches_give_the_full_batch_gradient(model, aggregation, micro):
 def test_non_finite_loss_skips_the_update_and_says_so(model):
     graphdef = nnx.graphdef(model)
     step = _step("adam", LossConfig(), 1, graphdef)
-    state = ts.init_train_state(model, OPTIMIZERS["adam"])
+    state = init_train_state(model, OPTIMIZERS["adam"])
     before, opt_before = _params(state), [np.array(x) for x in jax.tree.leaves(state.opt_state)]
 
     bad = _batch()
@@ -229,7 +233,7 @@ def test_positive_advantages_make_the_completion_more_likely(model):
     batch["advantages"] = np.ones_like(batch["advantages"])
     logprobs = _logprob_fn(graphdef)
     step = _step("adam", LossConfig(), 1, graphdef)
-    state = ts.init_train_state(model, OPTIMIZERS["adam"])
+    state = init_train_state(model, OPTIMIZERS["adam"])
     mask = batch["completion_mask"]
     totals = [float(np.sum(np.asarray(logprobs(state.params, batch))[mask]))]
     nll = []
@@ -256,9 +260,9 @@ def test_update_on_rollout_computes_old_and_reference_log_probs_once():
         seen.append({k: np.asarray(v) for k, v in batch.items()})
         return state._replace(params=state.params + 1, step=state.step + 1), {"loss": 0.0}
 
-    state = ts.TrainState(params=0, opt_state=None, step=0, skipped=0)
+    state = TrainState(params=0, opt_state=None, step=0, skipped=0)
     batch = _batch()
-    state, history = ts.update_on_rollout(
+    state, history = update_on_rollout(
         step_fn, state, batch, epochs=3, minibatches=2, logprob_fn=logprob_fn, ref_params=100
     )
     assert calls == [0, 100] and state.step == 6 and len(history) == 6
@@ -268,38 +272,38 @@ def test_update_on_rollout_computes_old_and_reference_log_probs_once():
         np.testing.assert_array_equal(part["ref_logprobs"], -100.0)
     # One update per batch needs no old log-probs (the loss uses ratio 1) and no logprob_fn.
     seen.clear()
-    ts.update_on_rollout(step_fn, state, batch)
+    update_on_rollout(step_fn, state, batch)
     assert "old_logprobs" not in seen[0]
     with pytest.raises(ValueError, match="pass logprob_fn"):
-        ts.update_on_rollout(step_fn, state, batch, epochs=2)
+        update_on_rollout(step_fn, state, batch, epochs=2)
 
 
 # ------------------------------------------------------------------------------------------ optimizer
 
 
 def test_warmup_cosine_and_constant_schedules():
-    cos = ts.make_schedule(
-        ts.OptimConfig(1.0, warmup_steps=4, total_steps=14, schedule="cosine", end_lr_ratio=0.1)
+    cos = make_schedule(
+        OptimConfig(1.0, warmup_steps=4, total_steps=14, schedule="cosine", end_lr_ratio=0.1)
     )
     # Warmup: (k + 1) / 4; then cosine from 1 at update 4 to 0.1 at update 14 (half way at 9), then flat.
     for k, want in [(0, 0.25), (1, 0.5), (3, 1.0), (4, 1.0), (9, 0.55), (14, 0.1), (100, 0.1)]:
         assert float(cos(k)) == pytest.approx(want, abs=1e-6), k
     assert float(cos(6)) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.2)), abs=1e-6)
-    const = ts.make_schedule(ts.OptimConfig(2e-6, warmup_steps=2, schedule="constant"))
+    const = make_schedule(OptimConfig(2e-6, warmup_steps=2, schedule="constant"))
     assert [float(const(k)) for k in (0, 1, 2, 50)] == pytest.approx([1e-6, 2e-6, 2e-6, 2e-6])
-    assert float(ts.make_schedule(ts.OptimConfig(3e-6))(0)) == pytest.approx(3e-6)
+    assert float(make_schedule(OptimConfig(3e-6))(0)) == pytest.approx(3e-6)
 
 
 def test_optim_config_validation_and_the_decay_mask(model):
     with pytest.raises(ValueError, match="learning_rate must be a positive number"):
-        ts.OptimConfig(learning_rate=0.0)
+        OptimConfig(learning_rate=0.0)
     with pytest.raises(ValueError, match="schedule must be one of cosine, constant"):
-        ts.OptimConfig(schedule="linear")
+        OptimConfig(schedule="linear")
     with pytest.raises(ValueError, match="needs total_steps > warmup_steps"):
-        ts.OptimConfig(schedule="cosine", warmup_steps=10, total_steps=10)
+        OptimConfig(schedule="cosine", warmup_steps=10, total_steps=10)
     with pytest.raises(ValueError, match=r"max_grad_norm must be > 0.*micro_batches must be >= 1"):
-        ts.OptimConfig(max_grad_norm=0.0, micro_batches=0)
-    mask = nnx.to_pure_dict(ts.decay_mask(nnx.state(model)))
+        OptimConfig(max_grad_norm=0.0, micro_batches=0)
+    mask = nnx.to_pure_dict(decay_mask(nnx.state(model)))
     assert mask["embed"] and mask["lm_head"] and mask["layers"]["q"] and mask["layers"]["down"]
     assert not mask["final_norm"] and not mask["layers"]["attn_norm"] and not mask["layers"]["mlp_norm"]
 
@@ -307,10 +311,10 @@ def test_optim_config_validation_and_the_decay_mask(model):
 def test_bf16_compute_with_fp32_master_weights_and_remat(model):
     graphdef = nnx.graphdef(abstract_model(CFG.replace(dtype="bfloat16", param_dtype="bfloat16")))
     bf16 = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(model)))
-    state = ts.init_train_state(bf16, OPTIMIZERS["adam"])
+    state = init_train_state(bf16, OPTIMIZERS["adam"])
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
     assert bf16.embed[...].dtype == jnp.bfloat16  # the model itself is untouched
-    step = ts.make_train_step(
+    step = make_train_step(
         graphdef, OPTIMIZERS["adam"], LossConfig(), temperature=T, chunk=4, remat="full"
     )
     before = _params(state)
@@ -320,10 +324,10 @@ def test_bf16_compute_with_fp32_master_weights_and_remat(model):
     assert all(a.dtype == np.float32 for a in after)
     assert any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
     # Same weights computed in fp32: the bf16 forward gives nearly the same completion log-probs.
-    ref_state = ts.init_train_state(model, OPTIMIZERS["adam"])
+    ref_state = init_train_state(model, OPTIMIZERS["adam"])
     _, ref_metrics = _step("adam", LossConfig(), 1, nnx.graphdef(model))(ref_state, _batch())
     assert float(metrics["entropy_proxy"]) == pytest.approx(float(ref_metrics["entropy_proxy"]), rel=1e-2)
-    exported = ts.export_params(state.params, CFG.replace(param_dtype="bfloat16").param_dtype)
+    exported = export_params(state.params, CFG.replace(param_dtype="bfloat16").param_dtype)
     assert {x.dtype for x in jax.tree.leaves(exported)} == {jnp.dtype(jnp.bfloat16)}
 
 

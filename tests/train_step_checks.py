@@ -27,15 +27,18 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from rlvr_jax import sharding  # noqa: E402
 from rlvr_jax.generate import GenerateOutput  # noqa: E402
-from rlvr_jax.rl import train_step as ts  # noqa: E402
+from rlvr_jax.optim.optimizer import OptimConfig, make_optimizer  # noqa: E402
+from rlvr_jax.optim.state import TrainState, init_train_state  # noqa: E402
+from rlvr_jax.rl.batch import batch_from_rollout  # noqa: E402
 from rlvr_jax.rl.losses import LossConfig  # noqa: E402
+from rlvr_jax.rl.update import make_logprob_fn, make_train_step, update_on_rollout  # noqa: E402
 from tests.tiny import TINY, numpy_model, use_compilation_cache  # noqa: E402
 
 CFG = TINY
 PAD, G, N = 0, 2, 6
 PROMPTS = np.array([[0, 0, 5, 6, 7], [0, 8, 9, 10, 11], [12, 13, 14, 15, 16], [0, 0, 0, 3, 4]], np.int32)
 TEMPERATURE = 0.8
-OPTIM = ts.OptimConfig(learning_rate=2e-3, warmup_steps=1, total_steps=4, schedule="cosine", weight_decay=0.1)
+OPTIM = OptimConfig(learning_rate=2e-3, warmup_steps=1, total_steps=4, schedule="cosine", weight_decay=0.1)
 LOSS = LossConfig(clip_low=0.2, clip_high=0.28, beta=0.0)
 MICRO = 2
 
@@ -54,20 +57,20 @@ def rollout_batch() -> dict[str, np.ndarray]:
     sampler_lp = np.where(mask, -rng.uniform(0.5, 4.0, (rows, N)), 0.0).astype(np.float32)
     out = GenerateOutput(tokens, sampler_lp, mask, lengths, lengths < N, np.int32(N))
     advantages = rng.standard_normal(rows).astype(np.float32)
-    batch = ts.batch_from_rollout(PROMPTS, PROMPTS != PAD, out, advantages)
+    batch = batch_from_rollout(PROMPTS, PROMPTS != PAD, out, advantages)
     return {k: np.asarray(v) for k, v in batch.items()}
 
 
-def run(mesh: Any, batch: dict[str, Any]) -> tuple[ts.TrainState, list[dict[str, float]]]:
+def run(mesh: Any, batch: dict[str, Any]) -> tuple[TrainState, list[dict[str, float]]]:
     """Two updates on one rollout batch, on `mesh` or (None) on the default device."""
     model = _model()
     graphdef = nnx.graphdef(model)
-    opt = ts.make_optimizer(OPTIM)
-    state = ts.init_train_state(model, opt, mesh)
+    opt = make_optimizer(OPTIM)
+    state = init_train_state(model, opt, mesh)
     kw = dict(temperature=TEMPERATURE, chunk=4, mesh=mesh)
-    step = ts.make_train_step(graphdef, opt, LOSS, micro_batches=MICRO, **kw)
-    logprobs = ts.make_logprob_fn(graphdef, **kw)
-    state, history = ts.update_on_rollout(step, state, batch, epochs=2, logprob_fn=logprobs)
+    step = make_train_step(graphdef, opt, LOSS, micro_batches=MICRO, **kw)
+    logprobs = make_logprob_fn(graphdef, **kw)
+    state, history = update_on_rollout(step, state, batch, epochs=2, logprob_fn=logprobs)
     return state, [{k: float(v) for k, v in m.items()} for m in history]
 
 
@@ -75,7 +78,7 @@ def _spec(x: jax.Array) -> list:
     return [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
 
 
-def save_leaves(path: str, state: ts.TrainState) -> None:
+def save_leaves(path: str, state: TrainState) -> None:
     """Every parameter and optimizer-state leaf, gathered to this host, in tree order."""
     leaves = jax.tree.leaves((state.params, state.opt_state))
     np.savez(path, *[np.asarray(x) for x in leaves])
@@ -97,10 +100,10 @@ def check_mesh(out: str) -> dict[str, Any]:
     save_leaves(out, state)
 
     # Donation: the state passed in is consumed (its buffers become the new state's).
-    opt = ts.make_optimizer(OPTIM)
+    opt = make_optimizer(OPTIM)
     model = _model()
-    donor = ts.init_train_state(model, opt, mesh)
-    step = ts.make_train_step(
+    donor = init_train_state(model, opt, mesh)
+    step = make_train_step(
         nnx.graphdef(model), opt, LOSS, temperature=TEMPERATURE, micro_batches=MICRO, mesh=mesh
     )
     step(donor, sharded_batch)

@@ -52,12 +52,22 @@ def take_groups(rollouts: Mapping[str, np.ndarray], groups: np.ndarray, group_si
 
 
 def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
-    """Concatenates rollout dicts along rows (all must have the same keys)."""
+    """Concatenates rollout dicts along rows (all must have the same keys).
+
+    Rounds may pad their prompts to different buckets: a 2-D field whose widths differ is left-padded with
+    zeros (False for masks) to the widest, which keeps every row's last prompt token next to its first
+    completion token and leaves the padding masked out.
+    """
     keys = set(parts[0])
     for p in parts[1:]:
         if set(p) != keys:
             raise ValueError(f"rounds returned different fields: {sorted(keys)} vs {sorted(p)}")
-    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+    return {k: np.concatenate(_left_padded([p[k] for p in parts]), axis=0) for k in parts[0]}
+
+
+def _left_padded(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    width = max(a.shape[1] if a.ndim == 2 else 0 for a in arrays)
+    return [np.pad(a, ((0, 0), (width - a.shape[1], 0))) if a.ndim == 2 else a for a in arrays]
 
 
 @dataclasses.dataclass

@@ -19,16 +19,64 @@ reduced to a scalar by one of the `aggregate` modes. Everything is a switch of o
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from rlvr_jax.registry import Registry
+
 Array = jax.Array
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_TYPES = ("token", "sequence")
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregation:
+    """A way to reduce per-token losses: each row's value from its loss sum, token count and the length
+    constant (`per_row(row_sum, row_tokens, max_len)`), summed and divided by the batch's count of `unit`:
+    its tokens, or its sequences that have tokens."""
+
+    per_row: Callable[[Array, Array, int], Array]
+    unit: Literal["token", "sequence"]
+
+
+AGGREGATIONS: Registry[Aggregation] = Registry("aggregation")
+KL_ESTIMATORS: Registry[Callable[[Array], Array]] = Registry("KL estimator")
+
+
+def register_aggregation(name: str, per_row: Callable[[Array, Array, int], Array], unit: str) -> Aggregation:
+    """Makes an aggregation usable from configs (`rl.aggregation`); see `aggregate` for the built-in ones."""
+    if unit not in ("token", "sequence"):
+        raise ValueError(f"unit must be 'token' or 'sequence', got {unit!r}")
+    return AGGREGATIONS.register(name, Aggregation(per_row, unit))  # type: ignore[arg-type]
+
+
+def register_kl_estimator(name: str, fn: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """Makes `fn(log_r) -> per-token KL estimate` usable as `rl.kl_estimator`; log_r = log pi_ref - log pi."""
+    return KL_ESTIMATORS.register(name, fn)
+
+
+def _per_token_mean(row_sum: Array, row_n: Array, max_len: int) -> Array:
+    return row_sum / jnp.where(row_n > 0, row_n, 1.0)
+
+
+def _row_sum(row_sum: Array, row_n: Array, max_len: int) -> Array:
+    return row_sum
+
+
+def _over_max_len(row_sum: Array, row_n: Array, max_len: int) -> Array:
+    return row_sum / max_len
+
+
+register_aggregation("token-mean", _row_sum, "token")
+register_aggregation("seq-mean-token-mean", _per_token_mean, "sequence")
+register_aggregation("seq-mean-token-sum", _row_sum, "sequence")
+register_aggregation("seq-mean-token-sum-norm", _over_max_len, "sequence")
+register_kl_estimator("k1", lambda log_r: -log_r)
+register_kl_estimator("k2", lambda log_r: 0.5 * jnp.square(log_r))
+register_kl_estimator("k3", lambda log_r: jnp.expm1(log_r) - log_r)
 
 
 def _mask(mask: Array) -> Array:
@@ -66,25 +114,25 @@ def aggregate(
     equals the loss of the whole batch (a mean of micro-batch means is not).
     """
     if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {mode!r}; use one of {', '.join(AGGREGATIONS)}")
+        raise ValueError(AGGREGATIONS.unknown(mode))
+    agg = AGGREGATIONS.get(mode)
     m = _mask(mask)
     tok = jnp.where(m > 0, per_token.astype(jnp.float32), 0.0) * m
-    if mode == "token-mean":
-        denom = jnp.sum(m) if normalizer is None else jnp.asarray(normalizer, jnp.float32)
-        return jnp.sum(tok) / jnp.where(denom > 0, denom, 1.0)
-    row_sum = jnp.sum(tok, axis=-1)
-    row_n = jnp.sum(m, axis=-1)
-    if mode == "seq-mean-token-mean":
-        row = row_sum / jnp.where(row_n > 0, row_n, 1.0)
-    elif mode == "seq-mean-token-sum":
-        row = row_sum
-    else:
-        length = per_token.shape[-1] if max_len is None else max_len
-        if length <= 0:
-            raise ValueError(f"max_len must be positive, got {length}")
-        row = row_sum / length
-    denom = jnp.sum(row_n > 0).astype(jnp.float32) if normalizer is None else jnp.asarray(normalizer)
+    length = per_token.shape[-1] if max_len is None else max_len
+    if length <= 0:
+        raise ValueError(f"max_len must be positive, got {length}")
+    row = agg.per_row(jnp.sum(tok, axis=-1), jnp.sum(m, axis=-1), length)
+    denom = aggregation_denominator(m, mode) if normalizer is None else jnp.asarray(normalizer, jnp.float32)
     return jnp.sum(row) / jnp.where(denom > 0, denom, 1.0)
+
+
+def aggregation_denominator(mask: Array, mode: str) -> Array:
+    """What `aggregate` divides by: the masked token count, or the count of rows that have tokens. The
+    train step computes it once over the whole batch and passes it to every micro-batch's loss."""
+    m = _mask(mask)
+    if AGGREGATIONS.get(mode).unit == "token":
+        return jnp.sum(m)
+    return jnp.sum(jnp.any(m > 0, axis=-1)).astype(jnp.float32)
 
 
 def kl_estimate(logprobs: Array, ref_logprobs: Array, estimator: str = "k3") -> Array:
@@ -97,27 +145,10 @@ def kl_estimate(logprobs: Array, ref_logprobs: Array, estimator: str = "k3") -> 
     The tokens were sampled by the old policy, not pi, so the estimates are approximate off-policy; the
     penalty is differentiated through `logprobs` only (the reference is frozen).
     """
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(KL_ESTIMATORS.unknown(estimator))
     log_r = ref_logprobs.astype(jnp.float32) - logprobs.astype(jnp.float32)
-    if estimator == "k1":
-        return -log_r
-    if estimator == "k2":
-        return 0.5 * jnp.square(log_r)
-    if estimator == "k3":
-        return jnp.expm1(log_r) - log_r
-    raise ValueError(f"unknown KL estimator {estimator!r}; use one of {', '.join(KL_ESTIMATORS)}")
-
-
-def token_entropy(logits: Array) -> Array:
-    """Entropy of each next-token distribution, [..., V] -> [...], in float32.
-
-    H = -sum_v p_v log p_v = logsumexp(z) - sum_v p_v z_v with p = softmax(z): no log of a probability that
-    underflowed to 0, and -inf logits (masked vocabulary entries) contribute exactly 0.
-    """
-    z = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(z, axis=-1)
-    p = jax.nn.softmax(z, axis=-1)
-    # p * z is 0 * -inf = NaN where p == 0; zeroing z there (not the product) keeps the gradient finite too.
-    return lse - jnp.sum(p * jnp.where(p > 0, z, 0.0), axis=-1)
+    return KL_ESTIMATORS.get(estimator)(log_r)
 
 
 def log_importance_ratio(
@@ -210,7 +241,7 @@ class LossConfig:
     aggregation: str = "token-mean"
     max_len: int | None = None
     beta: float = 0.0
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: str = "k3"
     tis_cap: float | None = 2.0
     entropy_coef: float = 0.0
 
@@ -218,9 +249,9 @@ class LossConfig:
         if self.ratio_type not in RATIO_TYPES:
             raise ValueError(f"ratio_type must be one of {RATIO_TYPES}, got {self.ratio_type!r}")
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+            raise ValueError(f"aggregation: {AGGREGATIONS.unknown(self.aggregation)}")
         if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+            raise ValueError(f"kl_estimator: {KL_ESTIMATORS.unknown(self.kl_estimator)}")
         if not 0.0 <= self.clip_low <= 1.0 or not self.clip_high >= 0.0:
             raise ValueError(
                 f"need 0 <= clip_low <= 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}"
@@ -247,7 +278,8 @@ def policy_loss(
     entropy: Array | None = None,
     normalizer: Array | float | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """The scalar loss to minimise (see the module docstring) and its diagnostics.
+    """The scalar loss to minimise (see the module docstring) and its diagnostics. One function of about 90
+    lines on purpose: it reads top to bottom as the module docstring's equation, term by term.
 
     config: the switches (None: `LossConfig()`, GRPO's clip 0.2 without KL).
 

@@ -57,8 +57,9 @@ from jax.sharding import Mesh
 from rlvr_jax import sharding
 from rlvr_jax.models.config import ModelConfig, resolve_dtype
 from rlvr_jax.models.decoder import abstract_model
+from rlvr_jax.optim.state import TrainState
 from rlvr_jax.rl.losses import LossConfig
-from rlvr_jax.rl.train_step import TrainState, make_train_step
+from rlvr_jax.rl.update import make_train_step
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,130 @@
+"""The train state and where it lives: parameters, optimizer moments and counters, sharded by the
+parameters' logical axes.
+
+- `TrainState` holds the parameter state exactly as `nnx.split(model)` gives it (so the same tree goes back
+  to the `Sampler` after a step), the optax state and two counters.
+- Sharding is declared, not coded: parameter shardings come from their logical axes (`rlvr_jax.sharding`
+  rules), optimizer moments take the shardings of the parameters they mirror. XLA inserts the
+  collectives, so one device, a (data, fsdp, tensor) mesh and several processes run the same code.
+- Master weights: `init_train_state` keeps the parameters in float32 by default whatever the checkpoint's
+  storage dtype, and the model casts each weight to its compute dtype at use; `export_params` casts back
+  for the sampler.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlvr_jax import sharding
+from rlvr_jax.models.config import resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+Array = jax.Array
+
+
+class TrainState(NamedTuple):
+    """What one update reads and writes (a pytree; donated to the jitted step).
+
+    params: the nnx parameter state (`nnx.split(model)[1]`), in the master dtype.
+    opt_state: the optax state; its parameter-shaped parts are sharded like the parameters.
+    step: int32, train-step calls so far (skipped ones included).
+    skipped: int32, calls whose update was skipped for a non-finite loss or gradient.
+    """
+
+    params: Any
+    opt_state: Any
+    step: Array
+    skipped: Array
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    def cast(x: Any) -> Any:
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+def _follow_params(tree: Any, params: Any, param_shards: Any, replicated: NamedSharding) -> Any:
+    """Shardings for an optimizer-state tree: each parameter-shaped subtree (Adam's mu, nu) gets the
+    parameters' shardings; any other leaf (step counts) is replicated."""
+    params_def = jax.tree.structure(params)
+
+    def is_params(x: Any) -> bool:
+        return jax.tree.structure(x) == params_def
+
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_params)
+    out = []
+    for leaf in leaves:
+        if is_params(leaf):
+            out.append(param_shards)
+            continue
+        if np.ndim(leaf) > 0:
+            logger.warning("optimizer-state leaf of shape %s is not parameter-shaped: replicated", leaf.shape)
+        out.append(replicated)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+def train_state_shardings(
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: sharding.Rules = sharding.DEFAULT_RULES,
+) -> TrainState:
+    """A TrainState of NamedShardings for `params` (a State or its `jax.eval_shape`) on `mesh`."""
+    param_shards = sharding.param_shardings(params, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    abstract_opt = jax.eval_shape(optimizer.init, params)
+    opt_shards = _follow_params(abstract_opt, params, param_shards, replicated)
+    return TrainState(param_shards, opt_shards, replicated, replicated)
+
+def init_train_state(
+    model: nnx.Module | Any,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh | None = None,
+    rules: sharding.Rules = sharding.DEFAULT_RULES,
+    *,
+    master_dtype: str | Any | None = "float32",
+) -> TrainState:
+    """The initial state, placed on `mesh` by the logical-axis rules (or on the default device).
+
+    model: a Decoder or its parameter state. master_dtype: dtype the trainer keeps floating parameters in
+    (None keeps the storage dtype); float64 parameters are never narrowed. On several processes every
+    process passes the same values (same seed or checkpoint); each copies in only its own shards.
+    """
+    params = nnx.state(model) if isinstance(model, nnx.Module) else model
+    if master_dtype is not None:
+        target = resolve_dtype(master_dtype)
+
+        def widen(x: Any) -> Any:
+            if not jnp.issubdtype(x.dtype, jnp.floating):
+                return x
+            return x.astype(jnp.promote_types(x.dtype, target))
+
+        params = jax.tree.map(widen, params)
+    counters = (np.zeros((), np.int32), np.zeros((), np.int32))
+    # The state owns fresh buffers: the step donates them, and the model passed in (often also the
+    # sampler's or the frozen reference's parameters) must stay valid. A placement or a same-dtype cast can
+    # return the very same arrays, hence the explicit copy.
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    if mesh is None:
+        params = jax.jit(copy)(params)
+        return TrainState(params, jax.jit(optimizer.init)(params), *map(jnp.asarray, counters))
+    shards = train_state_shardings(params, optimizer, mesh, rules)
+    params = jax.jit(copy, out_shardings=shards.params)(sharding.put_on_mesh(params, shards.params))
+    opt_state = jax.jit(optimizer.init, out_shardings=shards.opt_state)(params)
+    step, skipped = (sharding.put_on_mesh(c, shards.step) for c in counters)
+    return TrainState(params, opt_state, step, skipped)
+
+def export_params(params: Any, dtype: str | Any) -> Any:
+    """Parameters cast to the sampler's storage dtype (e.g. `cfg.param_dtype`); shardings are kept.
+
+    Where the dtype already matches, these are the state's own buffers, which the next train step donates:
+    hand the sampler the new parameters after every step (as `Sampler.update_params` is meant to be used).
+    """
+    return _cast_floats(params, resolve_dtype(dtype))
