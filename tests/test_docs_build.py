@@ -113,7 +113,7 @@ def test_api_reference_documents_the_rl_core(site: Path) -> None:
         "rlvr_jax.rl.losses.kl_estimate",
         "rlvr_jax.rl.losses.LossConfig",
         "rlvr_jax.rl.dynamic_sampling.fill_batch",
-        "rlvr_jax.rl.train_step.make_train_step",
+        "rlvr_jax.rl.update.make_train_step",
     ):
         assert f'id="{name}"' in page, name
     text = text_of(site / "_generated" / "api" / "rlvr_jax.rl.html")

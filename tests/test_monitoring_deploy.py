@@ -63,7 +63,7 @@ TRAIN_METRICS = {
     "rlvr_train_cost_usd_per_million_tokens",
     "rlvr_train_cost_projected_run_usd",
 }
-# Two more step metrics of rlvr_jax/trainer.py that the dashboard and NoLearningSignal use: gauge -> key.
+# Two more step metrics of rlvr_jax/trainer/ that the dashboard and NoLearningSignal use: gauge -> key.
 TRAIN_METRICS_FROM_STEP_KEYS = {
     "rlvr_train_accuracy": "accuracy",
     "rlvr_train_groups_zero_variance_fraction": "groups/zero_variance_fraction",
@@ -351,9 +351,9 @@ def test_server_and_step_metric_names_come_from_the_code():
     } <= server
     from rlvr_jax.monitoring.exporters import prometheus_name
 
-    trainer = (REPO / "rlvr_jax" / "trainer.py").read_text()
+    trainer = "".join(p.read_text() for p in sorted((REPO / "rlvr_jax" / "trainer").glob("*.py")))
     for name, key in TRAIN_METRICS_FROM_STEP_KEYS.items():
-        assert f'"{key}"' in trainer, f"rlvr_jax/trainer.py no longer logs {key!r} ({name})"
+        assert f'"{key}"' in trainer, f"rlvr_jax/trainer/ no longer logs {key!r} ({name})"
         assert prometheus_name(key) == name
 
 

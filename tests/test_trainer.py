@@ -91,6 +91,7 @@ def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path)
     assert last > first + 0.2, f"reward did not rise: first steps {first:.3f}, last steps {last:.3f}"
     assert summary.eval_after["reward"] > summary.eval_before["reward"] + 0.2
     assert all(r["train/skipped"] == 0 for r in rows)
+    assert all(r["train/learning_rate"] > 0 for r in rows)  # the rate each update used, from the schedule
     # Model FLOPs and XLA's count of the compiled update, over the measured train time.
     for r in rows:
         assert r["throughput/train_tflops_per_device"] > 0 and r["throughput/xla_cost_tflops_per_device"] > 0
@@ -115,20 +116,20 @@ def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path)
 
 
 def test_flops_metrics_give_mfu_only_for_devices_with_a_known_peak(monkeypatch):
-    from rlvr_jax import trainer
     from rlvr_jax.models import ModelConfig
+    from rlvr_jax.monitoring import metrics as trainer
 
     cfg = ModelConfig(family="llama", vocab_size=100, hidden_size=16, num_layers=2, num_heads=2,
                       num_kv_heads=1, head_dim=8, intermediate_size=32)  # fmt: skip
     per_token = 6 * cfg.num_params() + 12 * 2 * 2 * 8 * 10
-    assert trainer._model_flops(cfg, (4, 10)) == per_token * 40
+    assert trainer.model_flops(cfg, (4, 10)) == per_token * 40
     monkeypatch.setattr(trainer, "peak_flops", lambda: 1e15)
-    m = trainer._flops_metrics(2e15, 1e13, updates=2, seconds=2.0, devices=2)  # 2e15 per device in 2 s
+    m = trainer.flops_metrics(2e15, 1e13, updates=2, seconds=2.0, devices=2)  # 2e15 per device in 2 s
     assert m["throughput/train_tflops_per_device"] == pytest.approx(1000.0)
     assert m["throughput/mfu"] == pytest.approx(1.0)
     assert m["throughput/xla_cost_tflops_per_device"] == pytest.approx(10.0)
     monkeypatch.setattr(trainer, "peak_flops", lambda: None)
-    assert trainer._flops_metrics(2e12, None, 1, 1.0, 1) == {"throughput/train_tflops_per_device": 2.0}
+    assert trainer.flops_metrics(2e12, None, 1, 1.0, 1) == {"throughput/train_tflops_per_device": 2.0}
 
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout

@@ -71,10 +71,14 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
     A checkpoint holds the whole train state; it is restored into the state the config builds (so pass the
     config the run was trained with) and only the parameters are kept.
     """
-    from rlvr_jax.rl.train_step import export_params, init_train_state, make_optimizer
-    from rlvr_jax.trainer import load_policy, optim_config
+    from rlvr_jax.config import optim_config
+    from rlvr_jax.optim import export_params, init_train_state, make_optimizer
+    from rlvr_jax.weights import load_policy
 
-    model, tokenizer = load_policy(config)
+    model, tokenizer = load_policy(
+        config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+        remat=config.model.remat,
+    )  # fmt: skip
     source = str(config.model.path)
     if checkpoint is None:
         return model, tokenizer, {"model": source}
@@ -97,6 +101,60 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
     return model, tokenizer, {"model": source, "checkpoint": str(folder), "checkpoint_step": chosen}
 
 
+def score_held_out(
+    sampler: Sampler,
+    task: Any,
+    samples: list[dict[str, Any]],
+    config: ml_collections.ConfigDict,
+    *,
+    num_samples: int = 1,
+    temperature: float | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], SamplingParams]:
+    """Generates and scores `num_samples` completions per item: (rows of samples.jsonl, `eval_metrics`,
+    the sampling used). The one evaluation behind `evaluate` and the trainer's held-out evaluations.
+
+    temperature: None = greedy for one sample per item (`sampling.eval_temperature`), the training
+    temperature for several (pass@k needs distinct samples).
+    """
+    if temperature is None:
+        temperature = config.sampling.eval_temperature if num_samples == 1 else config.sampling.temperature
+    reward = config.reward.name or task.reward
+    params = SamplingParams(
+        temperature=float(temperature),
+        top_p=config.sampling.top_p if temperature > 0 else 1.0,
+        max_new_tokens=config.sampling.max_new_tokens,
+    )
+
+    def on_batch(done: int, scored: list[ScoredSample]) -> None:
+        if progress is not None:
+            accuracy = sum(s.reward >= PASS_THRESHOLD for s in scored) / max(len(scored), 1)
+            progress.update(done, accuracy=accuracy)
+
+    scored = generate_and_score(
+        sampler, task, samples, params, chat=config.data.chat, num_samples=num_samples,
+        batch_size=batch_size, seed=config.seed, reward=reward, reward_options=dict(config.reward.options),
+        extra_rewards=EXTRA_REWARDS.get(reward, ()), on_batch=on_batch,
+    )  # fmt: skip
+    rows = [s.to_row() for s in scored]
+    budget = config.sampling.max_new_tokens
+    metrics = eval_metrics(rows, reward=reward, max_new_tokens=budget, seed=config.seed)
+    return rows, metrics, params
+
+
+def _held_out_samples(config: ml_collections.ConfigDict, split: str, limit: int | None) -> tuple[Any, list]:
+    task = get_task(config.data.task)
+    samples = task.load(split, config.data.path, chat=config.data.chat, **dict(config.data.options))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        samples = samples[:limit]
+    if not samples:
+        raise ValueError(f"split {split!r} of task {task.name} has no samples")
+    return task, samples
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     out: str | Path,
@@ -117,69 +175,38 @@ def evaluate(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if temperature is None:
-        temperature = config.sampling.eval_temperature if num_samples == 1 else config.sampling.temperature
-    if num_samples > 1 and temperature <= 0:
+    chosen = temperature
+    if chosen is None:
+        chosen = config.sampling.eval_temperature if num_samples == 1 else config.sampling.temperature
+    if num_samples > 1 and chosen <= 0:
         raise ValueError(
-            f"num_samples={num_samples} with temperature {temperature}: greedy samples are all the same; "
+            f"num_samples={num_samples} with temperature {chosen}: greedy samples are all the same; "
             "pass a temperature > 0 (e.g. 0.8)"
         )
-    task = get_task(config.data.task)
     split = split or config.data.eval_split
-    samples = task.load(split, config.data.path, chat=config.data.chat, **dict(config.data.options))
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        samples = samples[:limit]
-    if not samples:
-        raise ValueError(f"split {split!r} of task {task.name} has no samples")
+    task, samples = _held_out_samples(config, split, limit)
 
     t0 = time.perf_counter()
     model, tokenizer, source = load_for_eval(config, checkpoint, checkpoint_step)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     sampler = Sampler(model, tokenizer, mesh=mesh)
     load_s = time.perf_counter() - t0
-    reward = config.reward.name or task.reward
-    params = SamplingParams(
-        temperature=float(temperature),
-        top_p=config.sampling.top_p if temperature > 0 else 1.0,
-        max_new_tokens=config.sampling.max_new_tokens,
-    )
     progress = Progress(len(samples), quiet=quiet, description=f"eval {task.name}", fields={})
-
-    def on_batch(done: int, scored: list[ScoredSample]) -> None:
-        accuracy = sum(s.reward >= PASS_THRESHOLD for s in scored) / max(len(scored), 1)
-        progress.update(done, accuracy=accuracy)
-
     t1 = time.perf_counter()
     try:
-        scored = generate_and_score(
-            sampler,
-            task,
-            samples,
-            params,
-            chat=config.data.chat,
-            num_samples=num_samples,
-            batch_size=batch_size,
-            seed=config.seed,
-            reward=reward,
-            reward_options=dict(config.reward.options),
-            extra_rewards=EXTRA_REWARDS.get(reward, ()),
-            on_batch=on_batch,
-        )
+        rows, metrics, params = score_held_out(
+            sampler, task, samples, config, num_samples=num_samples, temperature=chosen,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
     finally:
         progress.close()
     gen_s = time.perf_counter() - t1
-    rows = [s.to_row() for s in scored]
-    metrics = eval_metrics(
-        rows, reward=reward, max_new_tokens=config.sampling.max_new_tokens, seed=config.seed
-    )
     metrics = {
         "task": task.name,
         "split": split,
-        "reward": reward,
+        "reward": config.reward.name or task.reward,
         **source,
-        "temperature": float(temperature),
+        "temperature": params.temperature,
         "top_p": params.top_p,
         "seed": config.seed,
         **metrics,

@@ -380,6 +380,36 @@ def mfu(
 # ------------------------------------------------------------------------------------------- progress
 
 
+def model_flops(cfg: Any, shape: tuple[int, int]) -> float:
+    """Model FLOPs of one update (forward + backward) on a [rows, seq] batch, PaLM-style: 6 per parameter
+    per token plus 12 * layers * heads * head_dim * seq per token for attention. Remat's recomputation is
+    not counted (it is hardware work, not model work), so MFU is comparable across remat policies."""
+    rows, seq = shape
+    per_token = 6 * cfg.num_params() + 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq
+    return float(per_token * rows * seq)
+
+
+def flops_metrics(
+    model_flops: float, xla_flops: float | None, updates: int, seconds: float, devices: int
+) -> dict[str, float]:
+    """Training TFLOP/s per device and MFU (against the device's bf16 peak, when known).
+
+    MFU uses the model FLOPs (`model_flops`). XLA's cost analysis of the compiled update is logged beside
+    it, but it counts a while loop's body once, so for our layer `scan` it is about 1/num_layers of the
+    real work: a check on the executable, not an MFU numerator.
+    """
+    if seconds <= 0:
+        return {}
+    per_device = model_flops * updates / devices
+    out = {"throughput/train_tflops_per_device": per_device / seconds / 1e12}
+    if xla_flops is not None:
+        out["throughput/xla_cost_tflops_per_device"] = xla_flops * updates / seconds / 1e12
+    peak = peak_flops()
+    if peak is not None:
+        out["throughput/mfu"] = mfu(per_device, seconds, peak=peak)
+    return out
+
+
 class Progress:
     """A rich progress bar for the training loop: steps done, time left, reward / accuracy / step time.
 

@@ -4,6 +4,21 @@ Not to be confused with `rlvr_jax.checkpointing`, the orbax training-state check
 """
 
 from rlvr_jax.weights.hf import CheckpointError
-from rlvr_jax.weights.loader import LoadedModel, export_hf, load_model, load_tokenizer, source_kind
+from rlvr_jax.weights.loader import (
+    LoadedModel,
+    export_hf,
+    load_model,
+    load_policy,
+    load_tokenizer,
+    source_kind,
+)
 
-__all__ = ["CheckpointError", "LoadedModel", "export_hf", "load_model", "load_tokenizer", "source_kind"]
+__all__ = [
+    "CheckpointError",
+    "LoadedModel",
+    "export_hf",
+    "load_model",
+    "load_policy",
+    "load_tokenizer",
+    "source_kind",
+]

@@ -190,3 +190,15 @@ def load_tokenizer(
         ) from e
     extra = generation_eos(Path(text)) if Path(text).is_dir() else []
     return Tokenizer(hf_tok, config, extra_eos=extra)
+
+
+def load_policy(
+    src: str | os.PathLike, *, dtype: str = "bfloat16", param_dtype: str = "float32", remat: str = "none"
+) -> tuple[Decoder, Tokenizer]:
+    """A model to train or evaluate and its tokenizer: `load_model`, with the compute / storage dtypes and
+    the remat policy of the run (remat changes only the graph, so it is set on the abstract model and the
+    loaded weights are merged into it)."""
+    loaded = load_model(src, dtype=dtype, param_dtype=param_dtype)
+    cfg = loaded.config.replace(remat=remat)
+    graphdef, _ = nnx.split(abstract_model(cfg))
+    return nnx.merge(graphdef, nnx.state(loaded.model)), loaded.tokenizer

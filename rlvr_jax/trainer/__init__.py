@@ -1,0 +1,21 @@
+"""The GRPO training loop: the one place with side effects. `train(config, workdir)` reads top to bottom:
+
+    set up     setup.py      the policy and its sampler on the mesh, data, optimizer, compiled update
+    resume     setup.py      the newest checkpoint's train state, data position, run id and cost so far
+    each step  rollouts.py   prompts (grain, per-host shard) -> sampler (jit, on the mesh) -> rewards
+                             (host processes), dynamic sampling's refill rounds
+               step.py       advantages -> update (jit, donated, on the mesh) -> parameters to the sampler;
+                             the step's metrics, built in one place
+               reporting.py  log (metrics.jsonl, TensorBoard, W&B, Prometheus, cost), periodic held-out
+                             evaluation, checkpoint, preemption
+    finish     reporting.py  final evaluation and checkpoint, before / after report, reward curve, export
+
+Everything on the device is a pure function of (params, inputs, key); the key of step t is
+fold_in(seed, t), so a run resumed from a checkpoint at step k redoes steps k+1.. exactly as an
+uninterrupted run would. The algorithm itself is in `rlvr_jax.rl`, its plumbing in `rlvr_jax.optim`.
+"""
+
+from rlvr_jax.trainer.loop import train
+from rlvr_jax.trainer.reporting import RunSummary, format_cost, print_summary
+
+__all__ = ["RunSummary", "format_cost", "print_summary", "train"]

@@ -1,0 +1,69 @@
+"""`train`: the GRPO loop as a table of contents; each phase is a function or a small object elsewhere in
+`rlvr_jax.trainer`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from rlvr_jax import sharding
+from rlvr_jax.checkpointing import PreemptionHandler
+from rlvr_jax.config import validate
+from rlvr_jax.trainer.reporting import RunLog, RunSummary, evaluate_held_out, finish, save_checkpoint
+from rlvr_jax.trainer.rollouts import RolloutSource
+from rlvr_jax.trainer.setup import resume, setup_run
+from rlvr_jax.trainer.step import step_metrics, update_policy
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
+    """Runs (or resumes) the experiment described by `config` in `workdir`."""
+    sharding.initialize_distributed()
+    validate(config, jax.device_count())
+    clock_start = time.perf_counter()  # accelerators are billed from here: loading and compiles included
+    run = setup_run(config, workdir)  # policy + sampler on the mesh, data, compiled update
+    start, meta = resume(run)  # the newest checkpoint's state, if any
+    log = RunLog(run, meta, start, clock_start)  # metrics.jsonl, TensorBoard, W&B, Prometheus, cost
+    eval_before = meta.get("eval_before") or _first_evaluation(run, log)
+    accuracy, reward = eval_before["accuracy"], eval_before["reward"]
+    run.console.say(f"held-out accuracy before training: {accuracy:.3f} (reward {reward:.3f})")
+    rollouts = RolloutSource(run, meta.get("data_iterator"))  # prompts -> sampler -> rewards
+    preemption, key, step = PreemptionHandler(), jax.random.key(config.seed), start
+    try:
+        for step in range(start + 1, config.train.steps + 1):
+            t0 = time.perf_counter()
+            collected = rollouts.collect(jax.random.fold_in(key, step))  # rollout -> rewards
+            update = update_policy(run, collected)  # advantages -> update -> parameters to the sampler
+            metrics = step_metrics(run, collected, update, time.perf_counter() - t0)
+            evaluated = _periodic_evaluation(run, step)
+            metrics.update({f"eval/{k}": v for k, v in (evaluated or {}).items()})
+            log.step(step, metrics, int(np.asarray(update.batch["attn_mask"]).sum()) * config.rl.mu)
+            stop = preemption.should_stop(step)  # every host calls this every step
+            if step % config.train.checkpoint_every == 0 or stop:
+                save_checkpoint(run, log, step, rollouts.iterator_state(), eval_before, evaluated)
+            if stop:
+                run.checkpointer.wait()
+                run.console.say(f"preemption signal received: checkpoint saved at step {step}; exiting")
+                break
+    finally:
+        log.progress.close()
+        rollouts.close()
+    return finish(run, log, step, eval_before, rollouts.iterator_state(), preemption.requested)
+
+
+def _first_evaluation(run, log: RunLog) -> dict[str, float]:
+    """The held-out evaluation before any update (a resumed run has it in its checkpoint)."""
+    before = evaluate_held_out(run, "before")
+    log.writer.write(0, {f"eval/{k}": v for k, v in before.items()})
+    return before
+
+
+def _periodic_evaluation(run, step: int) -> dict[str, float] | None:
+    """Every `train.eval_every` steps, except the last (the final evaluation covers it)."""
+    every, steps = run.config.train.eval_every, run.config.train.steps
+    if every and step % every == 0 and step < steps:
+        return evaluate_held_out(run, f"step_{step}")
+    return None

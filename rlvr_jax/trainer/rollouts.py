@@ -1,0 +1,93 @@
+"""One step's rollouts: prompts -> the sampler -> rewards, as row-aligned arrays (`rlvr_jax.rl.batch`).
+
+`RolloutSource` owns the prompt iterator (its position is checkpointed) and the reward worker processes.
+With DAPO's dynamic sampling it asks for further generation rounds until the batch holds enough groups
+whose rewards differ (`rlvr_jax.rl.dynamic_sampling.fill_batch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from rlvr_jax.data.pipeline import batches
+from rlvr_jax.evaluation.generate_and_score import encode_prompts
+from rlvr_jax.rewards.pool import RewardPool
+from rlvr_jax.rl.batch import Rollout, rollout_rows
+from rlvr_jax.rl.dynamic_sampling import fill_batch
+from rlvr_jax.trainer.setup import Run
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """A step's training rows, the dynamic-sampling statistics (None when it is off), and where the time
+    went: rollout (sampling + detokenising) and reward, summed over generation rounds."""
+
+    rows: Rollout
+    dynamic_sampling: dict[str, float] | None
+    rollout_s: float
+    reward_s: float
+
+
+class RolloutSource:
+    """Generates and scores the rows of each step."""
+
+    def __init__(self, run: Run, iterator_state: dict[str, Any] | None = None):
+        self.run = run
+        self.iterator = batches(run.pipeline, iterator_state)
+        self.reward_pool = RewardPool()
+
+    def collect(self, step_key: jax.Array) -> Rollouts:
+        """The step's rows: one generation round, or as many as dynamic sampling needs."""
+        config, G = self.run.config, self.run.config.rl.group_size
+        timing = {"rollout": 0.0, "reward": 0.0}
+        rounds = iter(range(1, config.rl.dynamic_sampling_rounds + 2))
+
+        def generate_round(_: int) -> Rollout:
+            # Round 1 samples with the step's key; refill rounds (dynamic sampling) fold from it.
+            index = next(rounds)
+            key = step_key if index == 1 else jax.random.fold_in(step_key, index)
+            return self._round(key, timing)
+
+        if not config.rl.dynamic_sampling:
+            return Rollouts(generate_round(config.rl.prompts_per_step), None, *timing.values())
+        filled = fill_batch(
+            generate_round, config.rl.prompts_per_step, G, max_rounds=config.rl.dynamic_sampling_rounds
+        )
+        rows = filled.rollouts
+        rows["mask"] = rows["mask"] & filled.kept[:, None]  # padding groups carry no loss
+        return Rollouts(rows, filled.stats, *timing.values())
+
+    def _round(self, key: jax.Array, timing: dict[str, float]) -> Rollout:
+        run, G = self.run, self.run.config.rl.group_size
+        t_round = time.perf_counter()
+        prompts = next(self.iterator)
+        ids, mask = encode_prompts(run.sampler, run.task, prompts, run.config.data.chat)
+        out = jax.device_get(run.sampler.generate_ids(ids, mask, run.sampling, seed=key, group_size=G))
+        tokenizer = run.tokenizer
+        completions = [
+            tokenizer.decode(tokenizer.truncate_at_stop(out.tokens[r, : out.lengths[r]]))
+            for r in range(len(out.tokens))
+        ]
+        # Each row's token count travels with its sample, for the length rewards (overlong,
+        # length_penalty) alone or inside a weighted_sum.
+        samples = [
+            {**prompts[r // G], "completion_length": int(out.lengths[r])} for r in range(len(completions))
+        ]
+        t_reward = time.perf_counter()
+        rewards = self.reward_pool.submit(
+            run.reward_name, completions, samples, **dict(run.config.reward.options)
+        ).result()
+        timing["rollout"] += t_reward - t_round
+        timing["reward"] += time.perf_counter() - t_reward
+        return rollout_rows(ids, mask, out, np.asarray(rewards.scores), G)
+
+    def iterator_state(self) -> dict[str, Any]:
+        return self.iterator.get_state()
+
+    def close(self) -> None:
+        self.reward_pool.close()

@@ -1,0 +1,93 @@
+"""One step after the rollouts: advantages -> the update -> the new parameters to the sampler, and the
+step's metrics, all built in `step_metrics`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax import sharding
+from rlvr_jax.evaluation.metrics import PASS_THRESHOLD
+from rlvr_jax.monitoring.metrics import flops_metrics, model_flops
+from rlvr_jax.rl.batch import batch_from_rows
+from rlvr_jax.rl.update import update_on_rollout
+from rlvr_jax.trainer.rollouts import Rollouts
+from rlvr_jax.trainer.setup import Run
+
+
+@dataclasses.dataclass
+class Update:
+    """What an update leaves for the metrics: its batch, each optimizer update's metrics (on the host),
+    and its wall time (update and parameter hand-over)."""
+
+    batch: dict[str, Any]
+    metrics: dict[str, Any]
+    updates: int
+    seconds: float
+
+
+def update_policy(run: Run, rollouts: Rollouts) -> Update:
+    """Advantages from the rewards, `rl.mu` epochs of updates on the rows, then the sampler gets the new
+    parameters (the next step donates the state's buffers)."""
+    t0 = time.perf_counter()
+    scores = rollouts.rows["rewards"]
+    advantages = run.advantage_fn(jnp.asarray(scores), run.config.rl.group_size)
+    batch = sharding.shard_batch(batch_from_rows(rollouts.rows, advantages), run.mesh)
+    run.state, history = update_on_rollout(
+        run.train_step, run.state, batch, epochs=run.config.rl.mu, logprob_fn=run.logprob_fn,
+        ref_params=run.ref_params, mesh=run.mesh,
+    )  # fmt: skip
+    run.hand_params_to_sampler()
+    metrics = jax.device_get(history[-1])
+    return Update(batch, metrics, len(history), time.perf_counter() - t0)
+
+
+def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) -> dict[str, Any]:
+    """Everything logged for one step: rewards, lengths, groups, timing, the update's own metrics, FLOPs."""
+    G, mu = run.config.rl.group_size, run.config.rl.mu
+    scores = rollouts.rows["rewards"]
+    lengths = rollouts.rows["mask"].sum(axis=1)
+    collect_s = rollouts.rollout_s + rollouts.reward_s
+    train_tokens = float(np.asarray(update.batch["attn_mask"]).sum()) * mu
+    ds = rollouts.dynamic_sampling
+    return {
+        "reward/mean": float(np.mean(scores)),
+        "reward/std": float(np.std(scores)),
+        "accuracy": float(np.mean(scores >= PASS_THRESHOLD)),
+        "response/length_mean": float(lengths.mean()),
+        "response/length_max": int(lengths.max()),
+        "response/truncation_rate": float(1.0 - np.asarray(rollouts.rows["finished"]).mean()),
+        "groups/zero_variance_fraction": float(np.mean(np.std(scores.reshape(-1, G), axis=1) == 0)),
+        **(
+            {
+                "groups/dropped_fraction": ds["dropped_fraction"],
+                "groups/generation_rounds": ds["rounds"],
+                "groups/padded": ds["groups_padded"],
+            }
+            if ds
+            else {}
+        ),
+        "time/rollout_and_reward_s": collect_s,
+        "time/rollout_s": rollouts.rollout_s,  # sampling + detokenising, all rounds
+        "time/reward_s": rollouts.reward_s,
+        "time/train_s": update.seconds,
+        "time/step_s": step_s,
+        "optim/micro_batches": run.micro_batches,
+        "throughput/rollout_tokens_per_s": int(lengths.sum()) / max(collect_s, 1e-9),
+        "throughput/train_tokens_per_s": train_tokens / max(update.seconds, 1e-9),
+        **{f"train/{k}": float(np.asarray(v)) for k, v in update.metrics.items()},
+        # Cumulative (the per-update flag is train/skipped): alerts count its increase.
+        "train/skipped_updates": int(jax.device_get(run.state.skipped)),
+        **flops_metrics(
+            model_flops(run.model.cfg, update.batch["tokens"].shape),
+            run.train_step.flops(update.batch),
+            update.updates,
+            update.seconds,
+            1 if run.mesh is None else run.mesh.size,
+        ),
+    }
