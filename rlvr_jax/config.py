@@ -146,6 +146,13 @@ def _registries() -> dict[str, Any]:
     }
 
 
+def allowed_values() -> dict[str, list[str]]:
+    """Every key with a closed set of values and those values: fixed choices, and for the keys that name
+    something registered, the names registered now (in registration order)."""
+    fixed = {key: list(choices) for key, choices in _CHOICES.items()}
+    return fixed | {key: registry.in_order() for key, registry in _registries().items()}
+
+
 def from_section(cls: type, section: ml_collections.ConfigDict, **derived: Any) -> Any:
     """A library dataclass from the config section holding its fields under the same names, plus the
     fields derived from elsewhere in the config (`derived`). One mapping instead of a field-by-field copy,

@@ -207,7 +207,7 @@ def base_config_page() -> list[str]:
     stale = sorted(set(NOTES) - set(leaves))
     if stale:
         raise ExtensionError(f"docs/_ext/rlvr_docs.py NOTES name fields that no longer exist: {stale}")
-    choices: dict[str, tuple[str, ...]] = getattr(config_module, "_CHOICES", {})
+    choices = config_module.allowed_values()
 
     lines = [
         "(config-base)=",

@@ -153,21 +153,16 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     loss_config: LossConfig,
     *,
-    temperature: float = 1.0,
-    micro_batches: int = 1,
-    chunk: int = 128,
-    remat: str | None = None,
-    log_entropy: bool = False,
-    schedule: optax.Schedule | None = None,
     mesh: Mesh | None = None,
     rules: sharding.Rules = sharding.DEFAULT_RULES,
+    **switches: Any,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
-    """`train_step` with its switches bound, jitted with the state donated (`rlvr_jax.optim.jit_update`:
-    do not use the state passed in afterwards). Each distinct batch shape compiles once."""
+    """`train_step` with its switches bound (temperature, micro_batches, chunk, remat, log_entropy,
+    schedule), jitted with the state donated (`rlvr_jax.optim.jit_update`: do not use the state passed in
+    afterwards). Each distinct batch shape compiles once."""
     fn = functools.partial(
-        train_step, graphdef=graphdef, optimizer=optimizer, loss_config=loss_config,
-        temperature=temperature, micro_batches=micro_batches, chunk=chunk, remat=remat,
-        log_entropy=log_entropy, schedule=schedule, mesh=mesh, rules=rules,
+        train_step, graphdef=graphdef, optimizer=optimizer, loss_config=loss_config, mesh=mesh, rules=rules,
+        **switches,
     )  # fmt: skip
     return jit_update(fn, optimizer, mesh, rules)
 
