@@ -77,9 +77,9 @@ def step_memory(cfg, rows: int, prompt_len: int, completion_len: int, micro_batc
 
     from rlvr_jax import sharding
     from rlvr_jax.models import abstract_model
-    from rlvr_jax.rl import LossConfig
-    from rlvr_jax.optim.memory import abstract_train_state, estimate_memory, train_batch_spec
     from rlvr_jax.optim import OptimConfig, make_optimizer
+    from rlvr_jax.optim.memory import abstract_train_state, estimate_memory, train_batch_spec
+    from rlvr_jax.rl import LossConfig
     from rlvr_jax.rl.update import make_train_step
 
     optimizer = make_optimizer(OptimConfig(learning_rate=1e-6, total_steps=1000))
@@ -182,7 +182,7 @@ def probe_and_run(
 
     from rlvr_jax import sharding
     from rlvr_jax.models import ModelConfig, init_model
-    from rlvr_jax.rl import LossConfig
+    from rlvr_jax.optim import OptimConfig, init_train_state, make_optimizer
     from rlvr_jax.optim.memory import (
         EstimateCache,
         estimate_memory,
@@ -191,7 +191,7 @@ def probe_and_run(
         to_memory_kind,
     )
     from rlvr_jax.optim.memory import probe_train_step_micro_batches as probe
-    from rlvr_jax.optim import OptimConfig, init_train_state, make_optimizer
+    from rlvr_jax.rl import LossConfig
     from rlvr_jax.rl.update import make_train_step
 
     # As the trainer: model.param_dtype=float32 widens to float32 master weights, bfloat16 keeps the bf16

@@ -73,12 +73,11 @@ def run_one(
     from flax import nnx
 
     from rlvr_jax.models import ModelConfig, init_model
-    from rlvr_jax.monitoring.metrics import peak_flops
-    from rlvr_jax.rl import LossConfig
-    from rlvr_jax.optim.memory import random_train_batch
+    from rlvr_jax.monitoring.metrics import model_flops, peak_flops
     from rlvr_jax.optim import OptimConfig, init_train_state, make_optimizer
+    from rlvr_jax.optim.memory import random_train_batch
+    from rlvr_jax.rl import LossConfig
     from rlvr_jax.rl.update import make_train_step
-    from rlvr_jax.monitoring.metrics import model_flops
 
     cfg = ModelConfig.from_hf_config(SHAPES[shape], dtype="bfloat16", param_dtype="float32", remat=remat)
     model = init_model(cfg, seed=0)
