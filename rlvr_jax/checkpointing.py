@@ -292,6 +292,27 @@ class Checkpointer:
         out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"] or {})
 
+    def restore_params(self, step: int, abstract_params: PyTree) -> PyTree:
+        """Only the parameters (`state.params`) of checkpoint `step`, in the dtype and sharding of each leaf
+        of `abstract_params`: what evaluation and serving need, without allocating (or even building) an
+        optimizer state. A separate manager reads them, since orbax fixes an item's handler at first use.
+        """
+        step = self._resolve(step)
+        args = jax.tree.map(
+            lambda x: ocp.ArrayRestoreArgs(dtype=x.dtype, sharding=x.sharding), abstract_params
+        )
+        target = jax.tree.map(_restore_target, abstract_params)
+        with ocp.CheckpointManager(self.directory) as reader:
+            out = reader.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item={"params": target}, restore_args={"params": args}, partial_restore=True
+                    )
+                ),
+            )
+        return out["state"]["params"]
+
     def _resolve(self, step: int | None) -> int:
         if step is None:
             step = self.latest_step()

@@ -213,3 +213,28 @@ def test_evaluate_cli_on_the_real_model(tmp_path, smollm_gguf, shared_dir):
         capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV,
     )  # fmt: skip
     assert bad.returncode == 2 and "temperature > 0" in bad.stderr
+
+
+def test_evaluation_reads_only_the_parameters_of_a_training_checkpoint(tmp_path):
+    """A checkpoint's parameters come back in the model's storage dtype without any optimizer state; a
+    model of another shape is refused."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from rlvr_jax.checkpointing import Checkpointer, abstract_like
+    from rlvr_jax.optim import OptimConfig, init_train_state, make_optimizer
+    from tests.tiny import TINY, numpy_model
+
+    model = numpy_model(TINY, 0.02)
+    state = init_train_state(model, make_optimizer(OptimConfig()))  # float32 master weights, Adam moments
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(7, state, {"step": 7})
+    storage = nnx.state(numpy_model(TINY.replace(param_dtype="bfloat16"), 0.5, seed=1))
+    with Checkpointer(tmp_path) as ckpt:
+        params = ckpt.restore_params(7, abstract_like(storage))
+    for got, saved in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(saved.astype(jnp.bfloat16)))
+    wider = nnx.state(numpy_model(TINY.replace(hidden_size=TINY.hidden_size * 2), 0.02))
+    with Checkpointer(tmp_path) as ckpt, pytest.raises(ValueError):
+        ckpt.restore_params(7, abstract_like(wider))

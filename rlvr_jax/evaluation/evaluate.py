@@ -19,7 +19,7 @@ import ml_collections
 from flax import nnx
 
 from rlvr_jax import sharding
-from rlvr_jax.checkpointing import Checkpointer
+from rlvr_jax.checkpointing import Checkpointer, abstract_like
 from rlvr_jax.data import get_task
 from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_score
 from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics
@@ -68,11 +68,10 @@ def resolve_checkpoint(path: str | Path, step: str | int | None = None) -> tuple
 def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | None = None, step=None):
     """(model, tokenizer, description): `config.model.path`, with a training checkpoint's weights if given.
 
-    A checkpoint holds the whole train state; it is restored into the state the config builds (so pass the
-    config the run was trained with) and only the parameters are kept.
+    A checkpoint holds the whole train state; only its parameters are read, straight into the model's
+    storage dtype and placement (no optimizer state is built or allocated). Pass the config the run was
+    trained with: the model it names gives the parameters' shapes.
     """
-    from rlvr_jax.config import optim_config
-    from rlvr_jax.optim import export_params, init_train_state, make_optimizer
     from rlvr_jax.weights import load_policy
 
     model, tokenizer = load_policy(
@@ -83,12 +82,10 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
     if checkpoint is None:
         return model, tokenizer, {"model": source}
     folder, chosen = resolve_checkpoint(checkpoint, step)
-    state = init_train_state(
-        model, make_optimizer(optim_config(config)), master_dtype=config.model.param_dtype
-    )
+    graphdef, params = nnx.split(model)
     ckpt = Checkpointer(folder)
     try:
-        state, _ = ckpt.restore(chosen, state)
+        params = ckpt.restore_params(chosen, abstract_like(params))
     except ValueError as e:
         raise ValueError(
             f"checkpoint {folder}/{chosen} does not fit the model {source} with this config ({e}); "
@@ -96,8 +93,7 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
         ) from None
     finally:
         ckpt.close()
-    graphdef = nnx.graphdef(model)
-    model = nnx.merge(graphdef, export_params(state.params, model.cfg.param_dtype))
+    model = nnx.merge(graphdef, params)
     return model, tokenizer, {"model": source, "checkpoint": str(folder), "checkpoint_step": chosen}
 
 
