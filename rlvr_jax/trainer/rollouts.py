@@ -25,12 +25,20 @@ from rlvr_jax.trainer.setup import Run
 @dataclasses.dataclass
 class Rollouts:
     """A step's training rows, the dynamic-sampling statistics (None when it is off), and where the time
-    went: rollout (sampling + detokenising) and reward, summed over generation rounds."""
+    went, summed over generation rounds: encoding prompts, sampling (the device's work and the copy of
+    its output to the host), detokenising, and the reward workers."""
 
     rows: Rollout
     dynamic_sampling: dict[str, float] | None
-    rollout_s: float
-    reward_s: float
+    seconds: dict[str, float]
+
+    @property
+    def rollout_s(self) -> float:
+        return self.seconds["encode"] + self.seconds["sample"] + self.seconds["detokenize"]
+
+    @property
+    def reward_s(self) -> float:
+        return self.seconds["reward"]
 
 
 class RolloutSource:
@@ -44,7 +52,7 @@ class RolloutSource:
     def collect(self, step_key: jax.Array) -> Rollouts:
         """The step's rows: one generation round, or as many as dynamic sampling needs."""
         config, G = self.run.config, self.run.config.rl.group_size
-        timing = {"rollout": 0.0, "reward": 0.0}
+        timing = dict.fromkeys(("encode", "sample", "detokenize", "reward"), 0.0)
         rounds = iter(range(1, config.rl.dynamic_sampling_rounds + 2))
 
         def generate_round(_: int) -> Rollout:
@@ -54,20 +62,22 @@ class RolloutSource:
             return self._round(key, timing)
 
         if not config.rl.dynamic_sampling:
-            return Rollouts(generate_round(config.rl.prompts_per_step), None, *timing.values())
+            return Rollouts(generate_round(config.rl.prompts_per_step), None, timing)
         filled = fill_batch(
             generate_round, config.rl.prompts_per_step, G, max_rounds=config.rl.dynamic_sampling_rounds
         )
         rows = filled.rollouts
         rows["mask"] = rows["mask"] & filled.kept[:, None]  # padding groups carry no loss
-        return Rollouts(rows, filled.stats, *timing.values())
+        return Rollouts(rows, filled.stats, timing)
 
     def _round(self, key: jax.Array, timing: dict[str, float]) -> Rollout:
         run, G = self.run, self.run.config.rl.group_size
-        t_round = time.perf_counter()
+        t0 = time.perf_counter()
         prompts = next(self.iterator)
         ids, mask = encode_prompts(run.sampler, run.task, prompts, run.config.data.chat)
+        t1 = time.perf_counter()
         out = jax.device_get(run.sampler.generate_ids(ids, mask, run.sampling, seed=key, group_size=G))
+        t2 = time.perf_counter()
         tokenizer = run.tokenizer
         completions = [
             tokenizer.decode(tokenizer.truncate_at_stop(out.tokens[r, : out.lengths[r]]))
@@ -78,12 +88,12 @@ class RolloutSource:
         samples = [
             {**prompts[r // G], "completion_length": int(out.lengths[r])} for r in range(len(completions))
         ]
-        t_reward = time.perf_counter()
+        t3 = time.perf_counter()
         rewards = self.reward_pool.submit(
             run.reward_name, completions, samples, **dict(run.config.reward.options)
         ).result()
-        timing["rollout"] += t_reward - t_round
-        timing["reward"] += time.perf_counter() - t_reward
+        for phase, seconds in zip(timing, (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3), strict=True):
+            timing[phase] += seconds
         return rollout_rows(ids, mask, out, np.asarray(rewards.scores), G)
 
     def iterator_state(self) -> dict[str, Any]:

@@ -22,13 +22,18 @@ from rlvr_jax.trainer.setup import Run
 
 @dataclasses.dataclass
 class Update:
-    """What an update leaves for the metrics: its batch, each optimizer update's metrics (on the host),
-    and its wall time (update and parameter hand-over)."""
+    """What an update leaves for the metrics: its batch, the last optimizer update's metrics (on the host),
+    the number of updates, and where the time went: advantages and the batch (host), the updates until
+    the new state is ready (device), the hand-over of the parameters to the sampler."""
 
     batch: dict[str, Any]
     metrics: dict[str, Any]
     updates: int
-    seconds: float
+    seconds: dict[str, float]
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seconds.values())
 
 
 def update_policy(run: Run, rollouts: Rollouts) -> Update:
@@ -38,13 +43,16 @@ def update_policy(run: Run, rollouts: Rollouts) -> Update:
     scores = rollouts.rows["rewards"]
     advantages = run.advantage_fn(jnp.asarray(scores), run.config.rl.group_size)
     batch = sharding.shard_batch(batch_from_rows(rollouts.rows, advantages), run.mesh)
+    t1 = time.perf_counter()
     run.state, history = update_on_rollout(
         run.train_step, run.state, batch, epochs=run.config.rl.mu, logprob_fn=run.logprob_fn,
         ref_params=run.ref_params, mesh=run.mesh,
     )  # fmt: skip
+    metrics = jax.device_get(history[-1])  # waits for the last update
+    t2 = time.perf_counter()
     run.hand_params_to_sampler()
-    metrics = jax.device_get(history[-1])
-    return Update(batch, metrics, len(history), time.perf_counter() - t0)
+    seconds = {"batch": t1 - t0, "update": t2 - t1, "handover": time.perf_counter() - t2}
+    return Update(batch, metrics, len(history), seconds)
 
 
 def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) -> dict[str, Any]:
@@ -54,6 +62,7 @@ def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) ->
     lengths = rollouts.rows["mask"].sum(axis=1)
     collect_s = rollouts.rollout_s + rollouts.reward_s
     train_tokens = float(np.asarray(update.batch["attn_mask"]).sum()) * mu
+    train_s = update.total_s
     ds = rollouts.dynamic_sampling
     return {
         "reward/mean": float(np.mean(scores)),
@@ -75,11 +84,16 @@ def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) ->
         "time/rollout_and_reward_s": collect_s,
         "time/rollout_s": rollouts.rollout_s,  # sampling + detokenising, all rounds
         "time/reward_s": rollouts.reward_s,
-        "time/train_s": update.seconds,
+        "time/train_s": update.total_s,
         "time/step_s": step_s,
+        **{f"time/{phase}_s": s for phase, s in rollouts.seconds.items() if phase != "reward"},
+        **{f"time/{phase}_s": s for phase, s in update.seconds.items()},
+        # Host work, waits and hand-overs: the step's time not spent sampling or updating on the device.
+        "time/overhead_fraction": max(step_s - rollouts.seconds["sample"] - update.seconds["update"], 0.0)
+        / max(step_s, 1e-9),
         "optim/micro_batches": run.micro_batches,
         "throughput/rollout_tokens_per_s": int(lengths.sum()) / max(collect_s, 1e-9),
-        "throughput/train_tokens_per_s": train_tokens / max(update.seconds, 1e-9),
+        "throughput/train_tokens_per_s": train_tokens / max(train_s, 1e-9),
         **{f"train/{k}": float(np.asarray(v)) for k, v in update.metrics.items()},
         # Cumulative (the per-update flag is train/skipped): alerts count its increase.
         "train/skipped_updates": int(jax.device_get(run.state.skipped)),
@@ -87,7 +101,7 @@ def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) ->
             model_flops(run.model.cfg, update.batch["tokens"].shape),
             run.train_step.flops(update.batch),
             update.updates,
-            update.seconds,
+            train_s,
             1 if run.mesh is None else run.mesh.size,
         ),
     }
