@@ -6,8 +6,10 @@
 # .stage/bwrap/ (bwrap and the three libraries it links, copied from a Debian machine). Idempotent: a warm
 # machine keeps /tmp/site, /root/data and /root/bwrap between calls.
 if [[ -d .whl && ! -f /tmp/site/.done ]]; then
+  # compgen: only the patterns that match (a carried set without source archives has no .tar.gz).
   python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation --target /tmp/site \
-    .whl/*.whl .whl/*.tar.gz >/tmp/pip.log 2>&1 && touch /tmp/site/.done || tail -5 /tmp/pip.log
+    $(compgen -G '.whl/*.whl') $(compgen -G '.whl/*.tar.gz') >/tmp/pip.log 2>&1 \
+    && touch /tmp/site/.done || tail -5 /tmp/pip.log
 fi
 mkdir -p /root/data /root/models
 for d in .stage/*/; do
