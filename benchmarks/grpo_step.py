@@ -65,8 +65,10 @@ def run_config(args: argparse.Namespace, model_dir: Path):
     c.rl.prompts_per_step, c.rl.group_size = args.prompts, args.group
     c.sampling.max_new_tokens = args.new_tokens
     c.rl.beta, c.rl.mu = 0.0, 1
-    c.optim.micro_batches = args.micro_batches
-    c.model.remat = args.remat
+    if args.micro_batches is not None:  # else the task config's (measured) choice
+        c.optim.micro_batches = args.micro_batches
+    if args.remat is not None:
+        c.model.remat = args.remat
     c.train.steps, c.train.eval_every = args.steps, 0
     c.train.checkpoint_every, c.train.export_hf = args.steps + 1, False
     c.logging.tensorboard = False
@@ -104,8 +106,8 @@ def main() -> None:
     p.add_argument("--data", default=None, help="the task's local data (default: ../shared/data/<task>)")
     p.add_argument("--tokenizer", default=None, help="HF tokenizer directory or GGUF file")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
-    p.add_argument("--micro_batches", type=int, default=1)
+    p.add_argument("--remat", default=None, choices=("none", "full", "dots"), help="default: the config's")
+    p.add_argument("--micro_batches", type=int, default=None, help="default: the config's; 0 = probe")
     p.add_argument("--skip", type=int, default=2, help="first steps left out of the medians (compiles)")
     p.add_argument("--out", default=None, help="write the JSON here too")
     args = p.parse_args()
@@ -121,7 +123,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = random_model_dir(args.shape, args.tokenizer, Path(tmp) / "model", args.dtype)
         t0 = time.perf_counter()
-        summary = train(run_config(args, model_dir), Path(tmp) / "run")
+        config = run_config(args, model_dir)
+        summary = train(config, Path(tmp) / "run")
         wall = time.perf_counter() - t0
         rows = [r for r in read_metrics(summary.metrics_file) if "time/step_s" in r]
     result = {
@@ -132,8 +135,8 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "task": args.task,
         "steps": args.steps,
-        "remat": args.remat,
-        "micro_batches": args.micro_batches,
+        "remat": config.model.remat,
+        "micro_batches": int(rows[-1]["optim/micro_batches"]),
         **summarise(rows, args.skip),
         "run_wall_s": round(wall, 1),
         "device": _device_name(),
