@@ -251,7 +251,12 @@ def encoder_tokens(tokenizer: Any) -> Tokenize:
 def tokenizer_name(tokenize: Tokenize | None) -> str:
     if tokenize is None or tokenize is regex_words:
         return REGEX_WORDS
-    return str(getattr(tokenize, "name", None) or getattr(tokenize, "__name__", "custom"))
+    return _name_of(tokenize)
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    """What a profile records about a tokenizer or an embedder: its `name`, else its function name."""
+    return str(getattr(fn, "name", None) or getattr(fn, "__name__", "custom"))
 
 
 class HashedEmbedding:
@@ -298,6 +303,12 @@ class TextSample:
     def size(self) -> int:
         return len(self.chars)
 
+    @classmethod
+    def of(cls, chars: list[int], tokens: list[list[str]], embeddings: np.ndarray | None) -> TextSample:
+        """The sample of texts with these character counts and tokens (one list per text)."""
+        counts = collections.Counter(t for ts in tokens for t in ts)
+        return cls(np.array(chars, float), np.array([len(t) for t in tokens], float), counts, embeddings)
+
 
 def text_sample(
     texts: Sequence[str], tokenize: Tokenize | None = None, embed: Embed | None = None
@@ -305,12 +316,7 @@ def text_sample(
     """Lengths, token counts and (optionally) embeddings of `texts`."""
     tokenize = tokenize or regex_words
     tokens = [[str(t) for t in tokenize(text)] for text in texts]
-    return TextSample(
-        chars=np.array([len(t) for t in texts], float),
-        words=np.array([len(t) for t in tokens], float),
-        counts=collections.Counter(t for ts in tokens for t in ts),
-        embeddings=_embed(embed, texts),
-    )
+    return TextSample.of([len(t) for t in texts], tokens, _embed(embed, texts))
 
 
 def _embed(embed: Embed | None, texts: Sequence[str]) -> np.ndarray | None:
@@ -485,13 +491,10 @@ def build_profile(
     if responses is not None and len(responses):
         sides["response"] = side_profile(text_sample(responses, tokenize, embed), top_k, max_samples)
     known = check_outcomes(outcomes or [])
-    embedding = None
-    if embed is not None:
-        embedding = str(getattr(embed, "name", None) or getattr(embed, "__name__", "custom"))
     return ReferenceProfile(
         sides=sides,
         tokenizer=tokenizer_name(tokenize),
-        embedding=embedding,
+        embedding=None if embed is None else _name_of(embed),
         pass_rate=float(known.mean()) if len(known) else None,
         outcomes=len(known),
     )
@@ -820,15 +823,11 @@ class DriftMonitor:
         live = {}
         for side in SIDES:
             rows = [item for item in items if side in item.features]
-            live[side] = TextSample(
-                chars=np.array([item.features[side][0] for item in rows], float),
-                words=np.array([len(item.features[side][1]) for item in rows], float),
-                counts=collections.Counter(t for item in rows for t in item.features[side][1]),
-                embeddings=(
-                    np.stack([item.embeddings[side] for item in rows])
-                    if self.embed is not None and rows
-                    else None
-                ),
+            embedded = self.embed is not None and bool(rows)
+            live[side] = TextSample.of(
+                [item.features[side][0] for item in rows],
+                [item.features[side][1] for item in rows],
+                np.stack([item.embeddings[side] for item in rows]) if embedded else None,
             )
         report = compare_samples(self.profile, live, check_outcomes(outcomes), self.config)
         report["window"] = {"samples": len(items), "capacity": self.capacity}

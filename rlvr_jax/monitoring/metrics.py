@@ -506,22 +506,15 @@ def plot_rewards(
     Accuracy keys missing from the file are skipped; points missing on some steps (e.g. an eval every N
     steps) are drawn only where measured.
     """
-    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+    from rlvr_jax.figures import panels, save, series  # matplotlib, imported only when plotting
 
     rows = read_metrics(metrics_jsonl)
     if not rows:
         raise ValueError(f"{metrics_jsonl} has no metrics to plot")
-
-    def series(key: str) -> tuple[np.ndarray, np.ndarray]:
-        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
-        pts = [(s, v) for s, v in pts if math.isfinite(v)]
-        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts], dtype=float)
-
-    fig = Figure(figsize=(7, 5.5), constrained_layout=True)
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
-    steps, reward = series(reward_key)
+    fig, (top, bottom) = panels(7, 5.5, 2, 1, sharex=True, height_ratios=(3, 2))
+    steps, reward = series(rows, reward_key)
     top.plot(steps, reward, marker="o", markersize=3, color="tab:blue", label="reward (mean)")
-    std_by_step = dict(zip(*series(std_key), strict=True))
+    std_by_step = dict(zip(*series(rows, std_key), strict=True))
     band = np.array([s in std_by_step for s in steps], dtype=bool)
     if band.any():
         std = np.array([std_by_step.get(s, 0.0) for s in steps])
@@ -534,7 +527,7 @@ def plot_rewards(
 
     drawn = False
     for key, color in zip(accuracy_keys, ("tab:green", "tab:orange", "tab:red", "tab:purple"), strict=False):
-        acc_steps, acc = series(key)
+        acc_steps, acc = series(rows, key)
         if len(acc_steps):
             bottom.plot(acc_steps, acc, marker="o", markersize=3, color=color, label=key)
             drawn = True
@@ -546,8 +539,4 @@ def plot_rewards(
     else:
         bottom.text(0.5, 0.5, "no accuracy logged", ha="center", va="center", transform=bottom.transAxes)
     bottom.set_xlabel("step")
-
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, out_png, dpi=120)
