@@ -8,11 +8,17 @@ compiled, so a typo or a batch that does not divide the mesh fails in a second w
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import math
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+
+from rlvr_jax.registry import closest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,6 +128,33 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and what to change."""
 
 
+# Integer keys and their least value.
+_INTEGERS = {
+    "seed": 0,
+    "data.eval_limit": 1,
+    "sampling.top_k": 0,
+    "sampling.max_new_tokens": 1,
+    "rl.prompts_per_step": 1,
+    "rl.group_size": 1,
+    "rl.mu": 1,
+    "rl.dynamic_sampling_rounds": 1,
+    "optim.warmup_steps": 0,
+    "optim.micro_batches": 0,
+    "optim.micro_batch_tokens": 0,
+    "train.steps": 1,
+    "train.eval_every": 0,
+    "train.checkpoint_every": 1,
+    "train.keep_checkpoints": 1,
+    "logging.prometheus_port": 0,
+}
+_ZERO_MEANS = {
+    "sampling.top_k": "off",
+    "optim.micro_batches": "auto",
+    "optim.micro_batch_tokens": "off",
+    "train.eval_every": "only before and after training",
+    "logging.prometheus_port": "off",
+}
+
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -187,39 +220,206 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
     return value
 
 
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted key of `config`, sections included (`train`, `train.steps`, ...), in config order."""
+    keys = []
+    for name, value in config.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(flat_keys(value, f"{key}."))
+    return keys
+
+
+def unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
+    """None when `key` (dotted) names a field or section of `config`, else why not: the closest valid key
+    (difflib: a sibling of the wrong part, else a field anywhere named like the last part), or the keys
+    where the path went wrong."""
+    node: Any = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth])
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"{where} is a value ({node!r}), not a section with keys"
+        if part in node:
+            node = node[part]
+            continue
+        match = difflib.get_close_matches(part, list(node), n=1, cutoff=0.6)  # a sibling: `train.stepz`
+        if match:
+            fixed = ".".join([*parts[:depth], match[0], *parts[depth + 1 :]])
+            match = [fixed if unknown_key(config, fixed) is None else ".".join([*parts[:depth], match[0]])]
+        else:  # the name is close but the section is missing or wrong: `--config.stepz`
+            by_leaf = {k.rsplit(".", 1)[-1]: k for k in reversed(flat_keys(config))}
+            leaf = difflib.get_close_matches(parts[-1], list(by_leaf), n=1, cutoff=0.75)
+            match = [by_leaf[leaf[0]]] if leaf else []
+        if match:
+            return f"the config has no key {key} (did you mean {match[0]}?)"
+        section = f"{where} has" if where else "the top level has"
+        return (
+            f"the config has no key {key} ({section}: {', '.join(node) or 'no keys'}); a key that the config "
+            "file does not set cannot be added from the command line: set it in the file"
+        )
+    return None
+
+
+def accepted_keywords(fn: Callable[..., Any], given: Iterable[str] = ()) -> set[str] | None:
+    """The keyword arguments `fn` accepts besides those the caller passes itself (`given`); None when it
+    takes **kwargs, which accepts any name."""
+    parameters = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in parameters if p.kind in named} - set(given)
+
+
+def _at_least(config: ml_collections.ConfigDict, key: str, minimum: int) -> None:
+    value = _get(config, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        zero = f" (0: {_ZERO_MEANS[key]})" if key in _ZERO_MEANS else ""
+        raise ConfigError(f"{key} must be an integer >= {minimum}{zero}, got {value!r}")
+
+
+def _check_finite(config: Any, prefix: str = "") -> None:
+    """A NaN or infinity anywhere (learning rate, clip range, KL weight, reward weights in options) is an
+    error naming the key: NaN passes every `<` / `>` range check, so each range check alone would miss it."""
+    items = config.items() if isinstance(config, Mapping | ml_collections.ConfigDict) else enumerate(config)
+    for name, value in items:
+        key = f"{prefix}{name}" if isinstance(name, str) else f"{prefix.rstrip('.')}[{name}]"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not a finite number")
+        if isinstance(value, Mapping | ml_collections.ConfigDict):
+            _check_finite(value, f"{key}.")
+        elif isinstance(value, list | tuple):
+            _check_finite(value, key)
+
+
+def config_file_for_task(task: str) -> str | None:
+    """`configs/<file>.py` of this repository written for `task` (it sets `c.data.task = "<task>"`)."""
+    for path in sorted((REPO / "configs").glob("*.py")):
+        if f'c.data.task = "{task}"' in path.read_text(encoding="utf-8"):
+            return f"configs/{path.name}"
+    return None
+
+
+# Passed by the trainer and evaluation themselves, next to data.options.
+_LOADER_ARGUMENTS = {"split": "data.train_split / data.eval_split", "path": "data.path", "chat": "data.chat"}
+_REWARD_ARGUMENTS = ("completions", "samples")
+
+
+def check_split(config: ml_collections.ConfigDict, split: str, key: str) -> None:
+    """`split` (from the config `key` or a flag) is one the task's loader serves."""
+    from rlvr_jax.data.base import get_task
+
+    task = get_task(config.data.task)
+    if split not in task.splits:
+        hint = closest(str(split), list(task.splits))
+        raise ConfigError(
+            f"{key}={split!r}: task {task.name} has no such split{hint}; its splits: {', '.join(task.splits)}"
+        )
+
+
+def _check_task(config: ml_collections.ConfigDict) -> None:
+    """The splits exist and every `data.options` key is one the task's loader takes."""
+    from rlvr_jax.data.base import get_task
+
+    task = get_task(config.data.task)
+    check_split(config, config.data.train_split, "data.train_split")
+    check_split(config, config.data.eval_split, "data.eval_split")
+    accepted = accepted_keywords(task.load, _LOADER_ARGUMENTS)
+    for option in config.data.options:
+        if option in _LOADER_ARGUMENTS:
+            raise ConfigError(f"data.options.{option}: set {_LOADER_ARGUMENTS[option]} instead")
+        if accepted is not None and option not in accepted:
+            source = config_file_for_task(task.name)
+            start = f"start from {source}, written for it" if source else "remove the option"
+            takes = ", ".join(sorted(accepted)) or "no options"
+            raise ConfigError(
+                f"data.options.{option} does not apply to task {task.name}{closest(option, sorted(accepted))}"
+                f": its loader takes {takes}. data.options comes from the config file (another task's "
+                f"settings stay when only data.task changes): {start}"
+            )
+
+
+def _check_reward(config: ml_collections.ConfigDict) -> None:
+    """The reward is registered and takes `reward.options` (where its signature says which it takes); a
+    weighted sum names registered components with options only for those."""
+    from rlvr_jax.data.base import get_task
+    from rlvr_jax.rewards.base import REWARDS
+
+    name = config.reward.name or get_task(config.data.task).reward
+    if name not in REWARDS:
+        key = "reward.name" if config.reward.name else f"data.task={config.data.task}'s reward"
+        raise ConfigError(f"{key}: {REWARDS.unknown(name)}")
+    accepted = accepted_keywords(REWARDS.get(name), _REWARD_ARGUMENTS)
+    for option in config.reward.options:
+        if accepted is not None and option not in accepted:
+            takes = ", ".join(sorted(accepted)) or "no options"
+            raise ConfigError(
+                f"reward.options.{option} is not an option of reward {name}"
+                f"{closest(option, sorted(accepted))}; it takes {takes}"
+            )
+    if name != "weighted_sum":
+        return
+    components = config.reward.options.get("components") or {}
+    if not components:
+        raise ConfigError(
+            'reward weighted_sum needs reward.options.components = {"reward_name": weight, ...}'
+        )
+    for component, weight in components.items():
+        if component not in REWARDS:
+            raise ConfigError(f"reward.options.components: {REWARDS.unknown(component)}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ConfigError(
+                f"reward.options.components.{component}: the weight must be a number, got {weight!r}"
+            )
+    for component in config.reward.options.get("component_options") or {}:
+        if component not in components:
+            raise ConfigError(
+                f"reward.options.component_options.{component}: {component!r} is not one of the components "
+                f"({', '.join(components)})"
+            )
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Checks everything that can be checked before loading a model; raises ConfigError."""
+    """Checks everything that can be checked before loading a model; raises ConfigError.
+
+    The trainer calls it first thing, and scripts/evaluate.py before it loads anything: names against the
+    registries, numbers against their ranges (NaN / inf anywhere), the task's splits and options, the
+    reward's options, the library dataclasses' own checks, and the paths."""
+    _check_finite(config)
     for key, choices in _CHOICES.items():
         if _get(config, key) not in choices:
             raise ConfigError(f"{key}={_get(config, key)!r} is not one of {', '.join(choices)}")
     for key, registry in _registries().items():
         if _get(config, key) not in registry:
             raise ConfigError(f"{key}: {registry.unknown(_get(config, key))}")
-    positive = (
-        "rl.prompts_per_step",
-        "rl.group_size",
-        "rl.mu",
-        "sampling.max_new_tokens",
-        "train.steps",
-    )
-    for key in positive:
-        if int(_get(config, key)) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {_get(config, key)}")
+    for key, minimum in _INTEGERS.items():
+        _at_least(config, key, minimum)
+    for key in ("mesh.data", "mesh.fsdp", "mesh.tensor"):
+        value = _get(config, key)
+        if value != -1 and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key} must be an integer >= 1 or -1 (the devices left), got {value!r}")
     if config.rl.group_size < 2:
         raise ConfigError("rl.group_size must be >= 2: group-relative advantages need several samples")
     if config.sampling.temperature <= 0:
         raise ConfigError(
             "sampling.temperature must be > 0 for training rollouts (greedy groups are identical)"
         )
+    if config.sampling.eval_temperature < 0:
+        raise ConfigError(
+            f"sampling.eval_temperature must be >= 0 (0: greedy), got {config.sampling.eval_temperature}"
+        )
     if not 0 < config.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p must be in (0, 1], got {config.sampling.top_p}")
     if config.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate must be > 0, got {config.optim.learning_rate}")
+    if config.logging.prometheus_port > 65535:
+        raise ConfigError(
+            f"logging.prometheus_port must be a port (1-65535) or 0, got {config.logging.prometheus_port}"
+        )
+    if config.logging.price_per_hour is not None and config.logging.price_per_hour < 0:
+        raise ConfigError(f"logging.price_per_hour must be >= 0, got {config.logging.price_per_hour}")
 
-    if config.optim.micro_batches < 0:
-        raise ConfigError(f"optim.micro_batches must be >= 1 (or 0: auto), got {config.optim.micro_batches}")
-    if config.optim.micro_batch_tokens < 0:
-        raise ConfigError(f"optim.micro_batch_tokens must be >= 0, got {config.optim.micro_batch_tokens}")
     if config.optim.memory_budget_gb is not None and config.optim.memory_budget_gb <= 0:
         raise ConfigError(f"optim.memory_budget_gb must be > 0, got {config.optim.memory_budget_gb}")
     auto = config.optim.micro_batches == 0 or config.optim.micro_batch_tokens > 0
@@ -248,13 +448,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 f"data*fsdp={shards}; lower optim.micro_batches or raise the batch"
             )
 
-    for build in (loss_config, optim_config):  # the library's own checks, before any model is loaded
+    _check_task(config)
+    _check_reward(config)
+    for section, build in (("rl", loss_config), ("optim", optim_config)):  # the library's own checks
         try:
             build(config)
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(f"{section}: {e}") from None
     if config.data.path is not None and not Path(config.data.path).expanduser().exists():
-        raise ConfigError(f"data.path={config.data.path!r} does not exist")
+        raise ConfigError(
+            f"data.path={config.data.path!r} does not exist; pass the task's data file or folder, or leave "
+            "data.path unset to read the Hugging Face hub"
+        )
     model = str(config.model.path)
     looks_local = model.startswith(("/", ".", "~")) or model.endswith(".gguf") or model.count("/") > 1
     if looks_local and not Path(model).expanduser().exists():

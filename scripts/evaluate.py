@@ -17,6 +17,7 @@ About 5 minutes on a 2-core CPU for the first command (32 items, SmolLM2-135M, u
 from __future__ import annotations
 
 import datetime
+import math
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlvr_jax.cli import fail_cleanly
+from rlvr_jax.cli import fail_cleanly, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
 _CHECKPOINT = flags.DEFINE_string(
@@ -33,24 +34,45 @@ _CHECKPOINT = flags.DEFINE_string(
 )
 _STEP = flags.DEFINE_string("checkpoint_step", "latest", "with --checkpoint: a step number, latest or best")
 _SPLIT = flags.DEFINE_string("split", None, "split to evaluate (default: the config's data.eval_split)")
-_LIMIT = flags.DEFINE_integer("limit", None, "evaluate the first N items only")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per item (pass@k for k up to this)")
-_TEMPERATURE = flags.DEFINE_float(
-    "temperature", None, "sampling temperature (default: greedy for 1 sample, the config's for several)"
+_LIMIT = flags.DEFINE_integer("limit", None, "evaluate the first N items only", lower_bound=1)
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 1, "completions per item (pass@k for k up to this)", lower_bound=1
 )
-_BATCH = flags.DEFINE_integer("batch_size", 64, "completions generated per batch")
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature",
+    None,
+    "sampling temperature (default: greedy for 1 sample, the config's for several)",
+    lower_bound=0.0,
+)
+_BATCH = flags.DEFINE_integer("batch_size", 64, "completions generated per batch", lower_bound=1)
 _OUT = flags.DEFINE_string("out", None, "output folder (default: runs/eval/<task>-<split>-<time>)")
+flags.register_validator(
+    "checkpoint_step",
+    lambda step: step.isdigit() or step in ("latest", "best"),
+    "must be a step number, latest or best",
+)
+flags.register_validator(
+    "temperature", lambda t: t is None or math.isfinite(t), "must be a finite number (0: greedy)"
+)
+flags.register_validator(
+    "checkpoint",
+    lambda folder: folder is None or Path(folder).expanduser().is_dir(),
+    "no such folder: pass a training workdir (or its checkpoints/ folder)",
+)
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # parse_flags refuses stray arguments
 
     def run() -> int:
+        from rlvr_jax.config import check_split, validate
         from rlvr_jax.evaluation.evaluate import describe, evaluate
 
         config = _CONFIG.value
+        validate(config)  # before any model or data loads
+        if _SPLIT.value is not None:
+            check_split(config, _SPLIT.value, "--split")
         step = _STEP.value
         out = _OUT.value or (
             f"runs/eval/{config.data.task}-{_SPLIT.value or config.data.eval_split}-"
@@ -77,4 +99,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlvr_jax.cli import fail_cleanly
+from rlvr_jax.cli import fail_cleanly, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, metrics)")
@@ -28,8 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # parse_flags refuses stray arguments
     if not flags.FLAGS["verbosity"].present:
         # absl prints every library's INFO lines under app.run (orbax: a dozen per checkpoint), which
         # buries the run's own progress; --verbosity=0 brings them back.
@@ -49,4 +48,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

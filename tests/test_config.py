@@ -103,8 +103,13 @@ def test_every_loss_and_optimizer_switch_is_reachable_from_the_config():
 
 def test_library_checks_run_at_validation_before_any_model_loads():
     c = _config()
-    c.optim.learning_rate = float("nan")
-    with pytest.raises(ConfigError, match="learning_rate must be a positive number"):
+    c.optim.learning_rate = float("nan")  # NaN passes `<= 0`; it once surfaced only after the model loaded
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate=nan is not a finite number"):
+        validate(c)
+    c = _config()
+    c.optim.learning_rate = 1e-6
+    c.optim.warmup_steps, c.optim.schedule, c.train.steps = 10, "cosine", 5
+    with pytest.raises(ConfigError, match="optim: invalid OptimConfig"):  # OptimConfig's own check
         validate(c)
     c = _config()
     c.rl.clip_c = 0.5

@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import warnings
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,39 +80,53 @@ def _read_arrow(path: Path) -> list[Record]:
     return datasets.Dataset.from_file(str(path)).to_list()
 
 
+FORMATS = "jsonl, jsonl.gz, json, json.gz, parquet or an arrow folder"
+
+
 def read_records(path: str | os.PathLike) -> list[Record]:
     """All records of one local file or arrow folder, as a list of dicts.
 
     Formats: `.jsonl`, `.jsonl.gz`, `.json` (a list, or one key holding a list), `.json.gz`, `.parquet`,
-    `.arrow` (a datasets cache file) and a `datasets.save_to_disk` folder.
+    `.arrow` (a datasets cache file) and a `datasets.save_to_disk` folder. A file that cannot be read (no
+    permission, not text, a corrupt archive) is a DataError naming it.
     """
     path = Path(path)
     source = str(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {source} does not exist")
-    name = path.name.lower()
-    if path.is_dir() or name.endswith(".arrow"):
-        records = _read_arrow(path)
-    elif name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        records = pq.read_table(path).to_pylist()
-    elif name.endswith((".jsonl.gz", ".json.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            records = _read_jsonl(f, source) if ".jsonl" in name else _read_json(f.read(), source)
-    elif name.endswith(".jsonl"):
-        with path.open(encoding="utf-8") as f:
-            records = _read_jsonl(f, source)
-    elif name.endswith(".json"):
-        records = _read_json(path.read_text(encoding="utf-8"), source)
-    else:
+    try:
+        records = _read_by_suffix(path, source)
+    except DataError:
+        raise
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, zlib.error) as e:
+        # pyarrow's and datasets' errors derive from OSError / ValueError and rarely name the file.
         raise DataError(
-            f"{source}: unknown data format (use jsonl, jsonl.gz, json, parquet or an arrow folder)"
-        )
+            f"{source}: cannot be read ({type(e).__name__}: {e}); check that it is readable and holds what "
+            f"its name says ({FORMATS})"
+        ) from e
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError(f"{source}: record {i} is a {type(record).__name__}, not an object with fields")
     return records
+
+
+def _read_by_suffix(path: Path, source: str) -> list[Record]:
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(".arrow"):
+        return _read_arrow(path)
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if name.endswith((".jsonl.gz", ".json.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return _read_jsonl(f, source) if ".jsonl" in name else _read_json(f.read(), source)
+    if name.endswith(".jsonl"):
+        with path.open(encoding="utf-8") as f:
+            return _read_jsonl(f, source)
+    if name.endswith(".json"):
+        return _read_json(path.read_text(encoding="utf-8"), source)
+    raise DataError(f"{source}: unknown data format (use {FORMATS})")
 
 
 def require_fields(records: Sequence[Mapping[str, Any]], fields: Sequence[str], source: str) -> None:
@@ -249,10 +264,20 @@ def split_records(
             stacklevel=3,
         )
     records = read(source)
+    if not records:
+        raise DataError(
+            f"{describe(source)} holds no records; put the {spec.name} {source} data there (fields "
+            f"{', '.join(spec.fields)}; one JSON object per line for .jsonl) or point data.path elsewhere"
+        )
     require_fields(records, spec.fields, describe(source))
     if split == "test":
         rows = np.arange(len(records))
     else:
         train_rows, validation_rows = carve(len(records), validation_fraction, split_seed)
         rows = train_rows if split == "train" else validation_rows
+    if not len(rows):
+        raise DataError(
+            f"{describe(source)}: its {len(records)} record(s) leave no {split} rows "
+            f"(validation_fraction={validation_fraction}); add records or change data.options"
+        )
     return [(f"{spec.name}/{source}/{i}", records[i]) for i in rows.tolist()]
