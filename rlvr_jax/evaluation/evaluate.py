@@ -169,6 +169,9 @@ def evaluate(
     temperature: None = greedy for one sample per item, the config's training temperature for several
     (pass@k needs distinct samples).
     """
+    from rlvr_jax.config import validate
+
+    validate(config)  # every check that needs no model, before loading one
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chosen = temperature

@@ -136,8 +136,8 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    task, train_samples, eval_samples = _load_data(config, console)  # data first: its errors need no model
     model, tokenizer, mesh, sampler = _load_policy(config, console)
-    task, train_samples, eval_samples = _load_data(config, console)
     optim = optim_config(config)
     run = Run(
         config=config, workdir=workdir, console=console, model=model, tokenizer=tokenizer, mesh=mesh,
