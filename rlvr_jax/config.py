@@ -399,6 +399,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         value = _get(config, key)
         if value != -1 and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{key} must be an integer >= 1 or -1 (the devices left), got {value!r}")
+    _check_ranges(config)
+    _check_batch(config, num_devices)
+    _check_task(config)
+    _check_reward(config)
+    for section, build in (("rl", loss_config), ("optim", optim_config)):  # the library's own checks
+        try:
+            build(config)
+        except ValueError as e:
+            raise ConfigError(f"{section}: {e}") from None
+    _check_paths(config)
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    """Sampling, learning-rate and logging values within their ranges."""
     if config.rl.group_size < 2:
         raise ConfigError("rl.group_size must be >= 2: group-relative advantages need several samples")
     if config.sampling.temperature <= 0:
@@ -420,6 +434,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.logging.price_per_hour is not None and config.logging.price_per_hour < 0:
         raise ConfigError(f"logging.price_per_hour must be >= 0, got {config.logging.price_per_hour}")
 
+
+def _check_batch(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
+    """The step's rows split into micro-batches and over the mesh's batch shards."""
     if config.optim.memory_budget_gb is not None and config.optim.memory_budget_gb <= 0:
         raise ConfigError(f"optim.memory_budget_gb must be > 0, got {config.optim.memory_budget_gb}")
     auto = config.optim.micro_batches == 0 or config.optim.micro_batch_tokens > 0
@@ -448,13 +465,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 f"data*fsdp={shards}; lower optim.micro_batches or raise the batch"
             )
 
-    _check_task(config)
-    _check_reward(config)
-    for section, build in (("rl", loss_config), ("optim", optim_config)):  # the library's own checks
-        try:
-            build(config)
-        except ValueError as e:
-            raise ConfigError(f"{section}: {e}") from None
+
+def _check_paths(config: ml_collections.ConfigDict) -> None:
+    """The data and model paths that look local exist."""
     if config.data.path is not None and not Path(config.data.path).expanduser().exists():
         raise ConfigError(
             f"data.path={config.data.path!r} does not exist; pass the task's data file or folder, or leave "
