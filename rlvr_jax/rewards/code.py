@@ -1,9 +1,17 @@
 """Code-execution rewards: run a completion against its task's unit tests in the sandbox; 1 if all pass.
 
 `code_humaneval`: the completion continues the HumanEval prompt (a function signature and docstring), so the
-program is prompt + completion + the task's `check` function + `check(entry_point)`.
-`code_mbpp`: the completion is a whole program; the program is completion + `test_setup_code` + the asserts
-of `test_list`.
+program is prompt + completion; the tests are the task's `check` function and `check(entry_point)`.
+`code_mbpp`: the completion is a whole program, followed by the task's `test_setup_code`; the tests are the
+asserts of `test_list`.
+
+The tests never run in the program's process (see `sandbox.py`): a trusted checker process runs them, and
+the program's functions answer its calls with plain data. So a completion cannot pass by returning an
+object whose `__eq__` always says True, by patching builtins, exiting early, or reading the harness's
+frames; only the values its functions return count. The prompt's helpers that HumanEval tests call (`poly`,
+`encode_cyclic`, ...) are the data set's, run in the checker. Every reason says what happened: "passed: 7/7
+checks", "failed: check 3 (line 12): AssertionError", "failed: check 1 (line 4): call 1 to f returned a
+non-plain value of type Foo", "timeout: ...".
 
 Instruct models answer in markdown ("```python ... ```"), so when a completion contains a code fence the
 code inside it is used (the block that defines the entry point, else the first one). Completions that
@@ -24,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from rlvr_jax.rewards.base import RewardResult, register_reward
-from rlvr_jax.rewards.sandbox import CodeExecutor, ProgramTests, default_executor
+from rlvr_jax.rewards.sandbox import CodeExecutor, ProgramTests, default_executor, parse_quietly
 from rlvr_jax.rewards.shaping import checked_text
 
 MAX_COMPLETION_BYTES = 100_000
@@ -111,21 +119,27 @@ def humaneval_tests(sample: Mapping[str, Any], code: str, *, fenced: bool) -> Pr
         program=humaneval_source(prompt, code, fenced=fenced),
         tests=f"{test}\n\ncheck({entry_point})\n",
         remote=(entry_point,),
-        trusted=prompt if uses_definitions(test, prompt, besides=entry_point) else "",
+        trusted=trusted_prompt(prompt, test, entry_point),
     )
 
 
 @functools.lru_cache(maxsize=4096)
-def uses_definitions(tests: str, source: str, besides: str) -> bool:
-    """Whether `tests` read a name that `source` defines (other than `besides`). Most HumanEval tests
-    use nothing of their prompt, and the checker then skips running it (its `typing` import alone costs
-    ~10 ms); 4 of 164 call a helper of the prompt (`poly`, `encode_cyclic`, ...)."""
+def trusted_prompt(prompt: str, tests: str, entry_point: str) -> str:
+    """What of the prompt the checker runs before the tests: nothing when the tests use none of its names
+    (most HumanEval tests; running it would cost its `typing` import, ~10 ms), else the prompt, with
+    `pass` as the body of its final function when the prompt is only a signature (it must run alone).
+    4 of 164 HumanEval tests call a helper of their prompt (`poly`, `encode_cyclic`, ...)."""
     try:
         read, _ = names_in(tests)
-        _, defined = names_in(source)
     except SyntaxError:
-        return True
-    return bool((set(read) & defined) - {besides})
+        return prompt  # the checker reports tests that do not parse
+    for source in (prompt, f"{prompt}    pass\n"):
+        try:
+            _, defined = names_in(source)
+        except SyntaxError:
+            continue
+        return source if (set(read) & defined) - {entry_point} else ""
+    return prompt  # the checker reports a prompt that does not run
 
 
 def mbpp_program(sample: Mapping[str, Any], code: str) -> str:
@@ -165,7 +179,7 @@ def names_in(source: str) -> tuple[list[str], set[str]]:
     """(names the code reads, in order; names it defines anywhere: assignments, functions, classes,
     parameters, imports). Raises SyntaxError if it does not parse."""
     defined, read = set(), []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_quietly(source)):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             defined.add(node.id)
         elif isinstance(node, ast.Name):
@@ -182,7 +196,7 @@ def names_in(source: str) -> tuple[list[str], set[str]]:
 def top_level_names(source: str) -> frozenset[str]:
     """Functions and classes a program defines at its top level (none if it does not parse)."""
     try:
-        tree = ast.parse(source)
+        tree = parse_quietly(source)
     except SyntaxError:
         return frozenset()
     kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef

@@ -92,6 +92,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,12 +189,21 @@ def harness_payload(
     return marshal.dumps((sys.implementation.cache_tag, _HARNESS_CODE, _HARNESS_SOURCE, config))
 
 
+def parse_quietly(source: str) -> ast.Module:
+    """`ast.parse` without the warnings data-set code triggers (invalid escape sequences in MBPP's regexes
+    would otherwise fill the log each time a reward reads a sample)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(source)
+
+
 @functools.lru_cache(maxsize=4096)
 def instrument_tests(tests: str) -> str:
     """The tests with `__rlvr_check__(first, last)` in front of every assert statement, on the assert's
     own line (so line numbers stay those of the data set): the checker counts the checks that ran and
     names the one that failed. Raises SyntaxError for tests that do not parse."""
-    asserts = [node for node in ast.walk(ast.parse(tests)) if isinstance(node, ast.Assert)]
+    asserts = [node for node in ast.walk(parse_quietly(tests)) if isinstance(node, ast.Assert)]
     lines = tests.splitlines(keepends=True)
     for node in sorted(asserts, key=lambda n: (n.lineno, n.col_offset), reverse=True):
         line = lines[node.lineno - 1]
