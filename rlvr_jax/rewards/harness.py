@@ -8,10 +8,11 @@ closes, so it cannot be re-read), drops to its uid, sets its rlimits and then pl
 
 - `program`: runs one program as `__main__` and writes a random token after its last statement returned
   (`CodeExecutor.run`: whether a program ran to its end; a hostile program can fake that, see below).
-- `serve`, the UNTRUSTED side of a checked run (`CodeExecutor.check`): runs the model's program (and the
-  data set's setup code, which may use the program's classes), then answers calls: a request names a
-  function of the program and carries its arguments (marshal), the answer is one JSON line holding the
-  return value as plain data, the exception it raised, or the type of a value that is not plain data.
+- `serve`, the UNTRUSTED side of a checked run (`CodeExecutor.run_tests`): runs the model's program (and
+  the data set's setup code, which may use the program's classes), then answers calls: a request names a
+  function of the program and carries its arguments (marshal), the answer is one line of literal text
+  holding the return value as plain data, the exception it raised, or the type of a value that is not
+  plain data.
   Everything in this process is the model's to rewrite, including this code: nothing here is trusted.
 - `check`, the TRUSTED side: runs the data set's code (HumanEval's prompt, with helpers such as `poly`)
   and its tests, where every name the tests take from the program is a `Remote` proxy. A call sends the

@@ -1,18 +1,30 @@
 """Math answer rewards: `numeric` (GSM8K-style single numbers) and `math` (symbolic, through math-verify).
 
-`numeric` is a pure-regex scorer (tens of thousands of samples per second) for tasks whose gold answer is
-one number. It extracts the model's final answer in this order of trust and compares exact rationals:
-  1. `#### N` (the GSM8K convention; the last such line; markdown headings such as `#### Step 2` are not it),
-  2. the last `\\boxed{...}` (LaTeX fractions, `{,}` separators, `\\$`, `\\%`, `\\text{}` units understood),
-  3. "the answer is N" / "answer: N" (the last such phrase that has a number after it),
-  4. the last number anywhere in the text.
-An explicit answer marker wins over numbers elsewhere: a model that restates the question's numbers after
-its marked answer is judged by the marked answer. A marked answer with several different numbers in it
-(`\\boxed{5 or 6}`, `#### 5 or 6`) scores 0: hedging must not pay.
+Both credit only an answer the completion STATES as its answer, never a number that happens to be last in
+a (cut-off) text, and a statement that hedges states nothing: several numbers in it ("#### 12 or 13",
+"12, 13, 14"), several different statements (two `\\boxed{}` with different values, "the answer is 12.
+No, the answer is 13."), or a list of guesses (more than 16 `\\boxed{}`). Under RL a policy finds
+whatever a parser credits; a parser that credits any of several candidates pays for not deciding.
 
-`math` extracts and compares with math-verify (sympy), so `\\frac{1}{2}`, `0.5`, `\\dfrac12` and
-`\\left(1, 2\\right)` vs `(1,2)` agree. sympy makes it one to two orders of magnitude slower than
-`numeric`, except where `integer_shortcut` can decide exactly as math-verify would without it.
+`numeric` is a pure-regex scorer (tens of thousands of samples per second) for tasks whose gold answer is
+one number. It reads the most trusted kind of answer statement present and compares exact rationals:
+  1. `#### N` lines (the GSM8K convention; markdown headings such as `#### Step 2` are not answers),
+  2. `\\boxed{N}` (LaTeX fractions, `{,}` separators, `\\$`, `\\%`, `\\text{}` units understood),
+  3. the start of the completion, when the prompt ends in "Answer:" without asking for another format
+     (the completion-style arithmetic prompt: the completion starts with its answer),
+  4. "the answer is N" / "answer: N" (up to the end of that sentence),
+  5. a completion that is nothing but one number.
+An explicit marker wins over a weaker one and over numbers elsewhere: a model that restates the question's
+numbers after its marked answer is judged by the marked answer.
+
+`math` reads the `\\boxed{}` answers (what the MATH prompts ask for), else "the answer is ...", and
+compares the one stated answer with math-verify (sympy), so `\\frac{1}{2}`, `0.5`, `\\dfrac12` and
+`\\left(1, 2\\right)` vs `(1,2)` agree. math-verify alone is generous: it takes `12 \\lor 13`, `x = 12
+\\vee x = 13`, a `cases` list or `12 = 13` for 13. So where the gold is one value, the answer must be one
+value too (not a set, an interval or a relation) and may not use a connective the gold does not (`\\lor`,
+`\\pm`, "or", `\\\\`, ...); stated answers over 300 characters are not compared. sympy makes it one to
+two orders of magnitude slower than `numeric`, except where `integer_shortcut` can decide exactly as
+math-verify would without it.
 """
 
 from __future__ import annotations

@@ -31,23 +31,26 @@ a destructor. So every checked program runs as two processes, each in its own sa
 
 - the program's process (untrusted, `harness.serve`) loads the program (plus the data set's setup code,
   which may build objects of the program's classes) and then only answers calls: "call f with these
-  arguments" arrives on a pipe, and the answer goes back as one line of JSON holding the return value as
-  plain data (None, bool, int, float, complex, str, bytes and lists, tuples, dicts, sets of them), the
-  exception it raised, or the name of a type that is not plain data;
+  arguments" arrives on a pipe, and the answer goes back as one line of Python literal text holding the
+  return value as plain data (None, bool, int, float, complex, str, bytes and lists, tuples, dicts, sets
+  of them), the exception it raised, or the name of a type that is not plain data;
 - the checker's process (trusted, `harness.check`, a separate uid as root) runs the data set's code (the
   HumanEval prompt's helpers such as `poly` or `encode_cyclic` come from the data set, not from the
-  completion) and its tests, in which the program's functions are proxies. Each answer is decoded by the
-  checker into fresh objects of its own builtin types, so every comparison of the tests is between real
-  values and no object of the model's ever runs code in the checker. The verdict goes to a descriptor
-  only the checker holds: pass = the tests ran to their end, at least one check (assert) ran, the program
-  was called at least once and never ended early, answered garbage or returned a non-plain value.
+  completion) and its tests, in which the program's functions are proxies. Each answer is parsed by the
+  checker (the interpreter's parser, no evaluation; only literals of those types are accepted) into fresh
+  objects of its own builtin types, so every comparison of the tests is between real values and no object
+  of the model's ever runs code in the checker. The verdict goes to a descriptor only the checker holds:
+  pass = the tests ran to their end, at least one check (assert) ran, the program was called at least
+  once, and it never ended early, answered garbage or returned a non-plain value.
 
 The program's process never sees the expected values either: they stay in the checker. Why a second
 process rather than the scorer itself: the data set's tests are trusted, but they still run the loops
 and the `random` calls of HumanEval and could be slow; in a subprocess they get the same limits and the
 same timeout, and the trainer's interpreter (its GIL, its `random` state) is left alone. The price is a
-second interpreter per program (~20 ms of CPU: Python start-up plus `json`); calls cost a pipe round trip
-each (tens of microseconds). See docs/threat-model.md for what this does and does not stop.
+second interpreter per program (Python start-up and bwrap; the checker runs a HumanEval prompt only for
+the 4 tests that call its helpers, so it rarely pays for `typing`): the 164 HumanEval canonical solutions
+took 1.3-1.6x as long as with one process per program on the same (busy, 2-core) machine. Calls cost a
+pipe round trip each (tens of microseconds). See docs/threat-model.md for what this does and does not stop.
 
 `CodeExecutor.run` still runs a single program and reports whether it ran to its end (a random token the
 harness writes after the last statement). That is the program's own say-so -- a hostile program can read
@@ -66,9 +69,10 @@ Programs run on a pool of threads, each driving one sandboxed run (parallelism =
 same for any registered reward.
 
 Cost: a HumanEval program takes ~20 ms of CPU in its process, nearly all of it Python start-up (~10 ms)
-and the program's own imports (`typing` alone ~8 ms), and about as much in the checker's; bwrap adds a few
-ms to each. A fork-server forking programs from a warm interpreter would save most of that, but would put
-several programs into one sandbox, so we don't.
+and the program's own imports (`typing` alone ~8 ms); its checker about as much less the imports; bwrap
+adds a few ms to each. The harness arrives as bytecode when the sandbox's interpreter is the scorer's
+(compiling it would cost ~3 ms per process). A fork-server forking programs from a warm interpreter
+would save most of that, but would put several programs into one sandbox, so we don't.
 """
 
 from __future__ import annotations
@@ -152,7 +156,9 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class ExecResult:
-    """Outcome of one program: `passed` only if it exited 0 after printing the completion token."""
+    """Outcome of one run. `run_tests`: `passed` is the trusted checker's verdict, `reason` says why, and
+    `returncode` is the checker's. `run`: `passed` only if the program exited 0 after printing the
+    completion token. `output`: the head of what the program printed."""
 
     passed: bool
     reason: str
