@@ -317,6 +317,12 @@ SIMILAR = {  # an MBPP-style task whose assert wraps the answer in a builtin (MB
     "test_list": ["assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))"],
     "code": "def similar_elements(a, b):\n    return tuple(set(a) & set(b))\n",
 }
+CIRCLE = {  # an MBPP-style assert that uses a standard module without importing it (the program does)
+    "id": "circle",
+    "test_list": ["assert math.isclose(area(2), 12.566, rel_tol=0.001)", "assert area(0) == 0"],
+    "code": "import math\n\ndef area(r):\n    return math.pi * r * r\n",
+}
+PATCHED_ISCLOSE = "import math\nmath.isclose = lambda *args, **kwargs: True\n\ndef area(r):\n    return 0\n"
 EQUAL_NODES = """
 class Node:
     def __init__(self, data):
@@ -332,8 +338,9 @@ def is_tree_balanced(root):
 
 def test_mbpp_attacks_on_builtins_and_setup_objects(executor: CodeExecutor, mbpp: list[dict]) -> None:
     """A completion cannot turn a builtin the asserts use into its own function (`set(f(x)) == set(y)`
-    would compare two answers of its own), and the objects task 367's setup builds stay in the program's
-    process: returning one (equal to everything) is a non-plain value, not a pass."""
+    would compare two answers of its own) or patch a module they use (`math.isclose`), and the objects
+    task 367's setup builds stay in the program's process: returning one (equal to everything) is a
+    non-plain value, not a pass."""
     shadow = "def set(*args):\n    return 0\n\ndef similar_elements(*args):\n    return 1\n"
     tree = next(s for s in mbpp if s["id"] == "367")
     assert [
@@ -342,9 +349,11 @@ def test_mbpp_attacks_on_builtins_and_setup_objects(executor: CodeExecutor, mbpp
         True,
         True,
     ]  # both win in one interpreter
-    samples = [SIMILAR, tree, SIMILAR, tree]
-    result = get_reward("code_mbpp")([shadow, EQUAL_NODES, SIMILAR["code"], tree["code"]], samples)
-    assert result.scores.tolist() == [0.0, 0.0, 1.0, 1.0], result.reasons
+    assert executor.run([mbpp_program(CIRCLE, PATCHED_ISCLOSE)])[0].passed
+    samples = [SIMILAR, tree, CIRCLE, SIMILAR, tree, CIRCLE]
+    completions = [shadow, EQUAL_NODES, PATCHED_ISCLOSE, SIMILAR["code"], tree["code"], CIRCLE["code"]]
+    result = get_reward("code_mbpp")(completions, samples)
+    assert result.scores.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0], result.reasons
     assert "non-plain value of type Node" in result.reasons[1]
 
 

@@ -341,6 +341,12 @@ def test_instrumented_tests_keep_their_line_numbers() -> None:
     assert "for x in []: __rlvr_check__(3, 3); assert f(x)" in instrumented
     assert "__rlvr_check__(6, 7); assert (f(2) ==" in instrumented
     assert len(instrumented.splitlines()) == len(tests.splitlines())
+    # line ends as the tokenizer counts them: \f and \u2028 inside a literal are not line ends, \r is
+    odd = 'x = "a\x0cb\u2028c"\nassert x\r\nif 1: assert 2\rassert 3\n'
+    assert instrument_tests(odd) == (
+        'x = "a\x0cb\u2028c"\n__rlvr_check__(2, 2); assert x\r\nif 1: __rlvr_check__(3, 3); assert 2\r'
+        "__rlvr_check__(4, 4); assert 3\n"
+    )
 
 
 @needs_bwrap

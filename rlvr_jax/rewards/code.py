@@ -26,6 +26,7 @@ import builtins
 import dataclasses
 import functools
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -154,13 +155,17 @@ def mbpp_tests(sample: Mapping[str, Any], code: str) -> ProgramTests:
     in the program's process) apart from the asserts. The names the asserts take from the program are those
     they read that are not builtins, plus builtin names that the task's reference solution (`code`, trusted
     data) defines, as task 126 does with `sum`: a completion cannot turn a builtin the asserts use (say
-    `set(f(x)) == set(y)`) into its own function."""
+    `set(f(x)) == set(y)`) into its own function. Standard modules the asserts use without importing them
+    (`math.isclose(...)`, imported by the program in a single interpreter) the checker imports itself."""
     tests = "\n".join([*_field(sample, "test_list", "code_mbpp"), ""])
+    reference = sample.get("code") or ""
+    modules = modules_used(tests, reference)
     return ProgramTests(
         program=code,
         tests=tests,
-        remote=names_from_program(tests, sample.get("code") or ""),
+        remote=tuple(n for n in names_from_program(tests, reference) if n not in modules),
         setup=sample.get("test_setup_code") or "",
+        trusted="".join(f"import {m}\n" for m in modules),
     )
 
 
@@ -173,6 +178,18 @@ def names_from_program(tests: str, reference: str = "") -> tuple[str, ...]:
     return tuple(
         dict.fromkeys(n for n in read if n not in defined and (not hasattr(builtins, n) or n in overridden))
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def modules_used(tests: str, reference: str = "") -> tuple[str, ...]:
+    """Standard-library modules the tests use as `module.attribute` without importing them (and that the
+    trusted `reference` does not define as a function or class of its own)."""
+    tree = parse_quietly(tests)
+    bases = {
+        n.value.id for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+    }
+    free = set(names_from_program(tests, reference)) - top_level_names(reference)
+    return tuple(sorted(n for n in bases & free if n in sys.stdlib_module_names))
 
 
 def names_in(source: str) -> tuple[list[str], set[str]]:

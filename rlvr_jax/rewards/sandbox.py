@@ -87,6 +87,7 @@ import logging
 import marshal
 import math
 import os
+import re
 import secrets
 import select
 import shutil
@@ -210,7 +211,8 @@ def instrument_tests(tests: str) -> str:
     own line (so line numbers stay those of the data set): the checker counts the checks that ran and
     names the one that failed. Raises SyntaxError for tests that do not parse."""
     asserts = [node for node in ast.walk(parse_quietly(tests)) if isinstance(node, ast.Assert)]
-    lines = tests.splitlines(keepends=True)
+    # lines as the tokenizer counts them (str.splitlines would also split at \f or \u2028 in a literal)
+    lines = re.findall(r".*?(?:\r\n|\r|\n)|.+", tests, re.DOTALL)
     for node in sorted(asserts, key=lambda n: (n.lineno, n.col_offset), reverse=True):
         line = lines[node.lineno - 1]
         col = len(line.encode("utf-8")[: node.col_offset].decode("utf-8"))  # col_offset counts bytes
