@@ -70,6 +70,7 @@ def test_qa_gives_lists_and_several_answers_no_exact_match(
 
 def test_qa_same_answer_stated_twice_and_odd_golds() -> None:
     assert qa("qa_em", "Answer: Paris\nAnswer: paris.", ["Paris"]) == 1.0  # the same answer twice
+    assert qa("qa_em", "**Answer:** Paris\n\nThe answer: Paris is the capital.", ["Paris"]) == 1.0
     assert qa("qa_em", "Answer: The The", ["The The"]) == 1.0  # the band
     assert qa("qa_f1", "Answer: The The", ["The The"]) == 1.0
     result = get_reward("qa_em")(["Answer: London\nAnswer: Paris"], [{"answers": ["Paris"]}])

@@ -22,6 +22,9 @@ from rlvr_jax.rewards.shaping import score_batch
 
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
 _ANSWER_LINE_RE = re.compile(r"(?:^|\b)(?:final\s+)?answer\s*:\s*([^\n]*)", re.IGNORECASE)
+# "Answer:" at the start of a line (markdown around it allowed): what the prompts ask for, and what counts
+# as a statement when a completion has several.
+_ANSWER_START_RE = re.compile(r"^[^\w\n]*(?:final\s+)?answer\s*:\s*([^\n]*)", re.IGNORECASE | re.MULTILINE)
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -33,14 +36,18 @@ def normalize_answer(text: str) -> str:
 
 
 def stated_short_answers(text: str) -> list[str]:
-    """Every answer the completion states, in order: its non-empty `<answer>` tags, else its non-empty
-    "Answer:" lines, else its first non-empty line."""
+    """Every answer the completion states, in order: its non-empty `<answer>` tags, else its lines that
+    start with "Answer:", else the last "answer:" inside a line ("The answer: Paris"), else its first
+    non-empty line."""
     tags = [t.strip() for t in _ANSWER_TAG_RE.findall(text) if t.strip()]
     if tags:
         return tags
-    lines = [line.strip() for line in _ANSWER_LINE_RE.findall(text) if line.strip()]
+    lines = [line.strip() for line in _ANSWER_START_RE.findall(text) if line.strip()]
     if lines:
         return lines
+    inline = [line.strip() for line in _ANSWER_LINE_RE.findall(text) if line.strip()]
+    if inline:
+        return inline[-1:]
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return [first] if first else []
 
