@@ -148,9 +148,13 @@ def test_humaneval_reward_plain_fenced_wrong_and_unusable_in_one_batch(humaneval
     ]
     result = get_reward("code_humaneval")(completions, [sample] * len(completions), timeout_s=5.0)
     assert result.scores.tolist() == [1, 1, 0, 0, 0, 0, 0, 0], result.reasons
-    assert "AssertionError" in result.reasons[2]
+    assert result.reasons[0] == result.reasons[1] == "passed: 7/7 checks"
+    assert result.reasons[2] == "failed: check 1 (line 10): AssertionError"
     assert "unterminated" in result.reasons[3]
-    assert "before the tests finished" in result.reasons[7]
+    assert result.reasons[7] == (
+        "failed: check 1 (line 10): the program ended before answering call 1 to has_close_elements "
+        "(exit status 0)"
+    )
 
 
 @needs_bwrap
@@ -162,10 +166,12 @@ def test_mbpp_reward_uses_setup_code_and_fenced_answers(mbpp: list[dict]) -> Non
     completions = [tree["code"], fenced, "def remove_Occ(s, ch):\n    return s\n"]
     result = get_reward("code_mbpp")(completions, [tree, remove_occ, remove_occ])
     assert result.scores.tolist() == [1, 1, 0], result.reasons
+    assert result.reasons[:2] == ["passed: 3/3 checks"] * 2
+    assert result.reasons[2].startswith("failed: check 1 (line 1): AssertionError")
     # Task 367's reference is reported broken upstream; it fails only if test_setup_code is skipped.
     no_setup = {**tree, "test_setup_code": ""}
     skipped = get_reward("code_mbpp")([tree["code"]], [no_setup])
-    assert skipped.scores.tolist() == [0] and "NameError" in skipped.reasons[0]
+    assert skipped.scores.tolist() == [0] and "NameError" in skipped.reasons[0], skipped.reasons
 
 
 def test_rewards_check_lengths_and_sample_fields(humaneval: list[dict]) -> None:

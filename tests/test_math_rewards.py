@@ -59,13 +59,13 @@ CORRECT = [
     ("The final answer is $\\boxed{70}$.", "70"),
     ("#### 1,000", "1000"),
     ("She pays $1,234.50 in total.\n#### 1,234.50", "1234.5"),
-    ("It costs $2,500,000 in total.", "2500000"),
+    ("It costs $2,500,000 in total.\n#### $2,500,000", "2500000"),
     ("The answer is $5.", "5"),
     ("The answer is 5 dollars", "5"),
     ("The answer is 5%.", "5"),
     ("#### -5", "-5"),
     ("The answer is −5", "-5"),  # Unicode minus
-    ("The temperature drops to -10 degrees.", "-10"),
+    ("The temperature drops to -10 degrees, so the answer is -10 degrees.", "-10"),
     ("#### 5.0", "5"),
     ("#### 5.00", "5.0"),
     ("\\boxed{\\frac{1}{2}}", "0.5"),
@@ -83,7 +83,15 @@ CORRECT = [
     ("answer = 0.25", "1/4"),
     ("The answer is 5 - 3 = 2.", "2"),
     ("The answer is 5 because 2 + 3 = 5.", "5"),
-    ("So she has 3 + 4 = 7 apples.", "7"),
+    ("The answer is 18, which is 9 * 2.", "18"),
+    ("The answer is 18 (9 * 2).", "18"),
+    ("The answer is 1,000.", "1000"),
+    ("\\boxed{18} dollars, so \\boxed{18.00}", "18"),  # one answer stated twice
+    ("#### 18\nTo check: #### 18", "18"),
+    ("The answer is 18. I double-checked: the answer is 18.", "18"),
+    ("18", "18"),  # a completion that is nothing but the number states it
+    (" $18.\n", "18"),
+    ("**-5**", "-5"),
     ("#### 36\n\nHope this helps! Ask me 2 more questions.", "36"),
     ("#### 007", "7"),
     ("#### .5", "0.5"),
@@ -107,14 +115,87 @@ WRONG = [
     ("\\boxed{18}", "81"),
     # the gold number appears only where the question is restated; the final answer is wrong
     ("Janet's ducks lay 16 eggs and she earns 18 dollars? Let's check: 9 * 2 = 20. The answer is 20.", "18"),
-    # two numbers, the last (the final answer) wrong
-    ("First I got 18, but recomputing gives 19.", "18"),
-    ("#### 18\n#### 20", "18"),  # the last '####' counts
+    ("#### 18\n#### 20", "18"),  # two different '####' answers
     ("The total is 18. \\boxed{20}", "18"),  # a marked answer beats an earlier number
     ("\\boxed{5 \\text{ or } 6}", "5"),  # hedging
     ("#### 5 or 6", "5"),
     ("I cannot solve this.", "5"),
 ]
+
+
+# Completions that game the parser: each holds the gold number, but does not state it as its one answer.
+LIST_0_TO_1000 = ", ".join(str(i) for i in range(1001))
+NUMERIC_HACKS = [
+    ("#### 12 or 13", ["12", "13"]),
+    ("#### 12, 13, 14", ["12", "13", "14"]),
+    ("#### 12 13 14", ["12", "13", "14"]),
+    ("#### 18 (or 19)", ["18", "19"]),
+    ("#### 18 (maybe 19)", ["18", "19"]),
+    ("#### 12\n#### 13", ["12", "13"]),
+    ("#### 12\nor\n#### 13", ["12", "13"]),
+    ("\\boxed{12} \\boxed{13}", ["12", "13"]),
+    ("First \\boxed{12}. On second thought \\boxed{13}.", ["12", "13"]),
+    ("\\boxed{12, 13}", ["12", "13"]),
+    ("\\boxed{12 \\pm 1}", ["11", "12", "13"]),
+    ("\\boxed{x = 12 \\text{ or } x = 13}", ["12", "13"]),
+    ("\\boxed{x = 12, x = 13}", ["12", "13"]),
+    ("\\boxed{12 \\lor 13}", ["12", "13"]),
+    ("\\boxed{[12, 14]}", ["12", "13", "14"]),
+    ("The answer is 12 or 13.", ["12", "13"]),
+    ("The answer is 12, 13, 14.", ["12", "13", "14"]),
+    ("The answer is 12. No wait, the answer is 13.", ["12", "13"]),
+    ("The answer is between 12 and 14.", ["12", "14"]),
+    ("Answer: 12 / 13 / 14", ["12", "13", "14"]),
+    (f"#### {LIST_0_TO_1000}", ["0", "537", "1000"]),
+    (f"\\boxed{{{LIST_0_TO_1000}}}", ["0", "537", "1000"]),
+    (f"The answer is {LIST_0_TO_1000}", ["0", "537", "1000"]),
+    (LIST_0_TO_1000, ["0", "537", "1000"]),
+    ("".join(f"\\boxed{{{i}}}" for i in range(100)), ["0", "42", "99"]),
+    # cut off before its answer: the last number is right, but nothing states it as the answer
+    ("Janet has 16 eggs. She eats 3 and bakes 4, so 16 - 3 - 4 = 9 are left. At $2 each: 9 * 2 = 18", ["18"]),
+    ("So she has 3 + 4 = 7 apples.", ["7"]),
+    ("First I got 18, but recomputing gives 19.", ["18", "19"]),
+    ("To answer 2 questions we need 18", ["2", "18"]),
+]
+
+
+@pytest.mark.parametrize(("completion", "golds"), NUMERIC_HACKS, ids=lambda v: repr(v)[:40])
+def test_numeric_gives_hedges_lists_and_cut_off_texts_nothing(completion: str, golds: list[str]) -> None:
+    for gold in golds:
+        value, reason = score("numeric", completion, gold)
+        assert value == 0.0, (gold, reason)
+
+
+def test_numeric_reasons_name_the_hedge() -> None:
+    assert "several different #### answers (12, 13)" in score("numeric", "#### 12\n#### 13", "12")[1]
+    assert "several numbers in it (12, 13, 14)" in score("numeric", "#### 12, 13, 14", "12")[1]
+    assert (
+        "several numbers in it (0, 1, 2, 3, ... (1001 in all))"
+        in score("numeric", f"#### {LIST_0_TO_1000}", "0")[1]
+    )
+    assert "no stated answer" in score("numeric", LIST_0_TO_1000, "0")[1]
+    assert "no stated answer" in score("numeric", "So she has 3 + 4 = 7 apples.", "7")[1]
+    assert "more than 16 \\boxed answers" in score("numeric", NUMERIC_HACKS[-5][0], "42")[1]
+
+
+def test_the_answer_slot_of_completion_style_prompts() -> None:
+    """The plain arithmetic prompt ends in "Answer:" without asking for '####': the completion starts with
+    its answer. A prompt that asks for '####' (GSM8K's plain template) keeps asking for it."""
+    arithmetic = get_task("arithmetic").load("test", chat=False, size=3)[0]
+    assert arithmetic["prompt"].endswith("Answer:") and "####" not in arithmetic["prompt"]
+    gold = arithmetic["answer"]
+    sample = {**arithmetic}
+    cases = {
+        f" {gold}\n\nQuestion: what is 1 + 1?\nAnswer: 2": 1.0,  # a base model goes on with the next question
+        f" 3 + 4 = {gold}": 1.0,
+        f" {gold} or {int(gold) + 1}": 0.0,
+        f" Let me think. 3 + 4 is {gold}": 0.0,  # not an answer in the slot, and nothing stated after it
+        f" Let me think.\n#### {gold}": 1.0,
+    }
+    result = get_reward("numeric")(list(cases), [sample] * len(cases))
+    assert result.scores.tolist() == list(cases.values()), result.reasons
+    gsm8k_plain = {"prompt": 'End with "#### <number>".\n\nQuestion: q\nAnswer:', "answer": "18"}
+    assert get_reward("numeric")([" 18 eggs, she eats 3"], [gsm8k_plain]).scores.tolist() == [0.0]
 
 
 @pytest.mark.parametrize(("completion", "gold"), CORRECT)
@@ -137,7 +218,8 @@ def test_numeric_tolerance_is_opt_in() -> None:
 def test_numeric_reasons_say_where_the_answer_came_from() -> None:
     assert "####" in score("numeric", "#### 18", "18")[1]
     assert "boxed" in score("numeric", "\\boxed{3}", "18")[1]
-    assert "no number" in score("numeric", "no idea", "18")[1]
+    assert "no stated answer" in score("numeric", "no idea", "18")[1]
+    assert "bare" in score("numeric", "18", "18")[1]
     assert "no 'answer'" in get_reward("numeric")(["#### 1"], [{}]).reasons[0]
 
 
@@ -201,6 +283,60 @@ NOT_EQUIVALENT = [
     ("$\\boxed{-2}$", "2"),
     ("no answer at all", "2"),
 ]
+
+
+MATH_HACKS = [
+    ("\\boxed{12} \\boxed{13}", ["12", "13"]),
+    ("$\\boxed{13}$, or rather $\\boxed{12}$", ["12", "13"]),
+    ("\\boxed{12 \\lor 13}", ["12", "13"]),
+    ("\\boxed{12 \\lor 13 \\lor 14}", ["12", "13", "14"]),
+    ("\\boxed{x = 12 \\vee x = 13}", ["12", "13"]),
+    ("\\boxed{12 \\land 13}", ["12", "13"]),
+    ("\\boxed{12 \\wedge 13}", ["12", "13"]),
+    ("\\boxed{x=12 \\text{ or } x=13}", ["12", "13"]),
+    ("\\boxed{12 \\text{ or } 13}", ["12", "13"]),
+    ("\\boxed{12 = 13}", ["12", "13"]),
+    ("\\boxed{12 \\sim 13}", ["12", "13"]),
+    ("\\boxed{12 \\to 13}", ["12", "13"]),
+    ("\\boxed{12 \\implies 13}", ["12", "13"]),
+    ("\\boxed{12 \\\\ 13}", ["12", "13"]),
+    ("\\boxed{\\begin{cases} 12 \\\\ 13 \\end{cases}}", ["12", "13"]),
+    ("\\boxed{12 \\pm 1}", ["11", "12", "13"]),
+    ("\\boxed{12 \\pm 0}", ["12"]),
+    ("\\boxed{\\{11, 12, 13\\}}", ["12"]),
+    ("\\boxed{[11, 13]}", ["12"]),
+    ("\\boxed{[12, 12]}", ["12"]),
+    ("\\boxed{x \\in \\{12\\}}", ["12"]),
+    ("\\boxed{(11, 13)}", ["12"]),
+    ("\\boxed{11 < x < 13}", ["12"]),
+    ("\\boxed{12, 13, 14}", ["13"]),
+    (f"\\boxed{{{LIST_0_TO_1000}}}", ["537"]),
+    (LIST_0_TO_1000.replace(",", ""), ["1000"]),
+    ("".join(f"\\boxed{{{i}}}" for i in range(20)), ["19"]),
+    ("The final answer is $12$. The final answer is $13$.", ["12", "13"]),
+    # cut off before its answer: the last number is right, but nothing states it as the answer
+    ("So far we have $3 + 4 = 7$ and then $12$", ["12"]),
+    ("Thus $x = \\frac{1}{2}$", ["\\frac{1}{2}"]),
+]
+
+
+@pytest.mark.parametrize(("completion", "golds"), MATH_HACKS, ids=lambda v: repr(v)[:40])
+def test_math_gives_hedges_lists_and_cut_off_texts_nothing(completion: str, golds: list[str]) -> None:
+    for gold in golds:
+        value, reason = score("math", completion, gold)
+        assert value == 0.0, (gold, reason)
+
+
+def test_math_still_accepts_answers_stated_once_or_twice_the_same() -> None:
+    samples = [{"answer": "\\frac{1}{2}"}, {"answer": "12"}, {"answer": "2, -2"}, {"answer": "x \\in [2, 3]"}]
+    completions = [
+        "so $\\boxed{\\frac{1}{2}}$, i.e. $\\boxed{0.5}$",  # one answer in two forms
+        "The answer is $12$.",  # no box, but stated
+        "$\\boxed{\\pm 2}$",  # the gold has both values
+        "$\\boxed{x \\in [2, 3]}$",  # the gold is itself a set statement
+    ]
+    result = get_reward("math")(completions, samples)
+    assert result.scores.tolist() == [1.0, 1.0, 1.0, 1.0], result.reasons
 
 
 @pytest.mark.parametrize(("completion", "gold"), EQUIVALENT)

@@ -43,6 +43,40 @@ def test_qa_em_and_f1(completion: str, answers: list[str], em: float, f1: float)
     assert qa("qa_f1", completion, answers) == pytest.approx(f1, abs=1e-6)
 
 
+# Answers that list or hedge: EM never credits them; several stated answers score 0 under F1 too.
+QA_HACKS = [
+    # (completion, accepted answers, EM, F1)
+    ("Answer: Paris, London, Rome, Berlin", ["Paris"], 0.0, 0.4),  # [paris, london, rome, berlin]: P = 1/4
+    ("Answer: Paris or London", ["Paris"], 0.0, 0.5),  # [paris, or, london]: P = 1/3, R = 1
+    ("Answer: Paris / London", ["London"], 0.0, 2 / 3),
+    ("<answer>Paris\nLondon\nRome</answer>", ["Rome"], 0.0, 0.5),
+    ("Answer: London\nAnswer: Paris", ["Paris"], 0.0, 0.0),  # two different answers
+    ("Answer: Paris\nAnswer: London", ["Paris"], 0.0, 0.0),
+    ("<answer>London</answer> or maybe <answer>Paris</answer>", ["Paris"], 0.0, 0.0),
+    ("<answer>Paris</answer><answer>London</answer><answer>Rome</answer>", ["Rome", "Paris"], 0.0, 0.0),
+    ("Answer: " + ", ".join(f"city {i}" for i in range(200)) + ", Paris", ["Paris"], 0.0, 2 / 402),
+    ("Answer: the", ["The The"], 0.0, 0.0),  # a gold that normalises to nothing is not matched by "the"
+    ("Answer: .", ["The"], 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("completion", "answers", "em", "f1"), QA_HACKS, ids=lambda v: repr(v)[:40])
+def test_qa_gives_lists_and_several_answers_no_exact_match(
+    completion: str, answers: list[str], em: float, f1: float
+) -> None:
+    assert qa("qa_em", completion, answers) == em
+    assert qa("qa_f1", completion, answers) == pytest.approx(f1, abs=1e-6)
+
+
+def test_qa_same_answer_stated_twice_and_odd_golds() -> None:
+    assert qa("qa_em", "Answer: Paris\nAnswer: paris.", ["Paris"]) == 1.0  # the same answer twice
+    assert qa("qa_em", "**Answer:** Paris\n\nThe answer: Paris is the capital.", ["Paris"]) == 1.0
+    assert qa("qa_em", "Answer: The The", ["The The"]) == 1.0  # the band
+    assert qa("qa_f1", "Answer: The The", ["The The"]) == 1.0
+    result = get_reward("qa_em")(["Answer: London\nAnswer: Paris"], [{"answers": ["Paris"]}])
+    assert "several different answers ('london', 'paris')" in result.reasons[0]
+
+
 def test_qa_accepts_the_answer_field_and_reports_reasons() -> None:
     result = get_reward("qa_f1")(["Answer: Paris", "Answer: Paris", None], [{"answer": "Paris"}, {}, {}])
     assert result.scores.tolist() == [1.0, 0.0, 0.0]

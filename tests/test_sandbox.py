@@ -16,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_jax.rewards import get_reward
-from rlvr_jax.rewards.sandbox import CodeExecutor, Limits, default_python, score_async
+from rlvr_jax.rewards import get_reward, harness
+from rlvr_jax.rewards.sandbox import (
+    CodeExecutor,
+    Limits,
+    ProgramTests,
+    default_python,
+    instrument_tests,
+    score_async,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
@@ -182,7 +189,15 @@ def test_fallback_without_bwrap_keeps_semantics_and_warns(caplog: pytest.LogCapt
     assert "NOT SANDBOXED" in caplog.text
     harmless = [GOOD, "import sys\nsys.exit(0)\n", "assert False\n", "import time\ntime.sleep(30)\n"]
     good, early_exit, wrong, sleeper = executor.run(harmless)
+    liar = (
+        "class Equal:\n    def __eq__(self, other):\n        return True\n\ndef inc(x):\n    return Equal()\n"
+    )
+    checked_good, checked_liar = executor.run_tests(
+        [checked(INCREMENT, "assert inc(1) == 2\n"), checked(liar, "assert inc(1) == 2\n")]
+    )
     executor.shutdown()
+    assert checked_good.passed, checked_good.reason + checked_good.output
+    assert not checked_liar.passed and "non-plain value of type Equal" in checked_liar.reason
     assert good.passed, good.reason + good.output
     assert not early_exit.passed and "before the tests finished" in early_exit.reason
     assert not wrong.passed and "AssertionError" in wrong.reason
@@ -207,3 +222,255 @@ def test_root_fallback_never_runs_programs_as_root() -> None:
         assert executor.launch.drop_uid
         result = executor.run(["import os\nassert os.getuid() != 0\n"])[0]
     assert result.passed, result.reason
+
+
+# ------------------------------------------------------------------------------ programs with tests apart
+
+INCREMENT = "def inc(x):\n    return x + 1\n"
+
+
+def checked(program: str, tests: str, remote: tuple[str, ...] = ("inc",), **fields: str) -> ProgramTests:
+    return ProgramTests(program=program, tests=tests, remote=remote, **fields)
+
+
+@needs_bwrap
+def test_verdict_reasons_name_the_check(executor: CodeExecutor) -> None:
+    """Every verdict says why: how many checks ran, or which one failed (the tests' line) and how."""
+    cases = {
+        "passed: 3/3 checks": checked(
+            INCREMENT, "assert inc(1) == 2\nfor x in (2, 3):\n    assert inc(x) == x + 1\n"
+        ),
+        "failed: check 2 (line 2): AssertionError: inc(5)": checked(
+            INCREMENT, "assert inc(1) == 2\nassert inc(5) == 7, 'inc(5)'\nassert inc(2) == 3\n"
+        ),
+        "failed: check 1 (line 1): call 1 to inc raised ZeroDivisionError: division by zero": checked(
+            "def inc(x):\n    return x / 0\n", "assert inc(1) == 2\n"
+        ),
+        "failed: check 1 (line 2): call 1 to inc returned a non-plain value of type Box": checked(
+            "class Box:\n    pass\n\ndef inc(x):\n    return Box()\n", "# the tests\nassert inc(1) == 2\n"
+        ),
+        "failed: line 1 of the tests, after 0 checks: call 1 to inc raised ValueError: no": checked(
+            "def inc(x):\n    raise ValueError('no')\n", "y = inc(1)\nassert y == 2\n"
+        ),
+        "failed: check 1 (line 1): the program ended before answering call 1 to inc (exit status 1: "
+        "NameError: name 'undefined' is not defined)": checked(
+            "undefined\n" + INCREMENT, "assert inc(1) == 2\n"
+        ),
+        "failed: the tests ran no check": checked(INCREMENT, "inc(1)\n"),
+        "failed: the tests never called the program": checked(INCREMENT, "assert 1 + 1 == 2\n"),
+        "checker error: the tests do not parse (invalid syntax, line 1)": checked(
+            INCREMENT, "assert inc(1) ==\n"
+        ),
+        "checker error: in the data set's code: ZeroDivisionError: division by zero": checked(
+            INCREMENT, "assert inc(1) == 2\n", trusted="1 / 0\n"
+        ),
+    }
+    results = executor.run_tests(list(cases.values()))
+    for expected, result in zip(cases, results, strict=True):
+        assert result.reason == expected, (result.reason, result.output)
+        assert result.passed == expected.startswith("passed")
+
+
+@needs_bwrap
+def test_a_failure_the_tests_catch_still_fails(executor: CodeExecutor) -> None:
+    """An ended program, garbage or a non-plain value is final, even inside the tests' own try/except; an
+    exception the program raises is ordinary behaviour that tests may expect."""
+    catching = "try:\n    inc(1)\nexcept Exception:\n    pass\nassert True\n"
+    expects_error = (
+        "try:\n    inc(-1)\n    raise AssertionError('no error')\nexcept ValueError:\n    pass\n"
+        "assert inc(1) == 2\n"
+    )
+    jobs = [
+        checked("class Box:\n    pass\n\ndef inc(x):\n    return Box()\n", catching),
+        checked("import os\n\ndef inc(x):\n    os._exit(0)\n", catching),
+        checked("def inc(x):\n    if x < 0:\n        raise ValueError(x)\n    return x + 1\n", expects_error),
+    ]
+    non_plain, ended, raised = executor.run_tests(jobs)
+    assert not non_plain.passed and non_plain.reason.endswith("(the tests caught it)"), non_plain.reason
+    assert not ended.passed and "ended before answering" in ended.reason, ended.reason
+    assert raised.passed, raised.reason
+
+
+@needs_bwrap
+def test_stop_iteration_from_the_program_cannot_end_a_check_early(executor: CodeExecutor) -> None:
+    """A StopIteration raised inside `map` would end the iteration, and `all(...)` would be True without
+    checking anything; the checker raises the program's StopIteration as an ordinary exception."""
+    program = "def inc(x):\n    raise StopIteration\n"
+    result = executor.run_tests([checked(program, "assert all(map(lambda x: inc(x) == x + 1, range(5)))\n")])[
+        0
+    ]
+    assert not result.passed and "raised StopIteration" in result.reason, result.reason
+
+
+@needs_bwrap
+def test_values_round_trip_and_setup_objects_stay_in_the_program(executor: CodeExecutor) -> None:
+    """Plain values of every kind cross unchanged; objects the setup code makes are passed by name."""
+    program = (
+        "class Tree:\n    def __init__(self, *kids):\n        self.kids = kids\n\n"
+        "def depth(tree):\n    return 1 + max((depth(k) for k in tree.kids), default=0)\n\n"
+        "def echo(*args, **kwargs):\n    return args, kwargs\n"
+    )
+    values = (
+        "(None, True, 0, -0.0, 1e300, float('inf'), float('-inf'), complex(1, -2), '\\ud800\\n\\x00é', "
+        "b'\\x00\\xff', [], (), (1,), set(), {1, 2}, frozenset(), frozenset({(1, 2)}), {(1, 2): [3], 4: {}}, "
+        "2**200, -2**200)"
+    )
+    tests = (
+        f"values = {values}\n"
+        "args, kwargs = echo(*values, key=values)\n"
+        "assert args == values and kwargs == {'key': values}\n"
+        "assert all(type(a) is type(v) for a, v in zip(args, values))\n"
+        "assert str(echo(-0.0)[0][0]) == '-0.0'\n"
+        "assert echo(float('nan'))[0][0] != echo(float('nan'))[0][0]\n"
+        "assert depth(tree) == 3 and depth(tree=tree) == 3\n"
+    )
+    setup = "tree = Tree(Tree(Tree()), Tree())\n"
+    job = checked(program, tests, remote=("echo", "depth", "tree"), setup=setup)
+    result = executor.run_tests([job])[0]
+    assert result.passed, result.reason + result.output
+
+
+def test_instrumented_tests_keep_their_line_numbers() -> None:
+    tests = (
+        "def check(f):\n    assert f(1) == 2\n    for x in []: assert f(x)\n\n\n"
+        "    assert (f(2) ==\n        3)\ncheck(g)\n"
+    )
+    instrumented = instrument_tests(tests)
+    assert instrumented.count("__rlvr_check__") == 3
+    assert "__rlvr_check__(2, 2); assert f(1) == 2" in instrumented
+    assert "for x in []: __rlvr_check__(3, 3); assert f(x)" in instrumented
+    assert "__rlvr_check__(6, 7); assert (f(2) ==" in instrumented
+    assert len(instrumented.splitlines()) == len(tests.splitlines())
+    # line ends as the tokenizer counts them: \f and \u2028 inside a literal are not line ends, \r is
+    odd = 'x = "a\x0cb\u2028c"\nassert x\r\nif 1: assert 2\rassert 3\n'
+    assert instrument_tests(odd) == (
+        'x = "a\x0cb\u2028c"\n__rlvr_check__(2, 2); assert x\r\nif 1: __rlvr_check__(3, 3); assert 2\r'
+        "__rlvr_check__(4, 4); assert 3\n"
+    )
+
+
+@needs_bwrap
+def test_hostile_programs_fail_their_tests_and_their_batch_is_unaffected(executor: CodeExecutor) -> None:
+    """The program's process of a checked run has the same sandbox as `run`'s."""
+    hostile = {
+        "network": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=2)\n",
+        "kill everything": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
+        "kill parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+        "fork bomb": "import os\nwhile True:\n    os.fork()\n",
+        "memory bomb": "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 2**20))\n",
+        "print flood": "while True:\n    print('x' * 4096)\n",
+    }
+    jobs = []
+    for program in hostile.values():
+        jobs += [
+            checked(program + INCREMENT, "assert inc(1) == 2\n"),
+            checked(INCREMENT, "assert inc(1) == 2\n"),
+        ]
+    results = executor.run_tests(jobs)
+    for name, bad, good in zip(hostile, results[::2], results[1::2], strict=True):
+        assert not bad.passed, name
+        assert good.passed, f"a good program next to {name!r} failed: {good.reason}"
+    assert "output size limit" in results[-2].reason
+
+
+# ------------------------------------------------------------------------------ the value codec
+
+
+PLAIN_VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -7,
+    2**300,
+    1.5,
+    -0.0,
+    float("inf"),
+    float("-inf"),
+    complex(-1.5, float("inf")),
+    "",
+    "quote ' \" and \\ newline \n tab \t nul \x00 surrogate \ud800 é ✓",
+    b"\x00\xff'\"",
+    [],
+    [1, [2, [3]]],
+    (),
+    (1,),
+    (1, (2, "x")),
+    set(),
+    {1, "a", (2, 3)},
+    frozenset(),
+    frozenset({frozenset({1})}),
+    {},
+    {1: 2, "a": [3], (4, 5): {6: None}, frozenset({7}): b""},
+]
+
+
+@pytest.mark.parametrize("value", PLAIN_VALUES, ids=repr)
+def test_plain_values_round_trip_as_the_same_builtin_types(value: object) -> None:
+    decoded = harness.decode_value(harness.encode_value(value))
+    assert decoded == value and repr(decoded) == repr(value)
+    assert "\n" not in harness.encode_value(value)
+
+
+def test_nan_and_collections_dicts() -> None:
+    import collections
+    import math
+
+    assert math.isnan(harness.decode_value(harness.encode_value(float("nan"))))
+    counted = harness.decode_value(harness.encode_value(collections.Counter("abca")))
+    assert type(counted) is dict and counted == {"a": 2, "b": 1, "c": 1}
+
+
+def test_non_plain_values_are_refused_by_the_program_side() -> None:
+    class Str(str):
+        pass
+
+    class Equal:
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    loop: list = []
+    loop.append(loop)
+    for value in (Str("x"), Equal(), [Equal()], {1: Equal()}, True.__class__, print, iter([]), loop):
+        with pytest.raises(harness.NonPlain):
+            harness.encode_value(value)
+
+
+HOSTILE_ANSWERS = [
+    "__import__('os').system('touch /tmp/pwned-by-answer')",
+    "(lambda: 1)()",
+    "open('/etc/passwd').read()",
+    "[x for x in (1, 2)]",
+    "f'{1}'",
+    "'a' + 'b'",
+    "1 + 2j",
+    "-'a'",
+    "-True",
+    "not 1",
+    "x",
+    "True.__class__",
+    "[1][0]",
+    "[*range(3)]",
+    "{**{}}",
+    "...",
+    "frozenset({1})",
+    "frozenset('ab')",
+    "set([1])",
+    "complex('1+2j')",
+    "complex(1, 2, 3)",
+    "{[1]: 2}",
+    "{[1]}",
+    "1\x00",
+    "(" * 300 + ")" * 300,
+    "[" * 150 + "]" * 150,
+    "1" * 5000,
+    "1; 2",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE_ANSWERS, ids=lambda t: repr(t[:30]))
+def test_the_checker_rejects_anything_but_plain_literals(text: str) -> None:
+    with pytest.raises(harness.Malformed):
+        harness.decode_value(text)
+    assert not Path("/tmp/pwned-by-answer").exists()

@@ -1,9 +1,17 @@
 """Code-execution rewards: run a completion against its task's unit tests in the sandbox; 1 if all pass.
 
 `code_humaneval`: the completion continues the HumanEval prompt (a function signature and docstring), so the
-program is prompt + completion + the task's `check` function + `check(entry_point)`.
-`code_mbpp`: the completion is a whole program; the program is completion + `test_setup_code` + the asserts
-of `test_list`.
+program is prompt + completion; the tests are the task's `check` function and `check(entry_point)`.
+`code_mbpp`: the completion is a whole program, followed by the task's `test_setup_code`; the tests are the
+asserts of `test_list`.
+
+The tests never run in the program's process (see `sandbox.py`): a trusted checker process runs them, and
+the program's functions answer its calls with plain data. So a completion cannot pass by returning an
+object whose `__eq__` always says True, by patching builtins, exiting early, or reading the harness's
+frames; only the values its functions return count. The prompt's helpers that HumanEval tests call (`poly`,
+`encode_cyclic`, ...) are the data set's, run in the checker. Every reason says what happened: "passed: 7/7
+checks", "failed: check 3 (line 12): AssertionError", "failed: check 1 (line 4): call 1 to f returned a
+non-plain value of type Foo", "timeout: ...".
 
 Instruct models answer in markdown ("```python ... ```"), so when a completion contains a code fence the
 code inside it is used (the block that defines the entry point, else the first one). Completions that
@@ -13,15 +21,19 @@ a reason without running anything. Execution happens in `sandbox.CodeExecutor` (
 
 from __future__ import annotations
 
+import ast
+import builtins
 import dataclasses
+import functools
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from rlvr_jax.rewards.base import RewardResult, register_reward
-from rlvr_jax.rewards.sandbox import CodeExecutor, default_executor
+from rlvr_jax.rewards.sandbox import CodeExecutor, ProgramTests, default_executor, parse_quietly
 from rlvr_jax.rewards.shaping import checked_text
 
 MAX_COMPLETION_BYTES = 100_000
@@ -83,20 +95,129 @@ def _field(sample: Mapping[str, Any], name: str, reward: str) -> Any:
 
 
 def humaneval_program(sample: Mapping[str, Any], code: str, *, fenced: bool) -> str:
-    """prompt + completion + tests + check call. A fenced answer is usually a whole function: it goes on
-    its own lines after the prompt (whose function body is then just the docstring) and redefines it."""
+    """prompt + completion + tests + check call, as one program (the untrusted whole, for `CodeExecutor.run`
+    and benchmarks). A fenced answer is usually a whole function: it goes on its own lines after the prompt
+    (whose function body is then just the docstring) and redefines it."""
     prompt = _field(sample, "prompt", "code_humaneval")
     test = _field(sample, "test", "code_humaneval")
     entry_point = _field(sample, "entry_point", "code_humaneval")
-    body = f"\n{code}" if fenced else code
-    return f"{prompt}{body}\n\n{test}\n\ncheck({entry_point})\n"
+    return f"{humaneval_source(prompt, code, fenced=fenced)}\n\n{test}\n\ncheck({entry_point})\n"
+
+
+def humaneval_source(prompt: str, code: str, *, fenced: bool) -> str:
+    """What runs in the program's process: the prompt continued by the completion."""
+    return f"{prompt}\n{code}" if fenced else f"{prompt}{code}"
+
+
+def humaneval_tests(sample: Mapping[str, Any], code: str, *, fenced: bool) -> ProgramTests:
+    """The program (prompt + completion) apart from its tests: the checker runs the prompt itself (its
+    helpers, such as `poly` or `encode_cyclic`, are the data set's, whatever the completion redefines)
+    and `check(entry_point)`, where the entry point is the program's function."""
+    prompt = _field(sample, "prompt", "code_humaneval")
+    test = _field(sample, "test", "code_humaneval")
+    entry_point = _field(sample, "entry_point", "code_humaneval")
+    return ProgramTests(
+        program=humaneval_source(prompt, code, fenced=fenced),
+        tests=f"{test}\n\ncheck({entry_point})\n",
+        remote=(entry_point,),
+        trusted=trusted_prompt(prompt, test, entry_point),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def trusted_prompt(prompt: str, tests: str, entry_point: str) -> str:
+    """What of the prompt the checker runs before the tests: nothing when the tests use none of its names
+    (most HumanEval tests; running it would cost its `typing` import, ~10 ms), else the prompt, with
+    `pass` as the body of its final function when the prompt is only a signature (it must run alone).
+    4 of 164 HumanEval tests call a helper of their prompt (`poly`, `encode_cyclic`, ...)."""
+    try:
+        read, _ = names_in(tests)
+    except SyntaxError:
+        return prompt  # the checker reports tests that do not parse
+    for source in (prompt, f"{prompt}    pass\n"):
+        try:
+            _, defined = names_in(source)
+        except SyntaxError:
+            continue
+        return source if (set(read) & defined) - {entry_point} else ""
+    return prompt  # the checker reports a prompt that does not run
 
 
 def mbpp_program(sample: Mapping[str, Any], code: str) -> str:
-    """completion + setup (which may use the completion's classes) + one assert per line."""
+    """completion + setup (which may use the completion's classes) + one assert per line, as one program."""
     tests = _field(sample, "test_list", "code_mbpp")
     setup = sample.get("test_setup_code") or ""
     return "\n".join([code, "", setup, "", *tests, ""])
+
+
+def mbpp_tests(sample: Mapping[str, Any], code: str) -> ProgramTests:
+    """The completion (plus `test_setup_code`, which builds objects of the completion's classes, so it runs
+    in the program's process) apart from the asserts. The names the asserts take from the program are those
+    they read that are not builtins, plus builtin names that the task's reference solution (`code`, trusted
+    data) defines, as task 126 does with `sum`: a completion cannot turn a builtin the asserts use (say
+    `set(f(x)) == set(y)`) into its own function. Standard modules the asserts use without importing them
+    (`math.isclose(...)`, imported by the program in a single interpreter) the checker imports itself."""
+    tests = "\n".join([*_field(sample, "test_list", "code_mbpp"), ""])
+    reference = sample.get("code") or ""
+    modules = modules_used(tests, reference)
+    return ProgramTests(
+        program=code,
+        tests=tests,
+        remote=tuple(n for n in names_from_program(tests, reference) if n not in modules),
+        setup=sample.get("test_setup_code") or "",
+        trusted="".join(f"import {m}\n" for m in modules),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def names_from_program(tests: str, reference: str = "") -> tuple[str, ...]:
+    """Names the tests read but do not define: the program's. A builtin name counts only where the trusted
+    `reference` program defines it at its top level. Raises SyntaxError for tests that do not parse."""
+    read, defined = names_in(tests)
+    overridden = top_level_names(reference)
+    return tuple(
+        dict.fromkeys(n for n in read if n not in defined and (not hasattr(builtins, n) or n in overridden))
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def modules_used(tests: str, reference: str = "") -> tuple[str, ...]:
+    """Standard-library modules the tests use as `module.attribute` without importing them (and that the
+    trusted `reference` does not define as a function or class of its own)."""
+    tree = parse_quietly(tests)
+    bases = {
+        n.value.id for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+    }
+    free = set(names_from_program(tests, reference)) - top_level_names(reference)
+    return tuple(sorted(n for n in bases & free if n in sys.stdlib_module_names))
+
+
+def names_in(source: str) -> tuple[list[str], set[str]]:
+    """(names the code reads, in order; names it defines anywhere: assignments, functions, classes,
+    parameters, imports). Raises SyntaxError if it does not parse."""
+    defined, read = set(), []
+    for node in ast.walk(parse_quietly(source)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+        elif isinstance(node, ast.Name):
+            read.append(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            defined.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return read, defined
+
+
+def top_level_names(source: str) -> frozenset[str]:
+    """Functions and classes a program defines at its top level (none if it does not parse)."""
+    try:
+        tree = parse_quietly(source)
+    except SyntaxError:
+        return frozenset()
+    kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    return frozenset(node.name for node in tree.body if isinstance(node, kinds))
 
 
 def mbpp_entry_point(sample: Mapping[str, Any]) -> str | None:
@@ -107,18 +228,21 @@ def mbpp_entry_point(sample: Mapping[str, Any]) -> str | None:
 
 
 def run_programs(
-    programs: Sequence[str | None],
+    programs: Sequence[ProgramTests | None],
     rejections: Sequence[str],
     *,
     executor: CodeExecutor | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     batch_timeout_s: float | None = None,
 ) -> RewardResult:
-    """Runs the non-None programs in one sandboxed batch; None entries score 0 with their rejection."""
+    """Runs the non-None programs against their tests in one sandboxed batch; None entries score 0 with
+    their rejection. Each reason is the checker's ("passed: 7/7 checks", "failed: check 3 (line 12):
+    AssertionError", "timeout: ...")."""
     executor = executor or default_executor()
     runnable = [i for i, p in enumerate(programs) if p is not None]
+    jobs = [p for p in programs if p is not None]
     limits = dataclasses.replace(executor.limits, timeout_s=timeout_s)
-    results = executor.run([programs[i] for i in runnable], limits=limits, batch_timeout_s=batch_timeout_s)
+    results = executor.run_tests(jobs, limits=limits, batch_timeout_s=batch_timeout_s)
     scores = np.zeros(len(programs), np.float32)
     reasons = list(rejections)
     for i, result in zip(runnable, results, strict=True):
@@ -144,13 +268,13 @@ def code_humaneval(
 ) -> RewardResult:
     """1 if prompt + completion passes the HumanEval `check`; fields: prompt, test, entry_point."""
     _check_lengths(completions, samples)
-    programs: list[str | None] = []
+    programs: list[ProgramTests | None] = []
     rejections: list[str] = []
     for completion, sample in zip(completions, samples, strict=True):
         entry_point = _field(sample, "entry_point", "code_humaneval")
         code, why = usable_code(completion, entry_point)
         fenced = code is not None and code != completion
-        programs.append(humaneval_program(sample, code, fenced=fenced) if code is not None else None)
+        programs.append(humaneval_tests(sample, code, fenced=fenced) if code is not None else None)
         rejections.append(why)
     return run_programs(
         programs, rejections, executor=executor, timeout_s=timeout_s, batch_timeout_s=batch_timeout_s
@@ -169,12 +293,18 @@ def code_mbpp(
 ) -> RewardResult:
     """1 if the completion (a whole program) passes every assert of `test_list` after `test_setup_code`."""
     _check_lengths(completions, samples)
-    programs: list[str | None] = []
+    programs: list[ProgramTests | None] = []
     rejections: list[str] = []
     for completion, sample in zip(completions, samples, strict=True):
         _field(sample, "test_list", "code_mbpp")
         code, why = usable_code(completion, mbpp_entry_point(sample))
-        programs.append(mbpp_program(sample, code) if code is not None else None)
+        job = None
+        if code is not None:
+            try:
+                job = mbpp_tests(sample, code)
+            except SyntaxError as exc:
+                why = f"checker error: the sample's test_list does not parse ({exc.msg}, line {exc.lineno})"
+        programs.append(job)
         rejections.append(why)
     return run_programs(
         programs, rejections, executor=executor, timeout_s=timeout_s, batch_timeout_s=batch_timeout_s

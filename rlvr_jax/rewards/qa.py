@@ -1,8 +1,12 @@
 """Short-answer rewards: `qa_em` / `qa_f1` (open QA, SQuAD-normalised) and `label` (sentiment classification).
 
-The model's answer is the text of an `<answer>...</answer>` tag, else what follows the last "Answer:",
-else the first non-empty line: models tend to answer first and explain after, and scoring the explanation
-would reward verbosity under F1 and fail under EM.
+The model's answer is the text of an `<answer>...</answer>` tag, else what follows "Answer:", else the first
+non-empty line: models tend to answer first and explain after, and scoring the explanation would reward
+verbosity under F1 and fail under EM. A completion that states several different answers (two "Answer:"
+lines, two tags) scores 0 under both: hedging must not pay. EM compares the whole normalised answer, so a
+list of candidates ("Paris, London, Rome") never matches one gold; F1 gives it the partial credit its
+precision earns. Text that normalises to nothing ("the", ".") is compared as written, so it does not
+equal every gold answer that also normalises to nothing (the band "The The").
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from rlvr_jax.rewards.shaping import score_batch
 
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
 _ANSWER_LINE_RE = re.compile(r"(?:^|\b)(?:final\s+)?answer\s*:\s*([^\n]*)", re.IGNORECASE)
+# "Answer:" at the start of a line (markdown around it allowed): what the prompts ask for, and what counts
+# as a statement when a completion has several.
+_ANSWER_START_RE = re.compile(r"^[^\w\n]*(?:final\s+)?answer\s*:\s*([^\n]*)", re.IGNORECASE | re.MULTILINE)
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -28,27 +35,45 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES_RE.sub(" ", text).split())
 
 
+def stated_short_answers(text: str) -> list[str]:
+    """Every answer the completion states, in order: its non-empty `<answer>` tags, else its lines that
+    start with "Answer:", else the last "answer:" inside a line ("The answer: Paris"), else its first
+    non-empty line."""
+    tags = [t.strip() for t in _ANSWER_TAG_RE.findall(text) if t.strip()]
+    if tags:
+        return tags
+    lines = [line.strip() for line in _ANSWER_START_RE.findall(text) if line.strip()]
+    if lines:
+        return lines
+    inline = [line.strip() for line in _ANSWER_LINE_RE.findall(text) if line.strip()]
+    if inline:
+        return inline[-1:]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return [first] if first else []
+
+
 def extract_short_answer(text: str) -> str:
-    """The answer part of a completion (see the module docstring for the order)."""
-    tags = _ANSWER_TAG_RE.findall(text)
-    if tags and tags[-1].strip():
-        return tags[-1].strip()
-    lines = _ANSWER_LINE_RE.findall(text)
-    if lines and lines[-1].strip():
-        return lines[-1].strip()
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+    """The answer part of a completion: the last one it states (see the module docstring for the order)."""
+    answers = stated_short_answers(text)
+    return answers[-1] if answers else ""
+
+
+def _comparable(text: str) -> str:
+    """The normalised text, or, where normalising leaves nothing (a gold answer "The The"), the text as
+    written in lower case without surrounding space."""
+    return normalize_answer(text) or text.strip().lower()
 
 
 def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
+    """1 for the same normalised answer (see `_comparable` for answers that normalise to nothing)."""
+    return float(_comparable(prediction) == _comparable(gold))
 
 
 def token_f1(prediction: str, gold: str) -> float:
-    """SQuAD token F1 of the normalised strings; two empty answers agree (1), one empty one does not (0)."""
-    pred_tokens = normalize_answer(prediction).split()
-    gold_tokens = normalize_answer(gold).split()
-    if not pred_tokens or not gold_tokens:
-        return float(pred_tokens == gold_tokens)
+    """SQuAD token F1 of the normalised strings (see `_comparable` for answers that normalise to nothing:
+    "the" or "." no longer equal every such gold)."""
+    pred_tokens = normalize_answer(prediction).split() or [_comparable(prediction)]
+    gold_tokens = normalize_answer(gold).split() or [_comparable(gold)]
     common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
     if common == 0:
         return 0.0
@@ -73,9 +98,14 @@ def _qa_reward(
         golds = gold_answers(sample)
         if not golds:
             return 0.0, "sample has no 'answers'"
-        prediction = extract_short_answer(text)
-        if not prediction:
+        answers = stated_short_answers(text)
+        if not answers:
             return 0.0, "no answer found"
+        distinct = list(dict.fromkeys(_comparable(a) for a in answers))
+        if len(distinct) > 1:
+            shown = ", ".join(repr(a[:30]) for a in distinct[:4])
+            return 0.0, f"several different answers ({shown}{', ...' if len(distinct) > 4 else ''})"
+        prediction = answers[-1]
         score, best = max((metric(prediction, g), g) for g in golds)
         return score, f"{name} {score:.3f}: {prediction[:60]!r} vs {best[:60]!r}"
 

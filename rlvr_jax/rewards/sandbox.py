@@ -1,9 +1,10 @@
-"""Run untrusted Python programs (model-written code plus its tests), each in its own sandboxed process.
+"""Run untrusted Python programs (model-written code), each in its own sandboxed process, and check them
+against trusted tests in another process.
 
 Why this shape: a code reward executes whatever the policy wrote, thousands of times per training step, on
 the same host as the trainer. A program must not be able to reach the network, write anything of the host,
-exhaust its memory / processes / CPU, outlive its time, kill the scorer, or fake a pass by exiting 0 before
-its tests ran. Each program therefore gets a fresh process under bubblewrap:
+exhaust its memory / processes / CPU, outlive its time, kill the scorer, or decide its own verdict. Each
+program therefore gets a fresh process under bubblewrap:
 
 - namespaces: new pid, net, ipc, uts (and cgroup where possible) namespaces: no network at all (only an
   unconfigured loopback), no view of or signals to host processes; the program is pid 2 under bwrap's
@@ -21,38 +22,72 @@ its tests ran. Each program therefore gets a fresh process under bubblewrap:
 - limits, set in the child before the program's code runs: RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC,
   RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0; plus a wall-clock timeout after which the whole process
   group is SIGKILLed (bwrap `--die-with-parent` and the pid namespace take every descendant with it).
-- completion proof: the program's source reaches the sandbox on a pipe together with a random per-run
-  token; a small harness runs the program and writes the token only after the last statement (the tests)
-  returned. Pass = exit status 0 AND the token on stdout, so `sys.exit(0)` / `os._exit(0)` before the tests
-  finish fails. The token never appears in the program text, argv or environment; code that introspects
-  the harness's frames could still find it, so this stops accidental and lazy early exits, not an
-  adversary with full knowledge of the harness.
+
+The verdict (`CodeExecutor.run_tests`, what the code rewards use): the tests do NOT run in the program's
+interpreter. Anything that runs there -- a completion token, an exit status, the test function, the
+builtins, `==` on the values it returns -- belongs to the program: it can walk the stack to read a
+harness's secrets, return an object whose `__eq__` is always True, patch `AssertionError`, or exit 0 from
+a destructor. So every checked program runs as two processes, each in its own sandbox as above:
+
+- the program's process (untrusted, `harness.serve`) loads the program (plus the data set's setup code,
+  which may build objects of the program's classes) and then only answers calls: "call f with these
+  arguments" arrives on a pipe, and the answer goes back as one line of Python literal text holding the
+  return value as plain data (None, bool, int, float, complex, str, bytes and lists, tuples, dicts, sets
+  of them), the exception it raised, or the name of a type that is not plain data;
+- the checker's process (trusted, `harness.check`, a separate uid as root) runs the data set's code (the
+  HumanEval prompt's helpers such as `poly` or `encode_cyclic` come from the data set, not from the
+  completion) and its tests, in which the program's functions are proxies. Each answer is parsed by the
+  checker (the interpreter's parser, no evaluation; only literals of those types are accepted) into fresh
+  objects of its own builtin types, so every comparison of the tests is between real values and no object
+  of the model's ever runs code in the checker. The verdict goes to a descriptor only the checker holds:
+  pass = the tests ran to their end, at least one check (assert) ran, the program was called at least
+  once, and it never ended early, answered garbage or returned a non-plain value.
+
+The program's process never sees the expected values either: they stay in the checker. Why a second
+process rather than the scorer itself: the data set's tests are trusted, but they still run the loops
+and the `random` calls of HumanEval and could be slow; in a subprocess they get the same limits and the
+same timeout, and the trainer's interpreter (its GIL, its `random` state) is left alone. The price is a
+second interpreter per program (Python start-up and bwrap; the checker runs a HumanEval prompt only for
+the 4 tests that call its helpers, so it rarely pays for `typing`): the 164 HumanEval canonical solutions
+took 1.3-1.6x as long as with one process per program on the same (busy, 2-core) machine. Calls cost a
+pipe round trip each (tens of microseconds). See docs/threat-model.md for what this does and does not stop.
+
+`CodeExecutor.run` still runs a single program and reports whether it ran to its end (a random token the
+harness writes after the last statement). That is the program's own say-so -- a hostile program can read
+the token from the harness's frames -- so it is for trusted programs and sandbox checks, never a reward.
 
 Where bwrap is missing or cannot create namespaces (a Colab VM, a container without user namespaces) the
-executor falls back to a plain child process with the same rlimits and logs a loud warning once: that is
+executor falls back to plain child processes with the same rlimits and logs a loud warning once: that is
 NOT a sandbox (network and world-writable host paths stay reachable). As root the fallback still drops to
-the slot uid, and refuses to run at all if that uid cannot use the interpreter (say, a pyenv Python under
-/root): root ignores RLIMIT_NPROC and `os.kill(-1, 9)` as root kills every process on the machine.
+the slot uids, and refuses to run at all if they cannot use the interpreter (say, a pyenv Python under
+/root): root ignores RLIMIT_NPROC and `os.kill(-1, 9)` as root kills every process on the machine. As a
+normal user the fallback's checker makes itself undumpable (no ptrace or /proc access from the program,
+which has the same uid).
 
-Programs run on a pool of threads, each driving one sandboxed subprocess (parallelism = CPU count by
-default), so `CodeExecutor.submit` returns a Future and the trainer can overlap scoring with device work.
-`score_async` does the same for any registered reward.
+Programs run on a pool of threads, each driving one sandboxed run (parallelism = CPU count by default), so
+`submit_tests` returns a Future and the trainer can overlap scoring with device work. `score_async` does the
+same for any registered reward.
 
-Cost: a HumanEval program takes ~20 ms of CPU here, nearly all of it Python start-up (~10 ms) and the
-program's own imports (`typing` alone ~8 ms); bwrap adds a few ms. A fork-server forking programs from
-a warm interpreter would save most of that, but would put several programs into one sandbox, so we don't.
+Cost: a HumanEval program takes ~20 ms of CPU in its process, nearly all of it Python start-up (~10 ms)
+and the program's own imports (`typing` alone ~8 ms); its checker about as much less the imports; bwrap
+adds a few ms to each. The harness arrives as bytecode when the sandbox's interpreter is the scorer's
+(compiling it would cost ~3 ms per process). A fork-server forking programs from a warm interpreter
+would save most of that, but would put several programs into one sandbox, so we don't.
 """
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import contextlib
 import dataclasses
 import functools
 import itertools
 import logging
+import marshal
 import math
 import os
+import re
 import secrets
 import select
 import shutil
@@ -62,9 +97,12 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from rlvr_jax.rewards import harness
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +110,12 @@ logger = logging.getLogger(__name__)
 # mapped in containers whose user namespace only maps 64 Ki ids; outside the 1000-59999 range of login
 # users. Override with RLVR_SANDBOX_UID_BASE if it collides with something on your hosts.
 DEFAULT_UID_BASE = 60000
-MAX_SLOTS = 4096
+MAX_SLOTS = 2048  # program uids uid_base + [0, MAX_SLOTS), checker uids the next MAX_SLOTS
 OUTPUT_HEAD_BYTES = 2048  # of a failing program's output kept for the reason / debugging
 OUTPUT_TAIL_BYTES = 4096  # where the completion token must appear
 BWRAP_SETUP_STATUS = 1  # bwrap's own exit status when it fails to set the sandbox up
-HARNESS_SETUP_STATUS = 121  # the harness's exit status when dropping privileges / setting limits fails
+HARNESS_SETUP_STATUS = harness.SETUP_STATUS  # when dropping privileges / setting limits fails
+VERDICT_BYTES = 8192  # of the checker's verdict read back
 
 _SLOT_COUNTER = itertools.count()
 _SLOT_LOCK = threading.Lock()
@@ -118,7 +157,9 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class ExecResult:
-    """Outcome of one program: `passed` only if it exited 0 after printing the completion token."""
+    """Outcome of one run. `run_tests`: `passed` is the trusted checker's verdict, `reason` says why, and
+    `returncode` is the checker's. `run`: `passed` only if the program exited 0 after printing the
+    completion token. `output`: the head of what the program printed."""
 
     passed: bool
     reason: str
@@ -127,55 +168,57 @@ class ExecResult:
     output: str = ""
 
 
-# The harness that runs inside the sandbox. It reads two header lines (token, uid, fork guard, cwd; limits)
-# and the program from stdin (a pipe: not seekable, so the program cannot re-read the token), drops
-# privileges, sets the limits, and runs the program as __main__. The token is written only if the program
-# returned.
-_HARNESS = r"""
-import os, resource, sys
-def _harness():
-    data = sys.stdin.buffer.read()
-    header, limits, source = data.split(b"\n", 2)
-    token, uid, guard, cwd = header.decode().split(" ", 3)
-    try:
-        if uid != "-":
-            os.setgroups([])
-            os.setresgid(int(uid), int(uid), int(uid))
-            os.setresuid(int(uid), int(uid), int(uid))
-        for item in limits.decode().split():
-            name, soft, hard = item.split(":")
-            resource.setrlimit(getattr(resource, "RLIMIT_" + name), (int(soft), int(hard)))
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.chdir(cwd)
-    except OSError as exc:
-        sys.stderr.write("sandbox setup failed: %r\n" % (exc,))
-        os._exit(SETUP_STATUS)
-    if guard == "1":
-        pid = os.fork()
-        if pid:
-            status = os.waitpid(pid, 0)[1]
-            os._exit(os.waitstatus_to_exitcode(status) % 256)
-    token = token.encode()
-    del header, limits, data
-    code = compile(source, "<program>", "exec")
-    del source
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(1, b"\n" + token + b"\n")
-    os._exit(0)
-_harness()
-""".replace("SETUP_STATUS", str(HARNESS_SETUP_STATUS))
+# The code every sandboxed interpreter runs (`python -c`): harness.py itself, whose `main()` reads a
+# marshal'ed configuration from stdin and plays the role it names (see harness.py).
+# What every sandboxed interpreter runs (`python -c`): read (cache tag, harness bytecode, harness source,
+# configuration) from stdin, run the harness from its bytecode when this interpreter's cache tag is ours
+# (compiling it would cost ~3 ms a run), else from source, then `main(configuration)`.
+_HARNESS = (
+    "import marshal, sys\n"
+    "tag, code, source, config = marshal.loads(sys.stdin.buffer.read())\n"
+    "same = tag == sys.implementation.cache_tag\n"
+    "exec(marshal.loads(code) if same else compile(source, 'harness', 'exec'))\n"
+    "main(config)\n"
+)
+_HARNESS_SOURCE = Path(harness.__file__).read_text(encoding="utf-8")
+_HARNESS_CODE = marshal.dumps(compile(_HARNESS_SOURCE, "harness", "exec", optimize=2))
+# Checker uids are `uid_base + MAX_SLOTS + slot`: never the uid of any program.
+_CHECKER_UID_OFFSET = MAX_SLOTS
 
 
-def harness_header(token: str, uid: int | None, guard: bool, cwd: str, limits: Limits) -> bytes:
-    """The two header lines the harness parses (plain split: importing json would cost ~10 ms a run)."""
-    rlimits = " ".join(
-        f"{name.removeprefix('RLIMIT_')}:{soft}:{hard}" for name, (soft, hard) in limits.rlimits().items()
-    )
-    return f"{token} {'-' if uid is None else uid} {int(guard)} {cwd}\n{rlimits}\n".encode()
+def harness_payload(
+    role: str, uid: int | None, cwd: str, limits: Limits, *, guard: bool = False, **fields: Any
+) -> bytes:
+    """What the interpreter reads from stdin: the harness (see `_HARNESS`), then its role, identity,
+    limits and the role's own fields."""
+    rlimits = [(name, soft, hard) for name, (soft, hard) in limits.rlimits().items()]
+    config = {"role": role, "uid": uid, "guard": guard, "cwd": cwd, "limits": rlimits, **fields}
+    return marshal.dumps((sys.implementation.cache_tag, _HARNESS_CODE, _HARNESS_SOURCE, config))
+
+
+def parse_quietly(source: str) -> ast.Module:
+    """`ast.parse` without the warnings data-set code triggers (invalid escape sequences in MBPP's regexes
+    would otherwise fill the log each time a reward reads a sample)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(source)
+
+
+@functools.lru_cache(maxsize=4096)
+def instrument_tests(tests: str) -> str:
+    """The tests with `__rlvr_check__(first, last)` in front of every assert statement, on the assert's
+    own line (so line numbers stay those of the data set): the checker counts the checks that ran and
+    names the one that failed. Raises SyntaxError for tests that do not parse."""
+    asserts = [node for node in ast.walk(parse_quietly(tests)) if isinstance(node, ast.Assert)]
+    # lines as the tokenizer counts them (str.splitlines would also split at \f or \u2028 in a literal)
+    lines = re.findall(r".*?(?:\r\n|\r|\n)|.+", tests, re.DOTALL)
+    for node in sorted(asserts, key=lambda n: (n.lineno, n.col_offset), reverse=True):
+        line = lines[node.lineno - 1]
+        col = len(line.encode("utf-8")[: node.col_offset].decode("utf-8"))  # col_offset counts bytes
+        call = f"__rlvr_check__({node.lineno}, {node.end_lineno}); "
+        lines[node.lineno - 1] = line[:col] + call + line[col:]
+    return "".join(lines)
 
 
 def default_python() -> str:
@@ -263,6 +306,20 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def ended_how(returncode: int, output_head: str, output_tail: str, *, sandboxed: bool) -> str:
+    """How a process that did not exit 0 ended: a signal, a sandbox set-up error, or its status and the
+    last line it printed (a traceback's last line names the exception)."""
+    signum = -returncode if returncode < 0 else (returncode - 128 if sandboxed and returncode > 128 else 0)
+    if signum > 0:
+        return _SIGNAL_REASONS.get(signum, f"killed by {_signal_name(signum)}")
+    if sandboxed and returncode == BWRAP_SETUP_STATUS and output_head.startswith("bwrap:"):
+        return f"sandbox error: {_last_line(output_head)}"
+    if returncode == HARNESS_SETUP_STATUS and "sandbox setup failed" in output_head:
+        return f"sandbox error: {_last_line(output_head)}"
+    detail = _last_line(output_tail) or "no output"
+    return f"exit status {returncode}: {detail}"
+
+
 def classify(
     returncode: int | None,
     output_head: str,
@@ -272,26 +329,18 @@ def classify(
     sandboxed: bool,
     timeout_s: float,
 ) -> tuple[bool, str]:
-    """Pass/fail and a short reason from how the process ended and what it printed."""
+    """Pass/fail and a short reason for `run`: how the process ended and whether it printed the token."""
     if returncode is None:
         return False, f"timeout: still running after {timeout_s:.1f}s (killed)"
     if returncode == 0:
         if token in output_tail:
             return True, "passed"
         return False, "exited with status 0 before the tests finished (no completion token)"
-    signum = -returncode if returncode < 0 else (returncode - 128 if sandboxed and returncode > 128 else 0)
-    if signum > 0:
-        return False, _SIGNAL_REASONS.get(signum, f"killed by {_signal_name(signum)}")
-    if sandboxed and returncode == BWRAP_SETUP_STATUS and output_head.startswith("bwrap:"):
-        return False, f"sandbox error: {_last_line(output_head)}"
-    if returncode == HARNESS_SETUP_STATUS and "sandbox setup failed" in output_head:
-        return False, f"sandbox error: {_last_line(output_head)}"
-    detail = _last_line(output_tail) or "no output"
-    return False, f"exit status {returncode}: {detail}"
+    return False, ended_how(returncode, output_head, output_tail, sandboxed=sandboxed)
 
 
 def _output_file() -> Any:
-    """Where the program's stdout+stderr go: a memfd (no disk, no pipe to drain), else a temporary file.
+    """Where a process's stdout+stderr go: a memfd (no disk, no pipe to drain), else a temporary file.
     A file rather than a pipe bounds what a chatty program costs us: RLIMIT_FSIZE stops it at the limit."""
     if hasattr(os, "memfd_create"):
         return open(os.memfd_create("sandbox-output", os.MFD_CLOEXEC), "w+b")
@@ -299,7 +348,7 @@ def _output_file() -> Any:
 
 
 def _read_output(handle: Any) -> tuple[str, str, int]:
-    """Head, tail and size of the program's output file (bounded reads, whatever it printed)."""
+    """Head, tail and size of a process's output file (bounded reads, whatever it printed)."""
     size = handle.seek(0, os.SEEK_END)
     handle.seek(0)
     head = handle.read(OUTPUT_HEAD_BYTES)
@@ -309,25 +358,39 @@ def _read_output(handle: Any) -> tuple[str, str, int]:
 
 
 def feed_and_wait(proc: subprocess.Popen, payload: bytes, deadline: float) -> bool:
-    """Write `payload` to the child's stdin and wait for it to exit; False if `deadline` passed first.
+    """Write `payload` to the child's stdin and wait for it to exit; False if `deadline` passed first."""
+    return feed_all_and_wait([(proc, payload)], deadline)
+
+
+def feed_all_and_wait(feeds: Sequence[tuple[subprocess.Popen, bytes]], deadline: float) -> bool:
+    """Write each payload to its child's stdin and wait for the FIRST child to exit; False if `deadline`
+    passed first. The others are left running (the caller kills them).
 
     Why not `communicate(timeout=...)`: with a timeout, Popen.wait polls with sleeps of up to 50 ms, which
     alone would cap us near 20 programs/s per worker. A pidfd wakes us the moment the child exits.
     """
     if not hasattr(os, "pidfd_open"):
+        for proc, payload in feeds:
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(payload)
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
         try:
-            proc.communicate(payload, timeout=max(0.0, deadline - time.monotonic()))
+            feeds[0][0].wait(timeout=max(0.0, deadline - time.monotonic()))
             return True
         except subprocess.TimeoutExpired:
             return False
-    assert proc.stdin is not None
-    pidfd = os.pidfd_open(proc.pid)
-    stdin = proc.stdin.fileno()
-    os.set_blocking(stdin, False)
+    pidfd = os.pidfd_open(feeds[0][0].pid)
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
-    poller.register(stdin, select.POLLOUT)
-    pending = memoryview(payload)
+    pending: dict[int, tuple[Any, memoryview]] = {}
+    for proc, payload in feeds:
+        assert proc.stdin is not None
+        stdin = proc.stdin.fileno()
+        os.set_blocking(stdin, False)
+        poller.register(stdin, select.POLLOUT)
+        pending[stdin] = (proc.stdin, memoryview(payload))
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -336,20 +399,23 @@ def feed_and_wait(proc: subprocess.Popen, payload: bytes, deadline: float) -> bo
             for fd, event in poller.poll(remaining * 1000):
                 if fd == pidfd:  # exited; left unreaped for _kill_group
                     return True
+                handle, data = pending[fd]
                 if event & select.POLLOUT:
                     try:
-                        pending = pending[os.write(stdin, pending[:65536]) :]
+                        data = data[os.write(fd, data[:65536]) :]
                     except BlockingIOError:
                         continue
                     except BrokenPipeError:
-                        pending = pending[:0]
-                if not pending or event & (select.POLLERR | select.POLLHUP):
-                    poller.unregister(stdin)
-                    proc.stdin.close()
+                        data = data[:0]
+                    pending[fd] = (handle, data)
+                if not data or event & (select.POLLERR | select.POLLHUP):
+                    poller.unregister(fd)
+                    handle.close()
     finally:
         os.close(pidfd)
-        if not proc.stdin.closed:
-            proc.stdin.close()
+        for handle, _ in pending.values():
+            if not handle.closed:
+                handle.close()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -360,12 +426,31 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _wait_briefly(proc: subprocess.Popen, seconds: float) -> int | None:
+    """The child's exit status if it exits within `seconds` (unreaped, for _kill_group), else None."""
+    if not hasattr(os, "waitid"):
+        return proc.poll()
+    pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
+    try:
+        if pidfd is not None:
+            select.select([pidfd], [], [], seconds)
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.returncode
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
 def _warn_unsandboxed(why: str, drop_uid: bool) -> None:
     global _WARNED_UNSANDBOXED
     if _WARNED_UNSANDBOXED:
         return
     _WARNED_UNSANDBOXED = True
-    who = "as an unprivileged uid" if drop_uid else "as your user (they can signal all of your processes)"
+    who = "as unprivileged uids" if drop_uid else "as your user (they can signal all of your processes)"
     logger.warning(
         "CODE IS NOT SANDBOXED: %s. Programs run %s as plain child processes with rlimits only: they can "
         "reach the network and any world-writable host path. Install bubblewrap (apt-get install "
@@ -375,8 +460,33 @@ def _warn_unsandboxed(why: str, drop_uid: bool) -> None:
     )
 
 
-# A program the probe must pass: it proves the sandbox starts and the stdlib is readable after the uid drop.
-_PROBE = "import math, typing\nassert math.gcd(4, 6) == 2\n"
+@dataclasses.dataclass(frozen=True)
+class ProgramTests:
+    """A model's program and the data set's tests for it, run in two processes (see the module docstring).
+
+    program: the untrusted source (HumanEval: prompt + completion; MBPP: the completion).
+    tests: trusted test code, run in the checker; an `assert` statement is one check.
+    remote: the names the tests take from the program (its functions, or objects `setup` made); in the
+      checker they are proxies that call the program's process.
+    setup: data set code run in the program's process after the program (MBPP's test_setup_code, which
+      builds objects of the program's classes); the tests reach what it defines through `remote` names.
+    trusted: data set code run in the checker before the tests (HumanEval's prompt: imports and helpers
+      such as `poly` that the tests call). Its definitions of `remote` names are replaced by the proxies.
+    """
+
+    program: str
+    tests: str
+    remote: tuple[str, ...]
+    setup: str = ""
+    trusted: str = ""
+
+
+# What the probe must pass: both roles start, the pipes work and the stdlib is readable after the uid drop.
+_PROBE = ProgramTests(
+    program="import math, typing\n\ndef f(x):\n    return math.gcd(x, 6)\n",
+    tests="assert f(4) == 2\n",
+    remote=("f",),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,9 +502,10 @@ class CodeExecutor:
 
     isolation: "auto" (bwrap if it works here, else the rlimits-only fallback with a warning), "bwrap"
     (required: raise if it does not work) or "none" (the fallback, e.g. for tests of the fallback itself).
-    workers: concurrent programs (default: the CPU count; a sandboxed run is CPU-bound, ~20 ms of CPU for a
-    HumanEval program, so more workers than cores only helps while other jobs compete for the cores).
-    uid_base: first slot uid (as root).
+    workers: concurrent runs (default: the CPU count; a sandboxed run is CPU-bound, ~40 ms of CPU for a
+    checked HumanEval program, so more workers than cores only helps while other jobs compete for them).
+    uid_base: first slot uid (as root): programs get `uid_base + slot`, checkers `uid_base + MAX_SLOTS +
+    slot`.
     """
 
     def __init__(
@@ -414,10 +525,10 @@ class CodeExecutor:
         self.as_root = os.geteuid() == 0
         if uid_base is None:
             uid_base = int(os.environ.get("RLVR_SANDBOX_UID_BASE", DEFAULT_UID_BASE))
+        self.uid_base = uid_base
         with _SLOT_LOCK:  # slots are unique within the process, so two executors never share a uid
-            slots = [next(_SLOT_COUNTER) % MAX_SLOTS for _ in range(self.workers)]
-        self._free_uids = [uid_base + s for s in slots]
-        self._uid_lock = threading.Lock()
+            self._free_slots = [next(_SLOT_COUNTER) % MAX_SLOTS for _ in range(self.workers)]
+        self._slot_lock = threading.Lock()
         self._pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
         self.launch = self._choose_launch(isolation)
 
@@ -429,16 +540,16 @@ class CodeExecutor:
     # -- set-up -----------------------------------------------------------------------------------------
 
     def _probe(self, launch: Launch) -> str | None:
-        """None if the probe program passes with `launch` (cached per interpreter), else why it failed."""
+        """None if the probe passes with `launch` (cached per interpreter), else why it failed."""
         key = (self.python, launch)
         with _MODE_LOCK:
             if key not in _MODE_CACHE:
-                result = self._run_one(_PROBE, None, launch, self.limits)
+                result = self._in_slot(self._check_one, _PROBE, None, launch, self.limits)
                 _MODE_CACHE[key] = "" if result.passed else result.reason
             return _MODE_CACHE[key] or None
 
     def _choose_launch(self, isolation: str) -> Launch:
-        """bwrap if a probe passes inside it; else the fallback, which as root must drop to the slot uid.
+        """bwrap if a probe passes inside it; else the fallback, which as root must drop to the slot uids.
 
         Untrusted code never runs as root outside bwrap: root ignores RLIMIT_NPROC (a fork bomb takes the
         machine down) and `os.kill(-1, 9)` as root kills every process on the host. If the unprivileged uid
@@ -470,59 +581,73 @@ class CodeExecutor:
 
     # -- running ----------------------------------------------------------------------------------------
 
-    def _run_one(self, source: str, deadline: float | None, launch: Launch, limits: Limits) -> ExecResult:
-        """Run one program to completion or timeout; never raises for anything the program does."""
+    def _in_slot(
+        self, fn: Callable[..., ExecResult], job: Any, deadline: float | None, launch: Launch, limits: Limits
+    ) -> ExecResult:
+        """Run `fn(job, slot, budget, launch, limits, start)` holding a pool slot (its uids); never raises
+        for anything the program does."""
         start = time.monotonic()
         budget = limits.timeout_s if deadline is None else min(limits.timeout_s, deadline - start)
         if budget <= 0:
             return ExecResult(False, "batch timeout: not started before the batch deadline")
-        with self._uid_lock:
-            uid = self._free_uids.pop()
+        with self._slot_lock:
+            slot = self._free_slots.pop()
         try:
-            return self._spawn(source, budget, launch, limits, uid, start)
+            return fn(job, slot, budget, launch, limits, start)
         finally:
-            with self._uid_lock:
-                self._free_uids.append(uid)
+            with self._slot_lock:
+                self._free_slots.append(slot)
 
-    def _spawn(
-        self, source: str, budget: float, launch: Launch, limits: Limits, uid: int, start: float
-    ) -> ExecResult:
-        token = secrets.token_hex(16)
-        workdir = None
+    def _process(
+        self, launch: Launch, limits: Limits, uid: int, stack: contextlib.ExitStack
+    ) -> tuple[list[str], str, str | None, int | None]:
+        """(argv, cwd inside, host cwd, uid to drop to) for one sandboxed interpreter; a fallback process
+        gets a private working directory (removed when `stack` closes)."""
+        drop = uid if launch.drop_uid else None
         if launch.bwrap:
-            argv, cwd = bwrap_argv(launch.bwrap, self.python, limits, as_root=self.as_root), "/tmp"
-        else:
-            workdir = tempfile.mkdtemp(prefix="rlvr-sandbox-")
-            if launch.drop_uid:
-                os.chown(workdir, uid, uid)
-            argv, cwd = interpreter_argv(self.python), workdir
-        # Unsandboxed and not dropping to another uid: fork once more so the scorer is not getppid().
-        guard = not launch.bwrap and not launch.drop_uid
-        header = harness_header(token, uid if launch.drop_uid else None, guard, cwd, limits)
-        payload = header + source.encode("utf-8", "surrogatepass")
-        try:
-            with _output_file() as out:
-                try:
-                    proc = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.PIPE,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        env=SANDBOX_ENV,
-                        cwd=workdir or "/",
-                        start_new_session=True,
-                    )
-                except OSError as exc:
-                    return ExecResult(False, f"sandbox error: cannot start {argv[0]}: {exc}")
-                try:
-                    exited = feed_and_wait(proc, payload, start + budget)
-                finally:
-                    _kill_group(proc)
-                returncode = proc.returncode if exited else None
-                head, tail, size = _read_output(out)
-        finally:
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+            return bwrap_argv(launch.bwrap, self.python, limits, as_root=self.as_root), "/tmp", None, drop
+        workdir = tempfile.mkdtemp(prefix="rlvr-sandbox-")
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        if launch.drop_uid:
+            os.chown(workdir, uid, uid)
+        return interpreter_argv(self.python), workdir, workdir, drop
+
+    @staticmethod
+    def _popen(
+        argv: list[str], out: Any, host_cwd: str | None, pass_fds: Sequence[int] = ()
+    ) -> subprocess.Popen:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=SANDBOX_ENV,
+            cwd=host_cwd or "/",
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+        )
+
+    def _run_program(
+        self, source: str, slot: int, budget: float, launch: Launch, limits: Limits, start: float
+    ) -> ExecResult:
+        """One program as __main__, passing if it exited 0 after writing the completion token."""
+        token = secrets.token_hex(16)
+        with contextlib.ExitStack() as stack:
+            argv, cwd, host_cwd, uid = self._process(launch, limits, self.uid_base + slot, stack)
+            # Unsandboxed and not dropping to another uid: fork once more so the scorer is not getppid().
+            guard = not launch.bwrap and not launch.drop_uid
+            payload = harness_payload("program", uid, cwd, limits, guard=guard, token=token, source=source)
+            out = stack.enter_context(_output_file())
+            try:
+                proc = self._popen(argv, out, host_cwd)
+            except OSError as exc:
+                return ExecResult(False, f"sandbox error: cannot start {argv[0]}: {exc}")
+            try:
+                exited = feed_and_wait(proc, payload, start + budget)
+            finally:
+                _kill_group(proc)
+            returncode = proc.returncode if exited else None
+            head, tail, size = _read_output(out)
         elapsed = time.monotonic() - start
         sandboxed = launch.bwrap is not None
         passed, reason = classify(returncode, head, tail, token, sandboxed=sandboxed, timeout_s=elapsed)
@@ -530,17 +655,115 @@ class CodeExecutor:
             reason = f"output size limit exceeded ({limits.fsize_bytes} bytes); {reason}"
         return ExecResult(passed, reason, returncode, elapsed, head.replace(token, "<token>"))
 
+    def _check_one(
+        self, job: ProgramTests, slot: int, budget: float, launch: Launch, limits: Limits, start: float
+    ) -> ExecResult:
+        """The program in one sandboxed process, the tests in another; the checker's verdict decides."""
+        try:
+            tests = instrument_tests(job.tests)
+        except SyntaxError as exc:
+            return ExecResult(False, f"checker error: the tests do not parse ({exc.msg}, line {exc.lineno})")
+        sandboxed = launch.bwrap is not None
+        with contextlib.ExitStack() as stack:
+            argv_p, cwd_p, host_p, uid_p = self._process(launch, limits, self.uid_base + slot, stack)
+            checker_uid = self.uid_base + _CHECKER_UID_OFFSET + slot
+            argv_c, cwd_c, host_c, uid_c = self._process(launch, limits, checker_uid, stack)
+            out_p = stack.enter_context(_output_file())
+            out_c = stack.enter_context(_output_file())
+            verdict = stack.enter_context(_output_file())
+            requests_r, requests_w = os.pipe()
+            responses_r, responses_w = os.pipe()
+            same_uid = not launch.bwrap and not launch.drop_uid
+            program_payload = harness_payload(
+                "serve",
+                uid_p,
+                cwd_p,
+                limits,
+                guard=same_uid,
+                requests=requests_r,
+                responses=responses_w,
+                source=job.program,
+                setup=job.setup,
+            )
+            checker_payload = harness_payload(
+                "check",
+                uid_c,
+                cwd_c,
+                limits,
+                undumpable=same_uid,
+                requests=requests_w,
+                responses=responses_r,
+                verdict=verdict.fileno(),
+                trusted=job.trusted,
+                tests=tests,
+                remote=list(job.remote),
+            )
+            started: list[subprocess.Popen] = []
+            try:
+                started.append(
+                    self._popen(argv_c, out_c, host_c, (requests_w, responses_r, verdict.fileno()))
+                )
+                started.append(self._popen(argv_p, out_p, host_p, (requests_r, responses_w)))
+            except OSError as exc:
+                for proc in started:
+                    _kill_group(proc)
+                return ExecResult(False, f"sandbox error: cannot start {argv_p[0]}: {exc}")
+            finally:  # only the two children hold the pipes now: a dead program means EOF for the checker
+                for fd in (requests_r, requests_w, responses_r, responses_w):
+                    os.close(fd)
+            checker, program = started
+            try:
+                exited = feed_all_and_wait(
+                    [(checker, checker_payload), (program, program_payload)], start + budget
+                )
+                program_status = _wait_briefly(program, 0.2) if exited else None
+            finally:
+                _kill_group(checker)
+                _kill_group(program)
+            elapsed = time.monotonic() - start
+            head_p, tail_p, size_p = _read_output(out_p)
+            if not exited:
+                reason = f"timeout: still running after {elapsed:.1f}s (killed)"
+                if size_p >= limits.fsize_bytes:
+                    reason = f"output size limit exceeded ({limits.fsize_bytes} bytes); {reason}"
+                return ExecResult(False, reason, None, elapsed, head_p)
+            verdict.seek(0)
+            found = _parse_verdict(verdict.read(VERDICT_BYTES))
+            if checker.returncode != 0 or found is None:
+                head_c, tail_c, _ = _read_output(out_c)
+                how = ended_how(checker.returncode or 0, head_c, tail_c, sandboxed=sandboxed)
+                if checker.returncode == 0:
+                    how = "exit status 0 without a verdict"
+                return ExecResult(False, f"checker error: {how}", checker.returncode, elapsed, head_p)
+            passed, reason = found["passed"] is True, str(found["reason"])
+            if found.get("ended"):
+                if program_status is None:
+                    how = "still running"
+                elif program_status == 0:
+                    how = "exit status 0"
+                else:
+                    how = ended_how(program_status, head_p, tail_p, sandboxed=sandboxed)
+                reason = f"{reason} ({how})"
+            if not passed and size_p >= limits.fsize_bytes:
+                reason = f"output size limit exceeded ({limits.fsize_bytes} bytes); {reason}"
+            return ExecResult(passed, reason, checker.returncode, elapsed, head_p)
+
     def submit(
         self, programs: Sequence[str], *, limits: Limits | None = None, batch_timeout_s: float | None = None
     ) -> cf.Future[list[ExecResult]]:
-        """Queue a batch; the Future resolves to one ExecResult per program, in order.
+        """Queue a batch of whole programs; the Future resolves to one ExecResult per program, in order.
 
+        A program "passes" when it ran to its end (exit 0 after its last statement): the program's own
+        say-so, which a hostile program can fake. For verdicts on untrusted code use `submit_tests`.
         batch_timeout_s bounds the whole batch from now: programs still queued at the deadline fail without
         running, running ones are killed at it. Per-program limits default to the executor's.
         """
         limits = limits or self.limits
         deadline = None if batch_timeout_s is None else time.monotonic() + batch_timeout_s
-        futures = [self._pool.submit(self._run_one, p, deadline, self.launch, limits) for p in programs]
+        futures = [
+            self._pool.submit(self._in_slot, self._run_program, p, deadline, self.launch, limits)
+            for p in programs
+        ]
         return gather(futures)
 
     def run(
@@ -548,6 +771,38 @@ class CodeExecutor:
     ) -> list[ExecResult]:
         """Blocking `submit`."""
         return self.submit(programs, limits=limits, batch_timeout_s=batch_timeout_s).result()
+
+    def submit_tests(
+        self,
+        jobs: Sequence[ProgramTests],
+        *,
+        limits: Limits | None = None,
+        batch_timeout_s: float | None = None,
+    ) -> cf.Future[list[ExecResult]]:
+        """Queue programs with their tests; the Future resolves to one ExecResult per job, in order.
+
+        `passed` is the trusted checker's verdict and `reason` says why ("passed: 7/7 checks", "failed:
+        check 3 (line 12): AssertionError", "failed: check 1 (line 5): call 1 to f returned a non-plain
+        value of type Foo", "timeout: ..."). Deadlines and limits work as in `submit`; both processes of a
+        job share its wall-clock budget and each gets the per-process limits.
+        """
+        limits = limits or self.limits
+        deadline = None if batch_timeout_s is None else time.monotonic() + batch_timeout_s
+        futures = [
+            self._pool.submit(self._in_slot, self._check_one, job, deadline, self.launch, limits)
+            for job in jobs
+        ]
+        return gather(futures)
+
+    def run_tests(
+        self,
+        jobs: Sequence[ProgramTests],
+        *,
+        limits: Limits | None = None,
+        batch_timeout_s: float | None = None,
+    ) -> list[ExecResult]:
+        """Blocking `submit_tests`."""
+        return self.submit_tests(jobs, limits=limits, batch_timeout_s=batch_timeout_s).result()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -557,6 +812,21 @@ class CodeExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _parse_verdict(data: bytes) -> dict[str, Any] | None:
+    """The checker's verdict (a dict with a bool `passed` and a str `reason`), or None if there is none."""
+    try:
+        found = harness.decode_value(data.decode("utf-8").strip().splitlines()[-1])
+    except (UnicodeDecodeError, IndexError, harness.Malformed):
+        return None
+    if (
+        type(found) is not dict
+        or type(found.get("passed")) is not bool
+        or type(found.get("reason")) is not str
+    ):
+        return None
+    return found
 
 
 def gather(futures: Sequence[cf.Future]) -> cf.Future[list[Any]]:
