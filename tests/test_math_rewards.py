@@ -399,3 +399,22 @@ def test_math_verify_failures_score_zero(monkeypatch: pytest.MonkeyPatch, error:
     value, reason = score("math", "\\boxed{0.5}", "\\frac{1}{2}")  # not an integer: math-verify runs
     assert value == 0.0
     assert ("timed out" if error == "timeout" else "could not parse") in reason
+
+
+@pytest.mark.parametrize(
+    ("completion", "finished", "score"),
+    [
+        ("4 * -2 = -8.", True, 1.0),  # the final line is an equation: its right-hand side is the answer
+        ("Let me compute.\n4 * -2 = -8", True, 1.0),
+        ("4 * -2 = -8 or -9", True, 0.0),  # a hedged right-hand side states no answer
+        ("4 * -2 = -8\nor maybe -9", True, 0.0),  # only the last line counts, and it is no equation
+        ("4 * -2 = -8", False, 0.0),  # cut off: "-8" may be the start of "-84"
+        ("#### -8", False, 0.0),
+        ("#### -8\nThat is all.", False, 1.0),  # the answer line ended before the cut
+        ("-8 = 4 * -2", True, 0.0),  # the right-hand side is the answer
+    ],
+)
+def test_a_final_equation_states_its_right_hand_side_unless_the_text_was_cut_off(completion, finished, score):
+    sample = {"answer": "-8", "prompt": "What is 4 * -2?", "finished": finished}
+    result = get_reward("numeric")([completion], [sample])
+    assert float(result.scores[0]) == score, result.reasons[0]

@@ -84,8 +84,9 @@ def generate_and_score(
             texts.append(sampler.tokenizer.decode(ids_r))
             metas.append((int(lengths[r]), bool(finished[r])))
         repeated = [
-            {**chunk[r // num_samples], "completion_length": metas[r][0]} for r in range(len(texts))
-        ]  # token counts for the length rewards
+            {**chunk[r // num_samples], "completion_length": metas[r][0], "finished": metas[r][1]}
+            for r in range(len(texts))
+        ]  # token counts for the length rewards; whether the budget cut the completion off
         scored = reward_fn(texts, repeated, **(reward_options or {}))
         extra_scores = {name: fn(texts, repeated).scores for name, fn in extra_fns.items()}
         for r, (text, (n, fin)) in enumerate(zip(texts, metas, strict=True)):

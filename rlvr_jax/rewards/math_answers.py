@@ -202,9 +202,14 @@ def hashes_number(segment: str) -> tuple[Fraction | None, str]:
 
 # Where a stated answer came from, in order of trust: an explicit marker wins over a later, weaker one.
 HASHES, BOXED, ANSWER_SLOT, ANSWER_IS, BARE = "####", "\\boxed", "the 'Answer:' slot", "'answer is'", "bare"
+EQUATION = "final '= N'"
+_FINAL_EQUATION_RE = re.compile(r"=([^=\n]*)$")
+_CUT_NUMBER_RE = re.compile(r"[-−+]?[\d.,]*\d[ \t]*$")
 
 
-def stated_answers(text: str, *, answer_slot: bool = False) -> tuple[str, list[tuple[Fraction | None, str]]]:
+def stated_answers(
+    text: str, *, answer_slot: bool = False, equation: bool = False
+) -> tuple[str, list[tuple[Fraction | None, str]]]:
     """(kind, [(value or None, why)]) for the most trusted kind of answer statement the text has, or
     ("", []) when it states none. See `extract_number` for the kinds."""
     hashes = [h for h in _HASHES_RE.findall(text) if not _NUMBERED_HEADING_RE.match(h)]
@@ -230,10 +235,19 @@ def stated_answers(text: str, *, answer_slot: bool = False) -> tuple[str, list[t
     match = NUMBER_RE.fullmatch(bare)
     if match is not None and (value := to_number(match)) is not None:
         return BARE, [(value, "")]
+    # A completion whose last statement is an equation states its right-hand side ("4 * -2 = -8.").
+    lines = text.strip().splitlines()
+    final = _FINAL_EQUATION_RE.search(lines[-1].rstrip(" .*")) if equation and lines else None
+    if final is not None:
+        value, why = single_number(final.group(1))
+        if value is not None or why != "no number in it":
+            return EQUATION, [(value, why)]
     return "", []
 
 
-def extract_number(text: str, *, answer_slot: bool = False) -> tuple[Fraction | None, str]:
+def extract_number(
+    text: str, *, answer_slot: bool = False, finished: bool | None = None
+) -> tuple[Fraction | None, str]:
     """The answer the completion states and where it came from, or None and why.
 
     Only a stated answer counts, never a number that happens to be last in a (cut-off) text. In order of
@@ -241,11 +255,19 @@ def extract_number(text: str, *, answer_slot: bool = False) -> tuple[Fraction | 
     start of the completion when the prompt ends in "Answer:" (`answer_slot`, completion-style prompts),
     "the answer is N" / "answer: N", and a completion that is nothing but one number. All statements of
     the most trusted kind present must agree and hold one number each: "#### 12, 13, 14", two different
-    `\\boxed{}` or "the answer is 12 or 13" state no answer (hedging must not pay).
+    `\\boxed{}` or "the answer is 12 or 13" state no answer (hedging must not pay). Last, and only when the
+    completion is known to have finished, a final line that is an equation states its right-hand side
+    ("3 * 4 = 12."): a text cut off in the middle of its working also ends in an equation.
+
+    finished: True when the completion ended by itself (a stop token), False when the token budget cut it
+    off (its last number may be cut in the middle, "= 4" of "= 45", so a number that runs to the end of
+    such a text is no answer), None when unknown (scored files): no final-equation answers then.
     """
-    kind, found = stated_answers(text, answer_slot=answer_slot)
+    if finished is False:
+        text = _CUT_NUMBER_RE.sub("", text)
+    kind, found = stated_answers(text, answer_slot=answer_slot, equation=finished is True)
     if not kind:
-        return None, "no stated answer (no '####', \\boxed{}, 'the answer is' or bare number)"
+        return None, "no stated answer (no '####', \\boxed{}, 'the answer is', bare number or final '= N')"
     for value, why in found:
         if value is None:
             return None, f"{kind} answer with {why}"
@@ -306,7 +328,8 @@ def numeric_reward(
         gold = gold_number(gold_text)
         if gold is None:
             return 0.0, f"gold answer {gold_text[:40]!r} is not a single number"
-        pred, source = extract_number(text, answer_slot=answer_slot(sample.get("prompt")))
+        finished = sample.get("finished")  # the trainer and evaluation say; scored files may not
+        pred, source = extract_number(text, answer_slot=answer_slot(sample.get("prompt")), finished=finished)
         if pred is None:
             return 0.0, source
         if _numbers_match(pred, gold, rel_tol):

@@ -84,9 +84,11 @@ class RolloutSource:
             for r in range(len(out.tokens))
         ]
         # Each row's token count travels with its sample, for the length rewards (overlong,
-        # length_penalty) alone or inside a weighted_sum.
+        # length_penalty) alone or inside a weighted_sum, and whether the budget cut it off (a number at
+        # the end of a cut-off text may be cut too).
         samples = [
-            {**prompts[r // G], "completion_length": int(out.lengths[r])} for r in range(len(completions))
+            {**prompts[r // G], "completion_length": int(out.lengths[r]), "finished": bool(out.finished[r])}
+            for r in range(len(completions))
         ]
         t3 = time.perf_counter()
         rewards = self.reward_pool.submit(
