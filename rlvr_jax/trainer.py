@@ -228,7 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     start, meta = 0, {}
     latest = checkpointer.latest_step()
     if latest is not None:
-        state, meta = checkpointer.restore(latest, state)
+        state, meta = checkpointer.restore(None, state)  # the newest intact step (warns on damaged ones)
         start = int(meta["step"])
         say(f"resumed from {workdir / 'checkpoints'} at step {start}")
     iterator = batches(pipeline, meta.get("data_iterator"))
@@ -279,7 +279,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
 
     key = jax.random.key(config.seed)
     G = config.rl.group_size
-    reward_pool = RewardPool()
+    reward_pool = RewardPool(timeout_s=config.reward.timeout_s, on_error=config.reward.on_error)
     preemption = PreemptionHandler()
     progress = Progress(config.train.steps, initial=start, quiet=config.logging.json_logs)
     last_eval: dict[str, float] = {}
