@@ -167,6 +167,15 @@ def test_a_failing_reward_fails_the_batch_or_scores_its_samples_zero(faulty_pool
     assert len(faulty_pool.worker_pids()) <= 2
 
 
+def test_a_reward_that_cannot_reach_the_workers_fails_its_batch(pool):
+    def local(completions, samples, **_):  # a closure does not pickle
+        return RewardResult(np.ones(len(completions), np.float32), [""] * len(completions))
+
+    with pytest.raises(RewardError, match=r"reward 'local' could not be sent to a worker \(\w*Error"):
+        pool.submit(local, ["a", "b"], [{}, {}]).result(timeout=120)
+    assert pool.submit("numeric", ["#### 3"], [{"answer": "3"}]).result(timeout=120).scores.tolist() == [1.0]
+
+
 def test_on_error_and_timeout_are_checked():
     with pytest.raises(ValueError, match="on_error must be one of fail, zero"):
         RewardPool(on_error="ignore")

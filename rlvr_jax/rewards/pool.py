@@ -268,6 +268,7 @@ class RewardPool:
         self._lock = threading.Lock()
         self._inbox: collections.deque[_Task] = collections.deque()  # from submit, under the lock
         self._closing = False
+        self._stopped = "the reward pool is closed"  # what a submit after that raises
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -336,7 +337,7 @@ class RewardPool:
         batch.pending = len(tasks)
         with self._lock:
             if self._closing:
-                raise RuntimeError("the reward pool is closed")
+                raise RuntimeError(self._stopped)
             self._inbox.extend(tasks)
         self._wake()
         return batch.future
@@ -382,7 +383,10 @@ class RewardPool:
                 self._collect()
         except BaseException as e:  # a bug here must not leave callers waiting on their Futures
             log.exception("the reward pool's dispatcher failed")
-            self._fail_everything(RuntimeError(f"the reward pool's dispatcher failed: {e!r}"))
+            with self._lock:
+                self._closing = True  # later submits raise instead of waiting for a dispatcher
+                self._stopped = f"the reward pool's dispatcher failed ({e!r})"
+            self._fail_everything(RuntimeError(self._stopped))
         else:
             self._fail_everything(RuntimeError("the reward pool was closed before this batch was scored"))
         finally:
@@ -441,6 +445,8 @@ class RewardPool:
                     reply = worker.conn.recv() if worker.conn.poll() else None
                 except (EOFError, OSError):
                     reply = None
+                except Exception as e:  # a reply that does not unpickle here
+                    reply = ("error", f"returned a result that cannot be read ({type(e).__name__}: {e})", "")
                 if reply is None:  # the process ended without answering
                     worker.process.join(timeout=5)
                     how = _exit_text(worker.process.exitcode)
