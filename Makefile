@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 export RLVR_SHARED := $(SHARED)
 
-.PHONY: install demo test lint clean
+.PHONY: install system-deps demo test lint clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +14,26 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,serve,export,docs]"
 	touch $@
+
+# What the tests need besides Python: bubblewrap (the code-reward sandbox runs every program under it;
+# its security tests fail without it) and Prometheus (promtool checks the alert rules, the serving tests
+# have it scrape /metrics). Run as root, this installs the missing ones with apt-get; otherwise it stops
+# with the command to run. RLVR_ALLOW_MISSING_SANDBOX=1 goes on without bubblewrap (its tests skipped).
+SYSTEM_TOOLS := bwrap=bubblewrap promtool=prometheus prometheus=prometheus
+system-deps:
+	@missing=; for tool in $(SYSTEM_TOOLS); do command -v $${tool%%=*} >/dev/null || \
+		case "$$missing " in *" $${tool#*=} "*) ;; *) missing="$$missing $${tool#*=}";; esac; done; \
+	if [ "$$RLVR_ALLOW_MISSING_SANDBOX" = 1 ]; then kept=; for package in $$missing; do \
+		if [ $$package = bubblewrap ]; then echo "warning: no bubblewrap: its tests will be skipped"; \
+		else kept="$$kept $$package"; fi; done; missing=$$kept; fi; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing for the tests (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing; \
+	else \
+		echo "error: the tests need$$missing; install with: sudo apt-get install -y$$missing" >&2; \
+		exit 1; \
+	fi
 
 # The main job on an offline default: GRPO on procedural arithmetic with the real SmolLM2 weights in
 # ../shared/models, on this machine's CPU (about 8 minutes on 2 cores).
@@ -24,7 +44,7 @@ demo: install
 # Two workers, each test file on one (module fixtures such as the serving process start once): most
 # tests wait on single-threaded XLA compiles and subprocesses, so two workers keep both cores busy.
 TEST_WORKERS ?= 2
-test: install
+test: system-deps install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 

@@ -25,6 +25,26 @@ Why these choices:
   background thread while training continues. `wait()` (or `close()`) blocks until they are committed;
   orbax writes into a temporary directory and renames it, so a crash mid-write leaves no half checkpoint.
 
+Integrity (what a crash, a full disk or a flipped bit can do to a checkpoint on disk):
+- Orbax reads back whatever bytes are there: random bytes in an array file restore as garbage weights
+  without a word. So once orbax has committed a step, a background thread writes `integrity.json` into
+  it: the size and SHA-256 of every file of the step (arrays, orbax metadata, meta). It is written only
+  after the commit (the arrays are final then) and atomically (temporary file, fsync, rename), so a step
+  without a readable manifest is one whose write did not finish: it counts as incomplete.
+- `restore()` (no step given) checks the newest step's files against its manifest and falls back, step
+  by step, to the newest intact one, logging a warning that names each damaged step and file; if none is
+  intact it stops with one `CheckpointError` line naming them: it never restores unverified bytes.
+  Asked for a given step, it restores that step or raises. `all_steps()` / `latest_step()` list complete
+  steps only. A later `save` by the same `Checkpointer` (the resumed run) first moves the damaged and
+  incomplete steps to `<directory>/damaged/` (kept for inspection, out of orbax's way: orbax will not
+  save a step at or below one it still sees).
+- Retention never deletes the newest complete step before the step being written has its manifest (with
+  keep=1 two steps are on disk until the next save), so a crash at any moment leaves one to resume from.
+- A write that fails (no space left on device, an I/O error) raises `CheckpointError` from the next
+  `save`, `wait` or `close`, naming the step, the directory, the free space and the intact step to resume
+  from; the half-written temporary directory is removed. Training should stop there rather than go on for
+  hours without a checkpoint.
+
 Preemption (`PreemptionHandler`, `preemption_guard`): a signal handler only sets a flag (raising inside a
 running jitted step, or in the middle of an async write, would lose work); the loop calls
 `handler.should_stop(step)` after each step and, when it says so, saves with `save_and_wait` and exits
@@ -38,12 +58,18 @@ the preemption service it falls back to an all-gather of the local flags at ever
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -57,6 +83,14 @@ from orbax.checkpoint import checkpoint_managers as ocm
 log = logging.getLogger(__name__)
 
 PyTree = Any
+
+MANIFEST = "integrity.json"  # in each step directory: size and SHA-256 of every file of the step
+DAMAGED = "damaged"  # under the checkpoint directory: steps set aside by a resumed run
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that could not be written, or read back intact; the message names the step, the file
+    and what to do. A ValueError, so the command-line scripts print it as one line (`cli.fail_cleanly`)."""
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -130,6 +164,106 @@ def abstract_like(tree: PyTree) -> PyTree:
     return jax.tree.map(_shape_only, tree)
 
 
+# --------------------------------------------------------------------------------------------- integrity
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _step_files(step_dir: Path) -> list[Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and not p.name.startswith(MANIFEST))
+
+
+def write_manifest(step_dir: str | Path) -> Path:
+    """Writes `step_dir/integrity.json` (size and SHA-256 of every other file below it) atomically.
+
+    Call it only once the step's files are final (after orbax's commit): the manifest is what makes a step
+    count as complete.
+    """
+    step_dir = Path(step_dir)
+    files = {
+        str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in _step_files(step_dir)
+    }
+    target = step_dir / MANIFEST
+    tmp = step_dir / f"{MANIFEST}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"version": 1, "algorithm": "sha256", "files": files}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    fd = os.open(step_dir, os.O_RDONLY)
+    try:  # the rename itself must reach the disk before the step counts as complete
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
+
+
+def check_manifest(step_dir: str | Path) -> str | None:
+    """None when every file `step_dir/integrity.json` lists is there with its size and SHA-256; otherwise
+    what is wrong, naming the first damaged file (relative to the step directory)."""
+    step_dir = Path(step_dir)
+    path = step_dir / MANIFEST
+    if not path.is_file():
+        return f"it has no {MANIFEST}: its write did not finish (killed while saving?)"
+    try:
+        files = json.loads(path.read_text())["files"]
+        expected = [(name, int(e["bytes"]), str(e["sha256"])) for name, e in sorted(files.items())]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
+    if not expected:
+        return f"{MANIFEST} lists no files"
+    for name, size, digest in expected:
+        file = step_dir / name
+        if not file.is_file():
+            return f"{name} is missing"
+        actual = file.stat().st_size
+        if actual != size:
+            how = "truncated" if actual < size else "grown"
+            return f"{name} is {how}: {actual} bytes, {size} were written"
+        if _sha256(file) != digest:
+            return f"{name} does not match its SHA-256: its bytes changed after the write"
+    return None
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or what it wraps) is ENOSPC: Python's OSError, or tensorstore's message for it."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "os_error_code='28'" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _bytes_text(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@dataclasses.dataclass
+class _NewestComplete:
+    """Orbax preservation policy: keeps the newest step that has its manifest. Orbax deletes old steps as
+    soon as a new one is committed, before our manifest is written; with keep=1 a crash in that moment
+    would leave no complete step at all."""
+
+    is_complete: Callable[[int], bool]
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+        newest = max((c.step for c in checkpoints if self.is_complete(c.step)), default=None)
+        return [c.step == newest for c in checkpoints]
+
+
 # ------------------------------------------------------------------------------------------ Checkpointer
 
 
@@ -143,6 +277,8 @@ class Checkpointer:
       best_metric: a key of the `metrics` passed to `save` to rank steps by; None: no ranking.
       best_mode: "max" or "min": which end of `best_metric` is best.
       async_save: write in a background thread (`wait()` blocks until written).
+      verify: check each step against its integrity manifest before restoring it (module docstring).
+        False restores steps unchecked, e.g. ones written before manifests existed.
     """
 
     def __init__(
@@ -154,6 +290,7 @@ class Checkpointer:
         best_metric: str | None = None,
         best_mode: str = "max",
         async_save: bool = True,
+        verify: bool = True,
     ):
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
@@ -164,7 +301,13 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
         self.best_mode = best_mode
-        policies: list[Any] = [ocm.LatestN(n=keep)]
+        self.verify = verify
+        self._async = async_save
+        self._writer: threading.Thread | None = None  # waits for orbax's commit, then writes the manifest
+        self._write_error: CheckpointError | None = None
+        self._damaged: dict[int, str] = {}  # step -> what `restore` found wrong with it
+        self._tidied = False  # damaged / incomplete steps moved aside (done by the first save)
+        policies: list[Any] = [ocm.LatestN(n=keep), _NewestComplete(self._has_manifest)]
         best_fn = None
         if best_metric is not None:
             worst = -math.inf if best_mode == "max" else math.inf  # steps ranked by another metric earlier
@@ -201,9 +344,13 @@ class Checkpointer:
         Returns False, writing nothing, when the state has a NaN or inf (logged as an error: the caller
         decides whether to stop or roll back), when `step` is already saved, or when orbax's save policy
         declines (`force=True` overrides the policy). `metrics[best_metric]` ranks the step; a step whose
-        metric is missing or not finite is kept only as one of the latest.
+        metric is missing or not finite is kept only as one of the latest. Raises `CheckpointError` when
+        the previous write failed (e.g. the disk is full): nothing is started then.
         """
         step = int(step)
+        self._finish_write()
+        if not self._tidied:
+            self._set_aside_unusable()
         if step in self._manager.all_steps():
             log.info("checkpoint %d already exists in %s; not saving it again", step, self.directory)
             return False
@@ -231,7 +378,21 @@ class Checkpointer:
                 log.warning(
                     "checkpoint %d has %s=%s; it is not ranked as best", step, self.best_metric, value
                 )
-        return bool(self._manager.save(step, args=ocp.args.Composite(**items), metrics=ranked, force=force))
+        try:
+            started = bool(
+                self._manager.save(step, args=ocp.args.Composite(**items), metrics=ranked, force=force)
+            )
+        except Exception as e:  # a synchronous part of the write failed (creating its directory, ...)
+            self._remove_partial(step)
+            raise self._write_failed(step, e) from e
+        if started:
+            self._writer = threading.Thread(
+                target=self._commit, args=(step,), name=f"checkpoint-{step}-manifest", daemon=True
+            )
+            self._writer.start()
+            if not self._async:
+                self._finish_write()
+        return started
 
     def save_and_wait(self, step: int, state: PyTree, meta: Mapping[str, Any] | None = None) -> bool:
         """A forced save that returns once it (and any earlier async save) is on disk: for preemption."""
@@ -239,19 +400,93 @@ class Checkpointer:
         self.wait()
         return started or step in self._manager.all_steps()
 
+    def _commit(self, step: int) -> None:
+        """Writer thread: waits for orbax's commit of `step`, then writes its manifest (primary host)."""
+        try:
+            self._manager.wait_until_finished()
+            step_dir = self.directory / str(step)
+            if jax.process_index() == 0 and step_dir.is_dir():
+                write_manifest(step_dir)
+        except Exception as e:
+            self._remove_partial(step)
+            self._write_error = self._write_failed(step, e)
+            self._write_error.__cause__ = e
+
+    def _finish_write(self) -> None:
+        """Joins the writer thread; raises the CheckpointError of a failed write (once)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        error, self._write_error = self._write_error, None
+        if error is not None:
+            with contextlib.suppress(Exception):  # orbax raises a failed save once in each waiting thread
+                self._manager.wait_until_finished()
+            raise error
+
+    def _write_failed(self, step: int, error: BaseException) -> CheckpointError:
+        intact = self.latest_step()
+        then = f"checkpoint {intact} is intact" if intact is not None else "there is no earlier checkpoint"
+        if _is_disk_full(error):
+            free = _bytes_text(shutil.disk_usage(self.directory).free)
+            return CheckpointError(
+                f"checkpoint {step} could not be written to {self.directory}: no space left on device "
+                f"({free} free); {then}. Free some space (or use a larger disk) and run again"
+                + (f" to resume from checkpoint {intact}" if intact is not None else "")
+            )
+        cause = (str(error).strip().splitlines() or [""])[0][:500]
+        return CheckpointError(
+            f"checkpoint {step} could not be written to {self.directory}: {type(error).__name__}: {cause}; "
+            f"{then}"
+        )
+
+    def _remove_partial(self, step: int) -> None:
+        """Deletes orbax's temporary directory of a failed write of `step` (it may hold most of the space)."""
+        if jax.process_index() == 0:
+            for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _set_aside_unusable(self) -> None:
+        """Moves damaged and incomplete steps to `directory/damaged/` so the resumed run can save again."""
+        self._tidied = True
+        unusable = {s: self._damaged.get(s) for s in self._manager.all_steps()}
+        unusable = {
+            s: why or check_manifest(self.directory / str(s))
+            for s, why in unusable.items()
+            if why is not None or (self.verify and not self._has_manifest(s))
+        }
+        if jax.process_index() == 0:
+            for step, why in sorted(unusable.items()):
+                target = self.directory / DAMAGED / str(step)
+                n = 1
+                while target.exists():
+                    target, n = self.directory / DAMAGED / f"{step}-{n}", n + 1
+                target.parent.mkdir(exist_ok=True)
+                (self.directory / str(step)).rename(target)
+                log.warning("checkpoint %d is unusable (%s): moved it to %s", step, why, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("rlvr_jax.checkpointing: damaged steps set aside")
+        if unusable:
+            self._manager.reload()
+            self._damaged.clear()
+
     # ------------------------------------------------------------------------------------------ restore
 
     def restore(
         self, step: int | None = None, abstract_state: PyTree = None
     ) -> tuple[PyTree, dict[str, Any]]:
-        """(state, meta) of checkpoint `step` (default: the latest).
+        """(state, meta) of checkpoint `step`, default the newest intact one (see the module docstring).
 
         abstract_state: the target structure, a pytree like the saved state whose leaves are live arrays or
           `jax.ShapeDtypeStruct`s (e.g. `nnx.eval_shape` + `nnx.split`, or `abstract_like(state)`); each
           restored array gets that leaf's dtype and sharding, and typed PRNG keys come back typed. None
           restores the arrays as saved (nested dicts; keys as raw uint32 key data).
+
+        Raises FileNotFoundError when there is no such step, CheckpointError when it (or, with no step
+        given, every step) fails its integrity check.
         """
-        step = self._resolve(step)
+        step = self._intact(step)
         if abstract_state is None:
             out = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
@@ -287,17 +522,18 @@ class Checkpointer:
         return jax.tree.unflatten(treedef, leaves), dict(out["meta"] or {})
 
     def restore_meta(self, step: int | None = None) -> dict[str, Any]:
-        """Only the JSON meta of `step` (default: the latest): cheap, e.g. to rebuild the data iterator."""
-        step = self._resolve(step)
+        """Only the JSON meta of `step` (default: the newest intact): e.g. to rebuild the data iterator."""
+        step = self._intact(step)
         out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"] or {})
 
-    def restore_params(self, step: int, abstract_params: PyTree) -> PyTree:
-        """Only the parameters (`state.params`) of checkpoint `step`, in the dtype and sharding of each leaf
-        of `abstract_params`: what evaluation and serving need, without allocating (or even building) an
-        optimizer state. A separate manager reads them, since orbax fixes an item's handler at first use.
+    def restore_params(self, step: int | None, abstract_params: PyTree) -> PyTree:
+        """Only the parameters (`state.params`) of checkpoint `step` (None: the newest intact one), in the
+        dtype and sharding of each leaf of `abstract_params`: what evaluation and serving need, without
+        allocating (or even building) an optimizer state. The step passes the same integrity check as a
+        full restore. A separate manager reads it, since orbax fixes an item's handler at first use.
         """
-        step = self._resolve(step)
+        step = self._intact(step)
         args = jax.tree.map(
             lambda x: ocp.ArrayRestoreArgs(dtype=x.dtype, sharding=x.sharding), abstract_params
         )
@@ -313,36 +549,81 @@ class Checkpointer:
             )
         return out["state"]["params"]
 
-    def _resolve(self, step: int | None) -> int:
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.directory} to restore")
-        elif step not in self._manager.all_steps():
-            raise FileNotFoundError(f"no checkpoint {step} in {self.directory}; have {self.all_steps()}")
-        return int(step)
+    def verify_step(self, step: int) -> str | None:
+        """None when `step`'s files match its integrity manifest; otherwise what is wrong (names the file)."""
+        return check_manifest(self.directory / str(int(step)))
+
+    def _intact(self, step: int | None) -> int:
+        """`step` after its integrity check; with None, the newest step that passes (warning on the rest)."""
+        if self._writer is not None:  # our own write in flight: let it finish (its error waits for `save`)
+            self._writer.join()
+            self._writer = None
+        saved = sorted(self._manager.all_steps(), reverse=True)
+        if step is not None:
+            step = int(step)
+            if step not in saved:
+                raise FileNotFoundError(f"no checkpoint {step} in {self.directory}; have {self.all_steps()}")
+            problem = self.verify_step(step) if self.verify else None
+            if problem is not None:
+                raise CheckpointError(
+                    f"checkpoint {step} in {self.directory} is damaged: {problem}; "
+                    f"intact steps to restore instead: {self._intact_steps() or 'none'}"
+                )
+            return step
+        if not saved:
+            raise FileNotFoundError(f"no checkpoint in {self.directory} to restore")
+        problems: dict[int, str] = {}
+        for candidate in saved:
+            problem = self.verify_step(candidate) if self.verify else None
+            if problem is None:
+                if problems:
+                    log.warning("restoring checkpoint %d, the newest intact one", candidate)
+                return candidate
+            problems[candidate] = self._damaged[candidate] = problem
+            log.warning("checkpoint %d in %s is damaged: %s", candidate, self.directory, problem)
+        listed = "; ".join(f"step {s}: {why}" for s, why in problems.items())
+        raise CheckpointError(
+            f"no intact checkpoint in {self.directory} ({listed}); move the directory away to start afresh"
+        )
+
+    def _intact_steps(self) -> list[int]:
+        return [s for s in self.all_steps() if self.verify_step(s) is None]
 
     # ------------------------------------------------------------------------------------------ queries
 
+    def _has_manifest(self, step: int) -> bool:
+        return (self.directory / str(step) / MANIFEST).is_file()
+
     def latest_step(self) -> int | None:
-        """The newest saved step (including one still being written asynchronously), or None."""
-        return self._manager.latest_step()
+        """The newest complete step (its manifest written; not known to be damaged), or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
         """The best step by `best_metric` (the latest step when not ranking), or None."""
         return self._manager.best_step()
 
     def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        """The complete steps, oldest first: a step still being written, or whose write never finished,
+        is not listed (without `verify`, every step orbax committed is)."""
+        steps = sorted(self._manager.all_steps())
+        if not self.verify:
+            return steps
+        return [s for s in steps if s not in self._damaged and self._has_manifest(s)]
 
     def wait(self) -> None:
-        """Blocks until every started save is committed (and old steps are deleted)."""
+        """Blocks until every started save is committed with its manifest (and old steps are deleted);
+        raises CheckpointError when a write failed."""
+        self._finish_write()
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's threads."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves and releases orbax's threads (raising, after that, a failed write)."""
+        try:
+            self.wait()
+        finally:
+            with contextlib.suppress(Exception):  # a failed write was raised by wait(), once is enough
+                self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict()
     c.reward.name = ml_collections.FieldReference(None, field_type=str)
     c.reward.options = ml_collections.ConfigDict()
+    # A reward that raises, hangs (timeout_s) or kills its worker process: "fail" stops the step with an
+    # error naming the reward and the exception; "zero" scores those samples 0 and logs the reason.
+    c.reward.on_error = "fail"
+    c.reward.timeout_s = 120.0  # seconds one reward worker may spend on one chunk of samples
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-6
@@ -161,6 +165,7 @@ _CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "rl.ratio_type": ("token", "sequence"),
     "optim.schedule": ("constant", "cosine"),
+    "reward.on_error": ("fail", "zero"),
 }
 
 
@@ -425,6 +430,8 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         )
     if not 0 < config.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p must be in (0, 1], got {config.sampling.top_p}")
+    if not config.reward.timeout_s > 0:
+        raise ConfigError(f"reward.timeout_s must be > 0 seconds, got {config.reward.timeout_s}")
     if config.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate must be > 0, got {config.optim.learning_rate}")
     if config.logging.prometheus_port > 65535:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -131,18 +130,6 @@ def test_flops_metrics_give_mfu_only_for_devices_with_a_known_peak(monkeypatch):
     monkeypatch.setattr(trainer, "peak_flops", lambda: None)
     assert trainer.flops_metrics(2e12, None, 1, 1.0, 1) == {"throughput/train_tflops_per_device": 2.0}
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"training exited early with {proc.returncode}: {proc.stderr.read()[-2000:]}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for the run")
-        time.sleep(0.2)
-
 
 def _deterministic(row: dict) -> dict:
     """A metrics row without the fields that measure wall time."""
@@ -154,13 +141,22 @@ def _deterministic(row: dict) -> dict:
 
 
 def test_sigkill_and_resume_rewrites_identical_metrics(tiny_model_dir, tmp_path):
-    """A run killed with SIGKILL after its step-k checkpoint and resumed equals an uninterrupted run."""
+    """A run killed with SIGKILL while writing its step-3 checkpoint (orbax has committed it, its integrity
+    manifest is not written yet) resumes from step 2, the last complete one, and equals an uninterrupted
+    run."""
     config_file = tmp_path / "cfg.py"
     config_file.write_text(
-        "import sys\n"
+        "import os, signal, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from tests.test_trainer import _tiny_config\n"
         "from pathlib import Path\n"
+        "from rlvr_jax import checkpointing\n"
+        "write_manifest = checkpointing.write_manifest\n"
+        "def die_writing(step_dir):\n"
+        "    if Path(step_dir).name == os.environ.get('DIE_WRITING_CHECKPOINT'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return write_manifest(step_dir)\n"
+        "checkpointing.write_manifest = die_writing\n"
         "def get_config(arg=None):\n"
         f"    return _tiny_config(Path({str(tiny_model_dir)!r}),\n"
         "        **{'train.steps': 6, 'train.checkpoint_every': 1, 'train.export_hf': False})\n"
@@ -172,18 +168,20 @@ def test_sigkill_and_resume_rewrites_identical_metrics(tiny_model_dir, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*TRAIN, f"--config={config_file}", f"--workdir={killed}"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    _wait_for(lambda: (killed / "checkpoints" / "3").is_dir(), 600, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc = subprocess.run([*TRAIN, f"--config={config_file}", f"--workdir={killed}"],
+                          env={**env, "DIE_WRITING_CHECKPOINT": "3"}, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (killed / "checkpoints" / "3").is_dir()  # committed by orbax, without its manifest
     steps_before = [r["step"] for r in read_metrics(killed / "metrics.jsonl")]
-    assert max(steps_before) < 6, "the run finished before it could be killed"
+    assert 3 <= max(steps_before) < 6, "the run finished before it could be killed"
 
     resumed = subprocess.run([*TRAIN, f"--config={config_file}", f"--workdir={killed}"], env=env,
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    assert "at step 2" in resumed.stdout.split("resumed from")[1].splitlines()[0]
+    assert "checkpoint 3" in resumed.stderr and "integrity.json" in resumed.stderr  # the warning says why
+    assert (killed / "checkpoints" / "damaged" / "3").is_dir()  # set aside, then step 3 written anew
 
     a = [_deterministic(r) for r in read_metrics(whole / "metrics.jsonl")]
     b = [_deterministic(r) for r in read_metrics(killed / "metrics.jsonl")]

@@ -47,7 +47,8 @@ class RolloutSource:
     def __init__(self, run: Run, iterator_state: dict[str, Any] | None = None):
         self.run = run
         self.iterator = batches(run.pipeline, iterator_state)
-        self.reward_pool = RewardPool()
+        reward = run.config.reward
+        self.reward_pool = RewardPool(timeout_s=reward.timeout_s, on_error=reward.on_error)
 
     def collect(self, step_key: jax.Array) -> Rollouts:
         """The step's rows: one generation round, or as many as dynamic sampling needs."""

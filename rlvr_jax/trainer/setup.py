@@ -246,7 +246,8 @@ def resume(run: Run) -> tuple[int, dict[str, Any]]:
     start, meta = 0, {}
     latest = run.checkpointer.latest_step()
     if latest is not None:
-        run.state, meta = run.checkpointer.restore(latest, run.state)
+        # The newest intact step: a damaged newer one is named in a warning and skipped.
+        run.state, meta = run.checkpointer.restore(None, run.state)
         start = int(meta["step"])
         run.console.say(f"resumed from {run.workdir / 'checkpoints'} at step {start}")
     run.hand_params_to_sampler()
