@@ -19,7 +19,7 @@ import ml_collections
 from flax import nnx
 
 from rlvr_jax import sharding
-from rlvr_jax.checkpointing import Checkpointer, abstract_like
+from rlvr_jax.checkpointing import CheckpointError, Checkpointer, abstract_like
 from rlvr_jax.data import get_task
 from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_score
 from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics
@@ -86,6 +86,8 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
     ckpt = Checkpointer(folder)
     try:
         params = ckpt.restore_params(chosen, abstract_like(params))
+    except CheckpointError:
+        raise  # damaged files: its message names them
     except ValueError as e:
         raise ValueError(
             f"checkpoint {folder}/{chosen} does not fit the model {source} with this config ({e}); "
