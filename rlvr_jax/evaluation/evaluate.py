@@ -19,7 +19,7 @@ import ml_collections
 from flax import nnx
 
 from rlvr_jax import sharding
-from rlvr_jax.checkpointing import CheckpointError, Checkpointer, abstract_like
+from rlvr_jax.checkpointing import Checkpointer, CheckpointError, abstract_like
 from rlvr_jax.data import get_task
 from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_score
 from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics
