@@ -116,27 +116,55 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--api-key / ${API_KEY_ENV}: {e}") from None
 
 
+# ServerConfig's field names as the flags that set them, for its error messages.
+FLAG_OF_FIELD = {
+    "request_timeout_s": "--request_timeout",
+    "header_timeout_s": "--header_timeout",
+    "body_timeout_s": "--body_timeout",
+    "keep_alive_s": "--keep_alive_timeout",
+    "batch_wait_ms": "--batch_wait_ms",
+    "max_batch": "--max_batch",
+    "max_queue": "--max_queue",
+    "stream_chunk_tokens": "--stream_chunk_tokens",
+    "max_body_bytes": "--max_body_bytes",
+    "max_prompt_tokens": "--max_prompt_tokens",
+    "max_tokens_limit": "--max_tokens_limit",
+    "seed": "--seed",
+}
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The validated settings; an error names the flag at fault."""
+    try:
+        return ServerConfig(
+            model_name=args.served_model_name or default_model_name(args.model),
+            max_batch=args.max_batch,
+            batch_buckets=parse_buckets(args.batch_buckets, "--batch_buckets") if args.batch_buckets else (),
+            max_queue=args.max_queue,
+            batch_wait_ms=args.batch_wait_ms,
+            prompt_buckets=parse_buckets(args.prompt_buckets, "--prompt_buckets"),
+            new_token_buckets=parse_buckets(args.new_token_buckets, "--new_token_buckets"),
+            max_prompt_tokens=args.max_prompt_tokens,
+            max_tokens_limit=args.max_tokens_limit,
+            request_timeout_s=args.request_timeout,
+            stream_chunk_tokens=args.stream_chunk_tokens,
+            max_body_bytes=args.max_body_bytes,
+            seed=args.seed,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_s=args.keep_alive_timeout,
+        )
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        if field in FLAG_OF_FIELD:
+            raise ValueError(FLAG_OF_FIELD[field] + str(e)[len(field) :]) from None
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    config = ServerConfig(
-        model_name=args.served_model_name or default_model_name(args.model),
-        max_batch=args.max_batch,
-        batch_buckets=parse_buckets(args.batch_buckets, "--batch_buckets") if args.batch_buckets else (),
-        max_queue=args.max_queue,
-        batch_wait_ms=args.batch_wait_ms,
-        prompt_buckets=parse_buckets(args.prompt_buckets, "--prompt_buckets"),
-        new_token_buckets=parse_buckets(args.new_token_buckets, "--new_token_buckets"),
-        max_prompt_tokens=args.max_prompt_tokens,
-        max_tokens_limit=args.max_tokens_limit,
-        request_timeout_s=args.request_timeout,
-        stream_chunk_tokens=args.stream_chunk_tokens,
-        max_body_bytes=args.max_body_bytes,
-        seed=args.seed,
-        header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout,
-        keep_alive_s=args.keep_alive_timeout,
-    )
+    config = server_config(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -57,12 +57,28 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-class BodyTooLarge(Exception):
-    """A request body that grew past --max_body_bytes while it streamed in (no Content-Length given)."""
+class BodyTooLarge(StarletteHTTPException):
+    """A request body that grew past --max_body_bytes while it streamed in (no Content-Length given).
+
+    An HTTPException, because FastAPI turns any other error raised while it reads a body into a 400
+    "There was an error parsing the body"; this one it passes on to our handler."""
+
+    def __init__(self, message: str):
+        super().__init__(413, message)
+
+    def __str__(self) -> str:
+        return str(self.detail)
 
 
-class BodyTimeout(Exception):
-    """A request body that stopped arriving: no bytes for --body_timeout seconds."""
+class BodyTimeout(StarletteHTTPException):
+    """A request body that stopped arriving: no bytes for --body_timeout seconds (an HTTPException for
+    the same reason as BodyTooLarge)."""
+
+    def __init__(self, message: str):
+        super().__init__(408, message)
+
+    def __str__(self) -> str:
+        return str(self.detail)
 
 
 def too_large_message(limit: int) -> str:
@@ -85,6 +101,9 @@ _FIELD_SHAPES = {
 }
 
 
+_TEXT_ERRORS = ("invalid_text", "string_unicode")
+
+
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     """One readable sentence (and the first field at fault) from FastAPI / pydantic validation errors."""
     by_place: dict[str, list[dict[str, Any]]] = {}
@@ -97,12 +116,17 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     parts = []
     for place, errs in by_place.items():
         # Text that is not valid Unicode explains itself better than the other arms of a union that failed.
-        errs = sorted(errs, key=lambda e: e.get("type") != "invalid_text")
+        errs = sorted(errs, key=lambda e: e.get("type") not in _TEXT_ERRORS)
         err, kind = errs[0], errs[0].get("type")
         shape = _FIELD_SHAPES.get(_pattern(place))
         place = _clip(place)
-        if kind == "invalid_text":
+        if kind == "invalid_text":  # schemas._encodable's own message, with the character and where it is
             parts.append(f"{place} {err.get('msg')}")
+        elif kind == "string_unicode":  # pydantic's check on constrained strings, before ours
+            parts.append(
+                f"{place} is not valid Unicode text: it holds an unpaired surrogate, which cannot be "
+                "encoded as UTF-8; send well-formed text"
+            )
         elif not place:
             parts.append(f"the request body must be a JSON object ({err.get('msg')})")
         elif shape and len(errs) > 1:  # one value, several arms of a union failed
