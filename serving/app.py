@@ -13,8 +13,12 @@ posts {"id": response id, "index": prompt index, "outcome": 0..1} to /v1/feedbac
 
 The model loads and compiles in a background thread after the server has started listening, so that
 liveness probes pass during a long start-up and /ready tells the truth. Every request is checked here,
-at the edge, against the server's limits; anything wrong becomes a 4xx with a message that says what to
-change, and never reaches the batcher.
+at the edge, against the server's limits (counts and sizes before any work proportional to them: n before
+rows are built, text length before tokenisation); anything wrong becomes a 4xx with a message that says
+what to change, and never reaches the batcher, which checks each job once more on its own before queueing
+it. With an API key, everything but the probes, /metrics and the API description needs it
+(`serving.middleware`); /openapi.json lists the status codes the routes really answer with
+(`serving.openapi`).
 """
 
 from __future__ import annotations
@@ -112,7 +116,10 @@ def _load(state: ServerState, load_engine: Callable[[], Engine], on_load_failure
     try:
         engine = load_engine()
         state.metrics.compilations.set(engine.sampler.compile_count)
-        count = lambda *_: state.metrics.compilations.set(engine.sampler.compile_count)
+
+        def count(*_: Any) -> None:
+            state.metrics.compilations.set(engine.sampler.compile_count)
+
         seconds = engine.warmup(on_shape=count)
         batcher = Batcher(
             engine, max_batch=config.max_batch, max_queue=config.max_queue,

@@ -455,3 +455,20 @@ def test_a_request_that_outlives_its_timeout_gets_504_and_leaves_the_queue(tiny_
         metrics = client.get("/metrics").text
         assert "rlvr_serve_queue_depth 0.0" in metrics
         assert client.get("/health").status_code == 200
+
+
+def test_an_unexpected_error_is_a_json_500_not_plain_text(tiny_chat_engine_factory):
+    config = ServerConfig(model_name="tiny", max_batch=2, prompt_buckets=(64,), new_token_buckets=(8,))
+    app = create_app(config, lambda: tiny_chat_engine_factory(config))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        _wait_ready(client)
+
+        def broken(prompt: str) -> list[int]:  # a bug in the server's own code path
+            raise RuntimeError("the tokenizer broke")
+
+        app.state.server.engine.encode_text = broken
+        reply = client.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+        assert reply.status_code == 500 and reply.headers["content-type"] == "application/json"
+        error = reply.json()["error"]
+        assert error["type"] == "server_error" and "internal server error (RuntimeError)" in error["message"]
+        assert client.get("/health").status_code == 200
