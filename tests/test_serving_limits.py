@@ -143,13 +143,22 @@ def test_a_seed_gives_the_same_text_alone_and_batched_with_other_requests(live, 
     seeded = {**SAMPLED, "seed": 7}
     alone = _text(http.post("/v1/completions", json=seeded))
     assert _text(http.post("/v1/completions", json={**seeded, "seed": 8})) != alone  # the seed matters
-    before = live.state.batcher.batches_run
+    batcher, registry = live.state.batcher, live.state.metrics.registry
+
+    def batches() -> tuple[float, float]:  # observed as a batch starts, so before any of its answers
+        return tuple(registry.get_sample_value(f"rlvr_serve_batch_size_{s}") for s in ("count", "sum"))
+
+    before, wait_s = batches(), batcher.wait_s
     mates = [
         {**SAMPLED, "prompt": "The capital of France is", "seed": 8, "n": 2, "temperature": 0.7},
         {**SAMPLED, "prompt": "One, two, three,", "temperature": 0, "max_tokens": 3},
     ]
-    first, second, batched = _burst(live, [*mates, seeded])
-    assert live.state.batcher.batches_run == before + 1  # the three shared one batch (4 rows = max_batch)
+    batcher.wait_s = 60  # a batch waits until it is full (4 rows: these three requests), however slow the CPU
+    try:
+        first, second, batched = _burst(live, [*mates, seeded])
+    finally:
+        batcher.wait_s = wait_s
+    assert batches() == (before[0] + 1, before[1] + 4)  # the three shared one batch of 4 rows
     assert _text(batched) == alone
     assert first.status_code == second.status_code == 200
 
@@ -263,7 +272,7 @@ def _documented(doc: dict[str, Any], method: str, path: str) -> set[int]:
     return {int(code) for code in doc["paths"][path][method]["responses"]}
 
 
-def test_openapi_lists_the_status_codes_the_server_really_returns(live, engine_factory):
+def test_openapi_lists_the_status_codes_the_server_really_returns(live):
     with httpx.Client(base_url=live.url, timeout=60, headers=AUTH) as c:
         doc = c.get("/openapi.json").json()
         assert not [
@@ -288,8 +297,12 @@ def test_openapi_lists_the_status_codes_the_server_really_returns(live, engine_f
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     # 503 while loading (and no 401 documented on a server without a key).
     release = threading.Event()
-    loading = create_app(CONFIG, lambda: release.wait(60) and engine_factory(CONFIG))
-    with TestClient(loading) as c:
+
+    def never_loads() -> Engine:  # ends without starting any JAX work that could outlive the test
+        release.wait(60)
+        raise RuntimeError("this server only ever loads")
+
+    with TestClient(create_app(CONFIG, never_loads)) as c:
         early = c.post("/v1/completions", json=ok)
         documented = _documented(c.get("/openapi.json").json(), "post", "/v1/completions")
         release.set()
