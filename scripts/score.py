@@ -7,18 +7,24 @@ Samples are jsonl, one completion per line, joined to the task's data by id: the
 program) or `id` + `completion` for any task. Several completions per id are fine (pass@1 over all of
 them). `--data` is the local data file or folder (default: the task's Hugging Face hub source); `--split`
 picks the split the ids come from (default test). `--out` writes one row per sample, in input order: the
-input row plus `passed` (reward >= 1), `reward` and `reason`.
+input row plus `passed` (reward >= 1), `reward` and `reason`. It is written under a temporary name and
+renamed once complete, so a run that fails leaves no file that looks like a finished one.
 
-Errors that are the input's fault (unknown task or ids, unreadable files, missing fields, a data file of the
-wrong schema) stop with a one-line message naming the problem and exit status 2.
+Errors that are the input's fault (unknown task or ids, unreadable files, missing fields, text that is not
+valid Unicode, a data file of the wrong schema, a --timeout that is not a positive number of seconds) stop
+with a one-line message naming the problem and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
+import math
+import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ from rlvr_jax.rewards.sandbox import score_async  # noqa: E402
 
 PROGRESS_MIN_SAMPLES = 64  # below this a progress bar is noise
 CHUNK = 64  # samples per reward call: small enough for a live progress bar, big enough to fill the pool
+MAX_TIMEOUT_S = 24 * 3600.0
 
 
 class InputError(Exception):
@@ -61,10 +68,40 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
             raise InputError(f"{path}, line {number}: no 'task_id' (or 'id') field; it has {sorted(row)}")
         if "completion" not in row:
             raise InputError(f"{path}, line {number}: no 'completion' field; it has {sorted(row)}")
+        if not isinstance(row["completion"], str):
+            kind = type(row["completion"]).__name__
+            raise InputError(f"{path}, line {number}: 'completion' must be a string, found {kind}")
+        problem = unencodable(row)
+        if problem:
+            raise InputError(f"{path}, line {number}: {problem}")
         rows.append(row)
     if not rows:
         raise InputError(f"{path} holds no samples")
     return rows
+
+
+def unencodable(value: Any, where: str = "the row") -> str | None:
+    """Where a JSON value holds text UTF-8 cannot encode (a lone surrogate from a "\ud800" escape), which
+    neither the sandbox nor the results file could take; None when it is all well-formed."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            char = ascii(value[e.start])[1:-1]
+            return f"{where} is not valid Unicode text (unpaired surrogate {char} at character {e.start})"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = repr(key) if where == "the row" else f"{where}[{key!r}]"
+            problem = unencodable(key, f"a field name in {where}") or unencodable(item, inner)
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = unencodable(item, f"{where}[{i}]")
+            if problem:
+                return problem
+    return None
 
 
 def sample_id(row: Mapping[str, Any]) -> str:
@@ -122,6 +159,31 @@ def summary(task: str, rows: Sequence[Mapping[str, Any]], result: RewardResult) 
     )
 
 
+def write_results(path: Path, rows: Sequence[Mapping[str, Any]], result: RewardResult) -> None:
+    """One jsonl row per sample, written to a temporary file next to `path` and renamed over it only
+    once every row is written: a failure on any row leaves no partial file (and an older `path` intact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row, value, why in zip(rows, result.scores.tolist(), result.reasons, strict=True):
+                out = {**row, "passed": value >= 1.0, "reward": value, "reason": why}
+                f.write(json.dumps(out, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def check_timeout(seconds: float | None) -> None:
+    """--timeout must be a finite number of seconds > 0 (at most a day): -5 would fail every program."""
+    if seconds is not None and not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+        raise InputError(
+            f"--timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT_S:g}, got {seconds}"
+        )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,6 +200,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_timeout(args.timeout)
         try:
             task = get_task(args.task)
         except KeyError as e:
@@ -150,16 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"cannot load task {args.task!r} ({args.split}) from {args.data or 'the hub'}: {e}"
             ) from e
         samples = join(rows, data, f"{args.task} {args.split} ({args.data or 'hub'})")
-        options = {"timeout_s": args.timeout} if args.timeout else {}
+        options = {"timeout_s": args.timeout} if args.timeout is not None else {}
         result = score(task.reward, [r["completion"] for r in rows], samples, options)
         if args.out:
             try:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                with args.out.open("w", encoding="utf-8") as f:
-                    for row, value, why in zip(rows, result.scores.tolist(), result.reasons, strict=True):
-                        out = {**row, "passed": value >= 1.0, "reward": value, "reason": why}
-                        f.write(json.dumps(out, ensure_ascii=False) + "\n")
-            except OSError as e:
+                write_results(args.out, rows, result)
+            except (OSError, UnicodeError) as e:
                 raise InputError(f"cannot write results to {args.out}: {e}") from e
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,13 @@
 background, and GET /ready turns 200 when that is done. GET /metrics is Prometheus. SIGTERM / Ctrl-C stop
 taking new connections and finish the requests in flight before exiting.
 
+It listens on 127.0.0.1 unless --host says otherwise (--host 0.0.0.0: every interface, as the Docker
+image does). --api-key KEY (or the environment variable RLVR_API_KEY, which keeps the key out of `ps`)
+makes every route but /health, /ready, /metrics and the API description require
+`Authorization: Bearer KEY`. Connections must send a complete request head within --header_timeout
+seconds, each part of a body within --body_timeout, and idle keep-alive connections close after
+--keep_alive_timeout.
+
 --drift_reference PROFILE.json (written by `scripts/drift.py --save-profile`) turns on drift monitoring:
 the last --drift_window prompts and responses are compared with the profile, the rlvr_drift_* gauges
 appear in /metrics, and POST /v1/feedback {"id", "index", "outcome"} adds verified outcomes (pass-rate
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,7 +34,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlvr_jax.cli import fail_cleanly
-from serving.config import DEFAULT_NEW_TOKEN_BUCKETS, DEFAULT_PROMPT_BUCKETS, ServerConfig, parse_buckets
+from serving.config import (
+    DEFAULT_NEW_TOKEN_BUCKETS,
+    DEFAULT_PROMPT_BUCKETS,
+    ServerConfig,
+    check_api_key,
+    parse_buckets,
+)
+
+API_KEY_ENV = "RLVR_API_KEY"
+MAX_DRIFT_WINDOW = 10_000_000
 
 
 def default_model_name(src: str) -> str:
@@ -50,8 +67,17 @@ def _buckets(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="hub id, HF directory or .gguf file")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only; 0.0.0.0: all)"
+    )
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key", "--api_key", dest="api_key", default=os.environ.get(API_KEY_ENV) or None,
+        help=f"require 'Authorization: Bearer KEY' on the API routes (default: ${API_KEY_ENV}, else none)",
+    )  # fmt: skip
+    p.add_argument("--header_timeout", type=float, default=10.0, help="seconds to send a request head")
+    p.add_argument("--body_timeout", type=float, default=30.0, help="seconds for each part of a request body")
+    p.add_argument("--keep_alive_timeout", type=float, default=5.0, help="seconds an idle connection stays")
     p.add_argument("--served_model_name", default=None, help="the `model` name clients send")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--max_batch", type=int, default=8, help="most rows (choices) decoded together")
@@ -77,23 +103,68 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The flags ServerConfig does not check itself; a ValueError names the flag."""
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 < args.drift_window <= MAX_DRIFT_WINDOW:
+        raise ValueError(f"--drift_window must be in 1..{MAX_DRIFT_WINDOW}, got {args.drift_window}")
+    if args.api_key is not None:
+        try:
+            check_api_key(args.api_key)
+        except ValueError as e:
+            raise ValueError(f"--api-key / ${API_KEY_ENV}: {e}") from None
+
+
+# ServerConfig's field names as the flags that set them, for its error messages.
+FLAG_OF_FIELD = {
+    "request_timeout_s": "--request_timeout",
+    "header_timeout_s": "--header_timeout",
+    "body_timeout_s": "--body_timeout",
+    "keep_alive_s": "--keep_alive_timeout",
+    "batch_wait_ms": "--batch_wait_ms",
+    "max_batch": "--max_batch",
+    "max_queue": "--max_queue",
+    "stream_chunk_tokens": "--stream_chunk_tokens",
+    "max_body_bytes": "--max_body_bytes",
+    "max_prompt_tokens": "--max_prompt_tokens",
+    "max_tokens_limit": "--max_tokens_limit",
+    "seed": "--seed",
+}
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The validated settings; an error names the flag at fault."""
+    try:
+        return ServerConfig(
+            model_name=args.served_model_name or default_model_name(args.model),
+            max_batch=args.max_batch,
+            batch_buckets=parse_buckets(args.batch_buckets, "--batch_buckets") if args.batch_buckets else (),
+            max_queue=args.max_queue,
+            batch_wait_ms=args.batch_wait_ms,
+            prompt_buckets=parse_buckets(args.prompt_buckets, "--prompt_buckets"),
+            new_token_buckets=parse_buckets(args.new_token_buckets, "--new_token_buckets"),
+            max_prompt_tokens=args.max_prompt_tokens,
+            max_tokens_limit=args.max_tokens_limit,
+            request_timeout_s=args.request_timeout,
+            stream_chunk_tokens=args.stream_chunk_tokens,
+            max_body_bytes=args.max_body_bytes,
+            seed=args.seed,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_s=args.keep_alive_timeout,
+        )
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        if field in FLAG_OF_FIELD:
+            raise ValueError(FLAG_OF_FIELD[field] + str(e)[len(field) :]) from None
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = ServerConfig(
-        model_name=args.served_model_name or default_model_name(args.model),
-        max_batch=args.max_batch,
-        batch_buckets=parse_buckets(args.batch_buckets, "--batch_buckets") if args.batch_buckets else (),
-        max_queue=args.max_queue,
-        batch_wait_ms=args.batch_wait_ms,
-        prompt_buckets=parse_buckets(args.prompt_buckets, "--prompt_buckets"),
-        new_token_buckets=parse_buckets(args.new_token_buckets, "--new_token_buckets"),
-        max_prompt_tokens=args.max_prompt_tokens,
-        max_tokens_limit=args.max_tokens_limit,
-        request_timeout_s=args.request_timeout,
-        stream_chunk_tokens=args.stream_chunk_tokens,
-        max_body_bytes=args.max_body_bytes,
-        seed=args.seed,
-    )
+    check_args(args)
+    config = server_config(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -104,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         drift = DriftMonitor(ReferenceProfile.load(args.drift_reference), window=args.drift_window)
 
     import jax
-    import uvicorn
 
     from rlvr_jax.weights import load_model, source_kind
     from serving.app import create_app
     from serving.engine import Engine
+    from serving.server import uvicorn_server
 
     source_kind(args.model)  # a missing path or a non-model file fails now, not after the server starts
     if args.compilation_cache:
@@ -120,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return Engine.from_loaded(loaded.model, loaded.tokenizer, config)
 
     failures: list[BaseException] = []
-    server: uvicorn.Server | None = None
+    server = None
 
     def on_load_failure(error: BaseException) -> None:
         failures.append(error)
@@ -131,17 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     # this one turns it into a normal exit, so a graceful shutdown ends with status 0, not "killed".
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    app = create_app(config, load_engine, on_load_failure=on_load_failure, drift=drift)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            # In-flight requests finish within the request timeout; after that shutdown goes on anyway.
-            timeout_graceful_shutdown=int(args.request_timeout) + 5,
-        )
-    )
+    app = create_app(config, load_engine, on_load_failure=on_load_failure, drift=drift, api_key=args.api_key)
+    server = uvicorn_server(app, config, host=args.host, port=args.port, log_level=args.log_level)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
+        logging.getLogger("serve").warning(
+            "listening on %s without an API key: anyone who can reach this address can use the model "
+            "(--api-key or $%s)", args.host, API_KEY_ENV,
+        )  # fmt: skip
     server.run()
     if failures:
         raise failures[0]

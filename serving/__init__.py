@@ -6,7 +6,9 @@
     choices.py, text.py  token ids -> text deltas (incremental decoding, stop strings, finish reasons)
     responses.py  OpenAI response bodies and SSE chunks; errors.py  OpenAI error bodies, readable messages
     schemas.py  OpenAI request / response models; config.py  the server's limits
-    metrics.py  Prometheus series; middleware.py  request metrics by route and status, body size cap
+    metrics.py  Prometheus series; middleware.py  request metrics (fixed label sets), body size cap and
+                deadline, the optional API key; openapi.py  the status codes /openapi.json documents
+    server.py   uvicorn with a deadline for request heads (and for idle keep-alive connections)
     drift       with --drift_reference, prompts and responses feed a `rlvr_jax.monitoring.drift.DriftMonitor`
                 (gauges in /metrics); POST /v1/feedback attaches verified outcomes (pass-rate drift)
 

@@ -13,8 +13,12 @@ posts {"id": response id, "index": prompt index, "outcome": 0..1} to /v1/feedbac
 
 The model loads and compiles in a background thread after the server has started listening, so that
 liveness probes pass during a long start-up and /ready tells the truth. Every request is checked here,
-at the edge, against the server's limits; anything wrong becomes a 4xx with a message that says what to
-change, and never reaches the batcher.
+at the edge, against the server's limits (counts and sizes before any work proportional to them: n before
+rows are built, text length before tokenisation); anything wrong becomes a 4xx with a message that says
+what to change, and never reaches the batcher, which checks each job once more on its own before queueing
+it. With an API key, everything but the probes, /metrics and the API description needs it
+(`serving.middleware`); /openapi.json lists the status codes the routes really answer with
+(`serving.openapi`).
 """
 
 from __future__ import annotations
@@ -28,17 +32,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serving import schemas
-from serving.batcher import Batcher, Job, QueueFull, ShuttingDown, Update
+from serving.batcher import Batcher, InvalidJob, Job, QueueFull, ShuttingDown, Update
 from serving.choices import Choices
-from serving.config import ServerConfig
+from serving.config import ServerConfig, check_api_key
 from serving.engine import Engine
 from serving.errors import ApiError, install_error_handlers
 from serving.metrics import CONTENT_TYPE, ServerMetrics
-from serving.middleware import HttpMiddleware
+from serving.middleware import ApiKeyMiddleware, HttpMiddleware
+from serving.openapi import document_responses
 from serving.responses import Reply, sse
 
 if TYPE_CHECKING:  # scipy and friends load only when a server monitors drift
@@ -48,6 +53,11 @@ log = logging.getLogger(__name__)
 
 # Completions default to OpenAI's 16 new tokens; chat to as many as the server allows.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+# Generous: no token of the tokenizers we know covers more characters, so text longer than
+# --max_prompt_tokens x this cannot fit and is refused before tokenisation costs time proportional to it.
+MAX_CHARS_PER_TOKEN = 64
+
+OnFailure = Callable[[BaseException], None]
 
 
 @dataclasses.dataclass
@@ -68,60 +78,101 @@ def create_app(
     config: ServerConfig,
     load_engine: Callable[[], Engine],
     *,
-    on_load_failure: Callable[[BaseException], None] | None = None,
+    on_load_failure: OnFailure | None = None,
     drift: DriftMonitor | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The app. `load_engine` runs in a background thread at start-up (load the model, build the sampler);
     the app then compiles every bucket and starts the batcher. `on_load_failure` is told when that fails
-    (the command-line server uses it to exit with the message). `drift` watches the traffic (see above)."""
+    (the command-line server uses it to exit with the message). `drift` watches the traffic (see above).
+    `api_key`: when given, every route but the probes, /metrics and the API description needs
+    `Authorization: Bearer <api_key>` (401 otherwise)."""
+    if api_key is not None:
+        check_api_key(api_key)
     state = ServerState(config=config, metrics=ServerMetrics(config.max_batch), drift=drift)
     if drift is not None:
         drift.register(state.metrics.registry)
+    app = FastAPI(title="rlvr-jax inference server", lifespan=_lifespan(state, load_engine, on_load_failure))
+    app.state.server = state
+    install_error_handlers(app)
+    _add_probe_routes(app, state)
+    _add_api_routes(app, state)
+    if api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(  # added last, so outermost: it also counts the 401s and 413s of the layers inside
+        HttpMiddleware, metrics=state.metrics, max_body_bytes=config.max_body_bytes,
+        body_timeout_s=config.body_timeout_s, routes=frozenset(getattr(r, "path", "") for r in app.routes),
+    )  # fmt: skip
+    document_responses(app, api_key=api_key is not None)
+    return app
 
-    def load() -> None:
-        try:
-            engine = load_engine()
+
+# -- start-up and shutdown ----------------------------------------------------------------------------------
+
+
+def _load(state: ServerState, load_engine: Callable[[], Engine], on_load_failure: OnFailure | None) -> None:
+    """Loads the model, compiles every bucket, starts the batcher; the server is ready after that."""
+    config = state.config
+    try:
+        engine = load_engine()
+        state.metrics.compilations.set(engine.sampler.compile_count)
+
+        def count(*_: Any) -> None:
             state.metrics.compilations.set(engine.sampler.compile_count)
-            seconds = engine.warmup(
-                on_shape=lambda *_: state.metrics.compilations.set(engine.sampler.compile_count)
-            )
-            batcher = Batcher(
-                engine, max_batch=config.max_batch, max_queue=config.max_queue,
-                wait_s=config.batch_wait_ms / 1000, seed=config.seed, metrics=state.metrics,
-            )  # fmt: skip
-            batcher.start()
-            state.engine, state.batcher = engine, batcher
-            if state.status == "loading":
-                state.status = "ready"
-                state.metrics.ready.set(1)
-            log.info("ready: %d shapes compiled in %.1f s", len(config.compiled_shapes), seconds)
-        except BaseException as e:
-            state.status, state.error = "failed", f"{type(e).__name__}: {e}"
-            log.error("loading the model failed: %s", state.error)
-            if on_load_failure is not None:
-                on_load_failure(e)
+
+        seconds = engine.warmup(on_shape=count)
+        batcher = Batcher(
+            engine, max_batch=config.max_batch, max_queue=config.max_queue,
+            wait_s=config.batch_wait_ms / 1000, seed=config.seed, metrics=state.metrics,
+        )  # fmt: skip
+        batcher.start()
+        state.engine, state.batcher = engine, batcher
+        if state.status == "loading":
+            state.status = "ready"
+            state.metrics.ready.set(1)
+        log.info("ready: %d shapes compiled in %.1f s", len(config.compiled_shapes), seconds)
+    except BaseException as e:
+        state.status, state.error = "failed", f"{type(e).__name__}: {e}"
+        log.error("loading the model failed: %s", state.error)
+        if on_load_failure is not None:
+            on_load_failure(e)
+
+
+def _lifespan(
+    state: ServerState, load_engine: Callable[[], Engine], on_load_failure: OnFailure | None
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Loads in a background thread once the server listens; at shutdown, drains the batcher."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=load, name="model-loader", daemon=True).start()
+        loader = threading.Thread(
+            target=_load, args=(state, load_engine, on_load_failure), name="model-loader", daemon=True
+        )
+        loader.start()
         yield
         # Uvicorn has already waited for the requests in flight; finish whatever the batcher still holds.
         state.status = "stopping"
         state.metrics.ready.set(0)
-        if state.batcher is not None and not state.batcher.stop(timeout=config.request_timeout_s):
-            log.warning("the batcher was still busy after %.0f s at shutdown", config.request_timeout_s)
+        timeout = state.config.request_timeout_s
+        if state.batcher is not None and not state.batcher.stop(timeout=timeout):
+            log.warning("the batcher was still busy after %.0f s at shutdown", timeout)
 
-    app = FastAPI(title="rlvr-jax inference server", lifespan=lifespan)
-    app.state.server = state
-    app.add_middleware(HttpMiddleware, metrics=state.metrics, max_body_bytes=config.max_body_bytes)
-    install_error_handlers(app)
+    return lifespan
 
-    @app.get("/health")
+
+# -- routes -------------------------------------------------------------------------------------------------
+
+
+def _add_probe_routes(router: FastAPI, state: ServerState) -> None:
+    """/health, /ready and /metrics: for load balancers, orchestrators and Prometheus (no API key)."""
+    config = state.config
+
+    @router.get("/health")
     async def health() -> dict[str, str]:
         """Liveness: the process and its event loop answer (loading or not)."""
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @router.get("/ready")
     async def ready() -> JSONResponse:
         """Readiness: 200 once the model is loaded and every bucket compiled, 503 before and at shutdown."""
         body: dict[str, Any] = {"status": state.status, "model": config.model_name}
@@ -131,14 +182,44 @@ def create_app(
             body["compiled_shapes"] = len(config.compiled_shapes)
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
-    @app.get("/metrics")
+    @router.get("/metrics")
     async def metrics() -> Response:
+        """Prometheus metrics (text exposition format)."""
         if state.engine is not None:
             state.metrics.compilations.set(state.engine.sampler.compile_count)
         # Off the event loop: a scrape may recompute the drift statistics over the whole window.
         return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE)
 
-    @app.post("/v1/feedback")
+
+def _add_api_routes(router: FastAPI, state: ServerState) -> None:
+    """The OpenAI routes (completions, chat completions, models) and /v1/feedback."""
+    config = state.config
+
+    @router.post("/v1/completions", response_model=None)
+    async def completions(body: schemas.CompletionRequest) -> Response:
+        arrived = time.monotonic()
+        engine = _ready_engine(state, body)
+        prompts = _completion_prompts(state, engine, body)
+        max_tokens = _max_tokens(state, engine, body.max_tokens, prompts, COMPLETIONS_DEFAULT_MAX_TOKENS)
+        texts = _completion_texts(engine, body, prompts) if state.drift is not None else None
+        return await _generate(state, engine, body, prompts, max_tokens, arrived, chat=False, texts=texts)
+
+    @router.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: schemas.ChatCompletionRequest) -> Response:
+        arrived = time.monotonic()
+        engine = _ready_engine(state, body)
+        prompt = _chat_prompt(state, engine, body)
+        max_tokens = _max_tokens(state, engine, body.requested_max_tokens, [prompt], None)
+        texts = [_chat_text(body)] if state.drift is not None else None
+        return await _generate(state, engine, body, [prompt], max_tokens, arrived, chat=True, texts=texts)
+
+    @router.get("/v1/models")
+    async def models() -> schemas.ModelList:
+        context = state.engine.context_length if state.engine is not None else 0
+        card = schemas.ModelCard(id=config.model_name, created=state.started, max_model_len=context)
+        return schemas.ModelList(data=[card])
+
+    @router.post("/v1/feedback")
     async def feedback(body: schemas.FeedbackRequest) -> dict[str, Any]:
         """The verified outcome of an earlier completion: counted in the drift monitor's live pass rate."""
         if state.drift is None:
@@ -153,43 +234,6 @@ def create_app(
                 param="id", code="unknown_completion",
             )  # fmt: skip
         return {"id": body.id, "index": body.index, "outcome": body.outcome, "accepted": True}
-
-    @app.get("/v1/models")
-    async def models() -> schemas.ModelList:
-        context = state.engine.context_length if state.engine is not None else 0
-        card = schemas.ModelCard(id=config.model_name, created=state.started, max_model_len=context)
-        return schemas.ModelList(data=[card])
-
-    @app.post("/v1/completions", response_model=None)
-    async def completions(body: schemas.CompletionRequest, request: Request) -> Response:
-        arrived = time.monotonic()
-        engine = _ready_engine(state, body)
-        prompts = _completion_prompts(engine, body)
-        max_tokens = _max_tokens(state, engine, body.max_tokens, prompts, COMPLETIONS_DEFAULT_MAX_TOKENS)
-        texts = _completion_texts(engine, body, prompts) if state.drift is not None else None
-        return await _generate(state, engine, body, prompts, max_tokens, arrived, chat=False, texts=texts)
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: schemas.ChatCompletionRequest, request: Request) -> Response:
-        arrived = time.monotonic()
-        engine = _ready_engine(state, body)
-        if not engine.tokenizer.chat_template:
-            message = (
-                f"{config.model_name!r} has no chat template, so its messages cannot be formatted; "
-                "use /v1/completions with a plain prompt"
-            )
-            raise ApiError(400, message, param="messages")
-        try:
-            prompt = engine.encode_chat(body.template_messages())
-        except Exception as e:  # the model's own Jinja template refused the conversation
-            raise ApiError(
-                400, f"the model's chat template rejected these messages: {e}", param="messages"
-            ) from e
-        max_tokens = _max_tokens(state, engine, body.requested_max_tokens, [prompt], None)
-        texts = [_chat_text(body)] if state.drift is not None else None
-        return await _generate(state, engine, body, [prompt], max_tokens, arrived, chat=True, texts=texts)
-
-    return app
 
 
 # -- request checks -----------------------------------------------------------------------------------------
@@ -217,18 +261,45 @@ def _ready_engine(state: ServerState, body: schemas._SamplingFields) -> Engine:
     return state.engine
 
 
-def _completion_prompts(engine: Engine, body: schemas.CompletionRequest) -> list[list[int]]:
-    """The request's prompts as token ids: one string, several, token ids, or several token-id lists."""
+def _check_rows(state: ServerState, prompts: int, n: int) -> None:
+    """prompts x n against the batch, before any row is built (n may be any integer a client sends)."""
+    cfg = state.config
+    if prompts * n > cfg.max_batch:
+        raise ApiError(
+            400, f"this request asks for {prompts} x {n} completions (prompts x n), more than this server's "
+            f"batch of {cfg.max_batch} (--max_batch); send fewer prompts or a smaller n", param="n",
+        )  # fmt: skip
+
+
+def _check_chars(state: ServerState, chars: int, param: str) -> None:
+    """Text far too long for --max_prompt_tokens is refused before tokenisation costs anything."""
+    limit = state.config.max_prompt_tokens
+    if chars > limit * MAX_CHARS_PER_TOKEN:
+        raise ApiError(
+            400, f"the prompt has {chars} characters, more than {limit} tokens can hold; this server accepts "
+            f"at most {limit} prompt tokens (--max_prompt_tokens). Shorten the prompt or the conversation.",
+            param=param, code="context_length_exceeded",
+        )  # fmt: skip
+
+
+def _completion_prompts(
+    state: ServerState, engine: Engine, body: schemas.CompletionRequest
+) -> list[list[int]]:
+    """The request's prompts as token ids: one string, several, token ids, or several token-id lists.
+    Their number and size are checked before anything is tokenised."""
     p = body.prompt
-    if isinstance(p, str):
-        prompts = [engine.encode_text(p)]
-    elif all(isinstance(x, str) for x in p):
-        prompts = [engine.encode_text(x) for x in p]
-    elif all(isinstance(x, int) for x in p):
-        prompts = [list(p)]
+    if isinstance(p, str) or all(isinstance(x, str) for x in p):
+        texts = [p] if isinstance(p, str) else list(p)
+        _check_rows(state, len(texts), body.n)
+        for text in texts:
+            _check_chars(state, len(text), "prompt")
+        prompts = [engine.encode_text(text) for text in texts]  # type: ignore[arg-type]
     else:
-        prompts = [list(x) for x in p]
+        prompts = [list(p)] if all(isinstance(x, int) for x in p) else [list(x) for x in p]  # type: ignore
+        _check_rows(state, len(prompts), body.n)
     for ids in prompts:
+        if len(ids) > state.config.max_prompt_tokens:
+            break  # _max_tokens says so, with the numbers
         bad = [t for t in ids if not 0 <= t < engine.vocab_size]
         if bad:
             raise ApiError(
@@ -240,6 +311,29 @@ def _completion_prompts(engine: Engine, body: schemas.CompletionRequest) -> list
                 400, "the prompt is empty after tokenisation; send at least one token", param="prompt"
             )
     return prompts
+
+
+def _chat_prompt(state: ServerState, engine: Engine, body: schemas.ChatCompletionRequest) -> list[int]:
+    """The conversation through the model's chat template, as token ids; size checked before templating."""
+    if not engine.tokenizer.chat_template:
+        message = (
+            f"{state.config.model_name!r} has no chat template, so its messages cannot be formatted; "
+            "use /v1/completions with a plain prompt"
+        )
+        raise ApiError(400, message, param="messages")
+    _check_rows(state, 1, body.n)
+    limit = state.config.max_prompt_tokens
+    if len(body.messages) > limit:
+        raise ApiError(
+            400, f"the conversation has {len(body.messages)} messages, more than {limit} prompt tokens can "
+            "hold (--max_prompt_tokens); send fewer", param="messages", code="context_length_exceeded",
+        )  # fmt: skip
+    _check_chars(state, sum(len(m.text()) for m in body.messages), "messages")
+    try:
+        return engine.encode_chat(body.template_messages())
+    except Exception as e:  # the model's own Jinja template refused the conversation
+        message = f"the model's chat template rejected these messages: {e}"
+        raise ApiError(400, message, param="messages") from e
 
 
 def _completion_texts(engine: Engine, body: schemas.CompletionRequest, prompts: list[list[int]]) -> list[str]:
@@ -309,13 +403,8 @@ async def _generate(
 ) -> Response:
     """Runs the job; `texts` (the prompts as text, with drift monitoring on) are observed once it is done."""
     cfg = state.config
+    _check_rows(state, len(prompts), body.n)
     rows = [p for p in prompts for _ in range(body.n)]  # choice i*n + j is sample j of prompt i
-    if len(rows) > cfg.max_batch:
-        message = (
-            f"this request asks for {len(rows)} completions (prompts x n), more than this server's "
-            f"batch of {cfg.max_batch} (--max_batch); send fewer prompts or a smaller n"
-        )
-        raise ApiError(400, message, param="n")
     loop = asyncio.get_running_loop()
     updates: asyncio.Queue[Update] = asyncio.Queue()
     job = Job(
@@ -326,6 +415,8 @@ async def _generate(
     assert state.batcher is not None
     try:
         state.batcher.submit(job)
+    except InvalidJob as e:
+        raise ApiError(400, f"invalid request: {e}") from e
     except QueueFull as e:
         raise ApiError(
             429,

@@ -9,6 +9,11 @@ not when the batch's longest row is.
 Why a thread and a bounded queue: the sampler blocks (it waits on the device), and the event loop must
 keep answering /health, /metrics and 429s while it does; the bound on waiting jobs (plus the per-request
 limits checked at the edge) bounds memory whatever the load.
+
+Requests share batches but not fates: a job is checked on its own (`Runner.check`) before it is queued,
+every job carries its own seed (the client's, or the next of the server's), which the runner turns into
+per-row keys, and when a batch fails the jobs it had not finished are run again one at a time, so only the
+job at fault gets the error.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Job:
     seed: int | None = None
     enqueued_at: float = dataclasses.field(default_factory=time.monotonic)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    delivered: tuple[RowState, ...] = ()  # the last row states handed to `deliver`
 
     @property
     def rows(self) -> int:
@@ -66,9 +72,16 @@ class Job:
 
 
 class Runner(Protocol):
-    """Runs jobs as one batch, yielding every job's row states after each decoded chunk."""
+    """Checks one job, and runs jobs as one batch, yielding every job's row states after each chunk."""
 
-    def run(self, jobs: Sequence[Job], seed: int) -> Iterator[list[tuple[RowState, ...]]]: ...
+    def check(self, job: Job) -> None:
+        """Raises InvalidJob when this job cannot run (a limit, a value out of range): it fails alone."""
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[list[tuple[RowState, ...]]]: ...
+
+
+class InvalidJob(ValueError):
+    """A job that `Runner.check` refused; the message says what is wrong (the app answers 400)."""
 
 
 class QueueFull(Exception):
@@ -116,9 +129,14 @@ class Batcher:
 
     # -- producer side -------------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        """Queues a job or raises QueueFull / ShuttingDown (the caller turns those into 429 / 503)."""
-        if job.rows > self.max_batch:
-            raise ValueError(f"a job has {job.rows} rows, more than max_batch ({self.max_batch})")
+        """Checks and queues a job, or raises InvalidJob / QueueFull / ShuttingDown (400 / 429 / 503).
+
+        A job without a seed gets the next of the server's seeds here, so that it, too, samples with keys
+        of its own rather than whatever its batch mates asked for.
+        """
+        if not 0 < job.rows <= self.max_batch:
+            raise InvalidJob(f"a job has {job.rows} rows; it needs 1 to max_batch ({self.max_batch})")
+        self.runner.check(job)
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down and accepts no new requests")
@@ -126,6 +144,9 @@ class Batcher:
                 if self.metrics is not None:
                     self.metrics.rejected.labels("queue_full").inc()
                 raise QueueFull(self._retry_after(), self.max_queue)
+            if job.seed is None:
+                self._seed += 1
+                job.seed = self._seed
             self._queue.append(job)
             self._set_depth()
             self._cond.notify()
@@ -204,38 +225,53 @@ class Batcher:
             self._set_depth()
             return jobs
 
-    def _next_seed(self, jobs: Sequence[Job]) -> int:
-        """The first job's seed when it gave one (a request alone in its batch is then reproducible)."""
-        self._seed += 1
-        return jobs[0].seed if jobs[0].seed is not None else self._seed
-
     def _run(self, jobs: list[Job]) -> None:
+        """Runs a batch; when it fails, its unfinished jobs run again one by one, so that a job that makes
+        the batch fail fails alone. Per-job keys make the rerun give the same tokens, and updates are
+        cumulative, so a client that already had part of its answer sees it continue, not restart."""
+        failed, error = self._run_batch(jobs)
+        if len(jobs) > 1 and failed:
+            log.warning("re-running %d unfinished job(s) of a failed batch one at a time", len(failed))
+            for job in failed:
+                if not job.cancelled.is_set():
+                    self._run([job])
+            return
+        for job in failed:
+            _deliver(job, Update(error=error))
+
+    def _run_batch(self, jobs: list[Job]) -> tuple[list[Job], str]:
+        """One batch through the runner; returns the jobs it failed to finish and the error's message."""
         start = time.monotonic()
         active = set(range(len(jobs)))
-        last: dict[int, tuple[RowState, ...]] = {}
-        first_token_seen: set[int] = set()
         generated = 0
+        failed: list[Job] = []
+        error = ""
         if self.metrics is not None:
             self.metrics.batch_size.observe(sum(j.rows for j in jobs))
             self.metrics.prompt_tokens.inc(sum(len(p) for j in jobs for p in j.prompts))
-        updates = self.runner.run(jobs, self._next_seed(jobs))
+        updates: Iterator[list[tuple[RowState, ...]]] | None = None
         try:
+            updates = self.runner.run(jobs)
             for states in updates:
                 for i in list(active):
                     job, rows = jobs[i], states[i]
                     if job.cancelled.is_set():
                         active.discard(i)
                         continue
-                    if rows == last.get(i):
+                    news = _news(job.delivered, rows)
+                    if news is None:  # a rerun that disagrees with what the client already has
+                        active.discard(i)
+                        _deliver(job, Update(error="generation failed and its retry gave different tokens"))
+                        continue
+                    if not news:
                         continue  # nothing new for this job in this chunk
-                    last[i] = rows
-                    if i not in first_token_seen and any(r.token_ids for r in rows):
-                        first_token_seen.add(i)
-                        if self.metrics is not None:
-                            self.metrics.ttft.observe(time.monotonic() - job.enqueued_at)
+                    first = not any(r.token_ids for r in job.delivered) and any(r.token_ids for r in rows)
+                    if first and self.metrics is not None:
+                        self.metrics.ttft.observe(time.monotonic() - job.enqueued_at)
                     if all(r.done for r in rows):
                         active.discard(i)
                         generated += sum(len(r.token_ids) for r in rows)
+                    job.delivered = rows
                     _deliver(job, Update(rows=rows))
                 if not active:
                     break  # every job is answered or gone: stop decoding this batch
@@ -243,12 +279,16 @@ class Batcher:
                 _deliver(jobs[i], Update(error="generation ended before the request was complete"))
         except Exception as e:
             log.exception("batch of %d jobs failed", len(jobs))
-            for i in active:
-                _deliver(jobs[i], Update(error=f"generation failed: {type(e).__name__}: {e}"))
+            failed = [jobs[i] for i in sorted(active)]
+            error = f"generation failed: {type(e).__name__}: {e}"
         finally:
             updates_close = getattr(updates, "close", None)
             if updates_close is not None:
                 updates_close()
+        self._account(start, generated)
+        return failed, error
+
+    def _account(self, start: float, generated: int) -> None:
         seconds = time.monotonic() - start
         self.batches_run += 1
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
@@ -256,6 +296,20 @@ class Batcher:
             self.metrics.batch_duration.observe(seconds)
             self.metrics.generated_tokens.inc(generated)
             self.metrics.tokens_per_second.set(generated / seconds if seconds > 0 else 0.0)
+
+
+def _news(before: tuple[RowState, ...], rows: tuple[RowState, ...]) -> bool | None:
+    """Whether `rows` tell the client something new: True when they extend what it had (or it had
+    nothing), False when they add nothing (a chunk without progress, or a rerun still catching up), None
+    when they contradict it."""
+    if not before:
+        return True
+    for old, new in zip(before, rows, strict=True):
+        shorter = min(len(old.token_ids), len(new.token_ids))
+        if old.token_ids[:shorter] != new.token_ids[:shorter]:
+            return None
+    pairs = zip(before, rows, strict=True)
+    return any(len(n.token_ids) > len(o.token_ids) or (n.done and not o.done) for o, n in pairs)
 
 
 def _deliver(job: Job, update: Update) -> None:

@@ -14,6 +14,12 @@ from collections.abc import Sequence
 # buckets are a flag away (--prompt_buckets, --new_token_buckets) rather than a default cost.
 DEFAULT_PROMPT_BUCKETS = (256, 1024)
 DEFAULT_NEW_TOKEN_BUCKETS = (128, 512)
+# Ceilings for settings, so that a typo (or inf) fails at start-up rather than in arithmetic later.
+MAX_SETTING = 2**31 - 1
+MAX_BATCH = 4096
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_BODY_BYTES = 1 << 30
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 
 
 def parse_buckets(text: str, flag: str) -> tuple[int, ...]:
@@ -24,6 +30,8 @@ def parse_buckets(text: str, flag: str) -> tuple[int, ...]:
         raise ValueError(
             f"{flag} takes comma-separated positive integers such as 64,128; got {text!r}"
         ) from None
+    if values and values[-1] > MAX_SETTING:
+        raise ValueError(f"{flag}: {values[-1]} is too large (at most {MAX_SETTING})")
     if not values or values[0] < 1:
         raise ValueError(f"{flag} takes comma-separated positive integers such as 64,128; got {text!r}")
     return values
@@ -50,19 +58,34 @@ class ServerConfig:
     stream_chunk_tokens: int = 8
     max_body_bytes: int = 1 << 20
     seed: int = 0
+    # Connections: a request head must be complete within header_timeout_s of the connection opening (or of
+    # the previous response), each part of a body must arrive within body_timeout_s, and an idle keep-alive
+    # connection is closed after keep_alive_s. Slow or half-open clients cannot pile up.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
 
     def __post_init__(self) -> None:
-        def positive(name: str, value: float) -> None:
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+        def positive(name: str, value: float, most: float = MAX_SETTING) -> None:
+            if not 0 < value <= most:  # NaN fails too
+                raise ValueError(f"{name} must be > 0 and at most {most:g}, got {value}")
 
-        positive("max_batch", self.max_batch)
+        positive("max_batch", self.max_batch, MAX_BATCH)
         positive("max_queue", self.max_queue)
-        positive("request_timeout_s", self.request_timeout_s)
+        positive("request_timeout_s", self.request_timeout_s, MAX_TIMEOUT_S)
         positive("stream_chunk_tokens", self.stream_chunk_tokens)
-        positive("max_body_bytes", self.max_body_bytes)
-        if self.batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        positive("max_body_bytes", self.max_body_bytes, MAX_BODY_BYTES)
+        positive("header_timeout_s", self.header_timeout_s, MAX_TIMEOUT_S)
+        positive("body_timeout_s", self.body_timeout_s, MAX_TIMEOUT_S)
+        positive("keep_alive_s", self.keep_alive_s, MAX_TIMEOUT_S)
+        if not 0 <= self.batch_wait_ms <= MAX_TIMEOUT_S * 1000:
+            raise ValueError(
+                f"batch_wait_ms must be in 0..{MAX_TIMEOUT_S * 1000:g}, got {self.batch_wait_ms}"
+            )
+        if not MIN_SEED <= self.seed <= MAX_SEED:
+            raise ValueError(
+                f"seed must be a signed 64-bit integer ({MIN_SEED}..{MAX_SEED}), got {self.seed}"
+            )
         if not self.model_name:
             raise ValueError("model_name must not be empty (it is what clients pass as `model`)")
         batch = _sorted_positive(self.batch_buckets or (self.max_batch,), "batch_buckets")
@@ -98,6 +121,15 @@ class ServerConfig:
         return [
             (b, p, n) for b in self.batch_buckets for p in self.prompt_buckets for n in self.new_token_buckets
         ]
+
+
+def check_api_key(key: str) -> None:
+    """An API key must be sendable in an HTTP header: printable ASCII without spaces."""
+    if not key or not all(33 <= ord(c) <= 126 for c in key):
+        raise ValueError(
+            "the API key must be non-empty printable ASCII without spaces (it travels in the "
+            "'Authorization: Bearer KEY' header)"
+        )
 
 
 def _sorted_positive(values: Sequence[int], name: str) -> tuple[int, ...]:

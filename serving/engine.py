@@ -4,22 +4,29 @@ One batch becomes one `Sampler.stream_ids` call on fixed shapes: rows padded up 
 empty prompts (which generate nothing), prompts left-padded into a prompt bucket, the new-token budget
 rounded up to a new-token bucket. Every combination is compiled by `warmup` before the server says it is
 ready, so no request ever waits for a compilation. Each row carries its own temperature / top-p / top-k
-(`RowParams`), so requests with different sampling share a batch.
+(`RowParams`) and its own PRNG key, derived from its request's seed and its choice index only, so requests
+with different sampling share a batch and a seeded request gets the same samples whatever shares it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax.generate.sampler import GenerateOutput, RowParams, Sampler, SamplingParams, bucket
-from serving.batcher import Job, RowState
+from serving.batcher import InvalidJob, Job, RowState
 from serving.config import ServerConfig
+
+MAX_TEMPERATURE = 2.0  # OpenAI's range (the request schema says the same)
+MAX_TOP_K = 2**31 - 1  # top_k lives in an int32 on the device
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,14 @@ class Engine:
         return int(self.sampler.config.max_position_embeddings)
 
     # -- batches ---------------------------------------------------------------------------------------------
-    def run(self, jobs: Sequence[Job], seed: int) -> Iterator[list[tuple[RowState, ...]]]:
+    def check(self, job: Job) -> None:
+        """Raises InvalidJob when this job cannot run here, before it joins a batch (the app checks the same
+        limits with friendlier messages; this is the batcher's own guard for every caller)."""
+        problem = _job_problem(job, self.config, self.vocab_size, self.context_length)
+        if problem:
+            raise InvalidJob(problem)
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[list[tuple[RowState, ...]]]:
         """Runs the jobs as one batch, yielding every job's row states after each decoded chunk."""
         prompts = [p for job in jobs for p in job.prompts]
         row_jobs = [job for job in jobs for _ in job.prompts]
@@ -79,12 +93,14 @@ class Engine:
         filler = rows - len(prompts)  # empty rows: greedy, unfiltered, and they generate nothing
         row_params = RowParams(
             temperature=jnp.asarray([j.temperature for j in row_jobs] + [0.0] * filler, jnp.float32),
-            top_k=jnp.asarray([j.top_k for j in row_jobs] + [0] * filler, jnp.int32),
+            top_k=jnp.asarray([min(j.top_k, self.vocab_size) for j in row_jobs] + [0] * filler, jnp.int32),
             top_p=jnp.asarray([j.top_p for j in row_jobs] + [1.0] * filler, jnp.float32),
         )
+        words = [_key_words(job.seed or 0, c) for job in jobs for c in range(job.rows)]
+        keys = _row_keys(np.asarray(words + [(0, 0, 0)] * filler, np.uint32), self.sampler.prng_impl)
         params = self._batch_params(max(j.max_tokens for j in jobs))
         stream = self.sampler.stream_ids(
-            ids, mask, params, seed=seed, row_params=row_params, chunk_tokens=self.config.stream_chunk_tokens
+            ids, mask, params, seed=keys, row_params=row_params, chunk_tokens=self.config.stream_chunk_tokens
         )
         try:
             for out in stream:
@@ -119,8 +135,10 @@ class Engine:
             mask = np.ones((rows, prompt_len), bool)
             row_params = RowParams.broadcast(SamplingParams(temperature=1.0), rows)
             for seed in range(8):
+                words = np.asarray([_key_words(seed, c) for c in range(rows)], np.uint32)
+                keys = _row_keys(words, self.sampler.prng_impl)
                 stream = self.sampler.stream_ids(
-                    ids, mask, self._batch_params(new_tokens), seed=seed, row_params=row_params,
+                    ids, mask, self._batch_params(new_tokens), seed=keys, row_params=row_params,
                     chunk_tokens=self.config.stream_chunk_tokens,
                 )  # fmt: skip
                 chunks = 0
@@ -142,6 +160,47 @@ class Engine:
             if on_shape is not None:
                 on_shape(rows, prompt_len, new_tokens)
         return time.perf_counter() - t0
+
+
+def _job_problem(job: Job, cfg: ServerConfig, vocab: int, context: int) -> str | None:
+    """What is wrong with a job on its own (a limit, a value out of range), or None."""
+    if not (isinstance(job.max_tokens, int) and 1 <= job.max_tokens <= cfg.max_tokens_limit):
+        return f"max_tokens must be an integer in 1..{cfg.max_tokens_limit}, got {job.max_tokens!r}"
+    if not (math.isfinite(job.temperature) and 0 <= job.temperature <= MAX_TEMPERATURE):
+        return f"temperature must be in 0..{MAX_TEMPERATURE:g}, got {job.temperature!r}"
+    if not (math.isfinite(job.top_p) and 0 < job.top_p <= 1):
+        return f"top_p must be in (0, 1], got {job.top_p!r}"
+    if not (isinstance(job.top_k, int) and 0 <= job.top_k <= MAX_TOP_K):
+        return f"top_k must be an integer in 0..{MAX_TOP_K}, got {job.top_k!r}"
+    if job.seed is not None and not isinstance(job.seed, int):
+        return f"seed must be an integer, got {job.seed!r}"
+    for ids in job.prompts:
+        if not 1 <= len(ids) <= cfg.max_prompt_tokens:
+            return f"a prompt has {len(ids)} tokens; it needs 1 to {cfg.max_prompt_tokens}"
+        if len(ids) + job.max_tokens > context:
+            return f"a prompt of {len(ids)} tokens + {job.max_tokens} new ones exceed the context ({context})"
+        if not all(isinstance(t, int | np.integer) and 0 <= t < vocab for t in ids):
+            return f"a prompt holds a token id outside the vocabulary (0..{vocab - 1})"
+    return None
+
+
+def _key_words(seed: int, choice: int) -> tuple[int, int, int]:
+    """A row's key material: its request's seed as two 32-bit words (any integer, taken modulo 2**64: JAX
+    would silently keep only 32 bits of a larger seed) and its choice index within the request."""
+    u = seed % 2**64
+    return u & 0xFFFFFFFF, u >> 32, choice
+
+
+@functools.partial(jax.jit, static_argnames="impl")
+def _row_keys(words: jax.Array, impl: str | None) -> jax.Array:
+    """[rows, 3] uint32 key material -> [rows] typed keys: key(low word), then the high word and the
+    choice index folded in. A row's key depends on nothing else in its batch."""
+
+    def one(w: jax.Array) -> jax.Array:
+        key = jax.random.key(w[0], impl=impl)
+        return jax.random.fold_in(jax.random.fold_in(key, w[1]), w[2])
+
+    return jax.vmap(one)(words)
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ union type) reads like noise to a person.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -18,6 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import schemas
+
+log = logging.getLogger(__name__)
 
 ROUTES = "/v1/completions, /v1/chat/completions, /v1/models, /v1/feedback, /health, /ready, /metrics"
 
@@ -43,15 +46,49 @@ class ApiError(Exception):
         body = schemas.ErrorResponse(
             error=schemas.ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
         )
-        return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers)
+        return AsciiJSONResponse(body.model_dump(), status_code=self.status, headers=self.headers)
 
 
-class BodyTooLarge(Exception):
-    """A request body that grew past --max_body_bytes while it streamed in (no Content-Length given)."""
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII characters escaped: an error message may quote the client's own text, and text
+    that UTF-8 cannot encode (a lone surrogate) must not turn a 4xx into a plain-text 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body that grew past --max_body_bytes while it streamed in (no Content-Length given).
+
+    An HTTPException, because FastAPI turns any other error raised while it reads a body into a 400
+    "There was an error parsing the body"; this one it passes on to our handler."""
+
+    def __init__(self, message: str):
+        super().__init__(413, message)
+
+    def __str__(self) -> str:
+        return str(self.detail)
+
+
+class BodyTimeout(StarletteHTTPException):
+    """A request body that stopped arriving: no bytes for --body_timeout seconds (an HTTPException for
+    the same reason as BodyTooLarge)."""
+
+    def __init__(self, message: str):
+        super().__init__(408, message)
+
+    def __str__(self) -> str:
+        return str(self.detail)
 
 
 def too_large_message(limit: int) -> str:
     return f"the request body is larger than this server's limit of {limit} bytes (--max_body_bytes)"
+
+
+def body_timeout_message(seconds: float) -> str:
+    return (
+        f"the request body did not arrive within {seconds:g} s (--body_timeout); send the whole body at once"
+    )
 
 
 _FIELD_SHAPES = {
@@ -62,6 +99,9 @@ _FIELD_SHAPES = {
         "or audio)"
     ),
 }
+
+
+_TEXT_ERRORS = ("invalid_text", "string_unicode")
 
 
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -75,9 +115,19 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         by_place.setdefault(_place(_plain(loc)), []).append(err)
     parts = []
     for place, errs in by_place.items():
+        # Text that is not valid Unicode explains itself better than the other arms of a union that failed.
+        errs = sorted(errs, key=lambda e: e.get("type") not in _TEXT_ERRORS)
         err, kind = errs[0], errs[0].get("type")
         shape = _FIELD_SHAPES.get(_pattern(place))
-        if not place:
+        place = _clip(place)
+        if kind == "invalid_text":  # schemas._encodable's own message, with the character and where it is
+            parts.append(f"{place} {err.get('msg')}")
+        elif kind == "string_unicode":  # pydantic's check on constrained strings, before ours
+            parts.append(
+                f"{place} is not valid Unicode text: it holds an unpaired surrogate, which cannot be "
+                "encoded as UTF-8; send well-formed text"
+            )
+        elif not place:
             parts.append(f"the request body must be a JSON object ({err.get('msg')})")
         elif shape and len(errs) > 1:  # one value, several arms of a union failed
             parts.append(f"{place} must be {shape}")
@@ -91,6 +141,11 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
             parts.append(f"{place}: {err.get('msg')} (got {_short(err.get('input'))})")
     first = next((p.split(".")[0] for p in by_place if p), None)
     return "invalid request: " + "; ".join(parts), first
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A field name as the client sent it, cut short: an unknown key may be as long as the body."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _pattern(place: str) -> str:
@@ -132,12 +187,25 @@ def install_error_handlers(app: FastAPI) -> None:
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
         return ApiError(413, str(exc)).response()
 
+    @app.exception_handler(BodyTimeout)
+    async def body_timeout(request: Request, exc: BodyTimeout) -> JSONResponse:
+        return ApiError(408, str(exc), code="body_timeout", headers={"Connection": "close"}).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The server's own bug: logged with its traceback, answered in the same JSON shape as the rest.
+        where = f"{_clip(request.method, 20)} {_clip(request.url.path)}"
+        log.error("unhandled error on %s", where, exc_info=exc)
+        message = f"internal server error ({type(exc).__name__}); the server log has the details"
+        return ApiError(500, message, type="server_error").response()
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        method, path = _clip(request.method, 20), _clip(request.url.path)
         if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}; this server serves {ROUTES}"
+            message = f"no route {method} {path}; this server serves {ROUTES}"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
+            message = f"{method} is not allowed on {path}"
         else:
             message = str(exc.detail)
         return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()

@@ -4,6 +4,11 @@ Requests are validated here, once, at the edge: a wrong type, an empty message l
 range becomes a 400 whose message names the field, before anything reaches the batcher. Limits that
 depend on the server's flags (max_tokens, prompt length, n) are checked in `serving.app`, which knows
 them. Unknown fields are rejected (as OpenAI does), so a misspelt `temprature` is not silently ignored.
+
+Every integer has a range the code after it can hold (a seed is a signed 64-bit integer, top_k fits an
+int32), floats must be finite, and every string must be encodable as UTF-8: JSON's "\ud800" escape gives
+Python a lone surrogate, which the tokenizer (and any UTF-8 output) cannot take. Such values are the
+client's mistake and get a 400, never a 500 from deep inside the sampler.
 """
 
 from __future__ import annotations
@@ -12,17 +17,42 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from serving.config import MAX_SEED, MIN_SEED  # OpenAI's seed is a signed 64-bit integer
 
 # OpenAI's own ranges.
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256  # a stop string is searched for in every decoded chunk
+MAX_N = 1024  # a static ceiling; the server's own limit (--max_batch) is checked in serving.app
+MAX_TOP_K = 2**31 - 1  # the sampler keeps top_k in an int32; any k >= the vocabulary means "no filter"
+MAX_ID_CHARS = 256  # response ids, model names, user tags: short identifiers
+
+
+def _encodable(text: str) -> str:
+    """Refuses text that UTF-8 cannot encode (a lone surrogate from a JSON "\ud800" escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PydanticCustomError(
+            "invalid_text",
+            "is not valid Unicode text: it holds an unpaired surrogate ({char}) at character {at}, which "
+            "cannot be encoded as UTF-8; send well-formed text",
+            {"char": ascii(e.object[e.start])[1:-1], "at": e.start},
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+ShortText = Annotated[str, Field(max_length=MAX_ID_CHARS), AfterValidator(_encodable)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StreamOptions(_Strict):
@@ -32,17 +62,17 @@ class StreamOptions(_Strict):
 class _SamplingFields(_Strict):
     """The fields both endpoints share."""
 
-    model: str = Field(min_length=1)
+    model: ShortText = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    top_k: int = Field(default=0, ge=0)  # an extension many servers accept; 0 disables it
-    n: int = Field(default=1, ge=1)
+    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K)  # an extension many servers accept; 0 disables it
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    user: str | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
+    user: ShortText | None = None
     # Accepted so that clients sending OpenAI's defaults work; any other value is refused in `check`.
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
@@ -58,6 +88,8 @@ class _SamplingFields(_Strict):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stops)}")
         if any(s == "" for s in stops):
             raise ValueError("stop strings must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         return stops or None
 
     def unsupported(self) -> str | None:
@@ -78,9 +110,9 @@ class _SamplingFields(_Strict):
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions. `prompt`: a string, a list of strings, token ids, or a list of token-id lists."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | list[Text] | list[int] | list[list[int]]
     echo: bool = False
-    suffix: str | None = None
+    suffix: Text | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -101,7 +133,7 @@ class CompletionRequest(_SamplingFields):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
@@ -110,7 +142,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ... are ignored, not refused
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -145,8 +177,8 @@ class FeedbackRequest(_Strict):
     completions). `outcome`: 1 / 0 (true / false) for pass / fail, or a reward in [0, 1].
     """
 
-    id: str = Field(min_length=1)
-    index: int = Field(default=0, ge=0)
+    id: ShortText = Field(min_length=1)
+    index: int = Field(default=0, ge=0, le=MAX_N)
     outcome: float = Field(ge=0.0, le=1.0)
 
 

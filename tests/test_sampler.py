@@ -174,6 +174,30 @@ def test_same_seed_same_samples_and_bounded_recompiles(model):
     assert sampler.compile_count == 2  # the 16 bucket
 
 
+def test_per_row_keys_make_a_row_independent_of_its_batch(model):
+    """With one key per row, a row samples the same tokens whatever the other rows are (and wherever it
+    sits), which is what lets the server batch requests that each carry their own seed."""
+    sampler = Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,)), new_token_buckets=(8,))
+    ids, mask = _prompts()
+    params = SamplingParams(temperature=1.0, max_new_tokens=6)
+    keys = jax.vmap(jax.random.key)(jnp.arange(3, dtype=jnp.uint32) + 100)
+    batch = jax.device_get(sampler.generate_ids(ids, mask, params, seed=keys))
+    # Two rows moved, with another batch mate: they keep their key and so their tokens.
+    order = np.array([2, 1, 0])
+    other_ids = ids[order].copy()
+    other_ids[2] = [17, 18, 19, 20, 21]
+    shuffled = jax.device_get(sampler.generate_ids(other_ids, other_ids != PAD, params, seed=keys[order]))
+    np.testing.assert_array_equal(shuffled.tokens[0], batch.tokens[2])
+    np.testing.assert_array_equal(shuffled.tokens[1], batch.tokens[1])
+    # One batch key instead: the rows' draws depend on each other (the same tokens would be a coincidence).
+    shared = jax.device_get(sampler.generate_ids(ids, mask, params, seed=100))
+    assert (shared.tokens != batch.tokens).any()
+    streamed = list(sampler.stream_ids(ids, mask, params, seed=keys, chunk_tokens=4))[-1]
+    np.testing.assert_array_equal(streamed.tokens, batch.tokens)
+    with pytest.raises(ValueError, match="2 per-row keys for 3 rows"):
+        sampler.generate_ids(ids, mask, params, seed=keys[:2])
+
+
 def test_sampling_params_are_validated():
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)

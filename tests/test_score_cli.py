@@ -156,3 +156,52 @@ def test_input_errors_are_named(data_dir: Path, tmp_path: Path) -> None:
 def _text(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_unencodable_text_and_bad_timeouts_stop_with_one_line_and_no_results_file(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    rows = [{"task_id": f"HumanEval/{i}", "completion": "    return 1\n"} for i in range(3)]
+    rows[1]["completion"] = "    return '\ud800'\n"  # json.dumps writes the lone surrogate as "\ud800"
+    samples, out = write_jsonl(tmp_path / "samples.jsonl", rows), tmp_path / "results.jsonl"
+    proc = run_score(
+        "--task", "humaneval", "--data", data_dir / "humaneval", "--samples", samples, "--out", out
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "line 2: 'completion' is not valid Unicode text (unpaired surrogate \\ud800" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    good = write_jsonl(tmp_path / "good.jsonl", rows[:1])
+    for bad in ("-5", "0", "nan"):
+        proc = run_score(
+            "--task", "humaneval", "--samples", good, "--timeout", bad, "--out", out, timeout=120
+        )
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert f"error: --timeout must be a number of seconds > 0 and at most 86400, got {float(bad)}" in (
+            proc.stderr
+        )
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl", "samples.jsonl"]
+
+
+def test_results_are_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A row that cannot be written leaves the earlier results file as it was, and no temporary file."""
+    import importlib.util
+
+    from rlvr_jax.rewards import RewardResult
+
+    spec = importlib.util.spec_from_file_location("score_script", SCORE)
+    score = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(score)
+    out = tmp_path / "results.jsonl"
+    out.write_text("an earlier run's results\n")
+    rows = [{"id": "a", "completion": "1"}, {"id": "b", "completion": "\ud800"}]
+    with pytest.raises(UnicodeEncodeError):
+        score.write_results(out, rows, RewardResult([1.0, 0.0], ["passed", "wrong"]))
+    assert out.read_text() == "an earlier run's results\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]
+    score.write_results(out, rows[:1], RewardResult([1.0], ["passed"]))
+    assert read_jsonl(out) == [
+        {"id": "a", "completion": "1", "passed": True, "reward": 1.0, "reason": "passed"}
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]

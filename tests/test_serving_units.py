@@ -22,7 +22,7 @@ from rlvr_jax.models.tokenizer import Tokenizer
 from rlvr_jax.weights.loader import load_tokenizer
 from serving import schemas
 from serving.app import create_app
-from serving.batcher import Batcher, Job, QueueFull, ShuttingDown, Update
+from serving.batcher import Batcher, InvalidJob, Job, QueueFull, ShuttingDown, Update
 from serving.config import ServerConfig, parse_buckets
 from serving.engine import Engine
 from serving.errors import validation_message
@@ -100,6 +100,33 @@ def test_validation_messages_name_the_field_and_the_expected_shape():
     assert "temperature" in temperature and "less than or equal to 2" in temperature
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]
     assert "text only" in _message(chat, {"model": "m", "messages": image})
+
+
+def test_out_of_range_numbers_and_unencodable_text_are_named():
+    done, chat = schemas.CompletionRequest, schemas.ChatCompletionRequest
+    base = {"model": "m", "prompt": "x"}
+    assert "seed: Input should be less than or equal to 9223372036854775807" in _message(
+        done, {**base, "seed": 2**63}
+    )
+    assert "seed" in _message(done, {**base, "seed": -(2**63) - 1})
+    assert "top_k: Input should be less than or equal to 2147483647" in _message(
+        done, {**base, "top_k": 2**70}
+    )
+    assert "n: Input should be less than or equal to 1024" in _message(done, {**base, "n": 300_000_000})
+    assert "at most 256 characters" in _message(done, {**base, "stop": ["x" * 257]})
+    surrogate = _message(done, {"model": "m", "prompt": "hi \ud800"})
+    assert (
+        "prompt is not valid Unicode text: it holds an unpaired surrogate (\\ud800) at character 3"
+        in surrogate
+    )
+    assert "prompt" in _message(done, {"model": "m", "prompt": ["ok", "\udfff"]})
+    user = [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]
+    assert "not valid Unicode text" in _message(chat, {"model": "m", "messages": user})
+    hi = [{"role": "user", "content": "hi"}]
+    assert "model is not valid Unicode text" in _message(chat, {"model": "\ud800", "messages": hi})
+    with pytest.raises(pydantic.ValidationError, match="finite"):
+        done.model_validate_json('{"model": "m", "prompt": "x", "temperature": NaN}')
+    assert done.model_validate({**base, "seed": -(2**63), "top_k": 2**31 - 1}).seed == -(2**63)
 
 
 def test_requests_accept_openai_shapes():
@@ -272,6 +299,79 @@ def test_the_queue_is_bounded_cancellable_and_drained_at_stop(tiny_engine):
         batcher.submit(_job([7, 8], 4)[0])
 
 
+def test_a_job_is_checked_alone_before_it_is_queued(tiny_engine):
+    batcher = Batcher(tiny_engine, max_batch=4, max_queue=8, wait_s=0.0)
+    bad = {
+        "top_k": ({"top_k": 2**70}, "top_k must be an integer"),
+        "temperature": ({"temperature": float("nan")}, "temperature must be in 0..2"),
+        "top_p": ({"top_p": 0.0}, "top_p must be in"),
+        "seed": ({"seed": "7"}, "seed must be an integer"),
+    }
+    for name, (fields, says) in bad.items():
+        with pytest.raises(InvalidJob, match=says):
+            batcher.submit(_job([5, 6], 4, **fields)[0])
+        assert batcher.queue_depth == 0, name
+    with pytest.raises(InvalidJob, match="outside the vocabulary"):
+        batcher.submit(_job([5, 64], 4)[0])
+    with pytest.raises(InvalidJob, match=r"max_tokens must be an integer in 1\.\.8"):
+        batcher.submit(_job([5, 6], 9)[0])
+    with pytest.raises(InvalidJob, match="needs 1 to max_batch"):
+        batcher.submit(_job([5, 6], 4, rows=5)[0])
+
+
+def test_a_job_that_fails_inside_a_batch_fails_alone(tiny_engine):
+    """A job that passed its check but breaks the batch (here: a token id that no int32 holds, set after
+    the check) gets the error; its batch mates are rerun one by one and get what they get alone."""
+    batcher = Batcher(tiny_engine, max_batch=4, max_queue=8, wait_s=0.0)
+    prompts = [[5, 6, 7], [9, 10, 11], [20, 21]]
+    jobs = [_job(p, 6) for p in prompts]
+    for job, _ in jobs:
+        batcher.submit(job)
+    jobs[1][0].prompts = [[9, 2**40]]
+    batcher.start()
+    try:
+        for _, sink in jobs:
+            assert sink.finished.wait(60)
+    finally:
+        assert batcher.stop(timeout=60)
+    assert [u.error is not None for _, sink in jobs for u in sink.updates[-1:]] == [False, True, False]
+    assert "OverflowError" in jobs[1][1].updates[-1].error
+    for (_, sink), prompt in zip(jobs, prompts, strict=True):
+        if sink is not jobs[1][1]:
+            assert list(sink.updates[-1].rows[0].token_ids) == _alone(tiny_engine, prompt, 6)
+    assert batcher.batches_run == 4  # the failed batch, then each of its three jobs alone
+
+
+def _sampled(batcher_jobs: list[tuple[Job, Collector]], engine: Engine) -> list[list[tuple[int, ...]]]:
+    """Runs the jobs as one batch (all queued before the worker starts) and returns each job's rows."""
+    batcher = Batcher(engine, max_batch=4, max_queue=8, wait_s=0.0)
+    for job, _ in batcher_jobs:
+        batcher.submit(job)
+    batcher.start()
+    try:
+        for _, sink in batcher_jobs:
+            assert sink.finished.wait(60)
+    finally:
+        assert batcher.stop(timeout=60)
+    assert batcher.batches_run == 1
+    return [[r.token_ids for r in sink.updates[-1].rows] for _, sink in batcher_jobs]
+
+
+def test_a_seed_gives_the_same_samples_alone_and_whatever_shares_its_batch(tiny_engine):
+    sampled = {"temperature": 1.0, "top_p": 0.95}
+    [alone] = _sampled([_job([5, 6, 7], 8, seed=7, **sampled)], tiny_engine)
+    [other_seed] = _sampled([_job([5, 6, 7], 8, seed=8, **sampled)], tiny_engine)
+    assert other_seed != alone  # the seed matters, so the comparisons below can fail
+    # Last in its batch, behind a two-choice request with another seed and a greedy one; and first.
+    mates = [_job([9, 10, 11, 12], 5, rows=2, seed=8, temperature=0.7), _job([20, 21], 3)]
+    *_, behind = _sampled([*mates, _job([5, 6, 7], 8, seed=7, **sampled)], tiny_engine)
+    ahead, *_ = _sampled([_job([5, 6, 7], 8, seed=7, **sampled), *mates[::-1]], tiny_engine)
+    assert behind == ahead == alone
+    # Choice 0 of an n=2 request with that seed is the same sample too; choice 1 is another one.
+    [pair] = _sampled([_job([5, 6, 7], 8, rows=2, seed=7, **sampled)], tiny_engine)
+    assert pair[0] == alone[0] and pair[1] != alone[0]
+
+
 # -- the app in-process: loading, readiness, timeouts -------------------------------------------------------
 
 
@@ -355,4 +455,21 @@ def test_a_request_that_outlives_its_timeout_gets_504_and_leaves_the_queue(tiny_
         assert streamed.status_code == 200 and '"error"' in lines[-2] and lines[-1] == "data: [DONE]"
         metrics = client.get("/metrics").text
         assert "rlvr_serve_queue_depth 0.0" in metrics
+        assert client.get("/health").status_code == 200
+
+
+def test_an_unexpected_error_is_a_json_500_not_plain_text(tiny_chat_engine_factory):
+    config = ServerConfig(model_name="tiny", max_batch=2, prompt_buckets=(64,), new_token_buckets=(8,))
+    app = create_app(config, lambda: tiny_chat_engine_factory(config))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        _wait_ready(client)
+
+        def broken(prompt: str) -> list[int]:  # a bug in the server's own code path
+            raise RuntimeError("the tokenizer broke")
+
+        app.state.server.engine.encode_text = broken
+        reply = client.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+        assert reply.status_code == 500 and reply.headers["content-type"] == "application/json"
+        error = reply.json()["error"]
+        assert error["type"] == "server_error" and "internal server error (RuntimeError)" in error["message"]
         assert client.get("/health").status_code == 200

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax.generate.sampling import sample_tokens
+from rlvr_jax.generate.sampling import row_keys, sample_tokens, split_key
 from rlvr_jax.models.decoder import (
     Decoder,
     KVCache,
@@ -140,7 +140,7 @@ def _prefill(
         cache = cache.repeat(G)
         last_logits = jnp.repeat(last_logits, G, axis=0)
 
-    key, first_key = jax.random.split(key)
+    key, first_key = split_key(key)
     token, logprob = sample_tokens(
         first_key, last_logits, *row_params, use_filters=use_filters, top_k_only=top_k_only
     )
@@ -180,7 +180,7 @@ def _decode(
 
     def body(s: DecodeState) -> DecodeState:
         logits, cache = apply(cfg, arrays, s.last[:, None], mask=jnp.ones((rows, 1), bool), cache=s.cache)
-        key, sub = jax.random.split(s.key)
+        key, sub = split_key(s.key)
         new, lp = sample_tokens(
             sub, logits[:, 0], *row_params, use_filters=use_filters, top_k_only=top_k_only
         )
@@ -233,6 +233,7 @@ def generate(
     """Samples `group_size` completions for each prompt. Pure; jit it with the keyword args static.
 
     prompt_ids/prompt_mask: [B, P] left padded. row_params: arrays of shape [B * group_size].
+    key: one key for the batch, or [B * group_size] typed keys, one per row (see `sampling.row_keys`).
     limit: decode at most this many tokens (a traced scalar <= max_new_tokens, which sizes the buffers),
       so requests of different lengths share one compiled bucket without generating past what they asked.
     attention: override the model's attention kernels ("auto" / "xla", see `ModelConfig.attention`).
@@ -446,6 +447,16 @@ class Sampler:
         key = (len(ids), P_b, N_b, group_size, use_filters, top_k_only, tuple(self.tokenizer.stop_ids), pad)
         return key, ids, mask, row_params, limit
 
+    def _rng(self, seed: int | Array, rows: int) -> Array:
+        """The PRNG key: from an integer seed, or as given (one key, or a [rows] array of per-row keys)."""
+        if isinstance(seed, int):
+            return jax.random.key(seed, impl=self.prng_impl)
+        if row_keys(seed) and seed.shape[0] != rows:
+            raise ValueError(
+                f"{seed.shape[0]} per-row keys for {rows} rows (prompts x group_size); pass one per row"
+            )
+        return seed
+
     def _inputs(self, ids: np.ndarray, mask: np.ndarray, row_params: RowParams) -> tuple[Any, Any, Any]:
         """Device inputs: this host's rows become its part of the global arrays on a multi-host mesh."""
         if not self.multihost:
@@ -480,12 +491,16 @@ class Sampler:
         group_size: int = 1,
         row_params: RowParams | None = None,
     ) -> GenerateOutput:
-        """Runs the sampler on already-tokenised, left-padded prompts (padded here up to a bucket)."""
+        """Runs the sampler on already-tokenised, left-padded prompts (padded here up to a bucket).
+
+        seed: an integer, a PRNG key, or a [rows] array of typed keys (`jax.random.key`, one per output row):
+        with per-row keys a row's samples depend only on its own key, not on the other rows of the batch.
+        """
         key, ids, mask, row_params, limit = self._prepare(
             prompt_ids, prompt_mask, params, group_size, row_params
         )
         fn = self._fn(key)
-        rng = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
+        rng = self._rng(seed, len(ids) * group_size)
         t0 = time.perf_counter()
         ids, mask, row_params = self._inputs(ids, mask, row_params)
         out = fn(self.params, ids, mask, rng, row_params, jnp.asarray(limit, jnp.int32))
@@ -517,7 +532,7 @@ class Sampler:
             raise NotImplementedError("stream_ids runs on one host; use generate_ids on a multi-host mesh")
         key, ids, mask, row_params, _ = self._prepare(prompt_ids, prompt_mask, params, group_size, row_params)
         start, cont = self._stream_fns(key)
-        rng = jax.random.key(seed, impl=self.prng_impl) if isinstance(seed, int) else seed
+        rng = self._rng(seed, len(ids) * group_size)
         rows, limit = len(prompt_ids) * group_size, params.max_new_tokens
         arrays = self._stream_arrays()
         state = start(arrays, jnp.asarray(ids), jnp.asarray(mask), rng, row_params)

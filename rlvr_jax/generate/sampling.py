@@ -1,7 +1,9 @@
 """Choosing the next token from logits: greedy, temperature, top-k and top-p, as pure functions.
 
 Per-row parameters are arrays (not Python constants) so that one compiled sampler serves a batch whose
-rows ask for different temperatures (the inference server batches such requests together).
+rows ask for different temperatures (the inference server batches such requests together). The random key
+is one key for the whole batch, or one key per row (`row_keys`): then each row's draw depends on its own
+key only, so a request's samples do not change with whatever else shares its batch.
 """
 
 from __future__ import annotations
@@ -53,6 +55,20 @@ def filter_top_k(logits: Array, top_k: Array, k_max: int) -> Array:
     return jnp.where(logits >= kth, logits, _NEG)
 
 
+def row_keys(key: Array) -> bool:
+    """True for a [rows] array of typed keys (one per row); False for one key (typed or raw uint32)."""
+    return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1
+
+
+def split_key(key: Array) -> tuple[Array, Array]:
+    """(key for later, key to use now), for one batch key or row by row for per-row keys."""
+    if row_keys(key):
+        pairs = jax.vmap(jax.random.split)(key)
+        return pairs[:, 0], pairs[:, 1]
+    later, now = jax.random.split(key)
+    return later, now
+
+
 def categorical_two_stage(key: Array, logits: Array, block: int = 1024) -> tuple[Array, Array]:
     """Exact sampling from softmax(logits) per row, plus each row's logsumexp, in about one vocabulary pass.
 
@@ -61,7 +77,11 @@ def categorical_two_stage(key: Array, logits: Array, block: int = 1024) -> tuple
     the step. Here the vocabulary is cut into blocks; one pass computes each block's probability mass
     (which also gives the logsumexp), a block is drawn from those masses, then a token from inside the
     chosen block. P(token) = P(block) * P(token | block), so the result is exactly softmax-distributed.
+    With per-row keys (`row_keys`) each row is drawn with its own key, as if it were alone.
     """
+    if row_keys(key):
+        tokens, lse = jax.vmap(lambda k, row: categorical_two_stage(k, row[None], block))(key, logits)
+        return tokens[:, 0], lse[:, 0]
     B, V = logits.shape
     nb = -(-V // block)
     padded = jnp.pad(logits, ((0, 0), (0, nb * block - V)), constant_values=_NEG)
