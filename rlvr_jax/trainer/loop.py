@@ -8,14 +8,13 @@ from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import PreemptionHandler
 from rlvr_jax.config import validate
 from rlvr_jax.trainer.reporting import RunLog, RunSummary, evaluate_held_out, finish, save_checkpoint
 from rlvr_jax.trainer.rollouts import RolloutSource
-from rlvr_jax.trainer.setup import resume, setup_run
+from rlvr_jax.trainer.setup import Run, resume, setup_run
 from rlvr_jax.trainer.step import step_metrics, update_policy
 
 
@@ -40,7 +39,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             metrics = step_metrics(run, collected, update, time.perf_counter() - t0)
             evaluated = _periodic_evaluation(run, step)
             metrics.update({f"eval/{k}": v for k, v in (evaluated or {}).items()})
-            log.step(step, metrics, int(np.asarray(update.batch["attn_mask"]).sum()) * config.rl.mu)
+            log.step(step, metrics, update.tokens)
             stop = preemption.should_stop(step)  # every host calls this every step
             if step % config.train.checkpoint_every == 0 or stop:
                 save_checkpoint(run, log, step, rollouts.iterator_state(), eval_before, evaluated)
@@ -54,14 +53,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     return finish(run, log, step, eval_before, rollouts.iterator_state(), preemption.requested)
 
 
-def _first_evaluation(run, log: RunLog) -> dict[str, float]:
+def _first_evaluation(run: Run, log: RunLog) -> dict[str, float]:
     """The held-out evaluation before any update (a resumed run has it in its checkpoint)."""
     before = evaluate_held_out(run, "before")
     log.writer.write(0, {f"eval/{k}": v for k, v in before.items()})
     return before
 
 
-def _periodic_evaluation(run, step: int) -> dict[str, float] | None:
+def _periodic_evaluation(run: Run, step: int) -> dict[str, float] | None:
     """Every `train.eval_every` steps, except the last (the final evaluation covers it)."""
     every, steps = run.config.train.eval_every, run.config.train.steps
     if every and step % every == 0 and step < steps:

@@ -30,6 +30,7 @@ class Update:
     metrics: dict[str, Any]
     updates: int
     seconds: dict[str, float]
+    tokens: int  # tokens the updates trained on: the batch's real (unpadded) tokens, times rl.mu
 
     @property
     def total_s(self) -> float:
@@ -52,16 +53,17 @@ def update_policy(run: Run, rollouts: Rollouts) -> Update:
     t2 = time.perf_counter()
     run.hand_params_to_sampler()
     seconds = {"batch": t1 - t0, "update": t2 - t1, "handover": time.perf_counter() - t2}
-    return Update(batch, metrics, len(history), seconds)
+    rows = rollouts.rows
+    tokens = int(rows["prompt_mask"].sum() + rows["mask"].sum()) * run.config.rl.mu  # the batch's attn_mask
+    return Update(batch, metrics, len(history), seconds, tokens)
 
 
 def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) -> dict[str, Any]:
     """Everything logged for one step: rewards, lengths, groups, timing, the update's own metrics, FLOPs."""
-    G, mu = run.config.rl.group_size, run.config.rl.mu
+    G = run.config.rl.group_size
     scores = rollouts.rows["rewards"]
     lengths = rollouts.rows["mask"].sum(axis=1)
     collect_s = rollouts.rollout_s + rollouts.reward_s
-    train_tokens = float(np.asarray(update.batch["attn_mask"]).sum()) * mu
     train_s = update.total_s
     ds = rollouts.dynamic_sampling
     return {
@@ -93,7 +95,7 @@ def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) ->
         / max(step_s, 1e-9),
         "optim/micro_batches": run.micro_batches,
         "throughput/rollout_tokens_per_s": int(lengths.sum()) / max(collect_s, 1e-9),
-        "throughput/train_tokens_per_s": train_tokens / max(train_s, 1e-9),
+        "throughput/train_tokens_per_s": update.tokens / max(train_s, 1e-9),
         **{f"train/{k}": float(np.asarray(v)) for k, v in update.metrics.items()},
         # Cumulative (the per-update flag is train/skipped): alerts count its increase.
         "train/skipped_updates": int(jax.device_get(run.state.skipped)),
