@@ -123,3 +123,19 @@ def pushgateway():
     yield f"127.0.0.1:{server.server_port}", _Gateway.received
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def humaneval(shared_dir: Path) -> list[dict]:
+    """The 164 HumanEval problems of the local copy (the code-reward tests' data)."""
+    from rlvr_jax.data import get_task
+
+    return get_task("humaneval").load("test", shared_dir / "data")
+
+
+@pytest.fixture(scope="module")
+def mbpp(shared_dir: Path) -> list[dict]:
+    """The local MBPP test split."""
+    from rlvr_jax.data import get_task
+
+    return get_task("mbpp").load("test", shared_dir / "data" / "mbpp")

@@ -10,26 +10,14 @@ Where an attack beat the old single-process harness, a test shows that too (on a
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
-from rlvr_jax.data import get_task
 from rlvr_jax.rewards import get_reward
 from rlvr_jax.rewards.code import humaneval_program, mbpp_program, names_from_program
 from rlvr_jax.rewards.sandbox import CodeExecutor, Limits, ProgramTests
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
-
-
-@pytest.fixture(scope="module")
-def humaneval(shared_dir: Path) -> list[dict]:
-    return get_task("humaneval").load("test", shared_dir / "data")
-
-
-@pytest.fixture(scope="module")
-def mbpp(shared_dir: Path) -> list[dict]:
-    return get_task("mbpp").load("test", shared_dir / "data" / "mbpp")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +33,7 @@ def indent(code: str) -> str:
 
 # A value that says yes to everything: equal to all, hash 0, true, no length, iterable, a number in
 # arithmetic, and an `int` to `isinstance` (its __class__ lies).
-LIAR = """
-class Liar:
+LIES = """
     def __eq__(self, other):
         return True
     def __ne__(self, other):
@@ -56,7 +43,11 @@ class Liar:
         return 0
     def __bool__(self):
         return True
-    def __len__(self):
+"""
+LIAR = (
+    "\nclass Liar:"
+    + LIES
+    + """    def __len__(self):
         return 0
     def __iter__(self):
         return iter(())
@@ -73,22 +64,14 @@ class Liar:
     def __class__(self):
         return int
 """
+)
 # The same, as subclasses of builtins that override comparisons (a dict subclass even claims to be from
 # `collections`, whose dict subclasses the program's side sends as dicts).
 BUILTIN_LIARS = {
     base: f"""
 class Liar({base}):
-    {"__module__ = 'collections'" if base == "dict" else ""}
-    def __eq__(self, other):
-        return True
-    def __ne__(self, other):
-        return False
-    __lt__ = __le__ = __gt__ = __ge__ = __eq__
-    def __hash__(self):
-        return 0
-    def __bool__(self):
-        return True
-"""
+    {"__module__ = 'collections'" if base == "dict" else ""}"""
+    + LIES
     for base in ("str", "int", "float", "list", "tuple", "dict")
 }
 

@@ -20,16 +20,6 @@ from rlvr_jax.rewards.code import extract_code, usable_code
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
 
 
-@pytest.fixture(scope="module")
-def humaneval(shared_dir: Path) -> list[dict]:
-    return get_task("humaneval").load("test", shared_dir / "data")
-
-
-@pytest.fixture(scope="module")
-def mbpp(shared_dir: Path) -> list[dict]:
-    return get_task("mbpp").load("test", shared_dir / "data" / "mbpp")
-
-
 def test_code_tasks_and_rewards_are_registered() -> None:
     assert {"humaneval", "mbpp"} <= set(registered_tasks())
     assert {"code_humaneval", "code_mbpp"} <= set(registered_rewards())

@@ -328,12 +328,7 @@ def test_a_job_that_fails_inside_a_batch_fails_alone(tiny_engine):
     for job, _ in jobs:
         batcher.submit(job)
     jobs[1][0].prompts = [[9, 2**40]]
-    batcher.start()
-    try:
-        for _, sink in jobs:
-            assert sink.finished.wait(60)
-    finally:
-        assert batcher.stop(timeout=60)
+    _run_queued(batcher, jobs)
     assert [u.error is not None for _, sink in jobs for u in sink.updates[-1:]] == [False, True, False]
     assert "OverflowError" in jobs[1][1].updates[-1].error
     for (_, sink), prompt in zip(jobs, prompts, strict=True):
@@ -342,17 +337,22 @@ def test_a_job_that_fails_inside_a_batch_fails_alone(tiny_engine):
     assert batcher.batches_run == 4  # the failed batch, then each of its three jobs alone
 
 
-def _sampled(batcher_jobs: list[tuple[Job, Collector]], engine: Engine) -> list[list[tuple[int, ...]]]:
-    """Runs the jobs as one batch (all queued before the worker starts) and returns each job's rows."""
-    batcher = Batcher(engine, max_batch=4, max_queue=8, wait_s=0.0)
-    for job, _ in batcher_jobs:
-        batcher.submit(job)
+def _run_queued(batcher: Batcher, batcher_jobs: list[tuple[Job, Collector]]) -> None:
+    """Starts the worker on the jobs already queued, waits for all of them, stops it."""
     batcher.start()
     try:
         for _, sink in batcher_jobs:
             assert sink.finished.wait(60)
     finally:
         assert batcher.stop(timeout=60)
+
+
+def _sampled(batcher_jobs: list[tuple[Job, Collector]], engine: Engine) -> list[list[tuple[int, ...]]]:
+    """Runs the jobs as one batch (all queued before the worker starts) and returns each job's rows."""
+    batcher = Batcher(engine, max_batch=4, max_queue=8, wait_s=0.0)
+    for job, _ in batcher_jobs:
+        batcher.submit(job)
+    _run_queued(batcher, batcher_jobs)
     assert batcher.batches_run == 1
     return [[r.token_ids for r in sink.updates[-1].rows] for _, sink in batcher_jobs]
 
