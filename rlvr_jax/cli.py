@@ -9,13 +9,14 @@ missing data file) print their message.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import flags
 
@@ -48,13 +49,31 @@ def parse_flags(argv: list[str]) -> list[str]:
     `--config.a.b=v` overrides are checked first (`check_config_flags`), and absl's own errors (a value of
     the wrong type, an unknown or missing flag) and stray arguments become one line and exit 2 as well."""
     try:
-        check_config_flags(argv)
-        rest = flags.FLAGS(argv)
+        checked = check_config_flags(argv)
+        with _loaded_once(checked):
+            rest = flags.FLAGS(argv)
     except (flags.Error, ConfigError) as e:
         usage_error(f"{e} (--helpshort lists the flags)" if isinstance(e, flags.Error) else str(e))
     if len(rest) > 1:
         usage_error(f"unexpected arguments: {' '.join(rest[1:])} (flags are spelt --name=value)")
     return rest
+
+
+@contextlib.contextmanager
+def _loaded_once(checked: tuple[str, Any] | None, name: str = "config") -> Iterator[None]:
+    """While absl parses the flags, `--name=spec` gives the config `check_config_flags` just loaded instead
+    of running the file a second time (a config file may do work, or patch something, when it runs)."""
+    if checked is None:
+        yield
+        return
+    spec, config = checked
+    parser = flags.FLAGS[name].parser
+    parse = parser.parse
+    parser.parse = lambda text: config if text == spec else parse(text)
+    try:
+        yield
+    finally:
+        parser.parse = parse
 
 
 def _config_flag_arguments(argv: list[str], name: str) -> tuple[str | None, list[str]]:
@@ -98,7 +117,7 @@ def load_config_file(spec: str, name: str = "config"):
         raise ConfigError(f"--{name}={spec}: {lines[-1].strip() if lines else type(e).__name__}") from None
 
 
-def check_config_flags(argv: list[str], name: str = "config") -> None:
+def check_config_flags(argv: list[str], name: str = "config") -> tuple[str, Any] | None:
     """Raises ConfigError when the `--name` file is missing or will not load, or a `--name.a.b=v` override
     names no key of it (the message names the key and the closest valid one). ml_collections would raise
     a bare KeyError from inside absl's parsing, after which nothing can say which flag was wrong."""
@@ -106,9 +125,10 @@ def check_config_flags(argv: list[str], name: str = "config") -> None:
     if spec is None:
         if keys:
             raise ConfigError(f"--{name}.{keys[0]} overrides a config: pass the file too, --{name}=FILE")
-        return  # absl reports the missing required flag
+        return None  # absl reports the missing required flag
     config = load_config_file(spec, name)
     for key in keys:
         reason = unknown_key(config, key)
         if reason is not None:
             raise ConfigError(f"--{name}.{key}: {reason}")
+    return spec, config

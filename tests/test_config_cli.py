@@ -293,3 +293,22 @@ def test_an_unreadable_data_file_names_the_file(tmp_path, name, content):
     good = tmp_path / "good.jsonl.gz"
     good.write_bytes(gzip.compress(b'{"a": 1}\n'))
     assert read_records(good) == [{"a": 1}]
+
+
+def test_a_config_file_runs_once_although_its_overrides_are_checked_first(tmp_path):
+    """The override check loads the file, and absl then takes that config instead of running it again: a
+    config file that does work or patches something when it runs does it once."""
+    runs = tmp_path / "runs.txt"
+    config_file = tmp_path / "counting.py"
+    config_file.write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+        "from configs.quickstart import get_config as quickstart\n"
+        "def get_config(arg=None):\n"
+        f"    with open({str(runs)!r}, 'a') as f:\n"
+        "        f.write('ran\\n')\n"
+        "    return quickstart('tiny')\n"
+    )
+    proc = run([*TRAIN, f"--config={config_file}", f"--workdir={tmp_path / 'w'}",
+                "--config.train.steps=2", "--config.data.path=/nonexistent"])  # fmt: skip
+    assert "data.path='/nonexistent' does not exist" in one_line_error(proc)
+    assert runs.read_text().splitlines() == ["ran"]

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 
 from rlvr_jax.cli import fail_cleanly
 from rlvr_jax.models import init_model
-from rlvr_jax.models.tokenizer import load_tokenizer
+from rlvr_jax.weights.loader import load_tokenizer
 from serving.app import ServerState, create_app
 from serving.config import ServerConfig
 from serving.engine import Engine
