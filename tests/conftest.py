@@ -74,6 +74,8 @@ SLOW_FILES = {
     "test_sharding.py": 40,
     "test_drift.py": 30,
     "test_score_cli.py": 25,
+    "test_code_hacking.py": 60,
+    "test_config_cli.py": 45,
 }
 
 
