@@ -497,6 +497,46 @@ class Launch:
     drop_uid: bool
 
 
+def _checked_result(
+    exited: bool,
+    checker_status: int | None,
+    program_status: int | None,
+    verdict: bytes,
+    out_program: Any,
+    out_checker: Any,
+    elapsed: float,
+    limits: Limits,
+    sandboxed: bool,
+) -> ExecResult:
+    """The result of a checked run, from the trusted checker's verdict alone, with the reason a user reads:
+    a timeout, a checker that gave no verdict, or the verdict and how the program ended."""
+    head_p, tail_p, size_p = _read_output(out_program)
+    if not exited:
+        reason = f"timeout: still running after {elapsed:.1f}s (killed)"
+        if size_p >= limits.fsize_bytes:
+            reason = f"output size limit exceeded ({limits.fsize_bytes} bytes); {reason}"
+        return ExecResult(False, reason, None, elapsed, head_p)
+    found = _parse_verdict(verdict)
+    if checker_status != 0 or found is None:
+        head_c, tail_c, _ = _read_output(out_checker)
+        how = ended_how(checker_status or 0, head_c, tail_c, sandboxed=sandboxed)
+        if checker_status == 0:
+            how = "exit status 0 without a verdict"
+        return ExecResult(False, f"checker error: {how}", checker_status, elapsed, head_p)
+    passed, reason = found["passed"] is True, str(found["reason"])
+    if found.get("ended"):
+        if program_status is None:
+            how = "still running"
+        elif program_status == 0:
+            how = "exit status 0"
+        else:
+            how = ended_how(program_status, head_p, tail_p, sandboxed=sandboxed)
+        reason = f"{reason} ({how})"
+    if not passed and size_p >= limits.fsize_bytes:
+        reason = f"output size limit exceeded ({limits.fsize_bytes} bytes); {reason}"
+    return ExecResult(passed, reason, checker_status, elapsed, head_p)
+
+
 class CodeExecutor:
     """A pool that runs Python programs in sandboxed subprocesses, in parallel.
 
@@ -720,33 +760,11 @@ class CodeExecutor:
             finally:
                 _kill_group(checker)
                 _kill_group(program)
-            elapsed = time.monotonic() - start
-            head_p, tail_p, size_p = _read_output(out_p)
-            if not exited:
-                reason = f"timeout: still running after {elapsed:.1f}s (killed)"
-                if size_p >= limits.fsize_bytes:
-                    reason = f"output size limit exceeded ({limits.fsize_bytes} bytes); {reason}"
-                return ExecResult(False, reason, None, elapsed, head_p)
             verdict.seek(0)
-            found = _parse_verdict(verdict.read(VERDICT_BYTES))
-            if checker.returncode != 0 or found is None:
-                head_c, tail_c, _ = _read_output(out_c)
-                how = ended_how(checker.returncode or 0, head_c, tail_c, sandboxed=sandboxed)
-                if checker.returncode == 0:
-                    how = "exit status 0 without a verdict"
-                return ExecResult(False, f"checker error: {how}", checker.returncode, elapsed, head_p)
-            passed, reason = found["passed"] is True, str(found["reason"])
-            if found.get("ended"):
-                if program_status is None:
-                    how = "still running"
-                elif program_status == 0:
-                    how = "exit status 0"
-                else:
-                    how = ended_how(program_status, head_p, tail_p, sandboxed=sandboxed)
-                reason = f"{reason} ({how})"
-            if not passed and size_p >= limits.fsize_bytes:
-                reason = f"output size limit exceeded ({limits.fsize_bytes} bytes); {reason}"
-            return ExecResult(passed, reason, checker.returncode, elapsed, head_p)
+            return _checked_result(
+                exited, checker.returncode, program_status, verdict.read(VERDICT_BYTES), out_p, out_c,
+                time.monotonic() - start, limits, sandboxed,
+            )  # fmt: skip
 
     def submit(
         self, programs: Sequence[str], *, limits: Limits | None = None, batch_timeout_s: float | None = None
@@ -758,13 +776,7 @@ class CodeExecutor:
         batch_timeout_s bounds the whole batch from now: programs still queued at the deadline fail without
         running, running ones are killed at it. Per-program limits default to the executor's.
         """
-        limits = limits or self.limits
-        deadline = None if batch_timeout_s is None else time.monotonic() + batch_timeout_s
-        futures = [
-            self._pool.submit(self._in_slot, self._run_program, p, deadline, self.launch, limits)
-            for p in programs
-        ]
-        return gather(futures)
+        return self._submit(self._run_program, programs, limits, batch_timeout_s)
 
     def run(
         self, programs: Sequence[str], *, limits: Limits | None = None, batch_timeout_s: float | None = None
@@ -786,13 +798,19 @@ class CodeExecutor:
         value of type Foo", "timeout: ..."). Deadlines and limits work as in `submit`; both processes of a
         job share its wall-clock budget and each gets the per-process limits.
         """
+        return self._submit(self._check_one, jobs, limits, batch_timeout_s)
+
+    def _submit(
+        self,
+        fn: Callable[..., ExecResult],
+        items: Sequence[Any],
+        limits: Limits | None,
+        batch_timeout_s: float | None,
+    ) -> cf.Future[list[ExecResult]]:
+        """`fn(item, slot, budget, launch, limits, start)` for each item in a slot of the pool, gathered."""
         limits = limits or self.limits
         deadline = None if batch_timeout_s is None else time.monotonic() + batch_timeout_s
-        futures = [
-            self._pool.submit(self._in_slot, self._check_one, job, deadline, self.launch, limits)
-            for job in jobs
-        ]
-        return gather(futures)
+        return gather([self._pool.submit(self._in_slot, fn, i, deadline, self.launch, limits) for i in items])
 
     def run_tests(
         self,
