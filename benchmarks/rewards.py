@@ -3,7 +3,9 @@
     python benchmarks/rewards.py [--data ../shared/data] [--rounds 3] [--workers N] [--out FILE]
 
 Code: the 164 HumanEval canonical solutions (program = prompt + solution + tests + check call) run through
-`CodeExecutor` `--rounds` times; we report programs/s per round and the median. For context it also times
+`CodeExecutor` `--rounds` times; we report programs/s per round and the median. Then the same solutions
+through the `code_humaneval` reward itself, as training scores them: the tests in a trusted checker
+process, the program in another, both sandboxed (`humaneval_reward_per_s_*`). For context it also times
 what one program costs at minimum: a bare `python -I -S -c pass`, the same inside bwrap, and a trivial
 program through the executor, plus the whole HumanEval batch without the sandbox (`isolation="none"`), so
 the cost of isolation itself is visible. Math: GSM8K test (`numeric`, the reference solutions as
@@ -114,6 +116,16 @@ def bench_code(data: Path | None, rounds: int, workers: int | None) -> dict[str,
             raise SystemExit(f"canonical solutions failed in the benchmark: {failed}")
         per_round.append(per_s)
         busy.append(cores)
+    # What training and evaluation pay: the `code_humaneval` reward, whose tests run in a trusted checker
+    # process talking to the program's process (two sandboxes per program).
+    reward, completions = get_reward("code_humaneval"), [s["canonical_solution"] for s in samples]
+    checked, checked_busy = [], []
+    for _ in range(rounds):
+        per_s, cores, scored = measured(len(samples), lambda: reward(completions, samples))
+        if float(scored.scores.min()) < 1.0:
+            raise SystemExit("canonical solutions failed the code_humaneval reward in the benchmark")
+        checked.append(per_s)
+        checked_busy.append(cores)
     trivial_programs = ["pass\n"] * (20 * executor.workers)
     trivial = rate(len(trivial_programs), lambda: executor.run(trivial_programs))[0]
     timings = sorted(((r.elapsed_s, s["id"]) for s, r in zip(samples, results, strict=True)), reverse=True)
@@ -128,6 +140,9 @@ def bench_code(data: Path | None, rounds: int, workers: int | None) -> dict[str,
         "programs_per_round": len(programs),
         "humaneval_programs_per_s_rounds": [round(x, 1) for x in per_round],
         "humaneval_programs_per_s_median": round(statistics.median(per_round), 1),
+        "humaneval_reward_per_s_rounds": [round(x, 1) for x in checked],
+        "humaneval_reward_per_s_median": round(statistics.median(checked), 1),
+        "machine_busy_cores_per_reward_round": [round(x, 2) for x in checked_busy],
         "machine_busy_cores_per_round": [round(x, 2) for x in busy],
         "trivial_programs_per_s": round(trivial, 1),
         "humaneval_programs_per_s_without_sandbox": plain,
