@@ -82,6 +82,17 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 log = logging.getLogger(__name__)
 
+
+class _UnrankedSaveIsExpected(logging.Filter):
+    """Steps saved between evaluations carry no metric on purpose (they count towards the latest N only);
+    orbax warns about each such save, once per checkpoint, in every run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Requested `tracked_metric`; did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_UnrankedSaveIsExpected())
+
 PyTree = Any
 
 MANIFEST = "integrity.json"  # in each step directory: size and SHA-256 of every file of the step
