@@ -69,6 +69,8 @@ def run_config(args: argparse.Namespace, model_dir: Path):
         c.optim.micro_batches = args.micro_batches
     if args.remat is not None:
         c.model.remat = args.remat
+    if args.param_dtype is not None:  # master weights (and what the sampler is handed)
+        c.model.param_dtype = args.param_dtype
     c.train.steps, c.train.eval_every = args.steps, 0
     c.train.checkpoint_every, c.train.export_hf = args.steps + 1, False
     c.logging.tensorboard = False
@@ -108,6 +110,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--remat", default=None, choices=("none", "full", "dots"), help="default: the config's")
     p.add_argument("--micro_batches", type=int, default=None, help="default: the config's; 0 = probe")
+    p.add_argument("--param_dtype", default=None, choices=("float32", "bfloat16"), help="default: config's")
     p.add_argument("--skip", type=int, default=2, help="first steps left out of the medians (compiles)")
     p.add_argument("--out", default=None, help="write the JSON here too")
     args = p.parse_args()
@@ -136,6 +139,7 @@ def main() -> None:
         "task": args.task,
         "steps": args.steps,
         "remat": config.model.remat,
+        "param_dtype": config.model.param_dtype,
         "micro_batches": int(rows[-1]["optim/micro_batches"]),
         **summarise(rows, args.skip),
         "run_wall_s": round(wall, 1),
