@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0",
     "tensorboardX>=2.6",
     "rich>=13.0",
+    "tqdm>=4.66",  # progress: a bar in terminals and notebooks (tqdm.auto), rlvr_jax/progress.py
     "matplotlib>=3.8",  # reward curves, evaluation plots
     "scipy>=1.11",  # exact binomial tests for evaluation (rlvr_jax.evaluation.stats)
     # rewards and procedural tasks (rlvr_jax.rewards.math_answers, rlvr_jax.data.text_tasks)

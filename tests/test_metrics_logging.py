@@ -1,9 +1,8 @@
 """Metrics logging: metrics.jsonl (round trip, non-finite values, crash-safe resume), TensorBoard events,
-W&B wiring, progress bar, MFU from XLA's cost analysis, and the reward plot."""
+W&B wiring, MFU from XLA's cost analysis, and the reward plot."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import struct
@@ -15,14 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rich.console import Console
 from tensorboardX.crc32c import crc32c
 from tensorboardX.proto.event_pb2 import Event
 
 from rlvr_jax.monitoring import (
     MetricsWriter,
     PhaseTimer,
-    Progress,
     flatten_metrics,
     mfu,
     peak_flops,
@@ -207,33 +204,6 @@ def test_phase_timer() -> None:
         "tokens_per_s/train",
     }
     assert out["time/step"] == pytest.approx(out["time/rollout"] + out["time/reward"] + out["time/train"])
-
-
-def test_progress_bar_off_without_a_terminal_and_shows_metrics_with_one() -> None:
-    piped = io.StringIO()
-    with Progress(10, console=Console(file=piped)) as bar:
-        bar.update(1, {"reward/mean": 0.5})
-    assert not bar.enabled and piped.getvalue() == ""
-    assert not Progress(10, quiet=True, console=Console(file=io.StringIO(), force_terminal=True)).enabled
-
-    tty = io.StringIO()
-    console = Console(file=tty, force_terminal=True, width=140)
-    with Progress(10, initial=2, console=console) as bar:
-        bar.update(4, {"reward/mean": 0.4567, "accuracy": 0.25, "time/step": 1.5, "other": 1})
-    text = tty.getvalue()
-    assert (
-        bar.enabled
-        and "4/10" in text
-        and "reward 0.457" in text
-        and "acc 0.25" in text
-        and "s/step 1.5" in text
-    )
-
-    tty = io.StringIO()  # without a `with` block: drawing starts on the first update, close() ends it
-    bar = Progress(5, console=Console(file=tty, force_terminal=True, width=140))
-    bar.update(1, reward=0.125, kl=float("nan"))
-    bar.close()
-    assert "1/5" in tty.getvalue() and "reward 0.125" in tty.getvalue() and "kl" not in tty.getvalue()
 
 
 def test_mfu_arithmetic_and_peak_table() -> None:

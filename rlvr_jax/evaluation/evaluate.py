@@ -25,7 +25,7 @@ from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_sc
 from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics
 from rlvr_jax.evaluation.runs import write_run
 from rlvr_jax.generate import Sampler, SamplingParams
-from rlvr_jax.monitoring.metrics import Progress
+from rlvr_jax.progress import Progress
 
 
 @dataclasses.dataclass
@@ -108,13 +108,17 @@ def score_held_out(
     num_samples: int = 1,
     temperature: float | None = None,
     batch_size: int = 64,
-    progress: Progress | None = None,
+    description: str = "eval",
+    quiet: bool = False,
+    leave: bool | None = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], SamplingParams]:
     """Generates and scores `num_samples` completions per item: (rows of samples.jsonl, `eval_metrics`,
     the sampling used). The one evaluation behind `evaluate` and the trainer's held-out evaluations.
 
     temperature: None = greedy for one sample per item (`sampling.eval_temperature`), the training
     temperature for several (pass@k needs distinct samples).
+    description, quiet, leave: the progress display (`rlvr_jax.progress`): items done and the accuracy so
+    far, as a bar or, in a log, a line at most every 10 s; `leave=None` hides a bar nested in training's.
     """
     if temperature is None:
         temperature = config.sampling.eval_temperature if num_samples == 1 else config.sampling.temperature
@@ -125,16 +129,22 @@ def score_held_out(
         max_new_tokens=config.sampling.max_new_tokens,
     )
 
-    def on_batch(done: int, scored: list[ScoredSample]) -> None:
-        if progress is not None:
-            accuracy = sum(s.reward >= PASS_THRESHOLD for s in scored) / max(len(scored), 1)
-            progress.update(done, accuracy=accuracy)
-
-    scored = generate_and_score(
-        sampler, task, samples, params, chat=config.data.chat, num_samples=num_samples,
-        batch_size=batch_size, seed=config.seed, reward=reward, reward_options=dict(config.reward.options),
-        extra_rewards=EXTRA_REWARDS.get(reward, ()), on_batch=on_batch,
+    progress = Progress(
+        len(samples), description=description, unit="item", fields={}, quiet=quiet, min_interval_s=10.0,
+        leave=leave,
     )  # fmt: skip
+
+    def on_batch(done: int, scored: list[ScoredSample]) -> None:
+        accuracy = sum(s.reward >= PASS_THRESHOLD for s in scored) / max(len(scored), 1)
+        progress.update(done, accuracy=accuracy)
+
+    with progress:
+        scored = generate_and_score(
+            sampler, task, samples, params, chat=config.data.chat, num_samples=num_samples,
+            batch_size=batch_size, seed=config.seed, reward=reward,
+            reward_options=dict(config.reward.options), extra_rewards=EXTRA_REWARDS.get(reward, ()),
+            on_batch=on_batch,
+        )  # fmt: skip
     rows = [s.to_row() for s in scored]
     budget = config.sampling.max_new_tokens
     metrics = eval_metrics(rows, reward=reward, max_new_tokens=budget, seed=config.seed)
@@ -192,15 +202,11 @@ def evaluate(
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     sampler = Sampler(model, tokenizer, mesh=mesh)
     load_s = time.perf_counter() - t0
-    progress = Progress(len(samples), quiet=quiet, description=f"eval {task.name}", fields={})
     t1 = time.perf_counter()
-    try:
-        rows, metrics, params = score_held_out(
-            sampler, task, samples, config, num_samples=num_samples, temperature=chosen,
-            batch_size=batch_size, progress=progress,
-        )  # fmt: skip
-    finally:
-        progress.close()
+    rows, metrics, params = score_held_out(
+        sampler, task, samples, config, num_samples=num_samples, temperature=chosen,
+        batch_size=batch_size, description=f"eval {task.name}", quiet=quiet,
+    )  # fmt: skip
     gen_s = time.perf_counter() - t1
     metrics = {
         "task": task.name,

@@ -13,7 +13,6 @@ from rlvr_jax.monitoring.exporters import JsonLogSink, PrometheusSink, prometheu
 from rlvr_jax.monitoring.metrics import (
     MetricsWriter,
     PhaseTimer,
-    Progress,
     flatten_metrics,
     mfu,
     new_run_id,
@@ -23,6 +22,7 @@ from rlvr_jax.monitoring.metrics import (
     step_flops,
     truncate_after,
 )
+from rlvr_jax.progress import Progress  # its home is rlvr_jax.progress; kept here for old imports
 
 __all__ = [
     "PRICES",

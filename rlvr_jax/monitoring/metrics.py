@@ -1,4 +1,4 @@
-"""Training metrics: `metrics.jsonl`, TensorBoard, optional Weights & Biases, a progress bar, MFU, plots.
+"""Training metrics: `metrics.jsonl`, TensorBoard, optional Weights & Biases, MFU, the reward plot.
 
 `MetricsWriter.write(step, metrics)` sends one step's numbers to every sink. Why it looks like this:
 - `metrics.jsonl` is the record of a run: one JSON object per line ({"step", "time", "run_id", ...}),
@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -377,7 +376,7 @@ def mfu(
     return flops_per_step / step_seconds / peak
 
 
-# ------------------------------------------------------------------------------------------- progress
+# --------------------------------------------------------------------------------------------- FLOPs
 
 
 def model_flops(cfg: Any, shape: tuple[int, int]) -> float:
@@ -408,85 +407,6 @@ def flops_metrics(
     if peak is not None:
         out["throughput/mfu"] = mfu(per_device, seconds, peak=peak)
     return out
-
-
-class Progress:
-    """A rich progress bar for the training loop: steps done, time left, reward / accuracy / step time.
-
-    Off (every method a no-op) when `quiet` or when the console is not a terminal (logs, CI), so piped
-    output is not filled with control codes; metrics.jsonl is the record either way.
-    `fields` maps a label to the metric key it shows.
-    """
-
-    DEFAULT_FIELDS: Mapping[str, str] = {"reward": "reward/mean", "acc": "accuracy", "s/step": "time/step"}
-
-    def __init__(
-        self,
-        total: int,
-        *,
-        initial: int = 0,
-        quiet: bool = False,
-        description: str = "train",
-        fields: Mapping[str, str] | None = None,
-        console: Any = None,
-    ):
-        from rich.console import Console
-
-        self.fields = dict(self.DEFAULT_FIELDS if fields is None else fields)
-        console = console or Console(file=sys.stderr)
-        self.enabled = not quiet and console.is_terminal
-        self._progress = None
-        self._started = False
-        if not self.enabled:
-            return
-        from rich import progress as rp
-
-        self._progress = rp.Progress(
-            rp.TextColumn("[bold]{task.description}"),
-            rp.BarColumn(),
-            rp.MofNCompleteColumn(),
-            rp.TimeElapsedColumn(),
-            rp.TextColumn("<"),
-            rp.TimeRemainingColumn(),
-            rp.TextColumn("{task.fields[info]}"),
-            console=console,
-        )
-        self._task = self._progress.add_task(description, total=total, completed=initial, info="")
-
-    def update(self, step: int, metrics: Mapping[str, Any] | None = None, **shown: float) -> None:
-        """Moves the bar to `step` (steps done) and shows the chosen metrics that are present and finite.
-
-        metrics: a (flattened) metrics row, shown through `fields`; `shown`: extra label=value pairs.
-        """
-        if self._progress is None:
-            return
-        values = {label: (metrics or {}).get(key) for label, key in self.fields.items()} | shown
-        parts = [
-            f"{label} {value:.3g}"
-            for label, value in values.items()
-            if isinstance(value, int | float) and math.isfinite(value)
-        ]
-        self.start()
-        self._progress.update(self._task, completed=step, info="  ".join(parts))
-
-    def start(self) -> None:
-        """Starts drawing (done by `with` or the first `update`)."""
-        if self._progress is not None and not self._started:
-            self._progress.start()
-            self._started = True
-
-    def close(self) -> None:
-        """Stops drawing and leaves the final bar on screen."""
-        if self._progress is not None and self._started:
-            self._progress.stop()
-            self._started = False
-
-    def __enter__(self) -> Progress:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------------------------------------- plots

@@ -17,7 +17,8 @@ from rlvr_jax.evaluation.metrics import flat_summary
 from rlvr_jax.evaluation.runs import load_run, write_run
 from rlvr_jax.monitoring.cost import CostTracker, device_price
 from rlvr_jax.monitoring.exporters import JsonLogSink, PrometheusSink
-from rlvr_jax.monitoring.metrics import MetricsWriter, Progress, new_run_id, plot_rewards
+from rlvr_jax.monitoring.metrics import MetricsWriter, new_run_id, plot_rewards
+from rlvr_jax.progress import Progress
 from rlvr_jax.trainer.setup import Run
 from rlvr_jax.weights import export_hf
 
@@ -41,8 +42,8 @@ class RunSummary:
 
 class RunLog:
     """The run's metrics: metrics.jsonl, TensorBoard, W&B, Prometheus and JSON events (process 0), the
-    cost tracker, and the progress bar. A resumed run drops what was logged after its checkpoint and
-    rewrites those steps exactly once."""
+    cost tracker, and the progress display (a bar, or a line per step in a log: `rlvr_jax.progress`). A
+    resumed run drops what was logged after its checkpoint and rewrites those steps exactly once."""
 
     def __init__(self, run: Run, meta: dict[str, Any], start: int, clock_start: float):
         config = run.config
@@ -82,18 +83,20 @@ class RunLog:
         return sinks
 
     def step(self, step: int, metrics: dict[str, Any], tokens: int) -> None:
-        """Logs one training step (with its cost) and moves the progress bar."""
+        """Logs one training step (with its cost) and shows it in the progress display."""
         if self.cost is not None:
             metrics.update(self.cost.step(step, tokens))
-        self.writer.write(step, metrics)
-        self.progress.update(step, reward=metrics["reward/mean"], accuracy=metrics["accuracy"])
+        self.progress.update(step, self.writer.write(step, metrics))
 
 
 def evaluate_held_out(run: Run, name: str) -> dict[str, float]:
     """The held-out evaluation (the same as scripts/evaluate.py), saved as a run in WORKDIR/eval/<name>;
     returns the scalars to log."""
     config = run.config
-    rows, metrics, params = score_held_out(run.sampler, run.task, run.eval_samples, config)
+    rows, metrics, params = score_held_out(
+        run.sampler, run.task, run.eval_samples, config, description=f"eval {name}",
+        quiet=config.logging.json_logs, leave=None,
+    )  # fmt: skip
     out = run.workdir / "eval" / name
     if jax.process_index() == 0:
         header = {"task": run.task.name, "split": config.data.eval_split, "reward": run.reward_name}

@@ -1,0 +1,76 @@
+"""What a training run shows and leaves for other tools, from one short run of scripts/train.py with its
+stdout piped (as in `make demo | tee log`): a progress line per step and for the held-out evaluations,
+the learning rate in metrics.jsonl and TensorBoard every step, a TensorBoard run named after the run, an
+HF export in bf16 that other users can read and transformers loads, and scripts/convert.py on the
+workdir's checkpoints."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from rlvr_jax.monitoring.metrics import read_metrics
+from tests.conftest import REPO
+from tests.test_trainer import _tiny_config, tiny_model_dir  # noqa: F401 (a fixture)
+
+STEPS = 3
+EVAL_ITEMS = 16
+
+
+@pytest.fixture(scope="module")
+def piped_run(tiny_model_dir):  # noqa: F811 (the fixture imported above)
+    """(workdir, stdout) of a 3-step run with an evaluation at step 2, TensorBoard on and a bf16 export.
+
+    The workdir sits in a folder every user may enter, so that another uid can try to read the export.
+    """
+    shared = Path(tempfile.mkdtemp(prefix="rlvr-run-outputs-"))
+    shared.chmod(0o755)
+    config_file = shared / "config.py"
+    overrides = {
+        "train.steps": STEPS, "train.eval_every": 2, "train.checkpoint_every": 1,
+        "data.eval_limit": EVAL_ITEMS, "logging.tensorboard": True,
+    }  # fmt: skip
+    config_file.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from pathlib import Path\n"
+        "from tests.test_trainer import _tiny_config\n"
+        "def get_config(arg=None):\n"
+        f"    return _tiny_config(Path({str(tiny_model_dir)!r}), **{overrides!r})\n"
+    )
+    workdir = shared / "tiny-run"
+    train = [sys.executable, str(REPO / "scripts" / "train.py"), f"--config={config_file}"]
+    proc = subprocess.run(
+        [*train, f"--workdir={workdir}"], capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    yield workdir, proc.stdout
+    shutil.rmtree(shared)
+
+
+def test_a_piped_run_prints_a_progress_line_for_every_step_and_evaluation(piped_run):
+    _, stdout = piped_run
+    steps = [line for line in stdout.splitlines() if line.startswith("train: ")]
+    assert [line.split(" steps")[0] for line in steps] == [f"train: {s}/{STEPS}" for s in range(1, STEPS + 1)]
+    assert all(re.search(r"reward -?[\d.]+.*s/step [\d.]+", line) for line in steps), steps
+    assert "elapsed" in steps[0] and "left" in steps[0] and "left" not in steps[-1]
+    # The held-out evaluations before, inside (step 2) and after training show their progress too.
+    for name in ("before", "step_2", "after"):
+        assert f"eval {name}: {EVAL_ITEMS}/{EVAL_ITEMS} items (100%)" in stdout, stdout
+    assert "\r" not in stdout and "\x1b[" not in stdout  # a log, not a terminal: no control codes
+    order = [line.split(":")[0] for line in stdout.splitlines() if re.match(r"(train|eval \w+): \d+/", line)]
+    # Step 2's evaluation is part of step 2: its line comes before the step's own.
+    assert order == ["eval before", "train", "eval step_2", "train", "train", "eval after"], order
+
+
+def test_the_learning_rate_is_logged_every_step(piped_run):
+    workdir, _ = piped_run
+    rows = [r for r in read_metrics(workdir / "metrics.jsonl") if "reward/mean" in r]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert all(r["train/learning_rate"] == pytest.approx(3e-2) for r in rows)
