@@ -116,6 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 25
     c.train.keep_checkpoints = 3
     c.train.export_hf = True  # write the trained policy as an HF directory at the end
+    c.train.export_dtype = "float32"  # float32 (logits exact) | bfloat16 (half the size) | float16
 
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True
@@ -166,6 +167,7 @@ _CHOICES = {
     "rl.ratio_type": ("token", "sequence"),
     "optim.schedule": ("constant", "cosine"),
     "reward.on_error": ("fail", "zero"),
+    "train.export_dtype": ("float32", "bfloat16", "float16"),
 }
 
 

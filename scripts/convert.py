@@ -1,8 +1,11 @@
 """Convert a model to a Hugging Face directory that transformers (and vLLM, TGI, llama.cpp) loads.
 
     python scripts/convert.py --input ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --output /tmp/smollm2
+    python scripts/convert.py --input runs/quickstart --step best --output /tmp/quickstart-best
 
---input takes a hub id, an HF directory or a GGUF file (dequantised to float32 by default).
+--input takes a hub id, an HF directory or a GGUF file (dequantised to float32 by default), or a training
+workdir (config.json + checkpoints/), whose checkpoint --step (latest, best or a step number) is converted
+with the model the run's config names.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--input", required=True, help="hub id, HF directory or .gguf file")
+    parser.add_argument("--input", required=True, help="hub id, HF directory, .gguf file or training workdir")
+    parser.add_argument("--step", help="training workdir only: latest (default), best or a step number")
     parser.add_argument("--output", required=True, help="directory to write (created)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--force", action="store_true", help="write into a non-empty output directory")
@@ -30,14 +34,28 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()) and not args.force:
         raise ValueError(f"output directory {out} is not empty; pass --force to overwrite files in it")
 
+    from rlvr_jax.evaluation.evaluate import is_training_workdir, load_trained
     from rlvr_jax.weights import export_hf, load_model
 
-    loaded = load_model(args.input)
-    export_hf(loaded.model, out, loaded.tokenizer, dtype=args.dtype)
-    cfg = loaded.config
+    if is_training_workdir(args.input):
+        step = args.step or "latest"
+        if not (step.isdigit() or step in ("latest", "best")):
+            raise ValueError(f"--step must be latest, best or a step number, got {step!r}")
+        model, tokenizer, source = load_trained(args.input, int(step) if step.isdigit() else step)
+        origin = f" from {source['checkpoint']}/{source['checkpoint_step']}"
+    elif args.step is not None:
+        raise ValueError(
+            f"--step picks a checkpoint of a training workdir (config.json + checkpoints/); {args.input} "
+            "is not one"
+        )
+    else:
+        loaded = load_model(args.input)
+        model, tokenizer, origin = loaded.model, loaded.tokenizer, ""
+    export_hf(model, out, tokenizer, dtype=args.dtype)
+    cfg = model.cfg
     print(
         f"wrote {out} ({cfg.family}, {cfg.num_layers} layers, "
-        f"{cfg.num_params() / 1e6:.1f}M parameters, {args.dtype})"
+        f"{cfg.num_params() / 1e6:.1f}M parameters, {args.dtype}){origin}"
     )
     return 0
 

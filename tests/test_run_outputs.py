@@ -6,14 +6,20 @@ workdir's checkpoints."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file
 
 from rlvr_jax.monitoring.metrics import read_metrics
 from tests.conftest import REPO
@@ -34,7 +40,8 @@ def piped_run(tiny_model_dir):  # noqa: F811 (the fixture imported above)
     config_file = shared / "config.py"
     overrides = {
         "train.steps": STEPS, "train.eval_every": 2, "train.checkpoint_every": 1,
-        "data.eval_limit": EVAL_ITEMS, "logging.tensorboard": True,
+        "data.eval_limit": EVAL_ITEMS, "logging.tensorboard": True, "train.export_hf": True,
+        "train.export_dtype": "bfloat16",
     }  # fmt: skip
     config_file.write_text(
         "import sys\n"
@@ -74,3 +81,55 @@ def test_the_learning_rate_is_logged_every_step(piped_run):
     rows = [r for r in read_metrics(workdir / "metrics.jsonl") if "reward/mean" in r]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert all(r["train/learning_rate"] == pytest.approx(3e-2) for r in rows)
+
+
+def _readable_by_nobody(files: list[Path]) -> bool:
+    """Whether uid 65534 (nobody, no groups, no capabilities) can read every file."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+    proc = subprocess.run([*nobody, "cat", *map(str, files)], capture_output=True, timeout=60)
+    return proc.returncode == 0
+
+
+def test_the_export_is_bf16_for_everyone_and_equals_the_converted_last_checkpoint(piped_run, tmp_path):
+    workdir, stdout = piped_run
+    export = workdir / "hf_export"
+    assert f"HF export:     {export}" in stdout
+    files = sorted(export.iterdir())
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= {
+        f.name for f in files
+    }
+    # Other users and tools (a server under another uid, a shared model store) can read it.
+    assert stat.S_IMODE(export.stat().st_mode) == 0o755
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {f.name: "0o644" for f in files}
+    if os.geteuid() == 0:  # root can become another user: a real read as uid 65534
+        assert _readable_by_nobody(files)
+        export.chmod(0o700)  # and the check can fail: a private folder is not readable
+        assert not _readable_by_nobody(files)
+        export.chmod(0o755)
+
+    # scripts/convert.py on the workdir: its last checkpoint in float32, rebuilt from the run's config.
+    convert = [sys.executable, str(REPO / "scripts" / "convert.py"), "--input", str(workdir)]
+    done = subprocess.run([*convert, "--step", "latest", "--output", str(tmp_path / "fp32")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"float32) from {workdir / 'checkpoints'}/{STEPS}" in done.stdout
+    fp32 = load_file(str(tmp_path / "fp32" / "model.safetensors"))
+    bf16 = load_file(str(export / "model.safetensors"))
+    assert fp32.keys() == bf16.keys()
+    for name, weight in fp32.items():  # the export is the final parameters, rounded to bf16
+        assert weight.dtype == np.float32 and str(bf16[name].dtype) == "bfloat16"
+        np.testing.assert_array_equal(weight.astype(bf16[name].dtype), bf16[name], err_msg=name)
+
+    # transformers loads the bf16 export as bf16, and its logits follow the float32 conversion's.
+    half = transformers.AutoModelForCausalLM.from_pretrained(export)
+    full = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "fp32", dtype=torch.float32)
+    assert next(half.parameters()).dtype == torch.bfloat16
+    ids = transformers.AutoTokenizer.from_pretrained(export)("Write some digits (3).", return_tensors="pt")
+    with torch.no_grad():
+        a, b = half(**ids).logits.float(), full(**ids).logits
+    assert torch.allclose(a, b, atol=0.05 * float(b.abs().max()), rtol=0)
+
+    from rlvr_jax.evaluation.evaluate import load_trained
+
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint 9 in .*; have steps \[1, 2, 3\]"):
+        load_trained(workdir, 9)

@@ -116,8 +116,9 @@ class Tokenizer:
             out.append(int(i))
         return out
 
-    def save(self, directory: str | os.PathLike) -> None:
-        self.hf.save_pretrained(str(directory))
+    def save(self, directory: str | os.PathLike) -> list[Path]:
+        """Writes the tokenizer's files (tokenizer.json, its config, the chat template); returns them."""
+        return [Path(f) for f in self.hf.save_pretrained(str(directory))]
 
 
 def generation_eos(directory: Path) -> list[int]:

@@ -144,7 +144,9 @@ def finish(
         report, verdict = _compare_before_after(run)
         if config.train.export_hf and jax.process_index() == 0:
             model = nnx.merge(run.graphdef, run.state.params)
-            export_dir = str(export_hf(model, workdir / "hf_export", run.tokenizer, dtype="float32"))
+            export_dir = str(
+                export_hf(model, workdir / "hf_export", run.tokenizer, dtype=config.train.export_dtype)
+            )
     run_cost = None
     if log.cost is not None:
         run_cost = log.cost.summary(eval_before.get("accuracy"), eval_after.get("accuracy"))

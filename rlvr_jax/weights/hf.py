@@ -321,8 +321,8 @@ def check_shapes(expected: dict[str, Any], got: dict[str, Any], source: str, pat
             )
 
 
-def write_safetensors(tensors: Tensors, directory: Path, max_shard_bytes: int = 4 << 30) -> None:
-    """Writes model.safetensors (or shards + index when larger than `max_shard_bytes`)."""
+def write_safetensors(tensors: Tensors, directory: Path, max_shard_bytes: int = 4 << 30) -> list[Path]:
+    """Writes model.safetensors (or shards + index when larger than `max_shard_bytes`); returns the files."""
     from safetensors.numpy import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -337,7 +337,7 @@ def write_safetensors(tensors: Tensors, directory: Path, max_shard_bytes: int = 
         size += nbytes
     if len(shards) == 1:
         save_file(shards[0], str(directory / "model.safetensors"), metadata={"format": "pt"})
-        return
+        return [directory / "model.safetensors"]
     weight_map = {}
     total = sum(t.nbytes for t in tensors.values())
     for i, shard in enumerate(shards):
@@ -346,6 +346,7 @@ def write_safetensors(tensors: Tensors, directory: Path, max_shard_bytes: int = 
         weight_map.update(dict.fromkeys(shard, fname))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return [directory / name for name in (*sorted(set(weight_map.values())), "model.safetensors.index.json")]
 
 
 def is_hf_directory(path: str | os.PathLike) -> bool:

@@ -140,6 +140,10 @@ def export_hf(
     `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads it with the same logits; so do tools
     built on that layout (vLLM, TGI, llama.cpp's converter). Weights are written in `dtype`
     (default: float32, which keeps logits exact; "bfloat16" halves the size).
+
+    An export is handed to other users and tools (a server running as another uid, a shared model store),
+    so its files are made readable by all (0644) and the directory enterable by all (0755), whatever the
+    umask: safetensors writes its file private (0600).
     """
     cfg = model.cfg
     out = Path(out_dir)
@@ -157,7 +161,7 @@ def export_hf(
     hf_config = cfg.to_hf_config()
     hf_config["torch_dtype"] = save_dtype
     hf_config["dtype"] = save_dtype
-    hf.write_safetensors(tensors, out)
+    written = hf.write_safetensors(tensors, out)
     (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
     generation = {
         "bos_token_id": cfg.bos_token_id,
@@ -165,8 +169,12 @@ def export_hf(
         "pad_token_id": cfg.pad_token_id,
     }
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    written += [out / "config.json", out / "generation_config.json"]
     if tokenizer is not None:
-        tokenizer.save(out)
+        written += tokenizer.save(out)
+    out.chmod(0o755)
+    for path in written:
+        path.chmod(0o644)
     return out
 
 
