@@ -506,7 +506,7 @@ def test_the_gsm8k_tutorial_trains_on_the_local_copies(layout, tiny_qwen):
     assert [r["step"] for r in rows if "reward/mean" in r] == [1]
     step = next(r for r in rows if r.get("step") == 1 and "cost/usd_total" in r)
     assert 0 < step["cost/usd_total"] < summary["cost"]["usd_total"]  # the final evaluation is billed too
-    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((workdir / "tensorboard" / "gsm8k").glob("events.out.tfevents.*"))  # a run named gsm8k
     assert (workdir / "reward_curve.png").stat().st_size > 10_000
     samples = [
         json.loads(line) for line in (workdir / "eval" / "after" / "samples.jsonl").read_text().splitlines()

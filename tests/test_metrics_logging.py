@@ -97,7 +97,7 @@ def test_non_finite_values_are_strict_json_nulls(tmp_path: Path) -> None:
     assert record["loss"] is None and record["grad_norm"] is None and record["kl"] is None
     row = read_metrics(tmp_path / "metrics.jsonl")[0]
     assert math.isnan(row["loss"]) and row["ok"] == 1.5
-    logged = scalars(tmp_path / "tensorboard")  # TensorBoard keeps the real values
+    logged = scalars(tmp_path / "tensorboard" / tmp_path.name)  # TensorBoard keeps the real values
     assert math.isnan(logged["loss"][0][1]) and logged["grad_norm"][0][1] == math.inf
 
 
@@ -111,10 +111,12 @@ def test_bad_metrics_are_rejected(tmp_path: Path) -> None:
 
 
 def test_tensorboard_events_are_written_and_readable(tmp_path: Path) -> None:
-    with MetricsWriter(tmp_path, config={"lr": 1e-3}) as writer:
+    with MetricsWriter(tmp_path / "lr-1e-3", config={"lr": 1e-3}) as writer:
         for step in range(1, 4):
             writer.write(step, fake_metrics(step))
-    logged = scalars(tmp_path / "tensorboard")
+    # In a folder named after the run: TensorBoard lists the run as "lr-1e-3", not ".".
+    assert writer.tensorboard_dir == tmp_path / "lr-1e-3" / "tensorboard" / "lr-1e-3"
+    logged = scalars(writer.tensorboard_dir)
     assert [s for s, _ in logged["reward/mean"]] == [1, 2, 3]
     assert logged["reward/mean"][2][1] == pytest.approx(0.3)
     assert [s for s, _ in logged["eval/accuracy"]] == [2]  # None: not logged that step
@@ -140,7 +142,7 @@ def test_resume_writes_every_step_exactly_once(tmp_path: Path) -> None:
 
     straight, resumed = without_time(tmp_path / "straight"), without_time(tmp_path / "resumed")
     assert json.dumps(resumed) == json.dumps(straight)
-    events = read_events(tmp_path / "resumed" / "tensorboard")
+    events = read_events(tmp_path / "resumed" / "tensorboard" / "resumed")
     purges = [e for e in events if e.HasField("session_log") and e.session_log.status == e.session_log.START]
     assert [e.step for e in purges] == [4]  # TensorBoard drops the earlier run's steps >= 4
 

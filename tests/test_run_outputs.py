@@ -23,6 +23,7 @@ from safetensors.numpy import load_file
 
 from rlvr_jax.monitoring.metrics import read_metrics
 from tests.conftest import REPO
+from tests.test_metrics_logging import scalars
 from tests.test_trainer import _tiny_config, tiny_model_dir  # noqa: F401 (a fixture)
 
 STEPS = 3
@@ -76,11 +77,17 @@ def test_a_piped_run_prints_a_progress_line_for_every_step_and_evaluation(piped_
     assert order == ["eval before", "train", "eval step_2", "train", "train", "eval after"], order
 
 
-def test_the_learning_rate_is_logged_every_step(piped_run):
-    workdir, _ = piped_run
+def test_the_learning_rate_reaches_metrics_and_a_tensorboard_run_named_after_the_run(piped_run):
+    workdir, stdout = piped_run
     rows = [r for r in read_metrics(workdir / "metrics.jsonl") if "reward/mean" in r]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert all(r["train/learning_rate"] == pytest.approx(3e-2) for r in rows)
+    # `tensorboard --logdir WORKDIR/tensorboard` lists the run as "tiny-run" (its folder), not ".".
+    assert f"tensorboard --logdir {workdir / 'tensorboard'}" in stdout
+    assert [p.name for p in (workdir / "tensorboard").iterdir()] == ["tiny-run"]
+    logged = scalars(workdir / "tensorboard" / "tiny-run")
+    assert [step for step, _ in logged["train/learning_rate"]] == list(range(1, STEPS + 1))
+    assert [lr for _, lr in logged["train/learning_rate"]] == pytest.approx([3e-2] * STEPS)
 
 
 def _readable_by_nobody(files: list[Path]) -> bool:

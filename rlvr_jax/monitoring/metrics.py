@@ -225,7 +225,10 @@ class MetricsWriter:
 
     Args:
       workdir: the run directory (metrics.jsonl and tensorboard/ go here).
-      tensorboard: write TensorBoard events to workdir/tensorboard.
+      tensorboard: write TensorBoard events to workdir/tensorboard/<run name>: TensorBoard names a run by
+        its folder under --logdir, so `--logdir WORKDIR/tensorboard` shows the run by name (not "."), and
+        `--logdir runs/` shows runs/NAME/tensorboard/NAME side by side.
+      run_name: the TensorBoard run's name; default the workdir's name.
       wandb_project: also log to this W&B project (needs `wandb`).
       run_id: identifies the run in every line and in W&B; keep it in the checkpoint and pass it back on
         resume. Default: a new one (`new_run_id`).
@@ -243,6 +246,7 @@ class MetricsWriter:
         tensorboard: bool = True,
         wandb_project: str | None = None,
         run_id: str | None = None,
+        run_name: str | None = None,
         config: Mapping[str, Any] | None = None,
         resume_step: int | None = None,
         primary: bool | None = None,
@@ -251,6 +255,8 @@ class MetricsWriter:
     ):
         self.workdir = Path(workdir)
         self.run_id = run_id or new_run_id()
+        run_name = run_name or self.workdir.resolve().name or "run"
+        self.tensorboard_dir = self.workdir / "tensorboard" / run_name
         if primary is None:
             primary = jax.process_index() == 0
         self.primary = primary
@@ -264,7 +270,7 @@ class MetricsWriter:
         self.sinks.append(JsonlSink(self.path, self.run_id, fsync=fsync))
         if tensorboard:
             purge = None if resume_step is None else resume_step + 1
-            self.sinks.append(TensorBoardSink(self.workdir / "tensorboard", purge, config))
+            self.sinks.append(TensorBoardSink(self.tensorboard_dir, purge, config))
         if wandb_project:
             self.sinks.append(WandbSink(wandb_project, self.run_id, self.workdir, config))
         self.sinks.extend(extra_sinks)
