@@ -121,6 +121,41 @@ def test_plot_lengths_with_truncation(tmp_path):
     assert has_colour(image, "tab:red", min_pixels=20)  # the truncation limit line
 
 
+def test_the_length_figure_counts_the_truncated_responses_that_the_metrics_count(tmp_path, monkeypatch):
+    """Truncated = hit the budget without a stop token (finished False). A response whose stop token is
+    the budget's last token is as long as the budget but finished: counting lengths at the budget said 18%
+    where metrics.json and summary.json said 12.5%. The figure now reports the metrics' number."""
+    from rlvr_jax.evaluation import plots
+    from rlvr_jax.evaluation.metrics import eval_metrics
+
+    limit = 24
+    lengths = [24, 24, 24, 24, 24, 24, 7, 9, 11, 12, 12, 13, 15, 16, 18, 20] * 2
+    finished = [False, False, True, True, True, True, *[True] * 10] * 2
+    rows = [
+        {"id": str(i), "reward": 0.0, "num_tokens": n, "finished": f}
+        for i, (n, f) in enumerate(zip(lengths, finished, strict=True))
+    ]
+    metrics = eval_metrics(rows, max_new_tokens=limit)
+    assert metrics["truncation_rate"] == 0.125 and np.mean(np.array(lengths) >= limit) > 0.37
+
+    drawn = []
+    save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, out, **kw: drawn.append(fig) or save(fig, out, **kw))
+    load_png(
+        plot_lengths({"run": lengths}, tmp_path / "len.png", max_new_tokens=limit, finished={"run": finished})
+    )
+    legend = [t.get_text() for t in drawn[0].legends[0].get_texts()]
+    assert legend[0].endswith(", 12.5% truncated"), legend
+    # The bar right of the limit line holds exactly those responses; the finished ones of the budget's
+    # length sit in the bin left of it.
+    runs, done = {"run": np.array(lengths, float)}, {"run": np.array(finished)}
+    edges, hists, at_limit = plots._length_histograms(runs, limit, done)
+    assert edges[at_limit] == limit and hists["run"][at_limit] == pytest.approx(12.5)
+    assert hists["run"][at_limit - 1] >= 25.0
+    with pytest.raises(ValueError, match="32 lengths but 3 finished flags"):
+        plot_lengths({"run": lengths}, tmp_path / "x.png", max_new_tokens=limit, finished={"run": [True] * 3})
+
+
 def test_plot_lengths_one_run_nan_and_empty_run(tmp_path):
     load_png(plot_lengths({"only": [10, 20, 20, 35, 50]}, tmp_path / "one.png"))
     load_png(

@@ -6,6 +6,7 @@ workdir's checkpoints."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -140,3 +141,28 @@ def test_the_export_is_bf16_for_everyone_and_equals_the_converted_last_checkpoin
 
     with pytest.raises(FileNotFoundError, match=r"no checkpoint 9 in .*; have steps \[1, 2, 3\]"):
         load_trained(workdir, 9)
+
+
+def test_the_report_figure_and_summary_json_count_the_same_truncated_answers(
+    piped_run, tmp_path, monkeypatch
+):
+    """The before / after report's length figure states each run's truncated share: the one summary.json
+    (and metrics.json) holds, from the same definition (`rlvr_jax.evaluation.metrics.truncation_rate`)."""
+    from rlvr_jax.evaluation import plots
+    from rlvr_jax.evaluation.compare import compare_runs, write_report
+    from rlvr_jax.evaluation.runs import load_run
+    from rlvr_jax.figures import percent
+
+    workdir, _ = piped_run
+    summary = json.loads((workdir / "summary.json").read_text())
+    drawn = []
+    save = plots.save
+    monkeypatch.setattr(
+        plots, "save", lambda fig, out, **kw: drawn.append((Path(out).name, fig)) or save(fig, out, **kw)
+    )
+    before, after = load_run(workdir / "eval" / "before"), load_run(workdir / "eval" / "after")
+    write_report(before, after, compare_runs(before, after), tmp_path)
+    (figure,) = [fig for name, fig in drawn if name == "lengths.png"]
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    for text, key in zip(legend[:2], ("eval_before", "eval_after"), strict=True):
+        assert text.endswith(f", {percent(summary[key]['truncation_rate'])} truncated"), (text, summary[key])

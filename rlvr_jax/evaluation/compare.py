@@ -181,9 +181,14 @@ def write_report(
         name: [int(r["num_tokens"]) for r in run.rows if "num_tokens" in r]
         for name, run in zip(names, (a, b), strict=True)
     }
+    finished = {  # the truncated share in the figure is the one metrics.json reports
+        name: [bool(r["finished"]) for r in run.rows if "num_tokens" in r]
+        for name, run in zip(names, (a, b), strict=True)
+        if all("finished" in r for r in run.rows if "num_tokens" in r)
+    }
     if all(lengths.values()):
         max_new = a.metrics.get("max_new_tokens") or b.metrics.get("max_new_tokens")
-        plots.plot_lengths(lengths, out / "lengths.png", max_new_tokens=max_new)
+        plots.plot_lengths(lengths, out / "lengths.png", max_new_tokens=max_new, finished=finished)
         figures.append(("Response lengths", "lengths.png"))
 
     # Training reward curves: one per distinct training run, in the colour of the run it led to (a

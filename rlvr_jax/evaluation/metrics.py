@@ -31,6 +31,18 @@ def passed(reward: float) -> bool:
     return reward >= PASS_THRESHOLD
 
 
+def truncation_rate(finished: Sequence[bool] | np.ndarray) -> float:
+    """The share of completions the new-token budget cut off: those that reached it without a stop token
+    (the sampler's `finished` is False); NaN for none.
+
+    The one definition behind every truncation number: the trainer's `response/truncation_rate`, an
+    evaluation's metrics.json (and so summary.json), the report's length figure. A length at the budget
+    is not the test: a completion whose stop token is the budget's last token has that length, finished.
+    """
+    flags = np.asarray(finished, dtype=bool).reshape(-1)
+    return float(1.0 - flags.mean()) if flags.size else math.nan
+
+
 def group_by_item(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     """Rows of samples.jsonl grouped by prompt id, in first-seen order, each group by sample index."""
     items: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -118,7 +130,7 @@ def eval_metrics(
             "p90": float(np.percentile(lengths, 90)),
             "max": int(lengths.max()),
         }
-        out["truncation_rate"] = float(1.0 - finished.mean())
+        out["truncation_rate"] = truncation_rate(finished)
     if max_new_tokens is not None:
         out["max_new_tokens"] = int(max_new_tokens)
     return out

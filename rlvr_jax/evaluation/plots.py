@@ -3,7 +3,7 @@
 Each figure answers "did training help, and is the difference real":
 - `plot_accuracy`: accuracy per run with 95% confidence intervals and, for two paired runs, the 2x2 table
   of per-problem outcomes whose discordant cells McNemar's test uses.
-- `plot_lengths`: response-length histograms, run means and the share of responses cut at the limit.
+- `plot_lengths`: response-length histograms, run means and the share of truncated responses.
 - `plot_training_curves`: training reward (raw and EMA-smoothed) and held-out accuracy against step.
 - `plot_by_level`: accuracy per difficulty level (e.g. MATH levels 1-5) with confidence intervals.
 - `plot_before_after`: several experiments, before vs after with CIs and p-values, in one figure.
@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from rlvr_jax.evaluation.metrics import truncation_rate
 from rlvr_jax.figures import (
     LABEL_SIZE,
     NOTE_SIZE,
@@ -283,26 +284,43 @@ def plot_lengths(
     out_png: str | Path,
     *,
     max_new_tokens: int | None = None,
+    finished: Mapping[str, Any] | None = None,
     title: str | None = None,
 ) -> Path:
     """Overlaid histograms of response length (tokens) per run, their means and the truncation limit.
 
     lengths: run name -> the token count of each response (non-finite entries are ignored). A run with no
       responses is listed in the legend but draws nothing.
-    max_new_tokens: the generation limit: drawn as a line, with each run's share of responses that hit it
-      (length >= the limit) in the legend. Those responses form their own bar right of the line; when that
-      bar dwarfs the rest of the histogram it is cut at the top of the axes and its height written on it.
+    max_new_tokens: the generation limit, drawn as a line. The responses at it form their own bar right of
+      the line; when that bar dwarfs the rest of the histogram it is cut at the top of the axes and its
+      height written on it.
+    finished: run name -> whether each response ended on a stop token (samples.jsonl's `finished`), in
+      the order of `lengths`. With it, the bar at the limit holds exactly the truncated responses and the
+      legend gives their share, `metrics.truncation_rate` (the number metrics.json and summary.json
+      report); a finished response as long as the limit is drawn in the bin left of the line. Without it,
+      the bar holds the responses of the limit's length, and no share of truncated responses is claimed.
     """
-    runs = {str(name): np.asarray(values, dtype=float).reshape(-1) for name, values in lengths.items()}
-    runs = {name: v[np.isfinite(v)] for name, v in runs.items()}
+    runs: dict[str, np.ndarray] = {}
+    done: dict[str, np.ndarray] = {}  # finished flags of the runs that have them, aligned with `runs`
+    for name, values in lengths.items():
+        v = np.asarray(values, dtype=float).reshape(-1)
+        keep = np.isfinite(v)
+        runs[str(name)] = v[keep]
+        if finished is not None and name in finished:
+            flags = np.asarray(finished[name], dtype=bool).reshape(-1)
+            if flags.size != v.size:
+                raise ValueError(
+                    f"plot_lengths: run {name!r} has {v.size} lengths but {flags.size} finished flags"
+                )
+            done[str(name)] = flags[keep]
     if not runs or not any(v.size for v in runs.values()):
         raise ValueError("plot_lengths: no response lengths to plot (no runs, or every run is empty)")
     limit = int(max_new_tokens) if max_new_tokens is not None else None
-    edges, hists, at_limit = _length_histograms(runs, limit)
+    edges, hists, at_limit = _length_histograms(runs, limit, done)
     cut, top = _length_top(hists, at_limit)
 
     fig, ax = panels(9, 5.6)
-    handles, means = _length_stairs(ax, runs, hists, edges, limit)
+    handles, means = _length_stairs(ax, runs, hists, edges, limit, done)
     left, right = min(0.0, float(edges[0])), float(edges[-1] + 0.5 * (edges[1] - edges[0]))
     ax.set_xlim(left, right)
     ax.set_ylim(0, top)
@@ -314,7 +332,11 @@ def plot_lengths(
         labels.put("truncation limit", limit, LIMIT_COLOR, to_left=True)
         for i, name in enumerate(runs):  # a bar cut at the top: its height, in its run's colour
             if cut and name in hists and hists[name][at_limit] > top:
-                labels.put(f"{hists[name][at_limit]:.0f}% hit it ↑", limit, color_for(i), to_left=True)
+                if name in done:
+                    text = f"{percent(truncation_rate(done[name]))} truncated ↑"
+                else:
+                    text = f"{hists[name][at_limit]:.0f}% at the limit ↑"
+                labels.put(text, limit, color_for(i), to_left=True)
     for mean, color in sorted(means):  # flipped to the left of the line near the right edge
         labels.put(f"mean {mean:.0f}", mean, color, to_left=(mean - left) / (right - left) > 0.7)
     ax.set_xlabel("response length (tokens)", fontsize=LABEL_SIZE)
@@ -328,14 +350,22 @@ def plot_lengths(
 
 
 def _length_histograms(
-    runs: Mapping[str, np.ndarray], limit: int | None
+    runs: Mapping[str, np.ndarray], limit: int | None, done: Mapping[str, np.ndarray]
 ) -> tuple[np.ndarray, dict[str, np.ndarray], int | None]:
     """(bin edges, % of each non-empty run's responses per bin, the index of the limit's bin or None).
 
-    A response at or over the limit is counted in the limit's bar, as the legend counts it; percentages
-    rather than counts, so runs of different sizes compare.
+    The limit's bar holds a run's truncated responses when its finished flags are in `done` (a finished
+    response as long as the limit goes half a token left of it, into the bin before), else every response
+    at or over the limit; percentages rather than counts, so runs of different sizes compare.
     """
-    shown = {name: np.minimum(v, limit) if limit is not None else v for name, v in runs.items()}
+    shown = {}
+    for name, v in runs.items():
+        if limit is None:
+            shown[name] = v
+        elif name in done:
+            shown[name] = np.where(done[name], np.minimum(v, limit - 0.5), limit)
+        else:
+            shown[name] = np.minimum(v, limit)
     every = np.concatenate([v for v in shown.values() if v.size])
     target = int(np.clip(2.5 * math.sqrt(max(v.size for v in runs.values())), 12, 40))
     edges = _length_bins(every, limit, target)
@@ -368,6 +398,7 @@ def _length_stairs(
     hists: Mapping[str, np.ndarray],
     edges: np.ndarray,
     limit: int | None,
+    done: Mapping[str, np.ndarray],
 ) -> tuple[list[Any], list[tuple[float, str]]]:
     """Each run's histogram and mean line; returns the legend entries and (mean, colour) of each run."""
     handles: list[Any] = []
@@ -383,8 +414,8 @@ def _length_stairs(
         ax.axvline(mean, color=color, linestyle="--", linewidth=1.8, zorder=4)
         means.append((mean, color))
         text = f"{name} (n = {v.size:,}): mean {mean:.0f}, median {np.median(v):.0f} tokens"
-        if limit is not None:
-            text += f", {100 * np.mean(v >= limit):.0f}% hit the limit"
+        if limit is not None and name in done:
+            text += f", {percent(truncation_rate(done[name]))} truncated"
         handles.append(Patch(facecolor=color, alpha=0.5, edgecolor=color, label=text))
     handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.8, label="run mean"))
     return handles, means

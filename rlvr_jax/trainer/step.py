@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import sharding
-from rlvr_jax.evaluation.metrics import PASS_THRESHOLD
+from rlvr_jax.evaluation.metrics import PASS_THRESHOLD, truncation_rate
 from rlvr_jax.monitoring.metrics import flops_metrics, model_flops
 from rlvr_jax.rl.batch import batch_from_rows
 from rlvr_jax.rl.update import update_on_rollout
@@ -72,7 +72,7 @@ def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) ->
         "accuracy": float(np.mean(scores >= PASS_THRESHOLD)),
         "response/length_mean": float(lengths.mean()),
         "response/length_max": int(lengths.max()),
-        "response/truncation_rate": float(1.0 - np.asarray(rollouts.rows["finished"]).mean()),
+        "response/truncation_rate": truncation_rate(rollouts.rows["finished"]),
         "groups/zero_variance_fraction": float(np.mean(np.std(scores.reshape(-1, G), axis=1) == 0)),
         **(
             {
