@@ -5,7 +5,8 @@ their run colours and font sizes, how a figure and its panels are laid out (`pan
 (`style`), labels placed in points off a data point (`label`), legends above an axes or below a figure,
 the bold title (`suptitle`) and how a figure is saved (`save`: parent folders created, white background).
 The training reward plot (`rlvr_jax.monitoring.metrics.plot_rewards`) shares the layout, the reading of
-a metric's series from metrics rows (`series`) and the saving.
+a metric's series from metrics rows (`series`), the smoothing of a curve (`ema`, with `ema_stderr` for
+its band) and the saving.
 
 Everything uses the matplotlib object API (`Figure`, `fig.savefig`), never pyplot, so it touches no global
 backend state and is safe in a headless process or a thread.
@@ -73,6 +74,33 @@ def series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.
             pts.append((step, value))
     pts.sort(key=lambda p: p[0])
     return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+
+def ema(values: Sequence[float] | np.ndarray, smooth: float) -> np.ndarray:
+    """Debiased exponential moving average (as TensorBoard's smoothing): the first points are not pulled
+    towards 0. smooth = 0 returns the values unchanged; values are assumed finite."""
+    if not 0 <= smooth < 1:
+        raise ValueError(f"smooth must be in [0, 1); got {smooth}")
+    out = np.empty(len(values))
+    acc = 0.0
+    for t, x in enumerate(values, start=1):
+        acc = smooth * acc + (1 - smooth) * float(x)
+        out[t - 1] = acc / (1 - smooth**t)
+    return out
+
+
+def ema_stderr(stderr: Sequence[float] | np.ndarray, smooth: float) -> np.ndarray:
+    """The standard error of each point of `ema(values, smooth)` when each value is an independent
+    estimate with standard error `stderr[t]`: the EMA is a weighted sum, so its variance is the sum of the
+    squared weights times the variances. A NaN standard error gives NaN from there on."""
+    if not 0 <= smooth < 1:
+        raise ValueError(f"smooth must be in [0, 1); got {smooth}")
+    out = np.empty(len(stderr))
+    acc = 0.0
+    for t, se in enumerate(stderr, start=1):
+        acc = smooth**2 * acc + (1 - smooth) ** 2 * float(se) ** 2
+        out[t - 1] = math.sqrt(acc) / (1 - smooth**t)
+    return out
 
 
 def percent(x: float) -> str:

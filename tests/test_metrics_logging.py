@@ -235,18 +235,57 @@ def test_step_flops_from_cost_analysis() -> None:
     assert step_flops(OldJax()) == 10.0
 
 
-def test_plot_rewards(tmp_path: Path) -> None:
+def test_plot_rewards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reward curve's panels: reward (smoothed, with its band), held-out accuracy, lengths; not the
+    batch accuracy, which for a 0/1 reward repeats the reward."""
+    from rlvr_jax import figures
+
     rng = np.random.default_rng(0)
     with MetricsWriter(tmp_path / "run", tensorboard=False) as writer:
         for step in range(1, 31):
-            mean = 1 - math.exp(-step / 10) + 0.05 * rng.standard_normal()
-            row = {"reward": {"mean": mean, "std": 0.15}, "accuracy": min(1.0, mean)}
+            scores = (rng.random((4, 6)) < 1 - math.exp(-step / 10)).astype(float)  # 4 prompts x 6, 0/1
+            stderr = scores.mean(axis=1).std(ddof=1) / 2  # over the 4 prompts' means
+            row = {
+                "reward": {"mean": scores.mean(), "std": scores.std(), "stderr": stderr,
+                           "min": scores.min(), "max": scores.max()},
+                "accuracy": scores.mean(),
+                "response": {"length_mean": 40 - step, "truncation_rate": max(0.0, 0.5 - step / 30)},
+            }  # fmt: skip
             if step % 10 == 0:
                 row["eval/accuracy"] = 0.4 + step / 100  # an eval every 10 steps: sparse points
             writer.write(step, row)
+    drawn = []
+    save = figures.save
+    monkeypatch.setattr(figures, "save", lambda fig, out, **kw: drawn.append(fig) or save(fig, out, **kw))
     out = plot_rewards(tmp_path / "run" / "metrics.jsonl", tmp_path / "plots" / "rewards.png")
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    titles = [ax.get_title(loc="left") for ax in drawn[0].axes if ax.get_title(loc="left")]
+    assert titles == [
+        "Training reward (reward/mean)",
+        "Held-out accuracy (95% interval)",
+        "Completions: mean length and share truncated",
+    ]
     with pytest.raises(ValueError, match="no metrics"):
         (tmp_path / "empty.jsonl").write_text("")
         plot_rewards(tmp_path / "empty.jsonl", tmp_path / "x.png")
+
+
+def test_the_reward_band_is_a_standard_error_clipped_to_the_reward_range() -> None:
+    """A 0/1 reward near 1 with a wide standard error: the band stops at 1 (the highest reward logged);
+    without a known range it would not. One step's band is its standard error; later ones shrink as the
+    smoothed mean averages more steps."""
+    from rlvr_jax.monitoring.metrics import reward_band
+
+    rows = [
+        {"step": s, "reward/mean": 0.9, "reward/stderr": 0.2, "reward/min": 0.0, "reward/max": 1.0}
+        for s in range(1, 6)
+    ]
+    steps, smoothed, low, high = reward_band(rows, 0.6)
+    assert list(steps) == [1, 2, 3, 4, 5] and smoothed == pytest.approx([0.9] * 5)
+    assert high.max() == 1.0 and low[0] == pytest.approx(0.7) and np.all(np.diff(low) > 0)
+    unbounded = [{k: v for k, v in r.items() if k not in ("reward/min", "reward/max")} for r in rows]
+    assert reward_band(unbounded, 0.6)[3][0] == pytest.approx(1.1)
+    assert reward_band(unbounded, 0.6, reward_range=(0.0, 1.0))[3].max() == 1.0
+    no_error = [{k: v for k, v in r.items() if k != "reward/stderr"} for r in rows]
+    assert np.isnan(reward_band(no_error, 0.6)[2]).all()  # no standard error logged: no band

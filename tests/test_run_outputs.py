@@ -98,6 +98,15 @@ def _readable_by_nobody(files: list[Path]) -> bool:
     return proc.returncode == 0
 
 
+def test_every_step_logs_what_the_reward_curve_band_needs(piped_run):
+    workdir, _ = piped_run
+    rows = [r for r in read_metrics(workdir / "metrics.jsonl") if "reward/mean" in r]
+    for r in rows:  # 8 prompts: the standard error of the mean over their group means
+        assert 0 < r["reward/stderr"] < r["reward/std"]
+        assert r["reward/min"] <= r["reward/mean"] <= r["reward/max"]
+    assert (workdir / "reward_curve.png").stat().st_size > 10_000
+
+
 def test_the_export_is_bf16_for_everyone_and_equals_the_converted_last_checkpoint(piped_run, tmp_path):
     workdir, stdout = piped_run
     export = workdir / "hf_export"

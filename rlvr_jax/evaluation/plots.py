@@ -34,6 +34,7 @@ from rlvr_jax.figures import (
     RUN_COLORS,
     TICK_SIZE,
     color_for,
+    ema,
     finite,
     format_p,
     label,
@@ -447,19 +448,6 @@ class _TopLabels:
 
 
 # ----------------------------------------------------------------------------------- training curves
-
-
-def ema(values: Sequence[float] | np.ndarray, smooth: float) -> np.ndarray:
-    """Debiased exponential moving average (as TensorBoard's smoothing): the first points are not pulled
-    towards 0. smooth = 0 returns the values unchanged; values are assumed finite."""
-    if not 0 <= smooth < 1:
-        raise ValueError(f"smooth must be in [0, 1); got {smooth}")
-    out = np.empty(len(values))
-    acc = 0.0
-    for t, x in enumerate(values, start=1):
-        acc = smooth * acc + (1 - smooth) * float(x)
-        out[t - 1] = acc / (1 - smooth**t)
-    return out
 
 
 def plot_training_curves(

@@ -423,46 +423,136 @@ def plot_rewards(
     out_png: str | Path,
     *,
     reward_key: str = "reward/mean",
-    std_key: str = "reward/std",
-    accuracy_keys: Sequence[str] = ("accuracy", "eval/accuracy"),
+    stderr_key: str = "reward/stderr",
+    smooth: float = 0.6,
+    reward_range: tuple[float, float] | None = None,
     title: str | None = None,
 ) -> Path:
-    """A PNG of reward mean (with a ±1 std band) and accuracy against step, from a metrics.jsonl.
+    """A PNG of a training run against step, from its metrics.jsonl (WORKDIR/reward_curve.png).
 
-    Accuracy keys missing from the file are skipped; points missing on some steps (e.g. an eval every N
-    steps) are drawn only where measured.
+    Panels, each left out when its metrics were not logged (the reward's is always there):
+    - the training reward: per step (faint) and EMA-smoothed (`smooth`, TensorBoard's default 0.6) with a
+      band of +-1 standard error of the smoothed mean (`figures.ema_stderr` of the per-step `stderr_key`),
+      clipped to the reward's range: `reward_range`, else the lowest `reward/min` and highest `reward/max`
+      logged, so a 0/1 reward's band stays inside [0, 1];
+    - the held-out accuracy (`eval/accuracy`) at the steps it was measured, with its 95% interval;
+    - the completions' mean length and truncated share (`response/length_mean`, `.../truncation_rate`).
+    The training batch's accuracy is not drawn: for a 0/1 reward it is the reward again.
     """
-    from rlvr_jax.figures import panels, save, series  # matplotlib, imported only when plotting
+    from matplotlib.ticker import MaxNLocator
+
+    from rlvr_jax.figures import panels, save, series, suptitle  # matplotlib, imported only when plotting
 
     rows = read_metrics(metrics_jsonl)
     if not rows:
         raise ValueError(f"{metrics_jsonl} has no metrics to plot")
-    fig, (top, bottom) = panels(7, 5.5, 2, 1, sharex=True, height_ratios=(3, 2))
-    steps, reward = series(rows, reward_key)
-    top.plot(steps, reward, marker="o", markersize=3, color="tab:blue", label="reward (mean)")
-    std_by_step = dict(zip(*series(rows, std_key), strict=True))
-    band = np.array([s in std_by_step for s in steps], dtype=bool)
-    if band.any():
-        std = np.array([std_by_step.get(s, 0.0) for s in steps])
-        lo, hi = reward - std, reward + std
-        top.fill_between(steps, lo, hi, where=band, color="tab:blue", alpha=0.2, label="± 1 std")
-    top.set_ylabel("reward")
-    top.grid(alpha=0.3)
-    top.legend(loc="best", fontsize="small")
-    top.set_title(title or f"Reward and accuracy ({Path(metrics_jsonl).parent.name or 'run'})")
-
-    drawn = False
-    for key, color in zip(accuracy_keys, ("tab:green", "tab:orange", "tab:red", "tab:purple"), strict=False):
-        acc_steps, acc = series(rows, key)
-        if len(acc_steps):
-            bottom.plot(acc_steps, acc, marker="o", markersize=3, color=color, label=key)
-            drawn = True
-    bottom.set_ylabel("accuracy")
-    bottom.set_ylim(-0.02, 1.02)
-    bottom.grid(alpha=0.3)
-    if drawn:
-        bottom.legend(loc="best", fontsize="small")
-    else:
-        bottom.text(0.5, 0.5, "no accuracy logged", ha="center", va="center", transform=bottom.transAxes)
-    bottom.set_xlabel("step")
+    if not series(rows, reward_key)[0].size:
+        raise ValueError(f"{metrics_jsonl} has no finite {reward_key!r} values to plot")
+    shown = ["reward"]
+    shown += ["eval"] if series(rows, "eval/accuracy")[0].size else []
+    shown += ["length"] if series(rows, "response/length_mean")[0].size else []
+    heights = [{"reward": 3.0, "eval": 1.9, "length": 1.9}[p] for p in shown]
+    fig, grid = panels(
+        8, 1.3 + sum(heights), len(shown), 1, sharex=True, height_ratios=heights, squeeze=False
+    )
+    axes = dict(zip(shown, grid[:, 0], strict=True))
+    _reward_panel(axes["reward"], rows, reward_key, stderr_key, smooth, reward_range)
+    if "eval" in axes:
+        _held_out_panel(axes["eval"], rows)
+    if "length" in axes:
+        _length_panel(axes["length"], rows)
+    axes[shown[-1]].set_xlabel("training step")
+    axes[shown[-1]].xaxis.set_major_locator(MaxNLocator(integer=True))
+    suptitle(fig, title or f"Training run {Path(metrics_jsonl).resolve().parent.name}")
     return save(fig, out_png, dpi=120)
+
+
+def reward_band(
+    rows: Sequence[Mapping[str, Any]],
+    smooth: float,
+    *,
+    reward_key: str = "reward/mean",
+    stderr_key: str = "reward/stderr",
+    reward_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, smoothed mean, band low, band high) of the reward curve; the band is +-1 standard error of
+    the smoothed mean clipped to the reward's range (see `plot_rewards`), NaN where not known."""
+    from rlvr_jax.figures import ema, ema_stderr, series
+
+    steps, reward = series(rows, reward_key)
+    stderr = dict(zip(*series(rows, stderr_key), strict=True))
+    band = ema_stderr(np.array([stderr.get(s, math.nan) for s in steps]), smooth)
+    if reward_range is None:
+        lows, highs = series(rows, "reward/min")[1], series(rows, "reward/max")[1]
+        reward_range = (lows.min() if lows.size else -np.inf, highs.max() if highs.size else np.inf)
+    smoothed = ema(reward, smooth)
+    low, high = np.clip(smoothed - band, *reward_range), np.clip(smoothed + band, *reward_range)
+    return steps, smoothed, low, high
+
+
+def _reward_panel(
+    ax: Any,
+    rows: Sequence[Mapping[str, Any]],
+    key: str,
+    stderr_key: str,
+    smooth: float,
+    reward_range: tuple[float, float] | None,
+) -> None:
+    from rlvr_jax.figures import LABEL_SIZE, series, style
+
+    steps, reward = series(rows, key)
+    _, smoothed, low, high = reward_band(rows, smooth, reward_key=key, stderr_key=stderr_key,
+                                         reward_range=reward_range)  # fmt: skip
+    ax.plot(steps, reward, color="tab:blue", alpha=0.35, linewidth=1.0, marker="o", markersize=3,
+            label="per step")  # fmt: skip
+    ax.plot(steps, smoothed, color="tab:blue", linewidth=2.2, label=f"smoothed (EMA {smooth:g})")
+    known = np.isfinite(low) & np.isfinite(high)
+    if known.any():
+        ax.fill_between(steps, low, high, where=known, color="tab:blue", alpha=0.2, linewidth=0,
+                        label="± 1 standard error")  # fmt: skip
+    ax.set_ylabel("reward", fontsize=LABEL_SIZE)
+    ax.set_title(f"Training reward ({key})", fontsize=LABEL_SIZE, loc="left")
+    ax.legend(loc="best", fontsize="small")
+    style(ax, grid_axis="both")
+
+
+def _held_out_panel(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    from rlvr_jax.figures import LABEL_SIZE, NOTE_SIZE, label, percent, percent_axis, series, style
+
+    steps, accuracy = series(rows, "eval/accuracy")
+    lows = dict(zip(*series(rows, "eval/accuracy_ci_low"), strict=True))
+    highs = dict(zip(*series(rows, "eval/accuracy_ci_high"), strict=True))
+    below = [max(a - lows.get(s, a), 0.0) for s, a in zip(steps, accuracy, strict=True)]
+    above = [max(highs.get(s, a) - a, 0.0) for s, a in zip(steps, accuracy, strict=True)]
+    ax.errorbar(steps, accuracy, yerr=[below, above], color="tab:green", marker="o", markersize=5,
+                linewidth=1.8, capsize=3)  # fmt: skip
+    label(ax, percent(accuracy[-1]), (steps[-1], accuracy[-1]), (6, 0), ha="left", va="center",
+          fontsize=NOTE_SIZE, color="tab:green", fontweight="bold")  # fmt: skip
+    ax.set_ylim(-0.02, 1.02)
+    percent_axis(ax.yaxis)
+    ax.set_ylabel("accuracy", fontsize=LABEL_SIZE)
+    ax.set_title("Held-out accuracy (95% interval)", fontsize=LABEL_SIZE, loc="left")
+    style(ax, grid_axis="both")
+    ax.margins(x=0.06)
+
+
+def _length_panel(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    from rlvr_jax.figures import LABEL_SIZE, percent_axis, series, style
+
+    steps, length = series(rows, "response/length_mean")
+    ax.plot(steps, length, color="tab:purple", linewidth=1.8, marker="o", markersize=3, label="mean tokens")
+    ax.set_ylabel("tokens", fontsize=LABEL_SIZE)
+    ax.set_ylim(bottom=0)
+    handles = ax.get_lines()[:]
+    cut_steps, cut = series(rows, "response/truncation_rate")
+    if cut_steps.size:
+        share = ax.twinx()
+        share.plot(cut_steps, cut, color="tab:red", linewidth=1.5, linestyle="--", label="truncated")
+        share.set_ylim(-0.02, 1.02)
+        percent_axis(share.yaxis)
+        share.set_ylabel("truncated", fontsize=LABEL_SIZE, color="tab:red")
+        share.spines[["top"]].set_visible(False)
+        handles += share.get_lines()
+    ax.legend(handles=handles, loc="best", fontsize="small")
+    ax.set_title("Completions: mean length and share truncated", fontsize=LABEL_SIZE, loc="left")
+    style(ax, grid_axis="x")

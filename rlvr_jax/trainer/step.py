@@ -66,9 +66,17 @@ def step_metrics(run: Run, rollouts: Rollouts, update: Update, step_s: float) ->
     collect_s = rollouts.rollout_s + rollouts.reward_s
     train_s = update.total_s
     ds = rollouts.dynamic_sampling
+    group_means = scores.reshape(-1, G).mean(axis=1)
     return {
         "reward/mean": float(np.mean(scores)),
         "reward/std": float(np.std(scores)),
+        # The standard error of the mean with the prompts as the units (a prompt's completions are
+        # correlated); NaN with one prompt. With min / max it draws the reward curve's band.
+        "reward/stderr": float(np.std(group_means, ddof=1) / np.sqrt(len(group_means)))
+        if len(group_means) > 1
+        else float("nan"),
+        "reward/min": float(np.min(scores)),
+        "reward/max": float(np.max(scores)),
         "accuracy": float(np.mean(scores >= PASS_THRESHOLD)),
         "response/length_mean": float(lengths.mean()),
         "response/length_max": int(lengths.max()),
