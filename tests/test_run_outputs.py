@@ -1,8 +1,9 @@
 """What a training run shows and leaves for other tools, from one short run of scripts/train.py with its
-stdout piped (as in `make demo | tee log`): a progress line per step and for the held-out evaluations,
-the learning rate in metrics.jsonl and TensorBoard every step, a TensorBoard run named after the run, an
-HF export in bf16 that other users can read and transformers loads, and scripts/convert.py on the
-workdir's checkpoints."""
+stdout piped (as in `make demo | tee log`): a progress line per step and for each held-out evaluation,
+the learning rate in metrics.jsonl and TensorBoard every step, a TensorBoard run named after the run, the
+reward statistics the reward curve's band needs, an HF export in bf16 that other users can read and
+transformers loads, scripts/convert.py on the workdir's checkpoints, and one truncation number in the
+report's figure and summary.json."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def export_hf(
 
     An export is handed to other users and tools (a server running as another uid, a shared model store),
     so its files are made readable by all (0644) and the directory enterable by all (0755), whatever the
-    umask: safetensors writes its file private (0600).
+    umask: safetensors writes its file private (0600). Paths owned by another user are left as they are.
     """
     cfg = model.cfg
     out = Path(out_dir)
@@ -172,9 +172,9 @@ def export_hf(
     written += [out / "config.json", out / "generation_config.json"]
     if tokenizer is not None:
         written += tokenizer.save(out)
-    out.chmod(0o755)
-    for path in written:
-        path.chmod(0o644)
+    for path, mode in [(out, 0o755), *((path, 0o644) for path in written)]:
+        if path.stat().st_uid == os.geteuid():  # a shared folder of another owner keeps its mode
+            path.chmod(mode)
     return out
 
 
