@@ -121,6 +121,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True
     c.logging.wandb_project = ml_collections.FieldReference(None, field_type=str)
+    c.logging.wandb_name = ml_collections.FieldReference(None, field_type=str)  # run name; None = W&B's
+    c.logging.wandb_group = ml_collections.FieldReference(None, field_type=str)  # runs shown together
+    # W&B tags; on the command line one flag per tag: --config.logging.wandb_tags=grpo --config...=gsm8k
+    c.logging.wandb_tags = ()
+    # Held-out samples (prompt, completion, reward, reason) shown per evaluation as a table in TensorBoard's
+    # text tab and in W&B; 0 = none. Every sample is in WORKDIR/eval/<name>/samples.jsonl either way.
+    c.logging.log_samples = 8
     c.logging.prometheus_port = 0  # serve the training gauges on this port for Prometheus; 0 = off
     c.logging.pushgateway = ml_collections.FieldReference(None, field_type=str)  # host:port; None = off
     c.logging.json_logs = False  # log lines as JSON objects on stderr (log aggregation), no progress bar
@@ -151,6 +158,7 @@ _INTEGERS = {
     "train.checkpoint_every": 1,
     "train.keep_checkpoints": 1,
     "logging.prometheus_port": 0,
+    "logging.log_samples": 0,
 }
 _ZERO_MEANS = {
     "sampling.top_k": "off",
@@ -158,6 +166,7 @@ _ZERO_MEANS = {
     "optim.micro_batch_tokens": "off",
     "train.eval_every": "only before and after training",
     "logging.prometheus_port": "off",
+    "logging.log_samples": "none",
 }
 
 _CHOICES = {
@@ -440,6 +449,9 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"logging.prometheus_port must be a port (1-65535) or 0, got {config.logging.prometheus_port}"
         )
+    tags = config.logging.wandb_tags
+    if not all(isinstance(tag, str) and tag for tag in tags):
+        raise ConfigError(f"logging.wandb_tags must be non-empty strings, got {tags!r}")
     if config.logging.price_per_hour is not None and config.logging.price_per_hour < 0:
         raise ConfigError(f"logging.price_per_hour must be >= 0, got {config.logging.price_per_hour}")
 

@@ -6,6 +6,8 @@
 --input takes a hub id, an HF directory or a GGUF file (dequantised to float32 by default), or a training
 workdir (config.json + checkpoints/), whose checkpoint --step (latest, best or a step number) is converted
 with the model the run's config names.
+--push_to_hub OWNER/NAME also uploads the written directory to that hub repository (created if missing,
+--private to create it private); the token comes from HF_TOKEN or `hf auth login`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="directory to write (created)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--force", action="store_true", help="write into a non-empty output directory")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="then upload the output to this hub repo")
+    parser.add_argument("--private", action="store_true", help="--push_to_hub creates the repo private")
     args = parser.parse_args(argv)
+    if args.private and not args.push_to_hub:
+        parser.error("--private applies to --push_to_hub REPO_ID; pass both")
+    if args.push_to_hub:  # a missing token or a bad name fails now, not after the conversion
+        from rlvr_jax.weights.hub import check_repo_id, hub_token
+
+        check_repo_id(args.push_to_hub)
+        hub_token()
 
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -57,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {out} ({cfg.family}, {cfg.num_layers} layers, "
         f"{cfg.num_params() / 1e6:.1f}M parameters, {args.dtype}){origin}"
     )
+    if args.push_to_hub:
+        from rlvr_jax.weights.hub import push_to_hub
+
+        url = push_to_hub(out, args.push_to_hub, private=args.private)
+        print(f"pushed {out} to {url}")
     return 0
 
 

@@ -213,6 +213,8 @@ def test_a_weighted_sum_names_registered_components():
         ("mesh.fsdp", 0, "mesh.fsdp must be an integer >= 1 or -1"),
         ("optim.micro_batches", -1, r"optim.micro_batches must be an integer >= 0 \(0: auto\)"),
         ("logging.prometheus_port", 70000, "logging.prometheus_port must be a port"),
+        ("logging.log_samples", -1, r"logging.log_samples must be an integer >= 0 \(0: none\)"),
+        ("logging.wandb_tags", ("grpo", ""), r"logging.wandb_tags must be non-empty strings, got \('grpo',"),
     ],
 )  # fmt: skip
 def test_numbers_out_of_range_name_the_key(key, value, message):
@@ -235,6 +237,16 @@ def test_a_nan_learning_rate_from_the_command_line_stops_before_the_model():
     args = [QUICKSTART, "--workdir=/nonexistent/w", "--config.optim.learning_rate=nan"]
     line = one_line_error(run([*TRAIN, *args]))
     assert line == "error: optim.learning_rate=nan is not a finite number"
+
+
+def test_wandb_run_name_group_and_tags_come_from_the_command_line():
+    """One flag per tag (ml_collections' way for a tuple); validation sees them, then stops at a key
+    that is wrong on purpose, before any model loads."""
+    args = [QUICKSTART, "--workdir=/nonexistent/w", "--config.logging.wandb_name=lr-1e-6",
+            "--config.logging.wandb_group=sweep", "--config.logging.wandb_tags=grpo",
+            "--config.logging.wandb_tags=", "--config.logging.log_samples=4"]  # fmt: skip
+    line = one_line_error(run([*TRAIN, *args]))
+    assert line == "error: logging.wandb_tags must be non-empty strings, got ('grpo', '')"
 
 
 # ------------------------------------------------------------------------------ evaluate's own flags

@@ -83,7 +83,10 @@ COVERAGE: list[Cover] = [
     Cover(
         r"python scripts/convert\.py .*",
         "test",
-        ("tests/test_weights.py::test_gguf_to_hf_round_trip_through_convert_cli",),
+        (
+            "tests/test_weights.py::test_gguf_to_hf_round_trip_through_convert_cli",
+            "tests/test_weights.py::test_convert_cli_pushes_the_export_to_the_hub",
+        ),
     ),
     Cover(
         r"python scripts/score\.py --task humaneval .*",
@@ -99,6 +102,17 @@ COVERAGE: list[Cover] = [
         rf"python scripts/serve\.py --model {SMOLLM} --port 8000 --max_batch 8",
         "test",
         ("tests/test_serving.py::test_openai_client_chat_gets_paris",),
+    ),
+    Cover(  # the server loads any model source with load_model, an HF export included (tests/test_weights.py)
+        r"python scripts/serve\.py --model runs/[\w.-]+/hf_export --port 8000",
+        "test",
+        ("tests/test_serving.py::test_openai_client_chat_gets_paris",),
+    ),
+    Cover(
+        r"vllm serve runs/[\w.-]+/hf_export",
+        "offline",
+        ("tests/test_weights.py::test_gguf_to_hf_round_trip_through_convert_cli",),
+        "needs vLLM on an NVIDIA GPU; the test loads an export with transformers, whose layout vLLM reads",
     ),
     Cover(
         r"python scripts/export\.py .*",

@@ -3,6 +3,7 @@ W&B wiring, MFU from XLA's cost analysis, and the reward plot."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -186,9 +187,126 @@ def test_wandb_is_optional_and_wired(tmp_path: Path, monkeypatch: pytest.MonkeyP
         w.write(3, {"x": 2.0, "y": None})
     assert calls[0] == (
         "init",
-        {"project": "p", "id": "r7", "resume": "allow", "dir": str(tmp_path), "config": {"a": 1}},
-    )
+        {"project": "p", "id": "r7", "resume": "allow", "dir": str(tmp_path), "config": {"a": 1},
+         "name": None, "group": None, "tags": None},
+    )  # fmt: skip
     assert calls[1] == ("log", 3, {"x": 2.0}) and calls[2] == ("finish",)
+
+
+class FakeWandb:
+    """The wandb module as far as the sinks use it (wandb is not installed here, and W&B cannot be
+    reached): init's arguments, and what each log call held, Tables and Images included."""
+
+    class Table:
+        def __init__(self, columns: list, data: list) -> None:
+            self.columns, self.data = columns, data
+
+    class Image:
+        def __init__(self, path: str, caption: str | None = None) -> None:
+            self.path, self.caption = path, caption
+
+    def __init__(self) -> None:
+        self.inits: list[dict] = []
+        self.logged: list[tuple[int, dict]] = []
+        self.finished = False
+
+    def init(self, **kwargs: object) -> FakeWandb:
+        self.inits.append(kwargs)
+        return self
+
+    def log(self, row: dict, step: int) -> None:
+        self.logged.append((step, row))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+SAMPLES = [
+    {"id": "a", "sample_index": 0, "prompt": "What is 2+2?", "completion": "4 | four\nThe answer is 4.",
+     "reward": 1.0, "reason": "correct (4)"},
+    {"id": "a", "sample_index": 1, "prompt": "What is 2+2?", "completion": "5", "reward": 0.0,
+     "reason": "wrong"},
+    {"id": "b", "sample_index": 0, "prompt": "What is 3+3?", "completion": "x" * 5000, "reward": 0.0,
+     "reason": "no answer"},
+    {"id": "c", "sample_index": 0, "prompt": "What is 4+4?", "completion": "8", "reward": 1.0,
+     "reason": "correct (8)"},
+]  # fmt: skip
+
+
+def _figure(path: Path, color: tuple[int, int, int]) -> Path:
+    from PIL import Image
+
+    pixels = np.zeros((12, 20, 3), np.uint8)
+    pixels[:, :10] = color
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_samples_and_figures_go_to_wandb_as_tables_and_images(tmp_path: Path, monkeypatch) -> None:
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    figure = _figure(tmp_path / "accuracy.png", (255, 0, 0))
+    with MetricsWriter(tmp_path, tensorboard=False, wandb_project="p", run_id="r1", wandb_name="gsm8k-lr1e-6",
+                       wandb_group="sweep-3", wandb_tags=("grpo", "gsm8k")) as writer:  # fmt: skip
+        writer.write_samples(0, "eval/samples", SAMPLES, limit=2)
+        writer.write_figures(5, {"eval/compare/accuracy": figure})
+    assert fake.inits[0]["name"] == "gsm8k-lr1e-6" and fake.inits[0]["group"] == "sweep-3"
+    assert fake.inits[0]["tags"] == ["grpo", "gsm8k"]
+    (step, row), (figure_step, figures) = fake.logged
+    table = row["eval/samples"]
+    assert step == 0 and table.columns == ["prompt", "completion", "reward", "reason"]
+    # The first two items, first sample of each (item a's sample 1 is not a new item); long text clipped.
+    assert [r[0] for r in table.data] == ["What is 2+2?", "What is 3+3?"]
+    assert table.data[0][2:] == [1.0, "correct (4)"] and table.data[0][1] == SAMPLES[0]["completion"]
+    assert len(table.data[1][1]) == 2000 and table.data[1][1].endswith("...")
+    image = figures["eval/compare/accuracy"]
+    assert figure_step == 5 and image.path == str(figure) and image.caption == "accuracy.png"
+    assert fake.finished
+
+
+def test_samples_and_figures_go_to_tensorboard_text_and_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from rlvr_jax.monitoring.media import figure_tags
+
+    compare = tmp_path / "compare"
+    compare.mkdir()
+    _figure(compare / "accuracy.png", (255, 0, 0))
+    _figure(compare / "lengths.png", (0, 0, 255))
+    (compare / "report.md").write_text("not a figure")
+    with MetricsWriter(tmp_path / "run", run_id="r") as writer:
+        writer.write_samples(0, "eval/samples", SAMPLES, limit=8)
+        writer.write_samples(4, "eval/samples", SAMPLES[:1], limit=8)
+        writer.write_samples(5, "eval/samples", SAMPLES, limit=0)  # logging.log_samples = 0: nothing
+        writer.write_figures(4, figure_tags(compare, "eval/compare"))
+    texts, images = {}, {}
+    for event in read_events(tmp_path / "run" / "tensorboard"):
+        for value in event.summary.value:
+            if value.HasField("tensor"):
+                texts[(value.tag, event.step)] = value.tensor.string_val[0].decode()
+            if value.HasField("image"):
+                images[(value.tag, event.step)] = value.image
+    assert sorted(texts) == [("eval/samples/text_summary", 0), ("eval/samples/text_summary", 4)]
+    table = texts[("eval/samples/text_summary", 0)].splitlines()
+    assert table[0] == "| prompt | completion | reward | reason |" and len(table) == 2 + 3  # items a, b, c
+    # A pipe in a completion stays inside its cell and a line break becomes <br>: one row per sample.
+    assert table[2] == "| What is 2+2? | 4 \\| four<br>The answer is 4. | 1 | correct (4) |"
+    assert table[4] == "| What is 4+4? | 8 | 1 | correct (8) |"
+    assert sorted(images) == [("eval/compare/accuracy", 4), ("eval/compare/lengths", 4)]
+    for (tag, _), image in images.items():
+        source = compare / f"{tag.rsplit('/', 1)[1]}.png"
+        decoded = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
+        np.testing.assert_array_equal(decoded, np.asarray(Image.open(source).convert("RGB")))
+        assert (image.height, image.width) == (12, 20)
+
+
+def test_media_helpers_on_edge_cases(tmp_path: Path) -> None:
+    from rlvr_jax.monitoring.media import figure_tags, markdown_table, sample_table
+
+    assert figure_tags(tmp_path / "missing", "x") == {}
+    assert sample_table([{"prompt": "p"}], 3) == [["p", "", "", ""]]  # a row without the other fields
+    assert sample_table(SAMPLES, -1) == []
+    assert markdown_table(["a", "b"], [[0.123456, "x\\y\r\n"]]).splitlines()[2] == "| 0.1235 | x\\\\y<br> |"
 
 
 def test_phase_timer() -> None:

@@ -151,6 +151,7 @@ def test_quickstart_trains_and_evaluates_before_and_after(tmp_path, kernel_dir, 
 
 
 def test_custom_reward_scores_known_cases_and_trains_with_it(tmp_path, kernel_dir, monkeypatch):
+    """The reward is a function defined in a cell (TRL's signature) and GRPOTrainer trains with it."""
     _, text = run_notebook("custom_reward", tmp_path, kernel_dir, monkeypatch)
     out = tmp_path / "custom_reward"
     checks = json.loads((out / "checks.json").read_text())
@@ -165,14 +166,64 @@ def test_custom_reward_scores_known_cases_and_trains_with_it(tmp_path, kernel_di
     }
     assert {k: v["score"] for k, v in checks.items()} == pytest.approx(expected)
     assert checks["number spam"]["naive_score"] == 1.0  # the naive reward is hacked, ours is not
-    assert "reward answer_line" in text  # the trainer scored with the registered custom reward
+    assert "held-out accuracy" in text and "-> " in text
     run = out / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any("reward/mean" in r for r in rows)
+    assert [r["step"] for r in rows if "reward/mean" in r] == [1, 2]
     lines = (run / "eval" / "after" / "samples.jsonl").read_text().splitlines()
     samples = [json.loads(line) for line in lines]
-    assert samples and all(r["reason"] for r in samples)
-    assert {r["reward"] for r in samples} <= {0.0, 0.1, 1.0}
+    assert len(samples) == 8  # the notebook's held-out set, small settings
+    # Scored by the notebook's function: only its three values occur.
+    assert all(any(r["reward"] == pytest.approx(v) for v in (0.0, 0.1, 1.0)) for r in samples)
+    reasons = json.loads((out / "reasons.json").read_text())
+    assert sum(reasons["after"].values()) == len(samples)
+
+
+def _colab_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notebooks_colab", NOTEBOOKS / "colab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_notebook_opens_on_colab_with_a_tpu_and_installs_from_one_repository_url():
+    colab = _colab_module()
+    assert colab.notebook_names() == sorted(NAMES)
+    assert colab.main(["--check"]) == 0  # every notebook carries what colab.py stamps from its one constant
+    for name in NAMES:
+        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        link = (
+            f"https://colab.research.google.com/github/{colab.GITHUB_REPO}/blob/main/notebooks/{name}.ipynb"
+        )
+        assert nb.cells[0].cell_type == "markdown" and link in nb.cells[0].source
+        assert nb.metadata["accelerator"] == "TPU" and nb.metadata["colab"]["gpuType"] == "V5E1"
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert f'REPO_URL = "https://github.com/{colab.GITHUB_REPO}"' in code
+        assert '"git", "clone", "--depth=1", REPO_URL' in code
+
+
+def test_stamping_adds_the_badge_runtime_and_url_and_keeps_the_rest():
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    colab = _colab_module()
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# Title"),
+            new_code_cell('x = 1\nREPO_URL = ""  # set me\nprint(REPO_URL)'),
+        ],
+        metadata={"colab": {"name": "demo"}, "kernelspec": {"name": "python3", "display_name": "Python 3"}},
+    )
+    once = colab.stamp(nb, "demo")
+    assert [c.source for c in once.cells[1:]] == [
+        "# Title",
+        f"x = 1\n{colab.repo_url_line()}\nprint(REPO_URL)",
+    ]
+    assert once.cells[0].source == colab.badge("demo") and "notebooks/demo.ipynb" in once.cells[0].source
+    assert once.metadata["colab"] == {"name": "demo", "gpuType": "V5E1", "provenance": []}
+    assert once.metadata["kernelspec"]["name"] == "python3" and once.metadata["accelerator"] == "TPU"
+    assert colab.stamp(once, "demo") == once and nb.cells[0].source == "# Title"  # idempotent, input kept
 
 
 def test_evaluate_and_compare_gives_a_paired_test_and_plots(tmp_path, kernel_dir, monkeypatch):

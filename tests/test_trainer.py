@@ -79,10 +79,15 @@ def _tiny_config(model_dir: Path, **overrides):
     return c
 
 
-def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path):
+def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path, monkeypatch):
     from rlvr_jax.trainer import train
+    from tests.test_metrics_logging import FakeWandb
 
-    summary = train(_tiny_config(tiny_model_dir), tmp_path / "run")
+    wandb = FakeWandb()  # wandb is not installed here and W&B cannot be reached: its module is faked
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    logging = {"logging.tensorboard": True, "logging.wandb_project": "rlvr-tests", "logging.log_samples": 3,
+               "logging.wandb_name": "digits", "logging.wandb_tags": ("tiny",)}  # fmt: skip
+    summary = train(_tiny_config(tiny_model_dir, **logging), tmp_path / "run")
     rows = [r for r in read_metrics(summary.metrics_file) if "reward/mean" in r]
     assert len(rows) == 24
     first = np.mean([r["reward/mean"] for r in rows[:4]])
@@ -104,6 +109,7 @@ def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path)
     assert np.mean([r["reward"] for r in samples]) == pytest.approx(summary.eval_after["reward"], rel=1e-6)
     assert summary.eval_report and (run / "eval" / "compare" / "accuracy.png").exists()
     assert "reward" in Path(summary.eval_report).read_text() and summary.eval_verdict
+    _check_samples_and_figures_reach_the_dashboards(run, wandb)
 
     # scripts/evaluate.py's function on the final checkpoint gives the number training logged.
     from rlvr_jax.evaluation.evaluate import evaluate
@@ -112,6 +118,33 @@ def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path)
     assert result.metrics["checkpoint_step"] == 24
     assert result.metrics["mean_reward"]["value"] == pytest.approx(summary.eval_after["reward"], rel=1e-6)
     assert [r["completion"] for r in result.rows] == [r["completion"] for r in samples]
+
+
+def _check_samples_and_figures_reach_the_dashboards(run: Path, wandb) -> None:
+    """Before and after training, 3 held-out samples as a table, and the before / after figures of
+    eval/compare as images, in TensorBoard (read back from its event file) and in W&B."""
+    from tests.test_metrics_logging import Event, read_events
+
+    figures = sorted(f"eval/compare/{p.stem}" for p in (run / "eval" / "compare").glob("*.png"))
+    assert "eval/compare/accuracy" in figures
+    events: list[Event] = []
+    for folder in {path.parent for path in (run / "tensorboard").rglob("events.out.tfevents.*")}:
+        events += read_events(folder)
+    texts = {(v.tag, e.step): v.tensor.string_val[0].decode() for e in events for v in e.summary.value
+             if v.tag == "eval/samples/text_summary"}  # fmt: skip
+    assert sorted(texts) == [("eval/samples/text_summary", 0), ("eval/samples/text_summary", 24)]
+    after = [json.loads(line) for line in (run / "eval" / "after" / "samples.jsonl").read_text().splitlines()]
+    table = texts[("eval/samples/text_summary", 24)].splitlines()
+    assert len(table) == 2 + 3 and table[2].startswith(f"| {after[0]['prompt']} |")
+    images = sorted((v.tag, e.step) for e in events for v in e.summary.value if v.HasField("image"))
+    assert images == [(tag, 24) for tag in figures]
+
+    assert wandb.inits[0]["name"] == "digits" and wandb.inits[0]["tags"] == ["tiny"]
+    tables = [(step, row["eval/samples"]) for step, row in wandb.logged if "eval/samples" in row]
+    assert [step for step, _ in tables] == [0, 24] and len(tables[1][1].data) == 3
+    assert tables[1][1].data[0][:3] == [after[0]["prompt"], after[0]["completion"], after[0]["reward"]]
+    logged = sorted((k, step) for step, row in wandb.logged for k in row if k.startswith("eval/compare/"))
+    assert logged == [(tag, 24) for tag in figures]
 
 
 def test_flops_metrics_give_mfu_only_for_devices_with_a_known_peak(monkeypatch):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -224,3 +226,98 @@ def test_generate_cli_bad_model_path_prints_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: model path './missing.gguf' does not exist")
     assert "Traceback" not in proc.stderr
+
+
+class FakeHfApi:
+    """huggingface_hub.HfApi at the network boundary (nothing here reaches the hub): records each call and
+    which files the folder held when upload_folder was called."""
+
+    calls: ClassVar[list[tuple]] = []
+
+    def __init__(self, token: str | None = None, **_: object) -> None:
+        self.calls.append(("init", token))
+
+    def create_repo(self, repo_id: str, **kwargs: object) -> str:
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kwargs: object) -> None:
+        files = sorted(p.name for p in Path(str(kwargs["folder_path"])).iterdir())
+        self.calls.append(("upload_folder", kwargs, files))
+
+
+def _convert_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_script", REPO / "scripts" / "convert.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_convert_cli_pushes_the_export_to_the_hub(tmp_path, monkeypatch, capsys, smollm_gguf):
+    import huggingface_hub
+
+    from rlvr_jax.models import init_model
+    from rlvr_jax.weights import export_hf
+    from rlvr_jax.weights.loader import load_tokenizer
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(FakeHfApi, "calls", [])
+    monkeypatch.setenv("HF_TOKEN", "hf_from_the_environment")
+    tokenizer = load_tokenizer(smollm_gguf)  # a tiny random model with a real tokenizer, as a run exports
+    cfg = ModelConfig(family="llama", vocab_size=49152, hidden_size=16, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=8, intermediate_size=32, tie_word_embeddings=True)  # fmt: skip
+    source = export_hf(init_model(cfg, seed=0), tmp_path / "hf_export", tokenizer)
+    out = tmp_path / "export"
+    main = _convert_main()
+    argv = ["--input", str(source), "--output", str(out), "--dtype", "bfloat16",
+            "--push_to_hub", "me/tiny-grpo", "--private"]  # fmt: skip
+    assert main(argv) == 0
+    init, create, upload = FakeHfApi.calls
+    assert init == ("init", "hf_from_the_environment")
+    options = {"private": True, "repo_type": "model", "exist_ok": True}
+    assert create == ("create_repo", "me/tiny-grpo", options)
+    kwargs, files = upload[1], upload[2]
+    assert kwargs["repo_id"] == "me/tiny-grpo" and kwargs["folder_path"] == str(out)
+    assert kwargs["repo_type"] == "model" and {"config.json", "model.safetensors"} <= set(files)
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert f"pushed {out} to https://huggingface.co/me/tiny-grpo" in capsys.readouterr().out
+
+
+def test_convert_cli_push_mistakes_fail_before_converting(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from rlvr_jax.cli import fail_cleanly
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(FakeHfApi, "calls", [])
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    main, out = _convert_main(), tmp_path / "export"
+    push = ["--input", "missing.gguf", "--output", str(out), "--push_to_hub"]
+    assert fail_cleanly(lambda: main([*push, "me/model"])) == 2
+    assert "needs a token with write access: set HF_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    assert fail_cleanly(lambda: main([*push, "me/bad name"])) == 2
+    assert "'me/bad name' is not a hub repository id: use owner/name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--input", "missing.gguf", "--output", str(out), "--private"])
+    assert "--private applies to --push_to_hub" in capsys.readouterr().err
+    assert not out.exists() and FakeHfApi.calls == []  # nothing converted, nothing sent
+
+    from rlvr_jax.weights.hub import HubError, push_to_hub
+
+    with pytest.raises(HubError, match=r"has no config\.json"):
+        push_to_hub(tmp_path, "me/model")
+
+    class Unreachable(FakeHfApi):
+        def create_repo(self, repo_id: str, **kwargs: object) -> str:
+            raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Unreachable)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(HubError, match=r"failed \(ConnectionError: Name or service not known\); the folder"):
+        push_to_hub(tmp_path, "me/model")

@@ -36,6 +36,8 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from rlvr_jax.monitoring.media import SAMPLE_COLUMNS, markdown_table, png_pixels, sample_table
+
 JSONL = "metrics.jsonl"
 RESERVED = ("step", "time", "run_id")
 Number = int | float
@@ -185,14 +187,35 @@ class TensorBoardSink:
             if value is not None:
                 self._writer.add_scalar(key, value, global_step=int(step))
 
+    def write_samples(self, step: int, tag: str, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+        """A table of samples in the text tab (one entry per step under `tag`)."""
+        self._writer.add_text(tag, markdown_table(columns, rows), global_step=int(step))
+
+    def write_figure(self, step: int, tag: str, png: Path) -> None:
+        """A PNG in the images tab."""
+        self._writer.add_image(tag, png_pixels(png), global_step=int(step), dataformats="HWC")
+
     def close(self) -> None:
         self._writer.close()
 
 
 class WandbSink:
-    """Weights & Biases, resumed under the same run id (imported only when asked for)."""
+    """Weights & Biases, resumed under the same run id (imported only when asked for).
 
-    def __init__(self, project: str, run_id: str, workdir: Path, config: Mapping[str, Any] | None = None):
+    name, group, tags: the run's display name (None: W&B picks one), its group (runs compared together,
+    e.g. one sweep) and tags, as W&B's run page and filters show them."""
+
+    def __init__(
+        self,
+        project: str,
+        run_id: str,
+        workdir: Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+    ):
         try:
             import wandb
         except ImportError as e:
@@ -202,11 +225,21 @@ class WandbSink:
             ) from e
         self._wandb = wandb
         self._run = wandb.init(
-            project=project, id=run_id, resume="allow", dir=str(workdir), config=dict(config or {})
-        )
+            project=project, id=run_id, resume="allow", dir=str(workdir), config=dict(config or {}),
+            name=name, group=group, tags=list(tags) or None,
+        )  # fmt: skip
 
     def write(self, step: int, row: Mapping[str, Number | None]) -> None:
         self._run.log({k: v for k, v in row.items() if v is not None}, step=int(step))
+
+    def write_samples(self, step: int, tag: str, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+        """A wandb.Table of samples under `tag`."""
+        table = self._wandb.Table(columns=list(columns), data=[list(row) for row in rows])
+        self._run.log({tag: table}, step=int(step))
+
+    def write_figure(self, step: int, tag: str, png: Path) -> None:
+        """A wandb.Image of the PNG under `tag`."""
+        self._run.log({tag: self._wandb.Image(str(png), caption=png.name)}, step=int(step))
 
     def close(self) -> None:
         self._run.finish()
@@ -230,6 +263,7 @@ class MetricsWriter:
         `--logdir runs/` shows runs/NAME/tensorboard/NAME side by side.
       run_name: the TensorBoard run's name; default the workdir's name.
       wandb_project: also log to this W&B project (needs `wandb`).
+      wandb_name, wandb_group, wandb_tags: the W&B run's display name, group and tags (`WandbSink`).
       run_id: identifies the run in every line and in W&B; keep it in the checkpoint and pass it back on
         resume. Default: a new one (`new_run_id`).
       config: a snapshot (plain dict) for W&B and TensorBoard's text tab.
@@ -245,6 +279,9 @@ class MetricsWriter:
         *,
         tensorboard: bool = True,
         wandb_project: str | None = None,
+        wandb_name: str | None = None,
+        wandb_group: str | None = None,
+        wandb_tags: Sequence[str] = (),
         run_id: str | None = None,
         run_name: str | None = None,
         config: Mapping[str, Any] | None = None,
@@ -272,7 +309,11 @@ class MetricsWriter:
             purge = None if resume_step is None else resume_step + 1
             self.sinks.append(TensorBoardSink(self.tensorboard_dir, purge, config))
         if wandb_project:
-            self.sinks.append(WandbSink(wandb_project, self.run_id, self.workdir, config))
+            wandb = WandbSink(
+                wandb_project, self.run_id, self.workdir, config, name=wandb_name, group=wandb_group,
+                tags=wandb_tags,
+            )  # fmt: skip
+            self.sinks.append(wandb)
         self.sinks.extend(extra_sinks)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Number | None]:
@@ -285,6 +326,28 @@ class MetricsWriter:
             for sink in self.sinks:
                 sink.write(step, row)
         return row
+
+    def write_samples(
+        self, step: int, tag: str, rows: Sequence[Mapping[str, Any]], limit: int,
+        columns: Sequence[str] = SAMPLE_COLUMNS,
+    ) -> None:  # fmt: skip
+        """Shows the first `limit` samples (`media.sample_table`: prompt, completion, reward, reason) as a
+        table under `tag` in the sinks that take tables (TensorBoard's text tab, a wandb.Table)."""
+        table = sample_table(rows, limit, columns)
+        if not (self.primary and table):
+            return
+        for sink in self.sinks:
+            if hasattr(sink, "write_samples"):
+                sink.write_samples(step, tag, columns, table)
+
+    def write_figures(self, step: int, figures: Mapping[str, str | Path]) -> None:
+        """Shows each PNG of {tag: path} in the sinks that take images (TensorBoard, a wandb.Image)."""
+        if not self.primary:
+            return
+        for sink in self.sinks:
+            if hasattr(sink, "write_figure"):
+                for tag, path in figures.items():
+                    sink.write_figure(step, tag, Path(path))
 
     def close(self) -> None:
         for sink in self.sinks:

@@ -37,7 +37,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             collected = rollouts.collect(jax.random.fold_in(key, step))  # rollout -> rewards
             update = update_policy(run, collected)  # advantages -> update -> parameters to the sampler
             metrics = step_metrics(run, collected, update, time.perf_counter() - t0)
-            evaluated = _periodic_evaluation(run, step)
+            evaluated = _periodic_evaluation(run, log, step)
             metrics.update({f"eval/{k}": v for k, v in (evaluated or {}).items()})
             log.step(step, metrics, update.tokens)
             stop = preemption.should_stop(step)  # every host calls this every step
@@ -55,14 +55,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
 
 def _first_evaluation(run: Run, log: RunLog) -> dict[str, float]:
     """The held-out evaluation before any update (a resumed run has it in its checkpoint)."""
-    before = evaluate_held_out(run, "before")
+    before = evaluate_held_out(run, "before", log, 0)
     log.writer.write(0, {f"eval/{k}": v for k, v in before.items()})
     return before
 
 
-def _periodic_evaluation(run: Run, step: int) -> dict[str, float] | None:
+def _periodic_evaluation(run: Run, log: RunLog, step: int) -> dict[str, float] | None:
     """Every `train.eval_every` steps, except the last (the final evaluation covers it)."""
     every, steps = run.config.train.eval_every, run.config.train.steps
     if every and step % every == 0 and step < steps:
-        return evaluate_held_out(run, f"step_{step}")
+        return evaluate_held_out(run, f"step_{step}", log, step)
     return None

@@ -17,6 +17,7 @@ from rlvr_jax.evaluation.metrics import flat_summary
 from rlvr_jax.evaluation.runs import load_run, write_run
 from rlvr_jax.monitoring.cost import CostTracker, device_price
 from rlvr_jax.monitoring.exporters import JsonLogSink, PrometheusSink
+from rlvr_jax.monitoring.media import figure_tags
 from rlvr_jax.monitoring.metrics import MetricsWriter, new_run_id, plot_rewards
 from rlvr_jax.progress import Progress
 from rlvr_jax.trainer.setup import Run
@@ -50,6 +51,8 @@ class RunLog:
         self.run_id = meta.get("run_id") or new_run_id()
         self.writer = MetricsWriter(
             run.workdir, tensorboard=config.logging.tensorboard, wandb_project=config.logging.wandb_project,
+            wandb_name=config.logging.wandb_name, wandb_group=config.logging.wandb_group,
+            wandb_tags=config.logging.wandb_tags,
             run_id=self.run_id, config=config.to_dict(), resume_step=start if meta else None,
             extra_sinks=self._sinks(run),
         )  # fmt: skip
@@ -89,9 +92,10 @@ class RunLog:
         self.progress.update(step, self.writer.write(step, metrics))
 
 
-def evaluate_held_out(run: Run, name: str) -> dict[str, float]:
+def evaluate_held_out(run: Run, name: str, log: RunLog | None = None, step: int = 0) -> dict[str, float]:
     """The held-out evaluation (the same as scripts/evaluate.py), saved as a run in WORKDIR/eval/<name>;
-    returns the scalars to log."""
+    returns the scalars to log. With `log`, a few of its samples also go to TensorBoard / W&B at `step`
+    (`logging.log_samples`)."""
     config = run.config
     rows, metrics, params = score_held_out(
         run.sampler, run.task, run.eval_samples, config, description=f"eval {name}",
@@ -102,6 +106,8 @@ def evaluate_held_out(run: Run, name: str) -> dict[str, float]:
         header = {"task": run.task.name, "split": config.data.eval_split, "reward": run.reward_name}
         header |= {"model": str(config.model.path), "temperature": params.temperature, "seed": config.seed}
         write_run(out, rows, header | metrics | {"training_metrics": str(run.workdir / "metrics.jsonl")})
+    if log is not None:
+        log.writer.write_samples(step, "eval/samples", rows, config.logging.log_samples)
     return flat_summary(metrics)
 
 
@@ -129,24 +135,24 @@ def finish(
     """The end of the run: final evaluation and checkpoint, reward curve, before / after report, export,
     cost, WORKDIR/summary.json. A preempted run only closes its files (it resumes later)."""
     config, workdir = run.config, run.workdir
-    eval_after = {} if preempted else evaluate_held_out(run, "after")
+    eval_after = {} if preempted else evaluate_held_out(run, "after", log, step)
     if eval_after:
         log.writer.write(step, {f"eval/{k}": v for k, v in eval_after.items()})
         if step % config.train.checkpoint_every:
             save_checkpoint(run, log, step, iterator_state, eval_before, eval_after)
     run.checkpointer.wait()
     run.checkpointer.close()
-    log.writer.close()
     plot = report = verdict = export_dir = None
     if not preempted:
         plot = str(workdir / "reward_curve.png")
         plot_rewards(workdir / "metrics.jsonl", plot)
-        report, verdict = _compare_before_after(run)
+        report, verdict = _compare_before_after(run, log, step)
         if config.train.export_hf and jax.process_index() == 0:
             model = nnx.merge(run.graphdef, run.state.params)
             export_dir = str(
                 export_hf(model, workdir / "hf_export", run.tokenizer, dtype=config.train.export_dtype)
             )
+    log.writer.close()
     run_cost = None
     if log.cost is not None:
         run_cost = log.cost.summary(eval_before.get("accuracy"), eval_after.get("accuracy"))
@@ -165,8 +171,9 @@ def finish(
     return summary
 
 
-def _compare_before_after(run: Run) -> tuple[str | None, str | None]:
-    """The paired before / after comparison and its report (WORKDIR/eval/compare)."""
+def _compare_before_after(run: Run, log: RunLog, step: int) -> tuple[str | None, str | None]:
+    """The paired before / after comparison and its report (WORKDIR/eval/compare); its figures also go to
+    TensorBoard / W&B at `step`, beside the curves."""
     folder = run.workdir / "eval"
     if jax.process_index() != 0 or not (folder / "before" / "samples.jsonl").exists():
         return None, None
@@ -174,6 +181,7 @@ def _compare_before_after(run: Run) -> tuple[str | None, str | None]:
     comparison = compare_runs(before, after, seed=run.config.seed)
     report = str(write_report(before, after, comparison, folder / "compare"))
     (folder / "compare" / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    log.writer.write_figures(step, figure_tags(folder / "compare", "eval/compare"))
     return report, comparison["verdict"]
 
 
