@@ -195,7 +195,7 @@ class TRLReward:
             if math.isinf(value):
                 raise ValueError(f"reward {self.__name__!r} returned {value} for completion {i}")
             scores[i] = float(value)
-            reasons.append(f"{self.__name__}: {float(value):g}")
+            reasons.append(f"returned {float(value):g}")
         return scores, reasons
 
 
@@ -211,8 +211,13 @@ def trl_reward(fn: Callable[..., Any], name: str | None = None, *, conversationa
 
 
 def _registered_as(fn: Callable[..., Any]) -> str | None:
-    """The name `fn` itself is registered under (a built-in passed as a function), or None."""
-    return next((name for name in REWARDS.in_order() if REWARDS.get(name) is fn), None)
+    """The name `fn` is registered under, itself (a built-in passed as a function, a function registered
+    before) or wrapped (a TRL-style function registered before), or None."""
+    for name in REWARDS.in_order():
+        registered = REWARDS.get(name)
+        if registered is fn or (isinstance(registered, TRLReward) and registered.fn is fn):
+            return name
+    return None
 
 
 def register_callable(fn: Callable[..., Any], taken: set[str] | None = None) -> str:

@@ -285,8 +285,12 @@ def _where(worker_traceback: str, by_value_file: str | None = None) -> str:
     return f" (at {os.path.basename(path)}:{line} in {function})"
 
 
-def _source_file(reward: Any) -> str | None:
-    """The file that defines a reward function (of the function a TRLReward wraps), if it says."""
+def _source_file(reward: str | Callable[..., Any]) -> str | None:
+    """The file that defines a reward function (a registered one's; the function a TRLReward wraps)."""
+    if isinstance(reward, str):
+        from rlvr_jax.rewards.base import REWARDS
+
+        reward = REWARDS.get(reward) if reward in REWARDS else None
     code = getattr(getattr(reward, "fn", reward), "__code__", None)
     return getattr(code, "co_filename", None)
 
@@ -401,7 +405,7 @@ class RewardPool:
             samples=list(samples),
             options=options,
             lengths=None if lengths is None else list(lengths),
-            source=None if isinstance(reward, str) else _source_file(reward),
+            source=_source_file(reward),
             scores=np.zeros((n,), np.float32),
             reasons=[""] * n,
         )
