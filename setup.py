@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "datasets>=4.0",
     "grain>=0.2.12",
     "ml-collections>=1.0",
+    # reward functions defined in a notebook or a script's __main__ reach the reward worker processes by
+    # value (rlvr_jax/rewards/pool.py); grain requires it already
+    "cloudpickle>=3.0",
     "tensorboardX>=2.6",
     "rich>=13.0",
     "tqdm>=4.66",  # progress: a bar in terminals and notebooks (tqdm.auto), rlvr_jax/progress.py

@@ -50,6 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_limit = 256  # held-out items per periodic evaluation
     c.data.chat = True  # prompts through the model's chat template
     c.data.options = ml_collections.ConfigDict()  # passed to the task loader (e.g. arithmetic difficulty)
+    # data.task="hf" (any data set with a prompt column; rlvr_jax/data/hf_task.py) reads these four.
+    c.data.dataset = ml_collections.FieldReference(None, field_type=str)  # hub id, file, folder or glob
+    c.data.split = "train"  # the data set's split that train / validation are carved from
+    c.data.prompt_column = "prompt"  # a string or a list of chat messages per row
+    c.data.answer_column = ml_collections.FieldReference(None, field_type=str)  # copied to samples' "answer"
 
     # Sampling during training; evaluation is greedy unless eval_temperature > 0.
     c.sampling = ml_collections.ConfigDict()
@@ -335,16 +340,19 @@ def check_split(config: ml_collections.ConfigDict, split: str, key: str) -> None
 
 
 def _check_task(config: ml_collections.ConfigDict) -> None:
-    """The splits exist and every `data.options` key is one the task's loader takes."""
+    """The splits exist, every `data.options` key is one the task's loader takes, and the data keys of
+    other tasks (`Task.config_keys`) are left alone."""
     from rlvr_jax.data.base import get_task
 
     task = get_task(config.data.task)
     check_split(config, config.data.train_split, "data.train_split")
     check_split(config, config.data.eval_split, "data.eval_split")
-    accepted = accepted_keywords(task.load, _LOADER_ARGUMENTS)
+    _check_task_keys(config, task)
+    own = {argument: f"data.{key}" for argument, key in task.config_keys.items()}
+    accepted = accepted_keywords(task.load, {**_LOADER_ARGUMENTS, **own})
     for option in config.data.options:
-        if option in _LOADER_ARGUMENTS:
-            raise ConfigError(f"data.options.{option}: set {_LOADER_ARGUMENTS[option]} instead")
+        if option in _LOADER_ARGUMENTS or option in own:
+            raise ConfigError(f"data.options.{option}: set {(_LOADER_ARGUMENTS | own)[option]} instead")
         if accepted is not None and option not in accepted:
             source = config_file_for_task(task.name)
             start = f"start from {source}, written for it" if source else "remove the option"
@@ -356,6 +364,54 @@ def _check_task(config: ml_collections.ConfigDict) -> None:
             )
 
 
+def _check_task_keys(config: ml_collections.ConfigDict, task: Any) -> None:
+    """A data key another task reads (data.dataset, ...) set away from its default is a mistake here; the
+    `hf` task needs data.dataset and column names, and not data.path."""
+    from rlvr_jax.data.base import TASKS
+
+    defaults, data = base_config().data, config.data
+    for other in TASKS.in_order():
+        for key in TASKS.get(other).config_keys.values():
+            if key not in task.config_keys.values() and key in data and data[key] != defaults[key]:
+                raise ConfigError(
+                    f"data.{key}={data[key]!r} is read by data.task={other!r} only, not by "
+                    f"data.task={task.name!r}; remove it, or set data.task={other!r}"
+                )
+    if task.name != "hf":
+        return
+    from rlvr_jax.data.hf_task import looks_local
+
+    if not data.dataset:
+        raise ConfigError(
+            "data.task='hf' needs data.dataset: a hub id (e.g. openai/gsm8k), a local file or folder (jsonl, "
+            "json, parquet, csv) or a glob of files"
+        )
+    if data.path is not None:
+        raise ConfigError(
+            f"data.path={data.path!r} is not read by data.task='hf': put the file, folder or hub id in "
+            "data.dataset"
+        )
+    for key in ("split", "prompt_column", "answer_column"):
+        value = data[key]
+        optional = key == "answer_column" and value is None
+        if not optional and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"data.{key} must be a non-empty string, got {value!r}")
+    glob = any(c in data.dataset for c in "*?[")
+    if looks_local(data.dataset) and not glob and not Path(data.dataset).expanduser().exists():
+        raise ConfigError(
+            f"data.dataset={data.dataset!r} does not exist; pass a hub id, a local file or folder, or a glob"
+        )
+    if looks_local(data.dataset):  # local data is read here to check the columns (a hub data set: on load)
+        from rlvr_jax.data.hf_task import check_columns, read_source
+        from rlvr_jax.data.loaders import DataError
+
+        try:
+            records, where = read_source(data.dataset, data.split, data.options.get("config_name"))
+            check_columns(records, where, data.prompt_column, data.answer_column)
+        except (DataError, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from None
+
+
 def _check_reward(config: ml_collections.ConfigDict) -> None:
     """The reward is registered and takes `reward.options` (where its signature says which it takes); a
     weighted sum names registered components with options only for those."""
@@ -363,6 +419,12 @@ def _check_reward(config: ml_collections.ConfigDict) -> None:
     from rlvr_jax.rewards.base import REWARDS
 
     name = config.reward.name or get_task(config.data.task).reward
+    if not name:
+        raise ConfigError(
+            f"data.task={config.data.task!r} has no reward of its own: set reward.name (registered: "
+            f"{', '.join(REWARDS.names())}) or pass reward functions (rlvr_jax.rewards.set_reward, "
+            "rlvr_jax.GRPOTrainer(reward_fns=...))"
+        )
     if name not in REWARDS:
         key = "reward.name" if config.reward.name else f"data.task={config.data.task}'s reward"
         raise ConfigError(f"{key}: {REWARDS.unknown(name)}")

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -167,13 +168,53 @@ def test_a_failing_reward_fails_the_batch_or_scores_its_samples_zero(faulty_pool
     assert len(faulty_pool.worker_pids()) <= 2
 
 
-def test_a_reward_that_cannot_reach_the_workers_fails_its_batch(pool):
-    def local(completions, samples, **_):  # a closure does not pickle
-        return RewardResult(np.ones(len(completions), np.float32), [""] * len(completions))
+def test_closures_travel_by_value_and_what_cannot_travel_fails_its_batch_by_name(pool):
+    bonus = {"a": 0.5}
 
-    with pytest.raises(RewardError, match=r"reward 'local' could not be sent to a worker \(\w*Error"):
-        pool.submit(local, ["a", "b"], [{}, {}]).result(timeout=120)
+    def local(completions, samples, **_):  # a closure: no module can give it to a worker by name
+        scores = [bonus.get(c, 0.0) for c in completions]
+        return RewardResult(np.asarray(scores, np.float32), [""] * len(completions))
+
+    assert pool.submit(local, ["a", "b"] * 20, [{}] * 40).result(timeout=120).scores[:2].tolist() == [0.5, 0]
+
+    lock = threading.Lock()
+
+    def holds_a_lock(completions, samples, **_):
+        with lock:
+            return RewardResult(np.ones(len(completions), np.float32), [""] * len(completions))
+
+    for on_error in ("fail", "zero"):  # a reward that cannot travel fails whatever on_error says
+        pool.on_error = on_error
+        with pytest.raises(
+            RewardError, match=r"reward 'holds_a_lock' could not be sent to a worker \(TypeError"
+        ):
+            pool.submit(holds_a_lock, ["a", "b"], [{}, {}]).result(timeout=120)
+    pool.on_error = "fail"
     assert pool.submit("numeric", ["#### 3"], [{"answer": "3"}]).result(timeout=120).scores.tolist() == [1.0]
+
+
+def test_a_reward_the_workers_cannot_load_or_that_returns_a_list_says_so(pool, tmp_path, monkeypatch):
+    """The worker's own error reaches the caller with the reward's name: a module that the parent imported
+    but the workers cannot (here: deleted since), and a return value that is not a RewardResult."""
+    (tmp_path / "gone_rewards.py").write_text(
+        "def gone(completions, samples, **_):\n    return [1.0] * len(completions)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gone_rewards
+
+    sys.modules.pop("gone_rewards")
+    with pytest.raises(
+        RewardError, match=r"reward 'gone' returned a list, not a RewardResult\(scores, reasons\)"
+    ):
+        pool.submit(gone_rewards.gone, ["a"], [{}]).result(timeout=120)
+    sys.modules["gone_rewards"] = gone_rewards  # cloudpickle sends it by reference to its module ...
+    (tmp_path / "gone_rewards.py").unlink()  # ... which the workers cannot import any more
+    with pytest.raises(RewardError) as info:
+        pool.submit(gone_rewards.gone, ["a"], [{}]).result(timeout=120)
+    assert str(info.value).startswith(
+        "reward 'gone' raised ModuleNotFoundError: No module named 'gone_rewards'"
+    )
+    sys.modules.pop("gone_rewards")
 
 
 def test_on_error_and_timeout_are_checked():

@@ -7,7 +7,7 @@ fields its reward needs, such as `answer` or `test`), and names the reward that 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rlvr_jax.registry import Registry, same_definition
@@ -23,8 +23,12 @@ class Task:
     load: `load(split, path=None, **options) -> list[Sample]`; `path=None` reads the Hugging Face hub,
       a path reads a local jsonl / json / parquet file or arrow directory.
     reward: name of the registered reward function that scores this task's completions.
+      "" for a task without one (such as `hf`): the config's reward.name must say.
     system_prompt: optional system message used when the prompt goes through a chat template.
     splits: the splits the loader can serve.
+    config_keys: loader keyword -> `data.<key>` for the loader arguments that have keys of their own in the
+      config's data section (`hf`: data.dataset, data.split, data.prompt_column, data.answer_column),
+      passed by `load_samples` next to data.options.
     """
 
     name: str
@@ -32,6 +36,7 @@ class Task:
     reward: str
     system_prompt: str | None = None
     splits: Sequence[str] = ("train", "validation", "test")
+    config_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _same_task(old: Task, new: Task) -> bool:
@@ -53,3 +58,12 @@ def get_task(name: str) -> Task:
 
 def registered_tasks() -> list[str]:
     return TASKS.names()
+
+
+def load_samples(task: Task, config: Any, split: str) -> list[Sample]:
+    """One split of `task` as the config describes it: the loader called with data.path, data.chat,
+    data.options and the data keys the task reads (`Task.config_keys`). The trainer and the evaluation
+    load through here, so both read the same data."""
+    data = config.data
+    own = {argument: data[key] for argument, key in task.config_keys.items()}
+    return task.load(split, data.path, chat=data.chat, **dict(data.options), **own)

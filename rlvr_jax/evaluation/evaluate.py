@@ -7,6 +7,7 @@ training and a number reported here are computed the same way; this adds the fil
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -22,6 +23,7 @@ from flax import nnx
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer, CheckpointError, abstract_like
 from rlvr_jax.data import get_task
+from rlvr_jax.data.base import load_samples
 from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_score
 from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics
 from rlvr_jax.evaluation.runs import write_run
@@ -180,7 +182,7 @@ def score_held_out(
 
 def _held_out_samples(config: ml_collections.ConfigDict, split: str, limit: int | None) -> tuple[Any, list]:
     task = get_task(config.data.task)
-    samples = task.load(split, config.data.path, chat=config.data.chat, **dict(config.data.options))
+    samples = load_samples(task, config, split)
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
@@ -202,14 +204,22 @@ def evaluate(
     checkpoint_step: str | int | None = None,
     batch_size: int = 64,
     quiet: bool = False,
+    reward_fns: Any = None,
 ) -> EvalResult:
     """Generates `num_samples` completions for each held-out item, scores them, writes the run to `out`.
 
     temperature: None = greedy for one sample per item, the config's training temperature for several
     (pass@k needs distinct samples).
+    reward_fns: score with these instead of the config's reward: a registered name, a function (this
+    package's signature or TRL's), or a weighted list of them (`rlvr_jax.rewards.set_reward`).
     """
     from rlvr_jax.config import validate
 
+    if reward_fns is not None:
+        from rlvr_jax.rewards.callables import set_reward
+
+        config = copy.deepcopy(config)
+        set_reward(config, reward_fns)
     validate(config)  # every check that needs no model, before loading one
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")

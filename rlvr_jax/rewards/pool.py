@@ -3,9 +3,15 @@
 Pure-Python verifiers (math-verify's sympy, regex parsing) hold the GIL: in threads they run one at a
 time. `RewardPool` splits a batch into chunks and scores them in separate processes, returning a Future
 so the trainer can start the next device step while the host scores the last one. Workers start with
-the "spawn" method: forking a process that has initialised JAX is unsafe. Rewards are passed by
-registered name (functions of this package pickle by reference too), and each worker imports the
-registry once.
+the "spawn" method: forking a process that has initialised JAX is unsafe. This package's rewards are
+passed by registered name, and each worker imports the registry once. Any other reward function (and the
+parts of a `weighted_sum` registered outside this package) travels pickled by cloudpickle: by reference
+when the workers can import its module, by value when they cannot (defined in a notebook, in a script's
+`__main__`, a lambda or a closure). The workers never import the parent's `__main__`: spawn would run a
+script's top-level code again in every worker (a whole training run, in a script without an
+`if __name__ == "__main__":` guard), and nothing there is needed once such functions travel by value.
+A reward that cannot be loaded in a worker (its module does not import there) fails like a reward that
+raises, with the worker's error in the message.
 
 Faults. A reward is arbitrary code; it can raise, loop forever or kill its process (a segfault in a C
 extension, `os._exit`, the OOM killer). `concurrent.futures.ProcessPoolExecutor` can do nothing about a
@@ -45,6 +51,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.reduction
+import multiprocessing.spawn
 import multiprocessing.util  # registers its exit handler first, so ours (below) runs before it
 import os
 import re
@@ -70,6 +77,8 @@ ON_ERROR = ("fail", "zero")
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _WATCHDOG_INTERVAL_S = 0.25
 _PARENT_DEATH = ("pdeathsig", "watchdog")  # how workers notice (tests check each alone)
+_WORKER_NAME = "reward-worker"
+_LOADED_CACHE = 16  # rewards a worker keeps unpickled (a by-value function is unpickled once, not per chunk)
 
 
 class RewardError(RuntimeError):
@@ -88,8 +97,53 @@ class _RemoteTraceback(Exception):
 
 
 def _outside_package(fn: Callable[..., Any]) -> bool:
-    """A reward the workers' own registry lacks: it must travel to them (as a reference to its module)."""
-    return not getattr(fn, "__module__", "").startswith("rlvr_jax.")
+    """A reward the workers' own registry lacks: it must travel to them (pickled, see `_dumps`)."""
+    return not (getattr(fn, "__module__", None) or "").startswith("rlvr_jax.")
+
+
+def _dumps(reward: str | Callable[..., RewardResult], components: Mapping[str, Callable[..., Any]]) -> bytes:
+    """A reward and the outside components of a weighted sum as bytes a worker can load with pickle:
+    cloudpickle sends what the worker can import by reference and everything else by value."""
+    import cloudpickle
+
+    return cloudpickle.dumps((reward, dict(components)))
+
+
+_loaded: dict[bytes, tuple] = {}
+
+
+def _loads(blob: bytes) -> tuple:
+    """`_dumps`'s (reward, components), unpickled once per worker."""
+    if blob not in _loaded:
+        import pickle
+
+        if len(_loaded) >= _LOADED_CACHE:
+            _loaded.clear()
+        _loaded[blob] = pickle.loads(blob)
+    return _loaded[blob]
+
+
+def _skip_main_in_workers() -> None:
+    """Reward workers start without importing the parent's `__main__` (module docstring). spawn asks
+    `get_preparation_data(process name)` what the child imports; for processes named `_WORKER_NAME` the
+    answer leaves the main module out. Other processes are untouched. Idempotent."""
+    original = multiprocessing.spawn.get_preparation_data
+    if getattr(original, "_skips_reward_workers_main", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        if name == _WORKER_NAME:
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data._skips_reward_workers_main = True  # type: ignore[attr-defined]
+    multiprocessing.spawn.get_preparation_data = get_preparation_data
+
+
+class _NotARewardResult(TypeError):
+    """A reward function returned something else than a RewardResult; the message says what."""
 
 
 def _ignore_interrupts() -> None:
@@ -119,21 +173,27 @@ def _die_with_parent(parent_pid: int, mechanisms: Sequence[str]) -> None:
 
 
 def _score_chunk(
-    reward: str | Callable[..., RewardResult],
-    completions: list[Any],
-    samples: list[Mapping[str, Any]],
-    options: dict,
-    components: Mapping[str, Callable[..., RewardResult]] | None = None,
+    reward: str | bytes, completions: list[Any], samples: list[Mapping[str, Any]], options: dict
 ) -> tuple:
+    """Scores one chunk in a worker. `reward`: a name registered by this package, or `_dumps` bytes."""
+    components: Mapping[str, Callable[..., RewardResult]] = {}
+    if isinstance(reward, bytes):
+        reward, components = _loads(reward)
     if isinstance(reward, str):
         import rlvr_jax.rewards  # noqa: F401  (registers every reward in this worker)
-        from rlvr_jax.rewards.base import get_reward, register_reward, registered_rewards
+        from rlvr_jax.rewards.base import REWARDS, get_reward
 
-        for name, fn in (components or {}).items():  # rewards registered outside this package
-            if name not in registered_rewards():
-                register_reward(name)(fn)
+        for name, fn in components.items():  # rewards registered outside this package
+            if name not in REWARDS or REWARDS.get(name) is not fn:
+                REWARDS.register(name, fn)  # the parent's registration (a re-defined function replaces)
         reward = get_reward(reward)
     result = reward(completions, samples, **options)
+    if not isinstance(result, RewardResult):
+        raise _NotARewardResult(
+            f"returned a {type(result).__name__}, not a RewardResult(scores, reasons); a function "
+            "fn(prompts, completions, **columns) -> list[float] is adapted when passed by itself (not "
+            "registered by name): see rlvr_jax.rewards.callables"
+        )
     return result.scores, result.reasons
 
 
@@ -153,6 +213,8 @@ def _worker(
         try:
             scores, reasons = _score_chunk(*task)
             reply: tuple = ("ok", np.asarray(scores, np.float32), [str(r) for r in reasons])
+        except _NotARewardResult as e:
+            reply = ("error", str(e), "")
         except BaseException as e:  # a reward's bug, even SystemExit, is reported, not fatal to the worker
             reply = ("error", f"raised {type(e).__name__}: {str(e)[:500]}", traceback.format_exc())
         try:
@@ -170,12 +232,12 @@ class _Batch:
 
     future: cf.Future
     label: str  # the reward's name, for messages
-    reward: str | Callable[..., RewardResult]
+    reward: str | bytes  # a name registered by this package, or `_dumps` bytes
     completions: list[Any]
     samples: list[Mapping[str, Any]]
     options: dict
     lengths: list[Any] | None
-    components: dict
+    source: str | None  # the reward function's file (`_where`)
     scores: np.ndarray
     reasons: list[str]
     pending: int = 0  # tasks not finished
@@ -186,7 +248,7 @@ class _Batch:
         options = dict(self.options)
         if self.lengths is not None:
             options["lengths"] = list(self.lengths[lo:hi])
-        return (self.reward, self.completions[lo:hi], self.samples[lo:hi], options, self.components)
+        return (self.reward, self.completions[lo:hi], self.samples[lo:hi], options)
 
     def rows(self, lo: int, hi: int) -> str:
         if hi - lo == 1:
@@ -210,13 +272,27 @@ class _Worker:
     deadline: float = math.inf
 
 
-def _where(worker_traceback: str) -> str:
-    """' (at file.py:12 in f)' for the innermost frame of a worker's traceback text, or ''."""
+def _where(worker_traceback: str, by_value_file: str | None = None) -> str:
+    """' (at file.py:12 in f)' for the innermost frame of a worker's traceback text, or ''. Code sent by
+    value has the file name "<dynamic-code>" there (cloudpickle drops it); `by_value_file` is the
+    reward function's own file, named instead."""
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', worker_traceback)
     if not frames:
         return ""
     path, line, function = frames[-1]
+    if path == "<dynamic-code>" and by_value_file:
+        path = by_value_file
     return f" (at {os.path.basename(path)}:{line} in {function})"
+
+
+def _source_file(reward: str | Callable[..., Any]) -> str | None:
+    """The file that defines a reward function (a registered one's; the function a TRLReward wraps)."""
+    if isinstance(reward, str):
+        from rlvr_jax.rewards.base import REWARDS
+
+        reward = REWARDS.get(reward) if reward in REWARDS else None
+    code = getattr(getattr(reward, "fn", reward), "__code__", None)
+    return getattr(code, "co_filename", None)
 
 
 def _exit_text(exitcode: int | None) -> str:
@@ -226,6 +302,22 @@ def _exit_text(exitcode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-exitcode}"
     return f"exit status {exitcode}"
+
+
+def _reference(reward: str | Callable[..., RewardResult], options: Mapping[str, Any]) -> str | bytes:
+    """What a worker is sent for `reward`: this package's reward as its registered name; any other
+    function pickled (`_dumps`), and so a combination (weighted_sum) whose parts it looks up by name in
+    the worker, with the parts registered outside this package."""
+    from rlvr_jax.rewards.base import get_reward
+
+    if not isinstance(reward, str):
+        return _dumps(reward, {})
+    fn = get_reward(reward)
+    parts = {name: get_reward(name) for name in options.get("components") or {}}
+    outside = {name: part for name, part in parts.items() if _outside_package(part)}
+    if _outside_package(fn) or outside:
+        return _dumps(fn if _outside_package(fn) else reward, outside)
+    return reward
 
 
 _live_pools: weakref.WeakSet[RewardPool] = weakref.WeakSet()
@@ -265,6 +357,7 @@ class RewardPool:
         self.timeout_s = timeout_s
         self.on_error = on_error
         self._context = multiprocessing.get_context("spawn")
+        _skip_main_in_workers()
         self._lock = threading.Lock()
         self._inbox: collections.deque[_Task] = collections.deque()  # from submit, under the lock
         self._closing = False
@@ -291,9 +384,9 @@ class RewardPool:
     ) -> cf.Future:
         """Scores the batch in the background; the Future yields a RewardResult in input order.
 
-        `reward` is a registered name or a module-level function (sent to the workers by reference, so
-        rewards registered outside this package work as long as their module imports). With
-        on_error="fail" the Future raises `RewardError` when the reward fails on any chunk.
+        `reward` is a registered name or a reward function (one the workers cannot import travels by
+        value: module docstring). With on_error="fail" the Future raises `RewardError` when the reward
+        fails on any chunk; a reward that cannot be pickled fails its Future that way, whatever on_error.
         """
         if len(completions) != len(samples):
             raise ValueError(f"{len(completions)} completions for {len(samples)} samples")
@@ -302,32 +395,31 @@ class RewardPool:
 
             return score_async(reward, completions, samples, **options)
         label = reward if isinstance(reward, str) else getattr(reward, "__name__", repr(reward))
-        components: dict[str, Callable[..., RewardResult]] = {}
-        if isinstance(reward, str):
-            from rlvr_jax.rewards.base import get_reward
-
-            fn = get_reward(reward)
-            # Ours are re-registered in each worker by name; others travel as a reference to their module.
-            if _outside_package(fn):
-                reward = fn
-            # A combination (weighted_sum) looks its parts up by name in the worker: send the parts that
-            # were registered outside this package along, the same way.
-            parts = {name: get_reward(name) for name in options.get("components") or {}}
-            components = {name: part for name, part in parts.items() if _outside_package(part)}
         n = len(completions)
         lengths = options.pop("lengths", None)
         batch = _Batch(
             future=cf.Future(),
             label=label,
-            reward=reward,
+            reward="",
             completions=list(completions),
             samples=list(samples),
             options=options,
             lengths=None if lengths is None else list(lengths),
-            components=components,
+            source=_source_file(reward),
             scores=np.zeros((n,), np.float32),
             reasons=[""] * n,
         )
+        try:
+            batch.reward = _reference(reward, options)
+        except Exception as e:  # pickled here, once per batch, so that the error names the reward
+            batch.future.set_exception(
+                RewardError(
+                    f"reward {label!r} could not be sent to a worker ({type(e).__name__}: {e}); rewards run "
+                    "in worker processes, so a reward function and what it uses must pickle (cloudpickle): "
+                    "create what does not (an open file, a lock, a client) inside the function"
+                )
+            )
+            return batch.future
         if n == 0:
             batch.future.set_result(RewardResult(batch.scores, []))
             return batch.future
@@ -467,7 +559,7 @@ class RewardPool:
     def _start_worker(self) -> _Worker:
         ours, theirs = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker, args=(theirs, os.getpid(), _PARENT_DEATH), name="reward-worker", daemon=False
+            target=_worker, args=(theirs, os.getpid(), _PARENT_DEATH), name=_WORKER_NAME, daemon=False
         )
         process.start()
         theirs.close()
@@ -521,7 +613,7 @@ class RewardPool:
         if self.on_error == "fail":
             batch.failed = True
             error = RewardError(
-                f"reward {batch.label!r} {what}{_where(worker_traceback)} while scoring "
+                f"reward {batch.label!r} {what}{_where(worker_traceback, batch.source)} while scoring "
                 f"{batch.rows(task.lo, task.hi)}; reward.on_error='zero' scores such samples 0 and goes on"
             )
             if worker_traceback:
@@ -534,7 +626,7 @@ class RewardPool:
             batch.pending += len(singles) - 1
             return
         batch.scores[task.lo] = 0.0
-        batch.reasons[task.lo] = f"reward error: {what}{_where(worker_traceback)}"
+        batch.reasons[task.lo] = f"reward error: {what}{_where(worker_traceback, batch.source)}"
         batch.failures.append(f"{batch.rows(task.lo, task.hi)} {what}")
         self._done_one(batch)
 

@@ -10,12 +10,16 @@
                              evaluation, checkpoint, preemption
     finish     reporting.py  final evaluation and checkpoint, before / after report, reward curve, export
 
+`GRPOTrainer` (grpo_trainer.py) is the same loop for Python users: a model, a data set and reward functions
+in, a config for the `hf` task out, and `train` on it.
+
 Everything on the device is a pure function of (params, inputs, key); the key of step t is
 fold_in(seed, t), so a run resumed from a checkpoint at step k redoes steps k+1.. exactly as an
 uninterrupted run would. The algorithm itself is in `rlvr_jax.rl`, its plumbing in `rlvr_jax.optim`.
 """
 
+from rlvr_jax.trainer.grpo_trainer import GRPOTrainer
 from rlvr_jax.trainer.loop import train
 from rlvr_jax.trainer.reporting import RunSummary, format_cost, print_summary
 
-__all__ = ["RunSummary", "format_cost", "print_summary", "train"]
+__all__ = ["GRPOTrainer", "RunSummary", "format_cost", "print_summary", "train"]

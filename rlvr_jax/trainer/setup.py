@@ -23,7 +23,7 @@ from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer
 from rlvr_jax.config import loss_config, optim_config
 from rlvr_jax.data import get_task
-from rlvr_jax.data.base import Sample, Task
+from rlvr_jax.data.base import Sample, Task, load_samples
 from rlvr_jax.data.pipeline import make_pipeline
 from rlvr_jax.evaluation.generate_and_score import encode_prompts
 from rlvr_jax.generate import Sampler, SamplingParams
@@ -171,9 +171,8 @@ def _load_policy(config: ml_collections.ConfigDict, console: Console) -> tuple[A
 
 def _load_data(config: ml_collections.ConfigDict, console: Console) -> tuple[Task, list, list]:
     task = get_task(config.data.task)
-    options = dict(config.data.options)
-    train = task.load(config.data.train_split, config.data.path, chat=config.data.chat, **options)
-    held_out = task.load(config.data.eval_split, config.data.path, chat=config.data.chat, **options)
+    train = load_samples(task, config, config.data.train_split)
+    held_out = load_samples(task, config, config.data.eval_split)
     held_out = held_out[: config.data.eval_limit]
     console.say(
         f"task {task.name}: {len(train)} training prompts, {len(held_out)} held-out; "
