@@ -317,3 +317,25 @@ def test_bad_logprobs_requests_get_a_400_that_says_why(client, route, fields, sa
     reply = client.post(path, json={"model": "tiny", "max_tokens": 2, **body, **fields})
     assert reply.status_code == 400, reply.text
     assert says in reply.json()["error"]["message"]
+
+
+def test_token_texts_keep_every_byte_of_characters_split_over_tokens(tokenizer, texts):
+    text = "Grüße aus 日本 🎉 — naïve"
+    ids = tokenizer.encode(text)
+    pieces = [texts.token_bytes(i) for i in ids]
+    assert b"".join(pieces) == text.encode("utf-8")
+    partial = [i for i, b in zip(ids, pieces, strict=True) if _not_utf8(b)]
+    assert partial  # this text has tokens that are parts of a character
+    assert all(texts.token(i).startswith("bytes:\\x") for i in partial)
+    whole = [i for i, b in zip(ids, pieces, strict=True) if not _not_utf8(b)]
+    assert all(texts.token(i) == texts.token_bytes(i).decode() for i in whole)
+    [end] = tokenizer.encode("<|im_end|>", chat_formatted=True)
+    assert texts.token(end) == "<|im_end|>" and not texts.visible(end)
+
+
+def _not_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
