@@ -58,6 +58,9 @@ EXTRAS = {
         # serving tests: the real OpenAI client, FastAPI's TestClient
         "openai>=3.57",
         "httpx>=0.28",
+        # lm-evaluation-harness against the server (tests/test_lm_eval.py, scripts/lm_eval_tasks.py); the
+        # [api] extra brings what its local-completions model needs (aiohttp, tenacity, tiktoken)
+        "lm-eval[api]>=0.4.13",
         # deploy/ manifests and Dockerfiles, validated offline
         "kubernetes-validate>=1.37.0",
         "check-jsonschema>=0.39.0",

@@ -4,7 +4,16 @@
     curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
         -d '{"model": "SmolLM2-135M-Instruct.Q4_1", "messages": [{"role": "user", "content": "Hi"}]}'
 
---model takes a Hugging Face hub id, a local HF directory or a GGUF file. The server listens at once
+--model takes a Hugging Face hub id, a local HF directory, a GGUF file, or a training workdir (the
+--workdir of scripts/train.py, or its checkpoints/ folder): then it serves the run's checkpoint
+(--checkpoint_step latest, best or a step number) on the base model its config.json names:
+
+    python scripts/serve.py --model runs/gsm8k --checkpoint_step best --port 8000
+
+Log-probs: completions take `logprobs: k` (and `echo: true` for the prompt's, with `max_tokens: 0` to
+score a prompt only), chat takes `logprobs: true, top_logprobs: k`; k is at most --max_logprobs (20).
+
+The server listens at once
 (GET /health answers); the model loads and every (batch, prompt, new-token) bucket compiles in the
 background, and GET /ready turns 200 when that is done. GET /metrics is Prometheus. SIGTERM / Ctrl-C stop
 taking new connections and finish the requests in flight before exiting.
@@ -30,6 +39,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,6 +47,7 @@ from rlvr_jax.cli import fail_cleanly
 from serving.config import (
     DEFAULT_NEW_TOKEN_BUCKETS,
     DEFAULT_PROMPT_BUCKETS,
+    MAX_LOGPROBS,
     ServerConfig,
     check_api_key,
     parse_buckets,
@@ -47,12 +58,14 @@ MAX_DRIFT_WINDOW = 10_000_000
 
 
 def default_model_name(src: str) -> str:
-    """What clients pass as `model`: a GGUF file's or directory's name, or the hub id itself."""
+    """What clients pass as `model`: a GGUF file's or directory's name (a training workdir's, for its
+    checkpoints/ folder), or the hub id itself."""
     path = Path(src).expanduser()
     if path.is_file():
         return path.stem
     if path.is_dir():
-        return path.resolve().name
+        path = path.resolve()
+        return path.parent.name if path.name == "checkpoints" else path.name
     return src
 
 
@@ -66,7 +79,11 @@ def _buckets(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="hub id, HF directory or .gguf file")
+    p.add_argument("--model", required=True, help="hub id, HF directory, .gguf file or training workdir")
+    p.add_argument(
+        "--checkpoint_step", default=None,
+        help="with a training workdir: latest (default), best (best held-out accuracy) or a step number",
+    )  # fmt: skip
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: this machine only; 0.0.0.0: all)"
     )
@@ -94,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream_chunk_tokens", type=int, default=8, help="decode steps between streamed chunks")
     p.add_argument("--max_body_bytes", type=int, default=1 << 20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max_logprobs", type=int, default=MAX_LOGPROBS,
+        help=f"most log-prob alternatives per token a request may ask for (0..{MAX_LOGPROBS}; 0: none)",
+    )  # fmt: skip
     p.add_argument("--compilation_cache", default=None, help="persistent JAX compilation cache directory")
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -107,6 +128,9 @@ def check_args(args: argparse.Namespace) -> None:
     """The flags ServerConfig does not check itself; a ValueError names the flag."""
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    step = args.checkpoint_step
+    if step is not None and not (step.isdigit() or step in ("latest", "best")):
+        raise ValueError(f"--checkpoint_step must be latest, best or a step number, got {step!r}")
     if not 0 < args.drift_window <= MAX_DRIFT_WINDOW:
         raise ValueError(f"--drift_window must be in 1..{MAX_DRIFT_WINDOW}, got {args.drift_window}")
     if args.api_key is not None:
@@ -130,6 +154,7 @@ FLAG_OF_FIELD = {
     "max_prompt_tokens": "--max_prompt_tokens",
     "max_tokens_limit": "--max_tokens_limit",
     "seed": "--seed",
+    "max_logprobs": "--max_logprobs",
 }
 
 
@@ -150,6 +175,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             stream_chunk_tokens=args.stream_chunk_tokens,
             max_body_bytes=args.max_body_bytes,
             seed=args.seed,
+            max_logprobs=args.max_logprobs,
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
             keep_alive_s=args.keep_alive_timeout,
@@ -159,6 +185,39 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         if field in FLAG_OF_FIELD:
             raise ValueError(FLAG_OF_FIELD[field] + str(e)[len(field) :]) from None
         raise
+
+
+def check_source(model: str, checkpoint_step: str | None) -> None:
+    """A missing path, a non-model file, a workdir without checkpoints or a step it lacks fail here."""
+    from rlvr_jax.evaluation.evaluate import is_training_run, resolve_checkpoint
+    from rlvr_jax.weights import source_kind
+
+    if is_training_run(model):
+        resolve_checkpoint(model, checkpoint_step)
+        return
+    if checkpoint_step is not None:
+        raise ValueError(
+            f"--checkpoint_step picks a checkpoint of a training workdir, but {model!r} is not one (no "
+            "checkpoints/ folder); leave it out, or pass the run's workdir as --model"
+        )
+    source_kind(model)
+
+
+def load_source(model: str, checkpoint_step: str | None, dtype: str) -> tuple[Any, Any]:
+    """(model, tokenizer) from a hub id, an HF directory, a GGUF file or a training run's checkpoint."""
+    from rlvr_jax.evaluation.evaluate import is_training_run, load_training_run
+    from rlvr_jax.weights import load_model
+
+    if is_training_run(model):
+        step = int(checkpoint_step) if checkpoint_step and checkpoint_step.isdigit() else checkpoint_step
+        policy, tokenizer, source = load_training_run(model, step, dtype=dtype)
+        logging.getLogger("serve").info(
+            "serving checkpoint %s of %s (base model %s)", source["checkpoint_step"], source["checkpoint"],
+            source["model"],
+        )  # fmt: skip
+        return policy, tokenizer
+    loaded = load_model(model, dtype=dtype, with_tokenizer=True)
+    return loaded.model, loaded.tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,19 +235,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from rlvr_jax.weights import load_model, source_kind
     from serving.app import create_app
     from serving.engine import Engine
     from serving.server import uvicorn_server
 
-    source_kind(args.model)  # a missing path or a non-model file fails now, not after the server starts
+    check_source(args.model, args.checkpoint_step)  # fails now, not after the server has started
     if args.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
     def load_engine() -> Engine:
-        loaded = load_model(args.model, dtype=args.dtype, with_tokenizer=True)
-        return Engine.from_loaded(loaded.model, loaded.tokenizer, config)
+        model, tokenizer = load_source(args.model, args.checkpoint_step, args.dtype)
+        return Engine.from_loaded(model, tokenizer, config)
 
     failures: list[BaseException] = []
     server = None

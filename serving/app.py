@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serving import schemas
 from serving.batcher import Batcher, InvalidJob, Job, QueueFull, ShuttingDown, Update
-from serving.choices import Choices
+from serving.choices import Choices, Echo
 from serving.config import ServerConfig, check_api_key
 from serving.engine import Engine
 from serving.errors import ApiError, install_error_handlers
@@ -45,6 +45,7 @@ from serving.metrics import CONTENT_TYPE, ServerMetrics
 from serving.middleware import ApiKeyMiddleware, HttpMiddleware
 from serving.openapi import document_responses
 from serving.responses import Reply, sse
+from serving.tokens import TokenTexts
 
 if TYPE_CHECKING:  # scipy and friends load only when a server monitors drift
     from rlvr_jax.monitoring.drift import DriftMonitor
@@ -72,6 +73,7 @@ class ServerState:
     batcher: Batcher | None = None
     started: int = dataclasses.field(default_factory=schemas.now)
     drift: DriftMonitor | None = None
+    token_texts: TokenTexts | None = None  # built at the first request for log-probs
 
 
 def create_app(
@@ -115,12 +117,13 @@ def _load(state: ServerState, load_engine: Callable[[], Engine], on_load_failure
     config = state.config
     try:
         engine = load_engine()
-        state.metrics.compilations.set(engine.sampler.compile_count)
+        state.metrics.compilations.set(engine.compile_count)
 
         def count(*_: Any) -> None:
-            state.metrics.compilations.set(engine.sampler.compile_count)
+            state.metrics.compilations.set(engine.compile_count)
 
         seconds = engine.warmup(on_shape=count)
+        count()  # the prompt scorer's shapes too
         batcher = Batcher(
             engine, max_batch=config.max_batch, max_queue=config.max_queue,
             wait_s=config.batch_wait_ms / 1000, seed=config.seed, metrics=state.metrics,
@@ -186,7 +189,7 @@ def _add_probe_routes(router: FastAPI, state: ServerState) -> None:
     async def metrics() -> Response:
         """Prometheus metrics (text exposition format)."""
         if state.engine is not None:
-            state.metrics.compilations.set(state.engine.sampler.compile_count)
+            state.metrics.compilations.set(state.engine.compile_count)
         # Off the event loop: a scrape may recompute the drift statistics over the whole window.
         return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE)
 
@@ -201,8 +204,17 @@ def _add_api_routes(router: FastAPI, state: ServerState) -> None:
         engine = _ready_engine(state, body)
         prompts = _completion_prompts(state, engine, body)
         max_tokens = _max_tokens(state, engine, body.max_tokens, prompts, COMPLETIONS_DEFAULT_MAX_TOKENS)
-        texts = _completion_texts(engine, body, prompts) if state.drift is not None else None
-        return await _generate(state, engine, body, prompts, max_tokens, arrived, chat=False, texts=texts)
+        _check_logprobs(state, body.logprobs, "logprobs")
+        wanted = body.echo or state.drift is not None
+        texts = _completion_texts(engine, body, prompts) if wanted else None
+        echo = (
+            [Echo(t, tuple(p)) for t, p in zip(texts, prompts, strict=True)] if body.echo and texts else None
+        )
+        logprobs = _Logprobs(body.logprobs, prompt=body.echo) if body.logprobs is not None else None
+        return await _generate(
+            state, engine, body, prompts, max_tokens, arrived, chat=False, texts=texts, logprobs=logprobs,
+            echo=echo,
+        )  # fmt: skip
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: schemas.ChatCompletionRequest) -> Response:
@@ -210,8 +222,12 @@ def _add_api_routes(router: FastAPI, state: ServerState) -> None:
         engine = _ready_engine(state, body)
         prompt = _chat_prompt(state, engine, body)
         max_tokens = _max_tokens(state, engine, body.requested_max_tokens, [prompt], None)
+        _check_logprobs(state, body.top_logprobs, "top_logprobs")
         texts = [_chat_text(body)] if state.drift is not None else None
-        return await _generate(state, engine, body, [prompt], max_tokens, arrived, chat=True, texts=texts)
+        logprobs = _Logprobs(body.top_logprobs or 0) if body.logprobs else None
+        return await _generate(
+            state, engine, body, [prompt], max_tokens, arrived, chat=True, texts=texts, logprobs=logprobs
+        )
 
     @router.get("/v1/models")
     async def models() -> schemas.ModelList:
@@ -269,6 +285,19 @@ def _check_rows(state: ServerState, prompts: int, n: int) -> None:
             400, f"this request asks for {prompts} x {n} completions (prompts x n), more than this server's "
             f"batch of {cfg.max_batch} (--max_batch); send fewer prompts or a smaller n", param="n",
         )  # fmt: skip
+
+
+def _check_logprobs(state: ServerState, k: int | None, param: str) -> None:
+    """The alternatives asked for per token against the server's --max_logprobs (the schema has already
+    bounded k by the API's own limit)."""
+    most = state.config.max_logprobs
+    if k is not None and k > most:
+        why = "returns no alternatives" if most == 0 else f"returns at most {most} alternatives per token"
+        raise ApiError(
+            400,
+            f"{param} is {k}, but this server {why} (--max_logprobs); ask for at most {most}",
+            param=param,
+        )
 
 
 def _check_chars(state: ServerState, chars: int, param: str) -> None:
@@ -390,6 +419,20 @@ def _max_tokens(
 # -- generation ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class _Logprobs:
+    """What a request asked for: k alternatives per token, and (completions' echo) the prompt's too."""
+
+    top: int
+    prompt: bool = False
+
+
+def _token_texts(state: ServerState, engine: Engine) -> TokenTexts:
+    if state.token_texts is None:
+        state.token_texts = TokenTexts(engine.tokenizer.hf)
+    return state.token_texts
+
+
 async def _generate(
     state: ServerState,
     engine: Engine,
@@ -400,8 +443,11 @@ async def _generate(
     *,
     chat: bool,
     texts: list[str] | None = None,
+    logprobs: _Logprobs | None = None,
+    echo: list[Echo] | None = None,
 ) -> Response:
-    """Runs the job; `texts` (the prompts as text, with drift monitoring on) are observed once it is done."""
+    """Runs the job; `texts` (the prompts as text, with drift monitoring on) are observed once it is done.
+    `logprobs`: what the request asked for, if anything; `echo`: each prompt, returned before its choices."""
     cfg = state.config
     _check_rows(state, len(prompts), body.n)
     rows = [p for p in prompts for _ in range(body.n)]  # choice i*n + j is sample j of prompt i
@@ -411,6 +457,7 @@ async def _generate(
         prompts=rows, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
         seed=body.seed, enqueued_at=arrived,
         deliver=lambda update: loop.call_soon_threadsafe(updates.put_nowait, update),
+        top_logprobs=logprobs.top if logprobs else 0, prompt_logprobs=bool(logprobs and logprobs.prompt),
     )  # fmt: skip
     assert state.batcher is not None
     try:
@@ -428,14 +475,18 @@ async def _generate(
     except ShuttingDown as e:
         raise ApiError(503, str(e), type="server_error", headers={"Retry-After": "5"}) from e
     deadline = arrived + cfg.request_timeout_s
-    choices = Choices(engine.tokenizer, len(rows), body.stop_strings)
+    choices = Choices(
+        engine.tokenizer, len(rows), body.stop_strings,
+        logprobs=_token_texts(state, engine) if logprobs else None,
+        echo=[e for e in echo for _ in range(body.n)] if echo is not None else None,
+    )  # fmt: skip
     prompt_tokens = sum(len(p) for p in prompts)
     reply = Reply(body.model, chat, choices, prompt_tokens)
 
     def observe() -> None:
         if state.drift is not None and texts is not None:
             for i, text in enumerate(texts):  # choice i*n is the first sample of prompt i
-                state.drift.observe(text, choices.text(i * body.n), key=(reply.id, i))
+                state.drift.observe(text, choices.completion(i * body.n), key=(reply.id, i))
 
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -502,9 +553,9 @@ async def _stream(
                 yield sse({"error": {"message": e.message, "type": e.type, "code": e.code}})
                 break
             for change in choices.apply(update.rows):
-                if change.text:
+                if change.text or change.logprobs:
                     content = {"content": change.text} if reply.chat else change.text
-                    yield sse(reply.chunk(change.index, content, None))
+                    yield sse(reply.chunk(change.index, content, None, change.logprobs))
                 if change.finish_reason:
                     yield sse(reply.chunk(change.index, {} if reply.chat else "", change.finish_reason))
         if choices.done and on_done is not None:

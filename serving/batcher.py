@@ -33,14 +33,33 @@ from serving.metrics import ServerMetrics
 log = logging.getLogger(__name__)
 
 
+TopLogprobs = tuple[tuple[int, float], ...]  # (token id, log-prob) pairs, most probable first
+
+
 @dataclasses.dataclass(frozen=True)
 class RowState:
     """One choice's progress: its generated ids so far (at most its max_tokens, the stop token included),
-    whether it ended on a stop token, and whether it is over (stop token or max_tokens)."""
+    whether it ended on a stop token, and whether it is over (stop token or max_tokens).
+
+    Log-probs (what the OpenAI `logprobs` fields are built from):
+    - `logprobs[i]` is token_ids[i]'s log-prob under softmax(logits / T) before top-k/top-p filtering
+      (T = 1 for greedy rows): the sampler's own number (`rlvr_jax.generate.sampling.sample_tokens`),
+      always filled, one per token id.
+    - `top_logprobs[i]` holds the job's `top_logprobs` most probable tokens of that same distribution at
+      position i, best first; empty when the job asked for none (k = 0), else one entry per token id.
+    - `prompt_logprobs` / `prompt_top_logprobs`: only when the job asked for them (`Job.prompt_logprobs`,
+      the completions `echo` with `logprobs`): one entry per prompt token, from one forward pass of the
+      model over the prompt at T = 1; the first token has no context, so its entries are None and ().
+      They do not change while the row decodes.
+    """
 
     token_ids: tuple[int, ...]
     stop_token: bool
     done: bool
+    logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[TopLogprobs, ...] = ()
+    prompt_logprobs: tuple[float | None, ...] = ()
+    prompt_top_logprobs: tuple[TopLogprobs, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +72,12 @@ class Update:
 
 @dataclasses.dataclass(eq=False)
 class Job:
-    """One request as the batcher sees it: token-id prompts (one per row, i.e. per choice) and sampling."""
+    """One request as the batcher sees it: token-id prompts (one per row, i.e. per choice) and sampling.
+
+    top_logprobs: how many most-probable alternatives to report per generated token (0: none; see
+    `RowState`). prompt_logprobs: also score the prompt tokens (`RowState.prompt_logprobs`); only then may
+    max_tokens be 0 (score the prompt, generate nothing).
+    """
 
     prompts: list[list[int]]
     max_tokens: int
@@ -62,6 +86,8 @@ class Job:
     top_k: int
     deliver: Callable[[Update], None]
     seed: int | None = None
+    top_logprobs: int = 0
+    prompt_logprobs: bool = False
     enqueued_at: float = dataclasses.field(default_factory=time.monotonic)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
     delivered: tuple[RowState, ...] = ()  # the last row states handed to `deliver`

@@ -20,6 +20,9 @@ MAX_BATCH = 4096
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 MAX_BODY_BYTES = 1 << 30
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+# The most alternatives per token a request may ask for (chat `top_logprobs`, completions `logprobs`):
+# OpenAI's chat limit, which vLLM's default --max-logprobs also is (OpenAI's completions allow 5).
+MAX_LOGPROBS = 20
 
 
 def parse_buckets(text: str, flag: str) -> tuple[int, ...]:
@@ -58,6 +61,10 @@ class ServerConfig:
     stream_chunk_tokens: int = 8
     max_body_bytes: int = 1 << 20
     seed: int = 0
+    # Alternatives per token the sampler (and the prompt scorer) compute for every batch: the most a request
+    # may ask for. One compiled variant serves all requests; 0 turns alternatives off (a request may still
+    # ask for its chosen tokens' log-probs) and saves the per-step top-k over the vocabulary.
+    max_logprobs: int = MAX_LOGPROBS
     # Connections: a request head must be complete within header_timeout_s of the connection opening (or of
     # the previous response), each part of a body must arrive within body_timeout_s, and an idle keep-alive
     # connection is closed after keep_alive_s. Slow or half-open clients cannot pile up.
@@ -85,6 +92,10 @@ class ServerConfig:
         if not MIN_SEED <= self.seed <= MAX_SEED:
             raise ValueError(
                 f"seed must be a signed 64-bit integer ({MIN_SEED}..{MAX_SEED}), got {self.seed}"
+            )
+        if not (isinstance(self.max_logprobs, int) and 0 <= self.max_logprobs <= MAX_LOGPROBS):
+            raise ValueError(
+                f"max_logprobs must be an integer in 0..{MAX_LOGPROBS}, got {self.max_logprobs!r}"
             )
         if not self.model_name:
             raise ValueError("model_name must not be empty (it is what clients pass as `model`)")

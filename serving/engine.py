@@ -6,6 +6,12 @@ rounded up to a new-token bucket. Every combination is compiled by `warmup` befo
 ready, so no request ever waits for a compilation. Each row carries its own temperature / top-p / top-k
 (`RowParams`) and its own PRNG key, derived from its request's seed and its choice index only, so requests
 with different sampling share a batch and a seeded request gets the same samples whatever shares it.
+
+Log-probs: every row state carries its tokens' log-probs (the sampler's own, see `RowState`); the sampler
+always computes the `max_logprobs` best alternatives per step (one compiled variant: a request's
+`top_logprobs` never meets an uncompiled shape) and each job keeps the first k it asked for. Jobs that ask
+for their prompt's log-probs (`echo`) are scored first by one forward pass (`serving.scoring`); a job with
+max_tokens 0 is only scored, and takes no decoding row.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax.generate.sampler import GenerateOutput, RowParams, Sampler, SamplingParams, bucket
-from serving.batcher import InvalidJob, Job, RowState
+from serving.batcher import InvalidJob, Job, RowState, TopLogprobs
 from serving.config import ServerConfig
+from serving.scoring import PromptScorer, PromptScores
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range (the request schema says the same)
 MAX_TOP_K = 2**31 - 1  # top_k lives in an int32 on the device
@@ -39,6 +46,10 @@ class Engine:
         self.tokenizer = sampler.tokenizer
         self.config = config
         self.stop_ids = frozenset(int(i) for i in self.tokenizer.stop_ids)
+        self.scorer = PromptScorer(
+            sampler, batch_buckets=config.batch_buckets, prompt_buckets=config.prompt_buckets,
+            top_logprobs=config.max_logprobs,
+        )  # fmt: skip
         model_cfg = sampler.config
         longest = config.prompt_buckets[-1] + config.new_token_buckets[-1]
         if model_cfg.positional == "learned" and longest > model_cfg.max_position_embeddings:
@@ -70,6 +81,11 @@ class Engine:
         return int(self.sampler.config.vocab_size)
 
     @property
+    def compile_count(self) -> int:
+        """Executables compiled so far: the sampler's and the prompt scorer's."""
+        return self.sampler.compile_count + self.scorer.compile_count
+
+    @property
     def context_length(self) -> int:
         """Positions the model was trained for: a prompt plus its completion must fit in them."""
         return int(self.sampler.config.max_position_embeddings)
@@ -83,7 +99,35 @@ class Engine:
             raise InvalidJob(problem)
 
     def run(self, jobs: Sequence[Job]) -> Iterator[list[tuple[RowState, ...]]]:
-        """Runs the jobs as one batch, yielding every job's row states after each decoded chunk."""
+        """Runs the jobs as one batch, yielding every job's row states after each decoded chunk.
+
+        Prompts are scored first for the jobs that ask; jobs with max_tokens 0 are then done, and the
+        others decode together.
+        """
+        scores = self._prompt_scores(jobs)
+        states = [
+            _scored_rows(job, s) if job.max_tokens == 0 else () for job, s in zip(jobs, scores, strict=True)
+        ]
+        decoding = [i for i, job in enumerate(jobs) if job.max_tokens > 0]
+        if not decoding:
+            yield states
+            return
+        rows = _Rows([jobs[i] for i in decoding], [scores[i] for i in decoding], self.stop_ids)
+        for decoded in self._decode([jobs[i] for i in decoding]):
+            for i, job_rows in zip(decoding, rows.states(decoded), strict=True):
+                states[i] = job_rows
+            yield list(states)
+
+    def _prompt_scores(self, jobs: Sequence[Job]) -> list[list[PromptScores] | None]:
+        """Per job, its rows' prompt scores when it asked for them, else None: one forward pass for all."""
+        asking = [job for job in jobs if job.prompt_logprobs]
+        if not asking:
+            return [None] * len(jobs)
+        flat = iter(self.scorer.score([p for job in asking for p in job.prompts]))
+        return [[next(flat) for _ in job.prompts] if job.prompt_logprobs else None for job in jobs]
+
+    def _decode(self, jobs: Sequence[Job]) -> Iterator[GenerateOutput]:
+        """The sampler's cumulative outputs for these jobs' rows, chunk by chunk."""
         prompts = [p for job in jobs for p in job.prompts]
         row_jobs = [job for job in jobs for _ in job.prompts]
         rows = bucket(len(prompts), self.config.batch_buckets)
@@ -100,11 +144,11 @@ class Engine:
         keys = _row_keys(np.asarray(words + [(0, 0, 0)] * filler, np.uint32), self.sampler.prng_impl)
         params = self._batch_params(max(j.max_tokens for j in jobs))
         stream = self.sampler.stream_ids(
-            ids, mask, params, seed=keys, row_params=row_params, chunk_tokens=self.config.stream_chunk_tokens
-        )
+            ids, mask, params, seed=keys, row_params=row_params, chunk_tokens=self.config.stream_chunk_tokens,
+            top_logprobs=self.config.max_logprobs,
+        )  # fmt: skip
         try:
-            for out in stream:
-                yield _row_states(out, jobs, self.stop_ids)
+            yield from stream
         finally:
             stream.close()
 
@@ -139,7 +183,7 @@ class Engine:
                 keys = _row_keys(words, self.sampler.prng_impl)
                 stream = self.sampler.stream_ids(
                     ids, mask, self._batch_params(new_tokens), seed=keys, row_params=row_params,
-                    chunk_tokens=self.config.stream_chunk_tokens,
+                    chunk_tokens=self.config.stream_chunk_tokens, top_logprobs=self.config.max_logprobs,
                 )  # fmt: skip
                 chunks = 0
                 for _ in stream:
@@ -159,13 +203,27 @@ class Engine:
             )  # fmt: skip
             if on_shape is not None:
                 on_shape(rows, prompt_len, new_tokens)
+        t = time.perf_counter()
+        self.scorer.warmup()
+        log.info(
+            "compiled %d prompt-scoring shapes in %.1f s", self.scorer.compile_count, time.perf_counter() - t
+        )
         return time.perf_counter() - t0
 
 
 def _job_problem(job: Job, cfg: ServerConfig, vocab: int, context: int) -> str | None:
     """What is wrong with a job on its own (a limit, a value out of range), or None."""
-    if not (isinstance(job.max_tokens, int) and 1 <= job.max_tokens <= cfg.max_tokens_limit):
-        return f"max_tokens must be an integer in 1..{cfg.max_tokens_limit}, got {job.max_tokens!r}"
+    least = 0 if job.prompt_logprobs else 1  # 0: score the prompt only
+    if not (isinstance(job.max_tokens, int) and least <= job.max_tokens <= cfg.max_tokens_limit):
+        only = " (0 only when the prompt is scored)" if not least else ""
+        return (
+            f"max_tokens must be an integer in {least}..{cfg.max_tokens_limit}{only}, got {job.max_tokens!r}"
+        )
+    if not (isinstance(job.top_logprobs, int) and 0 <= job.top_logprobs <= cfg.max_logprobs):
+        return (
+            f"top_logprobs must be an integer in 0..{cfg.max_logprobs} (the server's --max_logprobs), "
+            f"got {job.top_logprobs!r}"
+        )
     if not (math.isfinite(job.temperature) and 0 <= job.temperature <= MAX_TEMPERATURE):
         return f"temperature must be in 0..{MAX_TEMPERATURE:g}, got {job.temperature!r}"
     if not (math.isfinite(job.top_p) and 0 < job.top_p <= 1):
@@ -214,23 +272,72 @@ def _left_pad(prompts: Sequence[Sequence[int]], rows: int, pad_id: int) -> tuple
     return ids, mask
 
 
-def _row_states(
-    out: GenerateOutput, jobs: Sequence[Job], stop_ids: frozenset[int]
-) -> list[tuple[RowState, ...]]:
-    """Cuts each row to its own job's max_tokens (the batch decodes up to the largest of them)."""
-    tokens = np.asarray(out.tokens)
-    lengths = np.asarray(out.lengths)
-    states: list[tuple[RowState, ...]] = []
-    r = 0
-    for job in jobs:
-        job_rows = []
-        for _ in job.prompts:
-            n = min(int(lengths[r]), job.max_tokens)
-            ids = tuple(int(t) for t in tokens[r, :n])
-            stop_token = bool(ids) and ids[-1] in stop_ids
-            job_rows.append(
-                RowState(token_ids=ids, stop_token=stop_token, done=stop_token or n >= job.max_tokens)
-            )
-            r += 1
-        states.append(tuple(job_rows))
-    return states
+def _scored_rows(job: Job, scores: list[PromptScores] | None) -> tuple[RowState, ...]:
+    """A max_tokens-0 job's rows: nothing generated, done, with their prompts' scores."""
+    return tuple(
+        RowState(token_ids=(), stop_token=False, done=True, **_prompt_fields(job, s))
+        for s in (scores or [None] * job.rows)
+    )
+
+
+def _prompt_fields(job: Job, scores: PromptScores | None) -> dict[str, tuple]:
+    """RowState's prompt fields for one row: its scores, alternatives cut to the job's k."""
+    if scores is None:
+        return {}
+    logprobs, tops = scores
+    return {"prompt_logprobs": logprobs, "prompt_top_logprobs": tuple(t[: job.top_logprobs] for t in tops)}
+
+
+class _Rows:
+    """Turns the sampler's cumulative outputs into row states, each row cut to its own job's max_tokens.
+
+    The log-prob tuples grow with the rows: what earlier chunks converted is kept, so each chunk converts
+    only its new positions (a row's earlier tokens never change).
+    """
+
+    def __init__(
+        self, jobs: Sequence[Job], scores: Sequence[list[PromptScores] | None], stop_ids: frozenset[int]
+    ):
+        self.jobs, self.stop_ids = list(jobs), stop_ids
+        self.prompt = [
+            _prompt_fields(job, s)
+            for job, job_scores in zip(jobs, scores, strict=True)
+            for s in (job_scores or [None] * job.rows)
+        ]
+        rows = len(self.prompt)
+        self.logprobs: list[list[float]] = [[] for _ in range(rows)]
+        self.tops: list[list[TopLogprobs]] = [[] for _ in range(rows)]
+
+    def states(self, out: GenerateOutput) -> list[tuple[RowState, ...]]:
+        tokens, lengths, logprobs = np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.logprobs)
+        states: list[tuple[RowState, ...]] = []
+        r = 0
+        for job in self.jobs:
+            job_rows = []
+            for _ in job.prompts:
+                n = min(int(lengths[r]), job.max_tokens)
+                ids = tuple(tokens[r, :n].tolist())
+                have = len(self.logprobs[r])
+                if n > have:
+                    self.logprobs[r].extend(logprobs[r, have:n].tolist())
+                    if job.top_logprobs:
+                        k = job.top_logprobs
+                        top_ids = np.asarray(out.top_ids[r, have:n, :k]).tolist()
+                        top_lps = np.asarray(out.top_logprobs[r, have:n, :k]).tolist()
+                        self.tops[r].extend(
+                            tuple(zip(i, v, strict=True)) for i, v in zip(top_ids, top_lps, strict=True)
+                        )
+                stop_token = bool(ids) and ids[-1] in self.stop_ids
+                job_rows.append(
+                    RowState(
+                        token_ids=ids,
+                        stop_token=stop_token,
+                        done=stop_token or n >= job.max_tokens,
+                        logprobs=tuple(self.logprobs[r]),
+                        top_logprobs=tuple(self.tops[r]),
+                        **self.prompt[r],
+                    )
+                )
+                r += 1
+            states.append(tuple(job_rows))
+        return states

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from serving.config import MAX_SEED, MIN_SEED  # OpenAI's seed is a signed 64-bit integer
+from serving.config import MAX_LOGPROBS, MAX_SEED, MIN_SEED  # OpenAI's seed is a signed 64-bit integer
 
 # OpenAI's own ranges.
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
@@ -63,7 +63,7 @@ class _SamplingFields(_Strict):
     """The fields both endpoints share."""
 
     model: ShortText = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=0)  # 0: completions with echo only (scoring)
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     top_k: int = Field(default=0, ge=0, le=MAX_TOP_K)  # an extension many servers accept; 0 disables it
@@ -76,7 +76,6 @@ class _SamplingFields(_Strict):
     # Accepted so that clients sending OpenAI's defaults work; any other value is refused in `check`.
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    logprobs: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -96,8 +95,6 @@ class _SamplingFields(_Strict):
         """A message for a recognised field whose value this server cannot honour, else None."""
         if self.presence_penalty or self.frequency_penalty:
             return "presence_penalty and frequency_penalty are not supported by this server; leave them at 0"
-        if self.logprobs not in (None, False, 0):
-            return "logprobs are not supported by this server; leave logprobs unset"
         if self.stream_options is not None and not self.stream:
             return "stream_options is only allowed when stream is true"
         return None
@@ -107,12 +104,23 @@ class _SamplingFields(_Strict):
         return list(self.stop or [])  # normalised to a list by the validator
 
 
+# How many alternatives a request may ask for per token: OpenAI's chat limit (20) for both APIs (OpenAI's
+# completions allow 5, vLLM as many as its --max-logprobs, 20 by default); the server's --max_logprobs
+# may allow fewer (checked in `serving.app`). Strict: `true` is not a number of alternatives.
+Logprobs = Annotated[int, Field(ge=0, le=MAX_LOGPROBS, strict=True)]
+
+
 class CompletionRequest(_SamplingFields):
-    """POST /v1/completions. `prompt`: a string, a list of strings, token ids, or a list of token-id lists."""
+    """POST /v1/completions. `prompt`: a string, a list of strings, token ids, or a list of token-id lists.
+
+    logprobs: k returns every token's log-prob and its k most probable alternatives (0: the chosen tokens'
+    only); with `echo` the prompt's tokens too, and then max_tokens may be 0 (score the prompt only).
+    """
 
     prompt: Text | list[Text] | list[int] | list[list[int]]
     echo: bool = False
     suffix: Text | None = None
+    logprobs: Logprobs | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -124,8 +132,8 @@ class CompletionRequest(_SamplingFields):
         return v
 
     def unsupported(self) -> str | None:
-        if self.echo:
-            return "echo is not supported by this server; leave it false"
+        if self.max_tokens == 0 and not self.echo:
+            return "max_tokens 0 generates nothing; it is only allowed with echo: true (to score the prompt)"
         if self.suffix:
             return "suffix (insertion) is not supported by this server; leave it unset"
         return super().unsupported()
@@ -153,10 +161,20 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    """POST /v1/chat/completions."""
+    """POST /v1/chat/completions. logprobs: true returns the generated tokens' log-probs, top_logprobs: k
+    (needs logprobs: true) their k most probable alternatives too."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's newer name for max_tokens
+    logprobs: Annotated[bool, Field(strict=True)] | None = None
+    top_logprobs: Logprobs | None = None
+
+    def unsupported(self) -> str | None:
+        if self.max_tokens == 0:
+            return "max_tokens must be at least 1 for chat completions"
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs needs logprobs: true; set logprobs to true, or leave top_logprobs unset"
+        return super().unsupported()
 
     def template_messages(self) -> list[dict[str, str]]:
         """Messages as the chat template expects them ('developer' is OpenAI's new name for 'system')."""
@@ -191,10 +209,38 @@ class Usage(BaseModel):
 FinishReason = Literal["stop", "length"] | None
 
 
+class CompletionLogprobs(BaseModel):
+    """The completions API's log-probs of a choice: one entry per token of its text (the prompt's first when
+    echoed, whose log-prob and alternatives are null). `top_logprobs` maps the k best tokens (and the
+    chosen one) to their log-probs; `text_offset` is where each token starts in the text, in characters."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """The chat API's log-probs of a choice: one entry per generated token of its message."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -215,7 +261,7 @@ class AssistantMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason
 
 

@@ -115,6 +115,16 @@ COVERAGE: list[Cover] = [
         "needs vLLM on an NVIDIA GPU; the test loads an export with transformers, whose layout vLLM reads",
     ),
     Cover(
+        r"python scripts/serve\.py --model runs/\S+ --checkpoint_step .*",
+        "test",
+        ("tests/test_serve_training_run.py::test_serve_loads_a_training_runs_checkpoint_by_step",),
+    ),
+    Cover(
+        rf"python scripts/lm_eval_tasks\.py --model {SMOLLM} .*",
+        "test",
+        ("tests/test_lm_eval.py::test_lm_eval_gsm8k_matches_scripts_evaluate_item_by_item",),
+    ),
+    Cover(
         r"python scripts/export\.py .*",
         "test",
         ("tests/test_export.py::test_export_cli_writes_and_verifies_each_format",),

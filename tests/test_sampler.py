@@ -61,6 +61,38 @@ def test_logprobs_equal_a_full_forward_pass(model):
     np.testing.assert_allclose(out.logprobs, expected, atol=1e-4)
 
 
+def test_top_logprobs_are_the_best_alternatives_of_the_same_distribution(model):
+    """The server's top_logprobs: each position's k best tokens under softmax(logits / T), unfiltered by
+    top-p, from the same numbers as the chosen token's log-prob (a greedy row's chosen = its best); the
+    streamed variant ends with the same arrays, and the default variant (rollouts) carries none."""
+    sampler = Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,)), new_token_buckets=(8,))
+    ids, mask = _prompts()
+    k, T = 4, 0.7
+    sampled = SamplingParams(temperature=T, top_p=0.9, max_new_tokens=6)
+    out = jax.device_get(sampler.generate_ids(ids, mask, sampled, seed=3, top_logprobs=k))
+    plain = jax.device_get(sampler.generate_ids(ids, mask, sampled, seed=3))
+    assert plain.top_ids is None and plain.top_logprobs is None
+    np.testing.assert_array_equal(out.tokens, plain.tokens)  # asking for alternatives changes no sample
+    np.testing.assert_array_equal(out.logprobs, plain.logprobs)
+    assert out.top_ids.shape == out.top_logprobs.shape == (3, 6, k)
+    full_ids = np.concatenate([ids, out.tokens], axis=1)
+    full_mask = np.concatenate([mask, out.mask], axis=1)
+    logits, _ = model(jnp.asarray(full_ids), mask=jnp.asarray(full_mask))
+    logp = np.asarray(jax.nn.log_softmax(logits / T, axis=-1))[:, ids.shape[1] - 1 : -1]
+    best = np.argsort(-logp, axis=-1)[..., :k]
+    np.testing.assert_array_equal(out.top_ids, best)
+    np.testing.assert_allclose(out.top_logprobs, np.take_along_axis(logp, best, -1), atol=1e-4)
+    assert (np.diff(out.top_logprobs, axis=-1) <= 0).all()
+
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+    g = jax.device_get(sampler.generate_ids(ids, mask, greedy, top_logprobs=k))
+    np.testing.assert_array_equal(g.top_ids[..., 0], g.tokens)
+    np.testing.assert_array_equal(g.top_logprobs[..., 0], g.logprobs)  # bit for bit
+    streamed = list(sampler.stream_ids(ids, mask, sampled, seed=3, chunk_tokens=4, top_logprobs=k))[-1]
+    np.testing.assert_array_equal(streamed.top_ids, out.top_ids)
+    np.testing.assert_array_equal(streamed.top_logprobs, out.top_logprobs)
+
+
 @pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (5, 1.0), (0, 0.7), (6, 0.8)])
 def test_sampled_frequencies_match_the_filtered_softmax(model, top_k, top_p):
     ids, mask = _prompts()

@@ -128,6 +128,50 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
     return model, tokenizer, {"model": source, "checkpoint": str(folder), "checkpoint_step": chosen}
 
 
+def is_training_run(path: str | Path) -> bool:
+    """Whether `path` is a training workdir (it has `checkpoints/`) or such a workdir's `checkpoints/`."""
+    path = Path(path).expanduser()
+    if (path / "checkpoints").is_dir():
+        return True
+    return path.is_dir() and path.name == "checkpoints" and (path.parent / "config.json").is_file()
+
+
+def load_training_run(
+    path: str | Path, step: str | int | None = None, *, dtype: str = "float32"
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, description) of a training run's checkpoint, needing nothing but its workdir.
+
+    The run's own `config.json` (written when it started) names the base model, which gives the
+    architecture and the tokenizer; the checkpoint's parameters replace its weights (`load_for_eval`).
+    step: "latest" / None, "best" (best held-out accuracy) or a step number. dtype: compute and storage
+    dtype of the loaded parameters (the run's own may be bf16 compute over f32 master weights).
+    """
+    folder, chosen = resolve_checkpoint(path, step)
+    config_file = folder.parent / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{config_file} is missing: a training workdir holds the config.json its run started with; "
+            "pass the workdir the trainer wrote"
+        )
+    saved = json.loads(config_file.read_text())
+    model = dict(saved.get("model") or {})
+    if not model.get("path"):
+        raise ValueError(f"{config_file} names no model.path, so the run's base model is unknown")
+    from rlvr_jax.weights import source_kind
+
+    try:
+        source_kind(model["path"])
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"the run's base model {model['path']!r} (model.path in {config_file}) is not there from "
+            f"{Path.cwd()}: start from the directory the training ran in, or make that path exist ({e})"
+        ) from None
+    config = ml_collections.ConfigDict(
+        {"model": {"path": model["path"], "dtype": dtype, "param_dtype": dtype, "remat": "none"}}
+    )
+    return load_for_eval(config, folder, chosen)
+
+
 def score_held_out(
     sampler: Sampler,
     task: Any,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax.generate.sampling import row_keys, sample_tokens, split_key
+from rlvr_jax.generate.sampling import row_keys, sample_tokens, sample_tokens_with_top, split_key
 from rlvr_jax.models.decoder import (
     Decoder,
     KVCache,
@@ -79,6 +79,9 @@ class GenerateOutput(NamedTuple):
     lengths: [rows] number of generated tokens (mask.sum(-1)).
     finished: [rows] bool, True when the row ended on a stop token (False: hit max_new_tokens).
     steps: scalar, decode steps run (fewer than N when every row stopped early).
+    top_ids / top_logprobs: [rows, N, k] int32 / float32, each position's k most probable tokens and their
+      log-probs under the distribution `logprobs` uses, best first (0 on padding); None unless the
+      sampler was asked for `top_logprobs=k` > 0 (the inference server's OpenAI `top_logprobs`).
     """
 
     tokens: Array
@@ -87,6 +90,8 @@ class GenerateOutput(NamedTuple):
     lengths: Array
     finished: Array
     steps: Array
+    top_ids: Array | None = None
+    top_logprobs: Array | None = None
 
 
 class DecodeState(NamedTuple):
@@ -100,6 +105,8 @@ class DecodeState(NamedTuple):
     last: Array  # the token each row feeds next
     cache: KVCache
     key: Array
+    top_ids: Array | None = None  # [rows, N, k] with top_logprobs=k > 0, else None
+    top_logprobs: Array | None = None
 
 
 def _decode_arrays(graphdef: nnx.GraphDef, params: Any, attention: str | None) -> tuple[Any, dict]:
@@ -127,6 +134,7 @@ def _prefill(
     use_filters: bool,
     top_k_only: int,
     cache_dtype: Any,
+    top_logprobs: int = 0,
 ) -> DecodeState:
     """Prefills each prompt once, gives every group member its own copy of the prompt's cache, and
     samples the first token."""
@@ -141,12 +149,20 @@ def _prefill(
         last_logits = jnp.repeat(last_logits, G, axis=0)
 
     key, first_key = split_key(key)
-    token, logprob = sample_tokens(
-        first_key, last_logits, *row_params, use_filters=use_filters, top_k_only=top_k_only
-    )
+    token, logprob, top = _sample_step(
+        first_key, last_logits, row_params, use_filters=use_filters, top_k_only=top_k_only,
+        top_logprobs=top_logprobs,
+    )  # fmt: skip
     # Rows with an empty prompt (filler rows that make a batch divide over a mesh) generate nothing.
     empty = jnp.repeat(~jnp.any(prompt_mask, axis=1), G)
     token = jnp.where(empty, pad_id, token)
+    tops: dict[str, Array] = {}
+    if top is not None:
+        first_ids, first_lps = (jnp.where(empty[:, None], jnp.zeros_like(x), x) for x in top)
+        tops = dict(
+            top_ids=jnp.zeros((rows, N, top_logprobs), jnp.int32).at[:, 0].set(first_ids),
+            top_logprobs=jnp.zeros((rows, N, top_logprobs), jnp.float32).at[:, 0].set(first_lps),
+        )
     return DecodeState(
         step=jnp.ones((), jnp.int32),
         tokens=jnp.full((rows, N), pad_id, jnp.int32).at[:, 0].set(token),
@@ -156,7 +172,29 @@ def _prefill(
         last=token,
         cache=cache,
         key=key,
+        **tops,
     )
+
+
+def _sample_step(
+    key: Array,
+    logits: Array,
+    row_params: RowParams,
+    *,
+    use_filters: bool,
+    top_k_only: int,
+    top_logprobs: int,
+) -> tuple[Array, Array, tuple[Array, Array] | None]:
+    """(tokens, log-probs, (top ids, top log-probs) or None): the top-k alternatives only when asked."""
+    if top_logprobs <= 0:
+        token, logprob = sample_tokens(
+            key, logits, *row_params, use_filters=use_filters, top_k_only=top_k_only
+        )
+        return token, logprob, None
+    token, logprob, ids, lps = sample_tokens_with_top(
+        key, logits, *row_params, use_filters=use_filters, top_k_only=top_k_only, top_logprobs=top_logprobs
+    )
+    return token, logprob, (ids, lps)
 
 
 def _decode(
@@ -170,6 +208,7 @@ def _decode(
     pad_id: int,
     use_filters: bool,
     top_k_only: int,
+    top_logprobs: int = 0,
 ) -> DecodeState:
     """Decodes one token per row per step until step `until` or until every row is done."""
     rows = state.tokens.shape[0]
@@ -181,12 +220,22 @@ def _decode(
     def body(s: DecodeState) -> DecodeState:
         logits, cache = apply(cfg, arrays, s.last[:, None], mask=jnp.ones((rows, 1), bool), cache=s.cache)
         key, sub = split_key(s.key)
-        new, lp = sample_tokens(
-            sub, logits[:, 0], *row_params, use_filters=use_filters, top_k_only=top_k_only
-        )
+        new, lp, top = _sample_step(
+            sub, logits[:, 0], row_params, use_filters=use_filters, top_k_only=top_k_only,
+            top_logprobs=top_logprobs,
+        )  # fmt: skip
         active = ~s.done
         new = jnp.where(active, new, pad_id)
         at = (0, s.step)
+        tops: dict[str, Array] = {}
+        if top is not None:
+            on = active[:, None]
+            tops = dict(
+                top_ids=jax.lax.dynamic_update_slice(s.top_ids, jnp.where(on, top[0], 0)[:, None], (*at, 0)),
+                top_logprobs=jax.lax.dynamic_update_slice(
+                    s.top_logprobs, jnp.where(on, top[1], 0.0)[:, None], (*at, 0)
+                ),
+            )
         return DecodeState(
             step=s.step + 1,
             tokens=jax.lax.dynamic_update_slice(s.tokens, new[:, None], at),
@@ -196,6 +245,7 @@ def _decode(
             last=new,
             cache=cache,
             key=key,
+            **tops,
         )
 
     return jax.lax.while_loop(cond, body, state)
@@ -209,6 +259,8 @@ def _output(state: DecodeState) -> GenerateOutput:
         lengths=jnp.sum(state.mask, axis=-1, dtype=jnp.int32),
         finished=state.done,
         steps=state.step,
+        top_ids=state.top_ids,
+        top_logprobs=state.top_logprobs,
     )
 
 
@@ -229,6 +281,7 @@ def generate(
     top_k_only: int = 0,
     cache_dtype: Any = None,
     attention: str | None = None,
+    top_logprobs: int = 0,
 ) -> GenerateOutput:
     """Samples `group_size` completions for each prompt. Pure; jit it with the keyword args static.
 
@@ -237,17 +290,19 @@ def generate(
     limit: decode at most this many tokens (a traced scalar <= max_new_tokens, which sizes the buffers),
       so requests of different lengths share one compiled bucket without generating past what they asked.
     attention: override the model's attention kernels ("auto" / "xla", see `ModelConfig.attention`).
+    top_logprobs: also return each position's k most probable tokens (`GenerateOutput.top_ids`); 0: none.
     """
     cfg, arrays = _decode_arrays(graphdef, params, attention)
     state = _prefill(
         cfg, arrays, prompt_ids, prompt_mask, key, row_params,
         max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id, group_size=group_size,
-        use_filters=use_filters, top_k_only=top_k_only, cache_dtype=cache_dtype,
+        use_filters=use_filters, top_k_only=top_k_only, cache_dtype=cache_dtype, top_logprobs=top_logprobs,
     )  # fmt: skip
     limit = max_new_tokens if limit is None else jnp.minimum(limit, max_new_tokens)
     state = _decode(
         cfg, arrays, state, row_params, limit,
         stop_ids=stop_ids, pad_id=pad_id, use_filters=use_filters, top_k_only=top_k_only,
+        top_logprobs=top_logprobs,
     )  # fmt: skip
     return _output(state)
 
@@ -331,10 +386,10 @@ class Sampler:
         self.params = params
 
     def _static(self, key: tuple) -> dict[str, Any]:
-        _, _, N, G, filters, top_k_only, stops, pad = key
+        _, _, N, G, filters, top_k_only, stops, pad, top_logprobs = key
         return dict(
             max_new_tokens=N, stop_ids=stops, pad_id=pad, group_size=G, use_filters=filters,
-            top_k_only=top_k_only, attention=self._attention,
+            top_k_only=top_k_only, attention=self._attention, top_logprobs=top_logprobs,
         )  # fmt: skip
 
     def _fn(self, key: tuple) -> Any:
@@ -350,10 +405,11 @@ class Sampler:
 
                 rows = sharding.batch_sharding(self.mesh, self.rules)
                 same = NamedSharding(self.mesh, PartitionSpec())
+                tops = (rows, rows) if key[-1] > 0 else (None, None)
                 self._compiled[key] = jax.jit(
                     fn,
                     in_shardings=(self._param_shardings, rows, rows, same, RowParams(rows, rows, rows), same),
-                    out_shardings=GenerateOutput(rows, rows, rows, rows, rows, same),
+                    out_shardings=GenerateOutput(rows, rows, rows, rows, rows, same, *tops),
                 )
             self.compile_count += 1
         return self._compiled[key]
@@ -414,6 +470,7 @@ class Sampler:
         params: SamplingParams,
         group_size: int,
         row_params: RowParams | None,
+        top_logprobs: int = 0,
     ) -> tuple[tuple, np.ndarray, np.ndarray, RowParams, int]:
         """Pads prompts into their bucket (and rows to fill the mesh); returns (bucket key, ids, mask,
         per-row parameters, decode limit)."""
@@ -444,7 +501,10 @@ class Sampler:
         use_filters = bool(params.top_k > 0 or params.top_p < 1.0)
         # Top-k without top-p for every row: a static lax.top_k instead of a vocabulary sort.
         top_k_only = params.top_k if params.top_k > 0 and params.top_p >= 1.0 and not custom_rows else 0
-        key = (len(ids), P_b, N_b, group_size, use_filters, top_k_only, tuple(self.tokenizer.stop_ids), pad)
+        if top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {top_logprobs}")
+        stops = tuple(self.tokenizer.stop_ids)
+        key = (len(ids), P_b, N_b, group_size, use_filters, top_k_only, stops, pad, top_logprobs)
         return key, ids, mask, row_params, limit
 
     def _rng(self, seed: int | Array, rows: int) -> Array:
@@ -471,12 +531,13 @@ class Sampler:
         if not self.multihost:
             return out
         local = lambda x: _host_rows(x) if x.ndim else np.asarray(x.addressable_data(0))
-        return GenerateOutput(*(local(x) for x in out))
+        return GenerateOutput(*(None if x is None else local(x) for x in out))
 
     def _finish(self, out: GenerateOutput, rows: int, max_new_tokens: int) -> GenerateOutput:
         """Drops the rows added to fill the mesh and the bucket's unused tail."""
         if out.tokens.shape[0] != rows:
-            out = out._replace(**{f: getattr(out, f)[:rows] for f in out._fields if f != "steps"})
+            rowwise = [f for f in out._fields if f != "steps" and getattr(out, f) is not None]
+            out = out._replace(**{f: getattr(out, f)[:rows] for f in rowwise})
         if out.tokens.shape[1] != max_new_tokens:
             out = _truncate(out, max_new_tokens)
         return out
@@ -490,14 +551,17 @@ class Sampler:
         seed: int | Array = 0,
         group_size: int = 1,
         row_params: RowParams | None = None,
+        top_logprobs: int = 0,
     ) -> GenerateOutput:
         """Runs the sampler on already-tokenised, left-padded prompts (padded here up to a bucket).
 
         seed: an integer, a PRNG key, or a [rows] array of typed keys (`jax.random.key`, one per output row):
         with per-row keys a row's samples depend only on its own key, not on the other rows of the batch.
+        top_logprobs: k > 0 also returns every position's k most probable tokens (`GenerateOutput.top_ids`
+        / `top_logprobs`); a compiled variant of its own, so rollouts (k = 0) pay nothing for it.
         """
         key, ids, mask, row_params, limit = self._prepare(
-            prompt_ids, prompt_mask, params, group_size, row_params
+            prompt_ids, prompt_mask, params, group_size, row_params, top_logprobs
         )
         fn = self._fn(key)
         rng = self._rng(seed, len(ids) * group_size)
@@ -518,6 +582,7 @@ class Sampler:
         group_size: int = 1,
         row_params: RowParams | None = None,
         chunk_tokens: int = 16,
+        top_logprobs: int = 0,
     ) -> Iterator[GenerateOutput]:
         """`generate_ids`, yielding as it goes: once after the prefill (the first token of every row),
         then after every `chunk_tokens` decode steps, until every row is done or has its
@@ -530,7 +595,9 @@ class Sampler:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         if self.multihost:
             raise NotImplementedError("stream_ids runs on one host; use generate_ids on a multi-host mesh")
-        key, ids, mask, row_params, _ = self._prepare(prompt_ids, prompt_mask, params, group_size, row_params)
+        key, ids, mask, row_params, _ = self._prepare(
+            prompt_ids, prompt_mask, params, group_size, row_params, top_logprobs
+        )
         start, cont = self._stream_fns(key)
         rng = self._rng(seed, len(ids) * group_size)
         rows, limit = len(prompt_ids) * group_size, params.max_new_tokens
@@ -593,10 +660,12 @@ def _truncate(out: GenerateOutput, n: int) -> GenerateOutput:
     hosts asked for different lengths, the tokens decoded past this host's request)."""
     mask = out.mask[:, :n]
     lengths = mask.sum(-1).astype(out.lengths.dtype)
+    tops = {f: getattr(out, f)[:, :n] for f in ("top_ids", "top_logprobs") if getattr(out, f) is not None}
     return out._replace(
         tokens=out.tokens[:, :n],
         logprobs=out.logprobs[:, :n],
         mask=mask,
         lengths=lengths,
         finished=out.finished & (out.lengths <= n),
+        **tops,
     )

@@ -114,6 +114,51 @@ def sample_tokens(
     skip the vocabulary sort entirely; `top_k_only` > 0 (static: no row uses top-p, none a top-k above it)
     replaces the sort by `lax.top_k`.
     """
+    tokens, logprob, _, _ = _sample(
+        key, logits, temperature, top_k, top_p, use_filters=use_filters, top_k_only=top_k_only
+    )
+    return tokens, logprob
+
+
+def sample_tokens_with_top(
+    key: Array,
+    logits: Array,
+    temperature: Array,
+    top_k: Array,
+    top_p: Array,
+    *,
+    use_filters: bool,
+    top_k_only: int = 0,
+    top_logprobs: int,
+) -> tuple[Array, Array, Array, Array]:
+    """`sample_tokens` plus each row's `top_logprobs` most probable tokens: (tokens [B], log-prob [B],
+    top ids [B, k], top log-probs [B, k]), best first.
+
+    The alternatives come from the same distribution as the chosen token's log-prob (softmax(logits / T)
+    before top-k/top-p filtering, T = 1 for greedy rows), so a greedy row's chosen log-prob equals its
+    first alternative's exactly. For the inference server's `logprobs` / `top_logprobs`; the rollout path
+    calls `sample_tokens` and pays nothing for this (`top_logprobs` is static: one `lax.top_k` per step).
+    """
+    if top_logprobs < 1:
+        raise ValueError(f"top_logprobs must be >= 1 (use sample_tokens for none), got {top_logprobs}")
+    tokens, logprob, scaled, lse = _sample(
+        key, logits, temperature, top_k, top_p, use_filters=use_filters, top_k_only=top_k_only
+    )
+    values, ids = jax.lax.top_k(scaled, top_logprobs)
+    return tokens, logprob, ids.astype(jnp.int32), values - lse[:, None]
+
+
+def _sample(
+    key: Array,
+    logits: Array,
+    temperature: Array,
+    top_k: Array,
+    top_p: Array,
+    *,
+    use_filters: bool,
+    top_k_only: int,
+) -> tuple[Array, Array, Array, Array]:
+    """(tokens, chosen log-probs, logits / T, logsumexp of logits / T): see `sample_tokens`."""
     scaled = scale_logits(logits, temperature)
     if use_filters:
         if top_k_only > 0:
@@ -132,4 +177,4 @@ def sample_tokens(
     )
     # log softmax at the chosen token only: no vocabulary-sized log-prob array is materialised.
     chosen = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0]
-    return tokens, chosen - lse
+    return tokens, chosen - lse, scaled, lse
