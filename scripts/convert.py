@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()) and not args.force:
         raise ValueError(f"output directory {out} is not empty; pass --force to overwrite files in it")
 
-    from rlvr_jax.evaluation.evaluate import is_training_workdir, load_trained
+    from rlvr_jax.evaluation.evaluate import is_training_run, load_training_run
     from rlvr_jax.weights import export_hf, load_model
 
-    if is_training_workdir(args.input):
+    if is_training_run(args.input):
         step = args.step or "latest"
         if not (step.isdigit() or step in ("latest", "best")):
             raise ValueError(f"--step must be latest, best or a step number, got {step!r}")
-        model, tokenizer, source = load_trained(args.input, int(step) if step.isdigit() else step)
+        model, tokenizer, source = load_training_run(args.input, int(step) if step.isdigit() else step)
         origin = f" from {source['checkpoint']}/{source['checkpoint_step']}"
     elif args.step is not None:
         raise ValueError(

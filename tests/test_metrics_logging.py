@@ -39,7 +39,7 @@ def read_events(logdir: Path) -> list[Event]:
         return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
     events = []
-    for path in sorted(logdir.glob("events.out.tfevents.*")):
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
         data, pos = path.read_bytes(), 0
         while pos < len(data):
             header = data[pos : pos + 8]

@@ -147,10 +147,10 @@ def test_the_export_is_bf16_for_everyone_and_equals_the_converted_last_checkpoin
         a, b = half(**ids).logits.float(), full(**ids).logits
     assert torch.allclose(a, b, atol=0.05 * float(b.abs().max()), rtol=0)
 
-    from rlvr_jax.evaluation.evaluate import load_trained
+    from rlvr_jax.evaluation.evaluate import load_training_run
 
     with pytest.raises(FileNotFoundError, match=r"no checkpoint 9 in .*; have steps \[1, 2, 3\]"):
-        load_trained(workdir, 9)
+        load_training_run(workdir, 9)
 
 
 def test_the_report_figure_and_summary_json_count_the_same_truncated_answers(

@@ -68,32 +68,6 @@ def resolve_checkpoint(path: str | Path, step: str | int | None = None) -> tuple
     return path, chosen
 
 
-def is_training_workdir(path: str | Path) -> bool:
-    """Whether `path` is a training run's workdir: the config it ran with (config.json) and checkpoints/."""
-    path = Path(path).expanduser()
-    return (path / "config.json").is_file() and (path / "checkpoints").is_dir()
-
-
-def load_trained(workdir: str | Path, step: str | int | None = "latest"):
-    """(model, tokenizer, description) of a training workdir's checkpoint `step` (int, "latest", "best"),
-    rebuilt with the workdir's own config.json, so no config has to be passed: its `model.path` (the base
-    model) gives the architecture and the tokenizer, the checkpoint the trained parameters."""
-    from rlvr_jax.weights import source_kind
-
-    workdir = Path(workdir).expanduser()
-    if not is_training_workdir(workdir):
-        raise FileNotFoundError(f"{workdir} is not a training workdir (config.json + checkpoints/)")
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    try:
-        source_kind(config.model.path)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{e}: the run's base model (model.path in {workdir / 'config.json'}) gives the architecture "
-            "and the tokenizer, so it must still be there"
-        ) from None
-    return load_for_eval(config, workdir, step)
-
-
 def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | None = None, step=None):
     """(model, tokenizer, description): `config.model.path`, with a training checkpoint's weights if given.
 
