@@ -7,11 +7,13 @@ compiled, so a typo or a batch that does not divide the mesh fails in a second w
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
     # What to train: a hub id, a local HF directory or a GGUF file.
     c.model = ml_collections.ConfigDict()
     c.model.path = "Qwen/Qwen2.5-0.5B-Instruct"
+    # The same model's hub id, used when model.path is a local file or folder missing on this machine (a
+    # config written for a machine with a local copy still runs wherever the hub is reachable); None = none.
+    c.model.hub_id = ml_collections.FieldReference(None, field_type=str)
     c.model.dtype = "bfloat16"  # compute dtype
     c.model.param_dtype = "float32"  # master weights and Adam moments; "bfloat16" halves that memory
     c.model.remat = "none"  # none | full | dots
@@ -474,15 +479,43 @@ def _check_batch(config: ml_collections.ConfigDict, num_devices: int | None) -> 
 
 
 def _check_paths(config: ml_collections.ConfigDict) -> None:
-    """The data and model paths that look local exist."""
+    """The data and model paths that look local exist (a missing model path with model.hub_id set is
+    fine: `with_hub_fallback` swaps in the hub id where the model loads)."""
     if config.data.path is not None and not Path(config.data.path).expanduser().exists():
         raise ConfigError(
             f"data.path={config.data.path!r} does not exist; pass the task's data file or folder, or leave "
             "data.path unset to read the Hugging Face hub"
         )
     model = str(config.model.path)
-    looks_local = model.startswith(("/", ".", "~")) or model.endswith(".gguf") or model.count("/") > 1
-    if looks_local and not Path(model).expanduser().exists():
+    if _missing_locally(model) and not config.model.get("hub_id"):
         raise ConfigError(
-            f"model.path={model!r} does not exist; pass a hub id, an HF directory or a .gguf file"
+            f"model.path={model!r} does not exist; pass a hub id, an HF directory or a .gguf file (or set "
+            "model.hub_id to the same model's hub id, used when the path is missing)"
         )
+
+
+def _missing_locally(source: str) -> bool:
+    """A model source that reads as a local path (the rule of `rlvr_jax.weights.loader.source_kind`: it
+    starts with / . ~, ends in .gguf or has more than one slash) and does not exist here."""
+    looks_local = source.startswith(("/", ".", "~")) or source.endswith(".gguf") or source.count("/") > 1
+    return looks_local and not Path(source).expanduser().exists()
+
+
+def with_hub_fallback(
+    config: ml_collections.ConfigDict, say: Callable[[str], None] | None = None
+) -> ml_collections.ConfigDict:
+    """The config whose model the run loads: `config` itself, or, when model.path is a local path missing
+    on this machine and model.hub_id is set, a copy with model.path = model.hub_id, said in one line
+    (`say`, default stderr). The trainer and evaluation call it where the model is about to load, so the
+    run's saved config.json names the model that was really used."""
+    path, hub_id = str(config.model.path), config.model.get("hub_id")
+    if not hub_id or not _missing_locally(path):
+        return config
+    (say or _to_stderr)(f"model.path {path} not found; using hub id {hub_id}")
+    resolved = copy.deepcopy(config)
+    resolved.model.path = hub_id
+    return resolved
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

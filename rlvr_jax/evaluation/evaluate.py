@@ -171,9 +171,10 @@ def evaluate(
     temperature: None = greedy for one sample per item, the config's training temperature for several
     (pass@k needs distinct samples).
     """
-    from rlvr_jax.config import validate
+    from rlvr_jax.config import validate, with_hub_fallback
 
     validate(config)  # every check that needs no model, before loading one
+    config = with_hub_fallback(config)  # a model.path missing here: its model.hub_id, said in one line
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chosen = temperature
