@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import json
 import math
 import os
 import sys
@@ -23,6 +24,13 @@ import ml_collections
 from rlvr_jax.registry import closest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def configs_dir() -> Path:
+    """The experiment configs (`configs/*.py`): inside the package when installed from a wheel
+    (setup.py maps configs/ to rlvr_jax/configs), else the checkout's configs/ (editable or PYTHONPATH)."""
+    installed = Path(__file__).resolve().parent / "configs"
+    return installed if installed.is_dir() else REPO / "configs"
 
 
 def shared_dir() -> Path:
@@ -91,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.on_error = "fail"
     c.reward.timeout_s = 120.0  # seconds one reward worker may spend on one chunk of samples
 
+    # The optimizer (AdamW), its schedule and how an update splits into micro-batches.
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-6
     c.optim.schedule = "constant"  # constant | cosine
@@ -115,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
 
+    # The run's length, evaluations, checkpoints and export.
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100
     c.train.eval_every = 25  # 0 = only before and after
@@ -122,6 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.export_hf = True  # write the trained policy as an HF directory at the end
 
+    # Where the step metrics go: TensorBoard, W&B, Prometheus, JSON log lines; and the cost table.
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True
     c.logging.wandb_project = ml_collections.FieldReference(None, field_type=str)
@@ -133,8 +144,88 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Meanings of the fields whose line in `base_config` has no comment (the comment wins where there is one):
+# the one table `--print_config` and the docs' configuration reference read besides those comments.
+# A test fails when a field has neither, or when an entry names a field that no longer exists.
+KEY_HELP: dict[str, str] = {
+    "seed": "the one PRNG seed of the run: data order, sampling keys, evaluation",
+    "model.path": "a hub id, a local HF directory or a GGUF file",
+    "data.task": "a registered task (`rlvr_jax.data.registered_tasks()`): loader, prompt template and reward",
+    "data.path": "local copy of the task's data; None loads it from the Hugging Face hub",
+    "data.train_split": "split the training prompts come from",
+    "data.eval_split": "held-out split evaluated before, during (`train.eval_every`) and after training",
+    "sampling.temperature": "rollout temperature; must be > 0 (greedy groups would be identical)",
+    "sampling.top_p": "nucleus sampling for rollouts, in (0, 1]; 1 = off",
+    "sampling.top_k": "top-k sampling for rollouts; 0 = off",
+    "sampling.max_new_tokens": "generation budget per completion; also the Dr.GRPO normaliser `max_len`",
+    "sampling.eval_temperature": "temperature of the held-out evaluation; 0 = greedy",
+    "rl.prompts_per_step": "prompts per step; the batch has prompts_per_step * group_size rollouts",
+    "rl.group_size": "G, completions sampled per prompt (>= 2: the group is the baseline)",
+    "rl.clip_low": "eps_low: the ratio is clipped to [1 - clip_low, 1 + clip_high]",
+    "rl.aggregation": "token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm",
+    "rl.kl_estimator": "k1 | k2 | k3 estimate of KL(pi || pi_ref), used when beta > 0",
+    "rl.dynamic_sampling_rounds": "most generation rounds per step when dynamic sampling refills groups",
+    "rl.entropy_coef": "weight of an entropy bonus subtracted from the loss; 0 = none",
+    "reward.name": "a registered reward (`rlvr_jax.rewards.registered_rewards()`); None = the task's own",
+    "reward.options": "keyword arguments passed to the reward function",
+    "optim.learning_rate": "peak AdamW learning rate (reached at the end of warmup)",
+    "optim.warmup_steps": "linear warmup: update k < warmup_steps uses learning_rate * (k + 1) / warmup",
+    "optim.weight_decay": "decoupled AdamW decay, on weight matrices and embeddings (not norms, biases)",
+    "optim.b1": "AdamW beta1",
+    "optim.b2": "AdamW beta2",
+    "optim.eps": "AdamW epsilon",
+    "optim.max_grad_norm": "clip the global gradient norm to this value",
+    "optim.memory_budget_gb": "memory budget for `micro_batches = 0`; None = the device's free memory",
+    "optim.micro_batch_tokens": "> 0: the fewest micro-batches of at most this many tokens (no compile)",
+    "mesh.data": "data-parallel axis size",
+    "mesh.fsdp": "fully-sharded data-parallel axis size (parameters split, rows split)",
+    "mesh.tensor": "tensor-parallel axis size (heads, MLP and vocabulary split)",
+    "train.steps": "GRPO steps (one rollout batch and its updates each)",
+    "train.checkpoint_every": "orbax checkpoint every N steps (and on SIGTERM)",
+    "train.keep_checkpoints": "checkpoints kept (plus the best by held-out accuracy)",
+    "logging.tensorboard": "write TensorBoard event files under WORKDIR/tensorboard",
+    "logging.wandb_project": "Weights & Biases project; None = off",
+}
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and what to change."""
+
+
+def saved_config_path(workdir: str | os.PathLike) -> Path | None:
+    """The config.json a training run saved in `workdir` (also given as its checkpoints/ folder)."""
+    folder = Path(workdir).expanduser()
+    folders = (folder, folder.parent) if folder.name == "checkpoints" else (folder,)
+    return next((f / "config.json" for f in folders if (f / "config.json").is_file()), None)
+
+
+def saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a training run saved (WORKDIR/config.json), laid over `base_config()`: the keys and
+    their types are the base's, the values the run's (a key the base lacks, such as data.options.digits,
+    is added), so `--config.a.b=v` overrides and validation treat it like a config file's."""
+    path = saved_config_path(workdir)
+    if path is None:
+        raise ConfigError(f"{workdir} holds no config.json; scripts/train.py saves one in its workdir")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read as a saved config ({e})") from None
+    config = base_config()
+    _lay_over(config, saved, str(path))
+    return config
+
+
+def _lay_over(
+    config: ml_collections.ConfigDict, values: Mapping[str, Any], where: str, prefix: str = ""
+) -> None:
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), ml_collections.ConfigDict):
+            _lay_over(config[key], value, where, f"{prefix}{key}.")
+            continue
+        try:
+            config[key] = value
+        except TypeError as e:  # ml_collections' type check: the file is not a config this version wrote
+            raise ConfigError(f"{where}: {prefix}{key}={value!r} does not fit base_config ({e})") from None
 
 
 # Integer keys and their least value.
@@ -304,8 +395,8 @@ def _check_finite(config: Any, prefix: str = "") -> None:
 
 
 def config_file_for_task(task: str) -> str | None:
-    """`configs/<file>.py` of this repository written for `task` (it sets `c.data.task = "<task>"`)."""
-    for path in sorted((REPO / "configs").glob("*.py")):
+    """`configs/<file>.py` of this package written for `task` (it sets `c.data.task = "<task>"`)."""
+    for path in sorted(configs_dir().glob("*.py")):
         if f'c.data.task = "{task}"' in path.read_text(encoding="utf-8"):
             return f"configs/{path.name}"
     return None

@@ -122,7 +122,7 @@ COVERAGE: list[Cover] = [
         ("tests/test_drift.py::test_acceptance_gsm8k_vs_mbpp_is_drift",),
     ),
     Cover(
-        r"python scripts/drift\.py .* --save-profile .*",
+        r"python scripts/drift\.py .* --save_profile .*",
         "here",
         (f"{HERE}::test_serve_and_curl_as_documented",),
     ),
@@ -414,7 +414,7 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_serve_and_curl_as_documented(layout):
     """README: save a drift profile, serve SmolLM2 with it on :8000; deploy/README.md: the three curls."""
-    (profile,) = _documented(r"python scripts/drift\.py .* --save-profile .*")
+    (profile,) = _documented(r"python scripts/drift\.py .* --save_profile .*")
     (serve,) = _documented(r"python scripts/serve\.py .* --drift_reference .*")
     curls = {c.tokens[1].split("/", 1)[1]: c for c in _documented(r"curl localhost:8000/.*")}
     assert set(curls) == {"health", "ready", "v1/chat/completions"}
