@@ -56,6 +56,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     underscore spelling, `--config=NAME` a packaged config's file, and the `--config` file and its
     `--config.a.b=v` overrides are checked first (`check_config_flags`); absl's own errors (a value of
     the wrong type, an unknown or missing flag) and stray arguments become one line and exit 2 as well."""
+    _help_and_exit(argv)
     try:
         argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
         argv = resolve_config_names(underscore_flags(argv, flags.FLAGS))
@@ -67,6 +68,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     if len(rest) > 1:
         usage_error(f"unexpected arguments: {' '.join(rest[1:])} (flags are spelt --name=value)")
     return rest
+
+
+def _help_and_exit(argv: Sequence[str], name: str = "config") -> None:
+    """`--help` / `-h`: the script's docstring and its own flags on stdout, exit 0 (absl's exits 1, and
+    under a console command it would show the wrapper's empty docstring). --helpfull stays absl's."""
+    if not {"--help", "-h", "--helpshort", "-?"} & set(argv[1 : argv.index("--") if "--" in argv else None]):
+        return
+    module = flags.FLAGS.find_module_defining_flag(name)
+    doc = getattr(sys.modules.get(module) or sys.modules["__main__"], "__doc__", None) or ""
+    print(f"{doc.strip()}\n\nflags:\n{flags.FLAGS.module_help(module)}\n")
+    print("--helpfull lists absl's own flags too.")
+    sys.exit(0)
 
 
 def underscore_flags(argv: Sequence[str], known: Container[str]) -> list[str]:

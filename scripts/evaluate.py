@@ -1,7 +1,7 @@
 """Evaluate a model on a task's held-out split: accuracy with a 95% interval, pass@k, samples for review.
 
-    python scripts/evaluate.py --config=configs/gsm8k.py \
-        --config.model.path=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+    python scripts/evaluate.py --config=configs/gsm8k.py \\
+        --config.model.path=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --config.data.path=../shared/data/gsm8k --split=test --limit=32 --out=runs/eval/smollm2
     python scripts/evaluate.py --checkpoint=runs/gsm8k --out=runs/eval/trained
     python scripts/evaluate.py --config=configs/humaneval.py --num_samples=10 --out=runs/eval/he

@@ -1,8 +1,8 @@
 """Train a model with GRPO (and relatives) on a verifiable task.
 
     python scripts/train.py --config=configs/quickstart.py --workdir=/tmp/quickstart
-    python scripts/train.py --config=configs/gsm8k.py:small --workdir=runs/gsm8k \
-        --config.model.path=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+    python scripts/train.py --config=configs/gsm8k.py:small --workdir=runs/gsm8k \\
+        --config.model.path=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --config.data.path=../shared/data/gsm8k --config.sampling.temperature=0.8
 
 --config takes a config file or a packaged config's name (`--config=gsm8k`), and an optional preset after
