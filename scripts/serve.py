@@ -39,7 +39,7 @@ if not __package__:  # run as a file (python scripts/serve.py): this checkout's 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlvr_jax.cli import FlagParser, fail_cleanly
-from serving.config import (
+from rlvr_jax.serving.config import (
     DEFAULT_NEW_TOKEN_BUCKETS,
     DEFAULT_PROMPT_BUCKETS,
     ServerConfig,
@@ -197,10 +197,10 @@ def serve(argv: list[str] | None = None) -> int:
 
     import jax
 
+    from rlvr_jax.serving.app import create_app
+    from rlvr_jax.serving.engine import Engine
+    from rlvr_jax.serving.server import uvicorn_server
     from rlvr_jax.weights import load_model, source_kind
-    from serving.app import create_app
-    from serving.engine import Engine
-    from serving.server import uvicorn_server
 
     source_kind(args.model)  # a missing path or a non-model file fails now, not after the server starts
     if args.compilation_cache:

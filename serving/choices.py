@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from serving.batcher import RowState
-from serving.text import ChoiceText, Decodes
+from rlvr_jax.serving.batcher import RowState
+from rlvr_jax.serving.text import ChoiceText, Decodes
 
 
 @dataclasses.dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serving import schemas
-from serving.choices import Choices
+from rlvr_jax.serving import schemas
+from rlvr_jax.serving.choices import Choices
 
 
 def sse(payload: dict[str, Any]) -> str:

@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient
 
 from rlvr_jax.cli import fail_cleanly
 from rlvr_jax.models import init_model
+from rlvr_jax.serving.app import ServerState, create_app
+from rlvr_jax.serving.config import ServerConfig
+from rlvr_jax.serving.engine import Engine
+from rlvr_jax.serving.server import uvicorn_server
 from rlvr_jax.weights.loader import load_tokenizer
-from serving.app import ServerState, create_app
-from serving.config import ServerConfig
-from serving.engine import Engine
-from serving.server import uvicorn_server
 from tests.conftest import REPO
 from tests.tiny import TINY
 
