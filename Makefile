@@ -5,15 +5,25 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 export RLVR_SHARED := $(SHARED)
 
-.PHONY: install system-deps demo test lint clean
+.PHONY: install install-base system-deps demo test lint clean
 
+# Everything the tests need: the package and its dev, serve, export and docs extras (about 4 GB with
+# TensorFlow and torch). `make demo` installs the package alone (install-base).
 install: $(VENV)/.installed
+install-base: $(VENV)/.installed-base
 
-$(VENV)/.installed: setup.py
+$(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,serve,export,docs]"
 	touch $@
+
+$(VENV)/.installed-base: setup.py | $(VENV)/.created
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: setup.py | $(VENV)/.created
+	$(PY) -m pip install -q -e ".[dev,serve,export,docs]"
+	touch $@ $(VENV)/.installed-base
 
 # What the tests need besides Python: bubblewrap (the code-reward sandbox runs every program under it;
 # its security tests fail without it) and Prometheus (promtool checks the alert rules, the serving tests
@@ -35,10 +45,11 @@ system-deps:
 		exit 1; \
 	fi
 
-# The main job on an offline default: GRPO on procedural arithmetic with the real SmolLM2 weights in
-# ../shared/models, on this machine's CPU (about 8 minutes on 2 cores).
+# The main job: GRPO on procedural arithmetic with the real SmolLM2 weights, from ../shared/models where
+# they are (offline), else from the Hugging Face hub; on this machine's CPU (about 8 minutes on 2 cores).
+# It needs the package alone, none of the extras.
 WORKDIR ?= runs/quickstart
-demo: install
+demo: install-base
 	$(PY) scripts/train.py --config=configs/quickstart.py --workdir=$(WORKDIR)
 
 # Two workers, each test file on one (module fixtures such as the serving process start once): most

@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "ml_dtypes>=0.5",
     "transformers>=5.17",
     "tokenizers>=0.22",
+    "jinja2>=3.1",  # chat templates (transformers renders them; no other base dependency brings it)
     "safetensors>=0.5",
     "huggingface-hub>=1.0",
     "gguf>=0.17",
@@ -27,7 +28,7 @@ INSTALL_REQUIRES = [
     # reward functions defined in a notebook or a script's __main__ reach the reward worker processes by
     # value (rlvr_jax/rewards/pool.py); grain requires it already
     "cloudpickle>=3.0",
-    "tensorboardX>=2.6",
+    "tensorboardX>=2.6",  # writes the event files; the TensorBoard viewer is the `tensorboard` extra
     "rich>=13.0",
     "tqdm>=4.66",  # progress: a bar in terminals and notebooks (tqdm.auto), rlvr_jax/progress.py
     "matplotlib>=3.8",  # reward curves, evaluation plots
@@ -38,6 +39,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
+    # The TensorBoard viewer (`tensorboard --logdir WORKDIR/tensorboard`); training writes its event files
+    # without it (tensorboardX).
+    "tensorboard": ["tensorboard>=2.16"],
     # The OpenAI-compatible server (serving/, scripts/serve.py); the Docker images install this extra.
     "serve": ["fastapi>=0.165", "uvicorn>=0.54", "prometheus-client>=0.26"],
     # SavedModel export through jax2tf (rlvr_jax/export, scripts/export.py): a TensorFlow that loads
@@ -77,6 +81,15 @@ EXTRAS = {
     "docs": ["sphinx>=8.0", "myst-parser>=4.0", "furo>=2024.8.6"],
 }
 
+# The repository keeps serving/, scripts/ and configs/ at its top level (the design asks for a top-level
+# serving/); installed, they are subpackages: rlvr_jax.serving, rlvr_jax.scripts, rlvr_jax.configs. So the
+# server imports as rlvr_jax.serving and the configs load by name after a plain `pip install`. In a
+# checkout that is not installed, rlvr_jax/__init__.py maps the first two the same way.
+SUBPACKAGES = {"rlvr_jax.serving": "serving", "rlvr_jax.scripts": "scripts", "rlvr_jax.configs": "configs"}
+
+# One command per script, named for it: rlvr-train runs scripts/train.py's main(), and so on.
+COMMANDS = ("train", "evaluate", "compare", "generate", "convert", "score", "serve", "export", "drift")
+
 setup(
     name="rlvr-jax",
     version="0.1.0",
@@ -85,7 +98,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["rlvr_jax", "rlvr_jax.*", "serving", "serving.*"]),
+    packages=[*find_packages(include=["rlvr_jax", "rlvr_jax.*"]), *SUBPACKAGES],
+    package_dir=SUBPACKAGES,
+    entry_points={"console_scripts": [f"rlvr-{name} = rlvr_jax.scripts.{name}:main" for name in COMMANDS]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     classifiers=[

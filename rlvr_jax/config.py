@@ -7,11 +7,14 @@ compiled, so a typo or a batch that does not divide the mesh fails in a second w
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
+import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,13 @@ import ml_collections
 from rlvr_jax.registry import closest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def configs_dir() -> Path:
+    """The experiment configs (`configs/*.py`): inside the package when installed from a wheel
+    (setup.py maps configs/ to rlvr_jax/configs), else the checkout's configs/ (editable or PYTHONPATH)."""
+    installed = Path(__file__).resolve().parent / "configs"
+    return installed if installed.is_dir() else REPO / "configs"
 
 
 def shared_dir() -> Path:
@@ -37,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     # What to train: a hub id, a local HF directory or a GGUF file.
     c.model = ml_collections.ConfigDict()
     c.model.path = "Qwen/Qwen2.5-0.5B-Instruct"
+    # The same model's hub id, used when model.path is a local file or folder missing on this machine (a
+    # config written for a machine with a local copy still runs wherever the hub is reachable); None = none.
+    c.model.hub_id = ml_collections.FieldReference(None, field_type=str)
     c.model.dtype = "bfloat16"  # compute dtype
     c.model.param_dtype = "float32"  # master weights and Adam moments; "bfloat16" halves that memory
     c.model.remat = "none"  # none | full | dots
@@ -91,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.on_error = "fail"
     c.reward.timeout_s = 120.0  # seconds one reward worker may spend on one chunk of samples
 
+    # The optimizer (AdamW), its schedule and how an update splits into micro-batches.
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-6
     c.optim.schedule = "constant"  # constant | cosine
@@ -115,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
 
+    # The run's length, evaluations, checkpoints and export.
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100
     c.train.eval_every = 25  # 0 = only before and after
@@ -123,6 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.export_hf = True  # write the trained policy as an HF directory at the end
     c.train.export_dtype = "float32"  # float32 (logits exact) | bfloat16 (half the size) | float16
 
+    # Where the step metrics go: TensorBoard, W&B, Prometheus, JSON log lines; and the cost table.
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True
     c.logging.wandb_project = ml_collections.FieldReference(None, field_type=str)
@@ -141,8 +157,88 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Meanings of the fields whose line in `base_config` has no comment (the comment wins where there is one):
+# the one table `--print_config` and the docs' configuration reference read besides those comments.
+# A test fails when a field has neither, or when an entry names a field that no longer exists.
+KEY_HELP: dict[str, str] = {
+    "seed": "the one PRNG seed of the run: data order, sampling keys, evaluation",
+    "model.path": "a hub id, a local HF directory or a GGUF file",
+    "data.task": "a registered task (`rlvr_jax.data.registered_tasks()`): loader, prompt template and reward",
+    "data.path": "local copy of the task's data; None loads it from the Hugging Face hub",
+    "data.train_split": "split the training prompts come from",
+    "data.eval_split": "held-out split evaluated before, during (`train.eval_every`) and after training",
+    "sampling.temperature": "rollout temperature; must be > 0 (greedy groups would be identical)",
+    "sampling.top_p": "nucleus sampling for rollouts, in (0, 1]; 1 = off",
+    "sampling.top_k": "top-k sampling for rollouts; 0 = off",
+    "sampling.max_new_tokens": "generation budget per completion; also the Dr.GRPO normaliser `max_len`",
+    "sampling.eval_temperature": "temperature of the held-out evaluation; 0 = greedy",
+    "rl.prompts_per_step": "prompts per step; the batch has prompts_per_step * group_size rollouts",
+    "rl.group_size": "G, completions sampled per prompt (>= 2: the group is the baseline)",
+    "rl.clip_low": "eps_low: the ratio is clipped to [1 - clip_low, 1 + clip_high]",
+    "rl.aggregation": "token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm",
+    "rl.kl_estimator": "k1 | k2 | k3 estimate of KL(pi || pi_ref), used when beta > 0",
+    "rl.dynamic_sampling_rounds": "most generation rounds per step when dynamic sampling refills groups",
+    "rl.entropy_coef": "weight of an entropy bonus subtracted from the loss; 0 = none",
+    "reward.name": "a registered reward (`rlvr_jax.rewards.registered_rewards()`); None = the task's own",
+    "reward.options": "keyword arguments passed to the reward function",
+    "optim.learning_rate": "peak AdamW learning rate (reached at the end of warmup)",
+    "optim.warmup_steps": "linear warmup: update k < warmup_steps uses learning_rate * (k + 1) / warmup",
+    "optim.weight_decay": "decoupled AdamW decay, on weight matrices and embeddings (not norms, biases)",
+    "optim.b1": "AdamW beta1",
+    "optim.b2": "AdamW beta2",
+    "optim.eps": "AdamW epsilon",
+    "optim.max_grad_norm": "clip the global gradient norm to this value",
+    "optim.memory_budget_gb": "memory budget for `micro_batches = 0`; None = the device's free memory",
+    "optim.micro_batch_tokens": "> 0: the fewest micro-batches of at most this many tokens (no compile)",
+    "mesh.data": "data-parallel axis size",
+    "mesh.fsdp": "fully-sharded data-parallel axis size (parameters split, rows split)",
+    "mesh.tensor": "tensor-parallel axis size (heads, MLP and vocabulary split)",
+    "train.steps": "GRPO steps (one rollout batch and its updates each)",
+    "train.checkpoint_every": "orbax checkpoint every N steps (and on SIGTERM)",
+    "train.keep_checkpoints": "checkpoints kept (plus the best by held-out accuracy)",
+    "logging.tensorboard": "write TensorBoard event files under WORKDIR/tensorboard",
+    "logging.wandb_project": "Weights & Biases project; None = off",
+}
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and what to change."""
+
+
+def saved_config_path(workdir: str | os.PathLike) -> Path | None:
+    """The config.json a training run saved in `workdir` (also given as its checkpoints/ folder)."""
+    folder = Path(workdir).expanduser()
+    folders = (folder, folder.parent) if folder.name == "checkpoints" else (folder,)
+    return next((f / "config.json" for f in folders if (f / "config.json").is_file()), None)
+
+
+def saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a training run saved (WORKDIR/config.json), laid over `base_config()`: the keys and
+    their types are the base's, the values the run's (a key the base lacks, such as data.options.digits,
+    is added), so `--config.a.b=v` overrides and validation treat it like a config file's."""
+    path = saved_config_path(workdir)
+    if path is None:
+        raise ConfigError(f"{workdir} holds no config.json; scripts/train.py saves one in its workdir")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read as a saved config ({e})") from None
+    config = base_config()
+    _lay_over(config, saved, str(path))
+    return config
+
+
+def _lay_over(
+    config: ml_collections.ConfigDict, values: Mapping[str, Any], where: str, prefix: str = ""
+) -> None:
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), ml_collections.ConfigDict):
+            _lay_over(config[key], value, where, f"{prefix}{key}.")
+            continue
+        try:
+            config[key] = value
+        except TypeError as e:  # ml_collections' type check: the file is not a config this version wrote
+            raise ConfigError(f"{where}: {prefix}{key}={value!r} does not fit base_config ({e})") from None
 
 
 # Integer keys and their least value.
@@ -315,8 +411,8 @@ def _check_finite(config: Any, prefix: str = "") -> None:
 
 
 def config_file_for_task(task: str) -> str | None:
-    """`configs/<file>.py` of this repository written for `task` (it sets `c.data.task = "<task>"`)."""
-    for path in sorted((REPO / "configs").glob("*.py")):
+    """`configs/<file>.py` of this package written for `task` (it sets `c.data.task = "<task>"`)."""
+    for path in sorted(configs_dir().glob("*.py")):
         if f'c.data.task = "{task}"' in path.read_text(encoding="utf-8"):
             return f"configs/{path.name}"
     return None
@@ -550,15 +646,43 @@ def _check_batch(config: ml_collections.ConfigDict, num_devices: int | None) -> 
 
 
 def _check_paths(config: ml_collections.ConfigDict) -> None:
-    """The data and model paths that look local exist."""
+    """The data and model paths that look local exist (a missing model path with model.hub_id set is
+    fine: `with_hub_fallback` swaps in the hub id where the model loads)."""
     if config.data.path is not None and not Path(config.data.path).expanduser().exists():
         raise ConfigError(
             f"data.path={config.data.path!r} does not exist; pass the task's data file or folder, or leave "
             "data.path unset to read the Hugging Face hub"
         )
     model = str(config.model.path)
-    looks_local = model.startswith(("/", ".", "~")) or model.endswith(".gguf") or model.count("/") > 1
-    if looks_local and not Path(model).expanduser().exists():
+    if _missing_locally(model) and not config.model.get("hub_id"):
         raise ConfigError(
-            f"model.path={model!r} does not exist; pass a hub id, an HF directory or a .gguf file"
+            f"model.path={model!r} does not exist; pass a hub id, an HF directory or a .gguf file (or set "
+            "model.hub_id to the same model's hub id, used when the path is missing)"
         )
+
+
+def _missing_locally(source: str) -> bool:
+    """A model source that reads as a local path (the rule of `rlvr_jax.weights.loader.source_kind`: it
+    starts with / . ~, ends in .gguf or has more than one slash) and does not exist here."""
+    looks_local = source.startswith(("/", ".", "~")) or source.endswith(".gguf") or source.count("/") > 1
+    return looks_local and not Path(source).expanduser().exists()
+
+
+def with_hub_fallback(
+    config: ml_collections.ConfigDict, say: Callable[[str], None] | None = None
+) -> ml_collections.ConfigDict:
+    """The config whose model the run loads: `config` itself, or, when model.path is a local path missing
+    on this machine and model.hub_id is set, a copy with model.path = model.hub_id, said in one line
+    (`say`, default stderr). The trainer and evaluation call it where the model is about to load, so the
+    run's saved config.json names the model that was really used."""
+    path, hub_id = str(config.model.path), config.model.get("hub_id")
+    if not hub_id or not _missing_locally(path):
+        return config
+    (say or _to_stderr)(f"model.path {path} not found; using hub id {hub_id}")
+    resolved = copy.deepcopy(config)
+    resolved.model.path = hub_id
+    return resolved
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -15,18 +15,19 @@ Exit status 0 whatever the verdict; 2 for unusable input.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file (python scripts/compare.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlvr_jax.cli import fail_cleanly
+from rlvr_jax.cli import FlagParser, fail_cleanly
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The `rlvr-compare` command."""
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_a", help="the baseline: an evaluate.py --out folder or a training workdir")
     parser.add_argument("run_b", help="the candidate, compared against RUN_A")
     parser.add_argument("--out", help="report folder (default: RUN_B/compare)")

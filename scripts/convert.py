@@ -12,19 +12,22 @@ with the model the run's config names.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file (python scripts/convert.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlvr_jax.cli import fail_cleanly
+from rlvr_jax.cli import FlagParser, fail_cleanly
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The `rlvr-convert` command."""
+    return fail_cleanly(lambda: convert(argv))
+
+
+def convert(argv: list[str] | None = None) -> int:
+    parser = FlagParser(description=__doc__)
     parser.add_argument("--input", required=True, help="hub id, HF directory, .gguf file or training workdir")
     parser.add_argument("--step", help="training workdir only: latest (default), best or a step number")
     parser.add_argument("--output", required=True, help="directory to write (created)")
@@ -77,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(fail_cleanly(main))
+    sys.exit(main())

@@ -1,15 +1,15 @@
 """Compare live prompts (and responses, outcomes) with a reference such as the training data: is it drift?
 
-    python scripts/drift.py --reference ../shared/data/gsm8k/train.jsonl --reference-field question \\
-        --live ../shared/data/gsm8k/test.jsonl --live-field question
-    python scripts/drift.py --reference train.jsonl --reference-field question --save-profile profile.json
-    python scripts/drift.py --profile profile.json --live traffic.jsonl --live-field prompt \\
-        --live-output-field completion --live-outcome-field passed
+    python scripts/drift.py --reference ../shared/data/gsm8k/train.jsonl --reference_field question \\
+        --live ../shared/data/gsm8k/test.jsonl --live_field question
+    python scripts/drift.py --reference train.jsonl --reference_field question --save_profile profile.json
+    python scripts/drift.py --profile profile.json --live traffic.jsonl --live_field prompt \\
+        --live_output_field completion --live_outcome_field passed
 
 Prints a JSON report: `"drift": true|false` first, then for every feature (prompt / response lengths in
 characters and words, the word distribution, the pass rate) each statistic with its value, threshold and
 whether it was exceeded, and the sample sizes. What the statistics are, how the default thresholds were
-chosen and how the verdict is reached: rlvr_jax/monitoring/drift.py. `--save-profile` writes the
+chosen and how the verdict is reached: rlvr_jax/monitoring/drift.py. `--save_profile` writes the
 reference's profile (what `scripts/serve.py --drift_reference` loads); `--profile` uses one instead of
 `--reference`. Files: .jsonl, .json (a list of objects), .csv, each optionally .gz (and .parquet).
 Exit status 0 whatever the verdict (drift is a result, not an error); 2 for unusable input.
@@ -28,9 +28,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file (python scripts/drift.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlvr_jax.cli import fail_cleanly
+from rlvr_jax.cli import FlagParser, fail_cleanly
 
 Record = Mapping[str, Any]
 
@@ -103,34 +104,34 @@ def load_side(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = FlagParser(description=__doc__)
     ref = p.add_argument_group("reference (the training data, or a saved profile of it)")
     ref.add_argument("--reference", metavar="FILE", help="reference records")
-    ref.add_argument("--reference-field", metavar="F", help="the prompt text field of --reference")
-    ref.add_argument("--reference-output-field", metavar="F", help="its response (model output) field")
-    ref.add_argument("--reference-outcome-field", metavar="F", help="its verified outcome field (0/1)")
-    ref.add_argument("--profile", metavar="FILE", help="a profile saved by --save-profile, not --reference")
-    ref.add_argument("--save-profile", metavar="FILE", help="write the reference's profile here")
-    ref.add_argument("--top-k", type=int, default=200, help="tokens kept in the profile's vocabulary")
+    ref.add_argument("--reference_field", metavar="F", help="the prompt text field of --reference")
+    ref.add_argument("--reference_output_field", metavar="F", help="its response (model output) field")
+    ref.add_argument("--reference_outcome_field", metavar="F", help="its verified outcome field (0/1)")
+    ref.add_argument("--profile", metavar="FILE", help="a profile saved by --save_profile, not --reference")
+    ref.add_argument("--save_profile", metavar="FILE", help="write the reference's profile here")
+    ref.add_argument("--top_k", type=int, default=200, help="tokens kept in the profile's vocabulary")
     ref.add_argument(
-        "--embedding-dim", type=int, default=0,
+        "--embedding_dim", type=int, default=0,
         help="add hashed bag-of-words embedding statistics of this many dimensions (0: off)",
     )  # fmt: skip
     live = p.add_argument_group("live traffic")
     live.add_argument("--live", metavar="FILE", help="live records")
-    live.add_argument("--live-field", metavar="F", help="the prompt text field of --live")
-    live.add_argument("--live-output-field", metavar="F", help="its response field")
-    live.add_argument("--live-outcome-field", metavar="F", help="its verified outcome field (0/1)")
+    live.add_argument("--live_field", metavar="F", help="the prompt text field of --live")
+    live.add_argument("--live_output_field", metavar="F", help="its response field")
+    live.add_argument("--live_outcome_field", metavar="F", help="its verified outcome field (0/1)")
     rule = p.add_argument_group("thresholds and the verdict (defaults: rlvr_jax/monitoring/drift.py)")
-    rule.add_argument("--psi-threshold", type=float, default=0.25)
-    rule.add_argument("--ks-threshold", type=float, default=0.2, help="on the KS statistic D")
-    rule.add_argument("--js-threshold", type=float, default=0.25, help="on the Jensen-Shannon distance")
-    rule.add_argument("--embedding-threshold", type=float, default=0.3)
-    rule.add_argument("--pass-rate-threshold", type=float, default=0.1, help="absolute change")
+    rule.add_argument("--psi_threshold", type=float, default=0.25)
+    rule.add_argument("--ks_threshold", type=float, default=0.2, help="on the KS statistic D")
+    rule.add_argument("--js_threshold", type=float, default=0.25, help="on the Jensen-Shannon distance")
+    rule.add_argument("--embedding_threshold", type=float, default=0.3)
+    rule.add_argument("--pass_rate_threshold", type=float, default=0.1, help="absolute change")
     rule.add_argument("--alpha", type=float, default=0.05, help="the pass-rate change must be significant")
     rule.add_argument("--bins", type=int, default=10, help="quantile bins for PSI / JS")
-    rule.add_argument("--min-samples", type=int, default=100, help="live texts needed for a verdict")
-    rule.add_argument("--min-outcomes", type=int, default=30, help="live outcomes needed for a verdict")
+    rule.add_argument("--min_samples", type=int, default=100, help="live texts needed for a verdict")
+    rule.add_argument("--min_outcomes", type=int, default=30, help="live outcomes needed for a verdict")
     rule.add_argument("--rule", default="any", choices=["any", "majority", "all"], help="over features")
     p.add_argument("--out", metavar="FILE", help="also write the JSON report here")
     return p
@@ -139,20 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Which flags go together; a message that says what to pass."""
     if bool(args.reference) == bool(args.profile):
-        raise ValueError("pass exactly one of --reference FILE (with --reference-field) or --profile FILE")
+        raise ValueError("pass exactly one of --reference FILE (with --reference_field) or --profile FILE")
     if args.reference and not args.reference_field:
-        raise ValueError("--reference needs --reference-field: the field that holds the prompt text")
+        raise ValueError("--reference needs --reference_field: the field that holds the prompt text")
     if args.profile and (args.save_profile or args.reference_output_field or args.reference_outcome_field):
-        raise ValueError("--save-profile and --reference-*-field go with --reference, not --profile")
+        raise ValueError("--save_profile and --reference-*-field go with --reference, not --profile")
     if not args.live and not args.save_profile:
         raise ValueError(
-            "pass --live FILE --live-field F to compare, or --save-profile FILE to build a profile"
+            "pass --live FILE --live_field F to compare, or --save_profile FILE to build a profile"
         )
     if args.live and not args.live_field:
-        raise ValueError("--live needs --live-field: the field that holds the prompt text")
+        raise ValueError("--live needs --live_field: the field that holds the prompt text")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `rlvr-drift` command."""
     args = build_parser().parse_args(argv)
 
     def run() -> int:

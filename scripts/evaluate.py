@@ -1,16 +1,17 @@
 """Evaluate a model on a task's held-out split: accuracy with a 95% interval, pass@k, samples for review.
 
-    python scripts/evaluate.py --config=configs/gsm8k.py \
-        --config.model.path=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+    python scripts/evaluate.py --config=configs/gsm8k.py \\
+        --config.model.path=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --config.data.path=../shared/data/gsm8k --split=test --limit=32 --out=runs/eval/smollm2
-    python scripts/evaluate.py --config=configs/gsm8k.py --checkpoint=runs/gsm8k --out=runs/eval/trained
+    python scripts/evaluate.py --checkpoint=runs/gsm8k --out=runs/eval/trained
     python scripts/evaluate.py --config=configs/humaneval.py --num_samples=10 --out=runs/eval/he
 
 Writes OUT/samples.jsonl (prompt id, completion, reward, reason for every sample) and OUT/metrics.json
 (accuracy with its interval and method, mean reward, pass@k with several samples, EM / F1 for QA, by
 level where the data has levels, response lengths, timing). `scripts/compare.py OUT_A OUT_B` tests the
 difference between two such runs. --checkpoint takes a training workdir (its latest checkpoint, or
---checkpoint_step=N|best) and needs the --config the run was trained with.
+--checkpoint_step=N|best); without --config, the config that run saved (WORKDIR/config.json) is used.
+--config takes a file or a packaged config's name; --print_config lists every key and exits.
 About 5 minutes on a 2-core CPU for the first command (32 items, SmolLM2-135M, up to 384 tokens).
 """
 
@@ -21,14 +22,19 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file (python scripts/evaluate.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlvr_jax.cli import fail_cleanly, parse_flags
+from rlvr_jax.cli import fail_cleanly, parse_flags, print_config, usage_error, with_run_config
+from rlvr_jax.config import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "experiment config: a file or a packaged config's name, [:preset]; default with "
+    "--checkpoint: the config that run saved", lock_config=True,
+)  # fmt: skip
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "training workdir (or its checkpoints/) to load weights from"
 )
@@ -46,6 +52,9 @@ _TEMPERATURE = flags.DEFINE_float(
 )
 _BATCH = flags.DEFINE_integer("batch_size", 64, "completions generated per batch", lower_bound=1)
 _OUT = flags.DEFINE_string("out", None, "output folder (default: runs/eval/<task>-<split>-<time>)")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "print every config key with its value and meaning, then exit"
+)
 flags.register_validator(
     "checkpoint_step",
     lambda step: step.isdigit() or step in ("latest", "best"),
@@ -59,11 +68,24 @@ flags.register_validator(
     lambda folder: folder is None or Path(folder).expanduser().is_dir(),
     "no such folder: pass a training workdir (or its checkpoints/ folder)",
 )
-flags.mark_flags_as_required(["config"])
 
 
-def main(argv: list[str]) -> None:
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        argv = with_run_config(argv)  # --checkpoint=WORKDIR without --config: the run's saved config
+    except ConfigError as e:
+        usage_error(str(e))
+    rest = parse_flags(argv)
+    if _CONFIG.value is None:
+        usage_error("flag --config is required (a config file or name), or --checkpoint=WORKDIR of a run")
+    return rest
+
+
+def _main(argv: list[str]) -> None:
     del argv  # parse_flags refuses stray arguments
+    if _PRINT_CONFIG.value:
+        print_config()
+        return
 
     def run() -> int:
         from rlvr_jax.config import check_split, validate
@@ -98,5 +120,10 @@ def main(argv: list[str]) -> None:
         sys.exit(code)
 
 
+def main() -> None:
+    """The `rlvr-evaluate` command."""
+    app.run(_main, flags_parser=_parse_flags)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    main()

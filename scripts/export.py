@@ -11,22 +11,25 @@ free unless --batch fixes it. See deploy/README.md for TF Serving.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file (python scripts/export.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlvr_jax.cli import fail_cleanly
+from rlvr_jax.cli import FlagParser, fail_cleanly
 
 DEFAULT_VERIFY_PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The `rlvr-export` command."""
+    return fail_cleanly(lambda: export(argv))
+
+
+def export(argv: list[str] | None = None) -> int:
+    parser = FlagParser(description=__doc__)
     parser.add_argument("--model", required=True, help="hub id, HF directory or .gguf file")
     parser.add_argument("--format", required=True, choices=["saved_model", "stablehlo"])
     parser.add_argument("--out", required=True, help="output directory (for TF Serving: BASE/NAME/VERSION)")
@@ -89,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(fail_cleanly(main))
+    sys.exit(main())

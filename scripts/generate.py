@@ -8,20 +8,23 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file (python scripts/generate.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlvr_jax.cli import fail_cleanly
+from rlvr_jax.cli import FlagParser, fail_cleanly
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The `rlvr-generate` command."""
+    return fail_cleanly(lambda: generate(argv))
+
+
+def generate(argv: list[str] | None = None) -> int:
+    parser = FlagParser(description=__doc__)
     parser.add_argument("--model", required=True, help="hub id, HF directory or .gguf file")
     parser.add_argument("--prompt", required=True, action="append", help="prompt text (repeat for a batch)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
@@ -67,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(fail_cleanly(main))
+    sys.exit(main())

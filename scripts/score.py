@@ -29,13 +29,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if not __package__:  # run as a file (python scripts/score.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlvr_jax.data import get_task, registered_tasks  # noqa: E402
-from rlvr_jax.data.loaders import DataError  # noqa: E402
-from rlvr_jax.rewards import RewardResult, get_reward  # noqa: E402
-from rlvr_jax.rewards.sandbox import score_async  # noqa: E402
+from rlvr_jax.cli import FlagParser
+from rlvr_jax.data import get_task, registered_tasks
+from rlvr_jax.data.loaders import DataError
+from rlvr_jax.rewards import RewardResult, get_reward
+from rlvr_jax.rewards.sandbox import score_async
 
 PROGRESS_MIN_SAMPLES = 64  # below this a progress bar is noise
 CHUNK = 64  # samples per reward call: small enough for a live progress bar, big enough to fill the pool
@@ -185,9 +186,7 @@ def check_timeout(seconds: float | None) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = FlagParser(description=__doc__)
     parser.add_argument("--task", required=True, help=f"registered task: {', '.join(registered_tasks())}")
     parser.add_argument("--samples", required=True, type=Path, help="jsonl of {task_id|id, completion}")
     parser.add_argument("--data", default=None, help="local data file or folder (default: the hub)")
@@ -198,6 +197,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `rlvr-score` command."""
     args = parse_args(argv)
     try:
         check_timeout(args.timeout)

@@ -19,13 +19,17 @@ background, and GET /ready turns 200 when that is done. GET /metrics is Promethe
 taking new connections and finish the requests in flight before exiting.
 
 It listens on 127.0.0.1 unless --host says otherwise (--host 0.0.0.0: every interface, as the Docker
-image does). --api-key KEY (or the environment variable RLVR_API_KEY, which keeps the key out of `ps`)
+image does). --api_key KEY (or the environment variable RLVR_API_KEY, which keeps the key out of `ps`)
 makes every route but /health, /ready, /metrics and the API description require
 `Authorization: Bearer KEY`. Connections must send a complete request head within --header_timeout
 seconds, each part of a body within --body_timeout, and idle keep-alive connections close after
 --keep_alive_timeout.
 
---drift_reference PROFILE.json (written by `scripts/drift.py --save-profile`) turns on drift monitoring:
+Flags are spelt as in every script (--name=value or --name value, underscores; the dashed spelling is
+accepted too), and vLLM's spellings work where they mean the same: --served-model-name, --host, --port,
+--api-key, --dtype, --seed, --max-num-seqs (= --max_batch), --uvicorn-log-level (= --log_level).
+
+--drift_reference PROFILE.json (written by `scripts/drift.py --save_profile`) turns on drift monitoring:
 the last --drift_window prompts and responses are compared with the profile, the rlvr_drift_* gauges
 appear in /metrics, and POST /v1/feedback {"id", "index", "outcome"} adds verified outcomes (pass-rate
 drift).
@@ -41,10 +45,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file (python scripts/serve.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlvr_jax.cli import fail_cleanly
-from serving.config import (
+from rlvr_jax.cli import FlagParser, fail_cleanly
+from rlvr_jax.serving.config import (
     DEFAULT_NEW_TOKEN_BUCKETS,
     DEFAULT_PROMPT_BUCKETS,
     MAX_LOGPROBS,
@@ -78,7 +83,7 @@ def _buckets(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = FlagParser(description=__doc__)
     p.add_argument("--model", required=True, help="hub id, HF directory, .gguf file or training workdir")
     p.add_argument(
         "--checkpoint_step", default=None,
@@ -89,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
-        "--api-key", "--api_key", dest="api_key", default=os.environ.get(API_KEY_ENV) or None,
+        "--api_key", dest="api_key", default=os.environ.get(API_KEY_ENV) or None,
         help=f"require 'Authorization: Bearer KEY' on the API routes (default: ${API_KEY_ENV}, else none)",
     )  # fmt: skip
     p.add_argument("--header_timeout", type=float, default=10.0, help="seconds to send a request head")
@@ -97,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep_alive_timeout", type=float, default=5.0, help="seconds an idle connection stays")
     p.add_argument("--served_model_name", default=None, help="the `model` name clients send")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--max_batch", type=int, default=8, help="most rows (choices) decoded together")
+    p.add_argument(
+        "--max_batch", "--max_num_seqs", type=int, default=8, help="most rows (choices) decoded together"
+    )
     p.add_argument("--batch_buckets", default=None, help="batch sizes compiled (default: max_batch)")
     p.add_argument("--max_queue", type=int, default=64, help="most requests waiting; beyond it: 429")
     p.add_argument("--batch_wait_ms", type=float, default=5.0, help="how long a batch waits to fill up")
@@ -107,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max_prompt_tokens", type=int, default=0, help="default: the largest prompt bucket")
     p.add_argument("--max_tokens_limit", type=int, default=0, help="default: the largest new-token bucket")
+    p.add_argument("--max_model_len", type=int, help=argparse.SUPPRESS)  # vLLM's flag: see check_args
     p.add_argument("--request_timeout", type=float, default=120.0, help="seconds, queueing included")
     p.add_argument("--stream_chunk_tokens", type=int, default=8, help="decode steps between streamed chunks")
     p.add_argument("--max_body_bytes", type=int, default=1 << 20)
@@ -116,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"most log-prob alternatives per token a request may ask for (0..{MAX_LOGPROBS}; 0: none)",
     )  # fmt: skip
     p.add_argument("--compilation_cache", default=None, help="persistent JAX compilation cache directory")
-    p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
-        "--drift_reference", default=None, help="drift profile JSON (scripts/drift.py --save-profile)"
+        "--log_level", "--uvicorn_log_level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    p.add_argument(
+        "--drift_reference", default=None, help="drift profile JSON (scripts/drift.py --save_profile)"
     )
     p.add_argument("--drift_window", type=int, default=1000, help="recent requests compared with the profile")
     return p
@@ -126,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """The flags ServerConfig does not check itself; a ValueError names the flag."""
+    if args.max_model_len is not None:  # vLLM's one bound on prompt + completion has no single equivalent
+        raise ValueError(
+            "--max_model_len: this server bounds prompts and completions separately: pass "
+            "--max_prompt_tokens and --max_tokens_limit (within the compiled --prompt_buckets and "
+            "--new_token_buckets)"
+        )
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     step = args.checkpoint_step
@@ -137,7 +153,7 @@ def check_args(args: argparse.Namespace) -> None:
         try:
             check_api_key(args.api_key)
         except ValueError as e:
-            raise ValueError(f"--api-key / ${API_KEY_ENV}: {e}") from None
+            raise ValueError(f"--api_key / ${API_KEY_ENV}: {e}") from None
 
 
 # ServerConfig's field names as the flags that set them, for its error messages.
@@ -221,6 +237,11 @@ def load_source(model: str, checkpoint_step: str | None, dtype: str) -> tuple[An
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `rlvr-serve` command."""
+    return fail_cleanly(lambda: serve(argv))
+
+
+def serve(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     config = server_config(args)
@@ -235,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from serving.app import create_app
-    from serving.engine import Engine
-    from serving.server import uvicorn_server
+    from rlvr_jax.serving.app import create_app
+    from rlvr_jax.serving.engine import Engine
+    from rlvr_jax.serving.server import uvicorn_server
 
     check_source(args.model, args.checkpoint_step)  # fails now, not after the server has started
     if args.compilation_cache:
@@ -265,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
         logging.getLogger("serve").warning(
             "listening on %s without an API key: anyone who can reach this address can use the model "
-            "(--api-key or $%s)", args.host, API_KEY_ENV,
+            "(--api_key or $%s)", args.host, API_KEY_ENV,
         )  # fmt: skip
     server.run()
     if failures:
@@ -274,4 +295,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(fail_cleanly(main))
+    sys.exit(main())

@@ -35,17 +35,17 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serving import schemas
-from serving.batcher import Batcher, InvalidJob, Job, QueueFull, ShuttingDown, Update
-from serving.choices import Choices, Echo
-from serving.config import ServerConfig, check_api_key
-from serving.engine import Engine
-from serving.errors import ApiError, install_error_handlers
-from serving.metrics import CONTENT_TYPE, ServerMetrics
-from serving.middleware import ApiKeyMiddleware, HttpMiddleware
-from serving.openapi import document_responses
-from serving.responses import Reply, sse
-from serving.tokens import TokenTexts
+from rlvr_jax.serving import schemas
+from rlvr_jax.serving.batcher import Batcher, InvalidJob, Job, QueueFull, ShuttingDown, Update
+from rlvr_jax.serving.choices import Choices, Echo
+from rlvr_jax.serving.config import ServerConfig, check_api_key
+from rlvr_jax.serving.engine import Engine
+from rlvr_jax.serving.errors import ApiError, install_error_handlers
+from rlvr_jax.serving.metrics import CONTENT_TYPE, ServerMetrics
+from rlvr_jax.serving.middleware import ApiKeyMiddleware, HttpMiddleware
+from rlvr_jax.serving.openapi import document_responses
+from rlvr_jax.serving.responses import Reply, sse
+from rlvr_jax.serving.tokens import TokenTexts
 
 if TYPE_CHECKING:  # scipy and friends load only when a server monitors drift
     from rlvr_jax.monitoring.drift import DriftMonitor

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from serving.metrics import ServerMetrics
+from rlvr_jax.serving.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

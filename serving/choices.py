@@ -18,9 +18,9 @@ import codecs
 import dataclasses
 from collections.abc import Sequence
 
-from serving.batcher import RowState, TopLogprobs
-from serving.text import ChoiceText, Decodes
-from serving.tokens import TokenTexts
+from rlvr_jax.serving.batcher import RowState, TopLogprobs
+from rlvr_jax.serving.text import ChoiceText, Decodes
+from rlvr_jax.serving.tokens import TokenTexts
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax.generate.sampler import GenerateOutput, RowParams, Sampler, SamplingParams, bucket
-from serving.batcher import InvalidJob, Job, RowState, TopLogprobs
-from serving.config import ServerConfig
-from serving.scoring import PromptScorer, PromptScores
+from rlvr_jax.serving.batcher import InvalidJob, Job, RowState, TopLogprobs
+from rlvr_jax.serving.config import ServerConfig
+from rlvr_jax.serving.scoring import PromptScorer, PromptScores
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range (the request schema says the same)
 MAX_TOP_K = 2**31 - 1  # top_k lives in an int32 on the device

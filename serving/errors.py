@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving import schemas
+from rlvr_jax.serving import schemas
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,14 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from serving.errors import ApiError, BodyTimeout, BodyTooLarge, body_timeout_message, too_large_message
-from serving.metrics import ServerMetrics
+from rlvr_jax.serving.errors import (
+    ApiError,
+    BodyTimeout,
+    BodyTooLarge,
+    body_timeout_message,
+    too_large_message,
+)
+from rlvr_jax.serving.metrics import ServerMetrics
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER = "other"

@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from serving import schemas
-from serving.middleware import OPEN_PATHS
+from rlvr_jax.serving import schemas
+from rlvr_jax.serving.middleware import OPEN_PATHS
 
 WHY = {
     400: "invalid request: the message names the field and what to change",

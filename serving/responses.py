@@ -14,8 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from serving import schemas
-from serving.choices import Choices, TokenLogprob
+from rlvr_jax.serving import schemas
+from rlvr_jax.serving.choices import Choices, TokenLogprob
 
 UNDERFLOW_LOGPROB = -9999.0
 

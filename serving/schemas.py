@@ -20,7 +20,11 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from serving.config import MAX_LOGPROBS, MAX_SEED, MIN_SEED  # OpenAI's seed is a signed 64-bit integer
+from rlvr_jax.serving.config import (  # OpenAI's seed is a signed 64-bit integer
+    MAX_LOGPROBS,
+    MAX_SEED,
+    MIN_SEED,
+)
 
 # OpenAI's own ranges.
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]

@@ -19,7 +19,7 @@ import numpy as np
 
 from rlvr_jax.generate.sampler import bucket
 from rlvr_jax.generate.scoring import sequence_logprobs
-from serving.batcher import TopLogprobs
+from rlvr_jax.serving.batcher import TopLogprobs
 
 # One prompt's scores: a log-prob per token (None for the first, which has no context) and its
 # alternatives (() for the first).

@@ -19,7 +19,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from serving.config import ServerConfig
+from rlvr_jax.serving.config import ServerConfig
 
 
 class HeadTimeoutProtocol(H11Protocol):

@@ -86,7 +86,7 @@ def test_evaluate_checks_its_overrides_the_same_way():
         (["--config=configs/quickstart.py:huge"], "unknown preset 'huge' for quickstart; presets: tiny"),
         ([QUICKSTART, "--config.train.steps=abc"], "flag --config.train.steps=abc: invalid literal for int"),
         ([QUICKSTART, "--workdirr=/tmp/w"], "Unknown command line flag 'workdirr'. Did you mean: workdir ?"),
-        ([QUICKSTART], "Flag --workdir must have a value other than None"),
+        ([QUICKSTART], "flag --workdir is required: the run's folder"),
         (["--workdir=/tmp/w", "--config.train.steps=2"], "--config.train.steps overrides a config: pass the "
                                                          "file too"),
         ([QUICKSTART, "--workdir=/tmp/w", "stray"], "unexpected arguments: stray"),

@@ -56,6 +56,12 @@ COVERAGE: list[Cover] = [
     Cover(r"make test", "ci"),
     Cover(r"python3 -m venv \.venv", "ci"),
     Cover(r"\.venv/bin/python -m pip install -e '\.\[[a-z,]+\]'", "ci"),
+    Cover(r"\.venv/bin/python -m pip install -e \.", "ci"),
+    Cover(
+        r"rlvr-train --config=quickstart --print_config",
+        "here",
+        (f"{HERE}::test_the_documented_console_command_runs",),
+    ),
     Cover(r"pip install -e '\.\[[a-z,]+\]'", "ci"),
     Cover(
         r"\.venv/bin/python -m pip install -r requirements-gpu\.txt",
@@ -146,7 +152,7 @@ COVERAGE: list[Cover] = [
         ("tests/test_drift.py::test_acceptance_gsm8k_vs_mbpp_is_drift",),
     ),
     Cover(
-        r"python scripts/drift\.py .* --save-profile .*",
+        r"python scripts/drift\.py .* --save_profile .*",
         "here",
         (f"{HERE}::test_serve_and_curl_as_documented",),
     ),
@@ -240,10 +246,18 @@ COMMANDS = documented_commands()
 
 
 def _ci_commands() -> set[str]:
-    """What CI runs: the lines of .ci/run, and `make install`'s recipe with its variables filled in."""
+    """What CI runs: the lines of .ci/run, and the recipes of `make demo`'s and `make install`'s install
+    targets (the venv, the package alone, the package with the tests' extras) with their variables filled
+    in."""
     lines = (REPO / ".ci" / "run").read_text().splitlines()
     makefile = (REPO / "Makefile").read_text()
-    recipe = makefile.split("$(VENV)/.installed: setup.py\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    recipe = [
+        line
+        for target in (".created", ".installed-base", ".installed")
+        for line in re.search(rf"^\$\(VENV\)/{re.escape(target)}:.*\n((?:\t.*\n)+)", makefile, re.M)
+        .group(1)
+        .splitlines()
+    ]
     values = {"$(PYTHON)": "python3", "$(VENV)": ".venv", "$(PY)": ".venv/bin/python"}
     for line in recipe:
         for name, value in values.items():
@@ -261,7 +275,7 @@ def _ci_commands() -> set[str]:
 
 
 def _installed_extras() -> set[str]:
-    (line,) = [c for c in _ci_commands() if " pip install -e " in c]
+    (line,) = [c for c in _ci_commands() if " pip install -e '.[" in c]
     return set(re.search(r"\.\[([a-z,]+)\]", line).group(1).split(","))
 
 
@@ -285,8 +299,11 @@ def test_every_documented_command_is_exercised(command: Command):
     assert len(covers) == 1, f"{command.where()} matches several entries: {[c.pattern for c in covers]}"
     (cover,) = covers
     if cover.how == "ci":
-        if command.tokens[-3:-1] == ("install", "-e") or command.tokens[:3] == ("pip", "install", "-e"):
-            extras = set(re.search(r"\.\[([a-z,]+)\]", command.normalized).group(1).split(","))
+        extras_shown = re.search(r"\.\[([a-z,]+)\]", command.normalized)
+        if extras_shown and (
+            command.tokens[-3:-1] == ("install", "-e") or command.tokens[:3] == ("pip", "install", "-e")
+        ):
+            extras = set(extras_shown.group(1).split(","))
             assert extras <= _installed_extras(), f"{command.where()}: CI installs {_installed_extras()}"
         else:
             assert command.normalized in _ci_commands(), (
@@ -438,7 +455,7 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_serve_and_curl_as_documented(layout):
     """README: save a drift profile, serve SmolLM2 with it on :8000; deploy/README.md: the three curls."""
-    (profile,) = _documented(r"python scripts/drift\.py .* --save-profile .*")
+    (profile,) = _documented(r"python scripts/drift\.py .* --save_profile .*")
     (serve,) = _documented(r"python scripts/serve\.py .* --drift_reference .*")
     curls = {c.tokens[1].split("/", 1)[1]: c for c in _documented(r"curl localhost:8000/.*")}
     assert set(curls) == {"health", "ready", "v1/chat/completions"}
@@ -559,3 +576,15 @@ def test_the_readme_python_example_runs_as_written(layout):
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(layout / "runs" / "smollm2_hf").model_type == "llama"
+
+
+def test_the_documented_console_command_runs():
+    """README: `rlvr-train --config=quickstart --print_config`, the console command `pip install -e .` puts
+    beside this Python, from a folder that is not the checkout (the config by name is the packaged one)."""
+    (command,) = _documented(r"rlvr-train .*")
+    binary = Path(sys.executable).parent / command.tokens[0]
+    assert binary.is_file(), f"no {binary}: install the package again (pip install -e .)"
+    proc = subprocess.run([str(binary), *command.tokens[1:]], cwd="/", capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"# {REPO / 'configs' / 'quickstart.py'}\n")
+    assert "model.hub_id = 'HuggingFaceTB/SmolLM2-135M-Instruct'" in proc.stdout

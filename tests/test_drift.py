@@ -295,13 +295,13 @@ def test_a_gzipped_csv_reference_a_saved_profile_and_json_live_records_with_outc
         (["--reference", "{live}", "--reference-field", "question", "--live", "{live}", "--live-field", "q"],
          "has no field 'question'"),
         (["--reference", "{live}", "--live", "{live}", "--live-field", "q"],
-         "--reference needs --reference-field"),
+         "--reference needs --reference_field"),
         (["--reference", "{live}", "--reference-field", "n", "--live", "{live}", "--live-field", "q"],
          "field 'n' of record 0 is int, not text"),
         (["--reference", "{live}", "--reference-field", "q", "--live", "{live}", "--live-field", "q",
           "--live-outcome-field", "n"], "outcomes must be 0/1"),
         (["--profile", "{live}", "--live", "{live}", "--live-field", "q"], "not a drift profile"),
-        (["--reference", "{live}", "--reference-field", "q"], "pass --live FILE --live-field F to compare"),
+        (["--reference", "{live}", "--reference-field", "q"], "pass --live FILE --live_field F to compare"),
         (["--reference", "{live}", "--reference-field", "q", "--live", "{live}", "--live-field", "q",
           "--ks-threshold", "0"], "ks_threshold must be > 0"),
     ],
@@ -440,8 +440,8 @@ def test_monitor_observe_is_safe_from_many_threads_while_scraping():
 def tiny_chat_engine(smollm_gguf):
     """A tiny random model with SmolLM2's real tokenizer and chat template, as tests/test_serving_units.py."""
     from rlvr_jax.models import init_model
+    from rlvr_jax.serving.engine import Engine
     from rlvr_jax.weights.loader import load_tokenizer
-    from serving.engine import Engine
     from tests.test_serving_units import TINY
 
     tokenizer = load_tokenizer(smollm_gguf)
@@ -452,8 +452,8 @@ def tiny_chat_engine(smollm_gguf):
 def test_the_server_feeds_the_monitor_and_takes_feedback(tiny_chat_engine):
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app
-    from serving.config import ServerConfig
+    from rlvr_jax.serving.app import create_app
+    from rlvr_jax.serving.config import ServerConfig
     from tests.test_serving_units import _wait_ready
 
     config = ServerConfig(model_name="tiny", max_batch=2, prompt_buckets=(64,), new_token_buckets=(8,))
@@ -499,8 +499,8 @@ def test_the_server_feeds_the_monitor_and_takes_feedback(tiny_chat_engine):
 def test_feedback_without_drift_monitoring_says_how_to_turn_it_on():
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app
-    from serving.config import ServerConfig
+    from rlvr_jax.serving.app import create_app
+    from rlvr_jax.serving.config import ServerConfig
 
     def never():
         raise FileNotFoundError("no model in this test")

@@ -57,10 +57,10 @@ def model_dir(tmp_path_factory, smollm_gguf) -> Path:
 @pytest.fixture(scope="module")
 def server_url(model_dir) -> str:
     """scripts/serve.py's app and uvicorn server, in a thread of this process."""
-    from serving.app import create_app
-    from serving.config import ServerConfig
-    from serving.engine import Engine
-    from serving.server import uvicorn_server
+    from rlvr_jax.serving.app import create_app
+    from rlvr_jax.serving.config import ServerConfig
+    from rlvr_jax.serving.engine import Engine
+    from rlvr_jax.serving.server import uvicorn_server
 
     config = ServerConfig(
         model_name="tiny", max_batch=1, prompt_buckets=(256,), new_token_buckets=(16,), max_logprobs=5

@@ -113,7 +113,7 @@ SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", 
 @functools.cache
 def _server_families() -> dict[str, set[str]]:
     """The server's metric families -> their series names (counters as _total, histograms as _bucket etc.)."""
-    from serving.metrics import ServerMetrics
+    from rlvr_jax.serving.metrics import ServerMetrics
 
     families = {}
     for family in ServerMetrics(max_batch=8).registry.collect():
@@ -132,7 +132,7 @@ def known_labels() -> dict[str, set[str]]:
     """Every known series name -> the label names it may have (the scrape's job / instance included)."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from serving.metrics import ServerMetrics
+    from rlvr_jax.serving.metrics import ServerMetrics
 
     labels = {name: set() for name in _server_metric_names()}  # the process collector's have none
     for metric in vars(ServerMetrics(max_batch=8)).values():
@@ -512,7 +512,7 @@ def _free_port() -> int:
 
 def _server_registry_with_traffic():
     """The server's registry with a little of everything observed, and the drift gauges when available."""
-    from serving.metrics import ServerMetrics
+    from rlvr_jax.serving.metrics import ServerMetrics
 
     m = ServerMetrics(max_batch=8)
     for route, status in (

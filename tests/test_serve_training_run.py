@@ -18,9 +18,9 @@ from flax import nnx
 from rlvr_jax.cli import fail_cleanly
 from rlvr_jax.evaluation.evaluate import load_for_eval
 from rlvr_jax.generate import Sampler, SamplingParams
-from serving.app import create_app
-from serving.config import ServerConfig
-from serving.engine import Engine
+from rlvr_jax.serving.app import create_app
+from rlvr_jax.serving.config import ServerConfig
+from rlvr_jax.serving.engine import Engine
 from tests.conftest import REPO
 from tests.test_trainer import _tiny_config, tiny_model_dir  # noqa: F401  # the fixture, reused
 

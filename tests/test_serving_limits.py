@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient
 
 from rlvr_jax.cli import fail_cleanly
 from rlvr_jax.models import init_model
+from rlvr_jax.serving.app import ServerState, create_app
+from rlvr_jax.serving.config import ServerConfig
+from rlvr_jax.serving.engine import Engine
+from rlvr_jax.serving.server import uvicorn_server
 from rlvr_jax.weights.loader import load_tokenizer
-from serving.app import ServerState, create_app
-from serving.config import ServerConfig
-from serving.engine import Engine
-from serving.server import uvicorn_server
 from tests.conftest import REPO
 from tests.tiny import TINY
 
@@ -328,7 +328,7 @@ def test_serve_flags_out_of_range_fail_in_one_line(serve_script, capsys, monkeyp
         ("--header_timeout", "-1"): "error: --header_timeout must be > 0",
         ("--seed", str(2**64)): "error: --seed must be a signed 64-bit integer",
         ("--max_batch", str(10**12)): "error: --max_batch must be > 0 and at most 4096",
-        ("--api-key", "two words"): "error: --api-key / $RLVR_API_KEY: the API key must be",
+        ("--api-key", "two words"): "error: --api_key / $RLVR_API_KEY: the API key must be",
         ("--drift_window", "0"): "error: --drift_window must be in 1..",
     }
     for flags, says in cases.items():

@@ -24,11 +24,11 @@ from fastapi.testclient import TestClient
 from flax import nnx
 
 from rlvr_jax.models import ModelConfig, init_model
+from rlvr_jax.serving.app import create_app
+from rlvr_jax.serving.batcher import Job, Update
+from rlvr_jax.serving.config import ServerConfig
+from rlvr_jax.serving.tokens import TokenTexts
 from rlvr_jax.weights.loader import load_tokenizer
-from serving.app import create_app
-from serving.batcher import Job, Update
-from serving.config import ServerConfig
-from serving.tokens import TokenTexts
 
 MAX_LOGPROBS = 5  # below the API's 20, so that the server's own limit can be seen
 CONFIG = ServerConfig(
@@ -56,7 +56,7 @@ def model(tokenizer):
 
 @pytest.fixture(scope="module")
 def client(model, tokenizer) -> Iterator[TestClient]:
-    from serving.engine import Engine
+    from rlvr_jax.serving.engine import Engine
 
     app = create_app(CONFIG, lambda: Engine.from_loaded(model, tokenizer, CONFIG))
     with TestClient(app) as c:

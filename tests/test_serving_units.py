@@ -19,14 +19,14 @@ from fastapi.testclient import TestClient
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.models import ModelConfig, init_model
 from rlvr_jax.models.tokenizer import Tokenizer
+from rlvr_jax.serving import schemas
+from rlvr_jax.serving.app import create_app
+from rlvr_jax.serving.batcher import Batcher, InvalidJob, Job, QueueFull, ShuttingDown, Update
+from rlvr_jax.serving.config import ServerConfig, parse_buckets
+from rlvr_jax.serving.engine import Engine
+from rlvr_jax.serving.errors import validation_message
+from rlvr_jax.serving.text import ChoiceText, IncrementalDecoder, held_back
 from rlvr_jax.weights.loader import load_tokenizer
-from serving import schemas
-from serving.app import create_app
-from serving.batcher import Batcher, InvalidJob, Job, QueueFull, ShuttingDown, Update
-from serving.config import ServerConfig, parse_buckets
-from serving.engine import Engine
-from serving.errors import validation_message
-from serving.text import ChoiceText, IncrementalDecoder, held_back
 from tests.conftest import REPO
 
 # -- settings -----------------------------------------------------------------------------------------------

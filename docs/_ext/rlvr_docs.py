@@ -17,11 +17,9 @@ import ast
 import importlib
 import importlib.util
 import inspect
-import io
 import pkgutil
 import re
 import shutil
-import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -29,112 +27,30 @@ from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
 from sphinx.util import logging
 
+# Meanings for fields whose line in config.py has no comment (the source comment wins where there is one):
+# one table, which `--print_config` reads too. The build fails if one names a field that no longer exists.
+from rlvr_jax.config import KEY_HELP as NOTES
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = "_generated"
 
-# Meanings for fields whose line in config.py has no comment (the source comment wins where there is one).
-# The build fails if one of these names a field that no longer exists.
-NOTES: dict[str, str] = {
-    "seed": "the one PRNG seed of the run: data order, sampling keys, evaluation",
-    "model.path": "a hub id, a local HF directory or a GGUF file",
-    "data.task": "a registered task (`rlvr_jax.data.registered_tasks()`): loader, prompt template and reward",
-    "data.path": "local copy of the task's data; None loads it from the Hugging Face hub",
-    "data.train_split": "split the training prompts come from",
-    "data.eval_split": "held-out split evaluated before, during (`train.eval_every`) and after training",
-    "sampling.temperature": "rollout temperature; must be > 0 (greedy groups would be identical)",
-    "sampling.top_p": "nucleus sampling for rollouts, in (0, 1]; 1 = off",
-    "sampling.top_k": "top-k sampling for rollouts; 0 = off",
-    "sampling.max_new_tokens": "generation budget per completion; also the Dr.GRPO normaliser `max_len`",
-    "sampling.eval_temperature": "temperature of the held-out evaluation; 0 = greedy",
-    "rl.prompts_per_step": "prompts per step; the batch has prompts_per_step * group_size rollouts",
-    "rl.group_size": "G, completions sampled per prompt (>= 2: the group is the baseline)",
-    "rl.clip_low": "eps_low: the ratio is clipped to [1 - clip_low, 1 + clip_high]",
-    "rl.aggregation": "token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm",
-    "rl.kl_estimator": "k1 | k2 | k3 estimate of KL(pi || pi_ref), used when beta > 0",
-    "rl.entropy_coef": "weight of an entropy bonus subtracted from the loss; 0 = none",
-    "reward.name": "a registered reward (`rlvr_jax.rewards.registered_rewards()`); None = the task's own",
-    "reward.options": "keyword arguments passed to the reward function",
-    "optim.learning_rate": "peak AdamW learning rate (reached at the end of warmup)",
-    "optim.warmup_steps": "linear warmup: update k < warmup_steps uses learning_rate * (k + 1) / warmup",
-    "optim.weight_decay": "decoupled AdamW decay, on weight matrices and embeddings (not norms, biases)",
-    "optim.b1": "AdamW beta1",
-    "optim.b2": "AdamW beta2",
-    "optim.eps": "AdamW epsilon",
-    "optim.max_grad_norm": "clip the global gradient norm to this value",
-    "optim.memory_budget_gb": "memory budget for `micro_batches = 0`; None = the device's free memory",
-    "optim.micro_batch_tokens": "> 0: the fewest micro-batches of at most this many tokens (no compile)",
-    "mesh.data": "data-parallel axis size",
-    "mesh.fsdp": "fully-sharded data-parallel axis size (parameters split, rows split)",
-    "mesh.tensor": "tensor-parallel axis size (heads, MLP and vocabulary split)",
-    "train.steps": "GRPO steps (one rollout batch and its updates each)",
-    "train.checkpoint_every": "orbax checkpoint every N steps (and on SIGTERM)",
-    "train.keep_checkpoints": "checkpoints kept (plus the best by held-out accuracy)",
-    "logging.tensorboard": "write TensorBoard event files under WORKDIR/tensorboard",
-    "logging.wandb_project": "Weights & Biases project; None = off",
-}
-
 
 # ------------------------------------------------------------------------------------ base config parsing
 
 
-def _comments(source: str) -> tuple[dict[int, str], dict[int, str]]:
-    """(inline comments by line, whole-line comments by line) of a Python source."""
-    inline: dict[int, str] = {}
-    whole: dict[int, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            text = tok.string.lstrip("#").strip()
-            (whole if tok.line.strip().startswith("#") else inline)[tok.start[0]] = text
-    return inline, whole
-
-
-def _dotted(node: ast.expr, root: str) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name) and node.id == root and parts:
-        return ".".join(reversed(parts))
-    return None
-
-
 def parse_base_config(path: Path) -> tuple[list[tuple[str, str, bool]], str]:
-    """[(dotted key, comment, is a section)] in source order, from `base_config()`; and its docstring."""
+    """[(dotted key, comment, is a section)] in source order, from `base_config()` (the parser that
+    `--print_config` uses too); and the module's docstring."""
+    from rlvr_jax.config_help import base_config_fields
+
     source = path.read_text()
-    tree = ast.parse(source)
-    inline, whole = _comments(source)
-    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "base_config"), None)
-    if fn is None:
-        raise ExtensionError(f"{path}: no base_config() function")
-    root = None
-    fields: list[tuple[str, str, bool]] = []
-    for stmt in fn.body:
-        if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
-            continue
-        target = stmt.targets[0]
-        if isinstance(target, ast.Name) and root is None:
-            root = target.id
-            continue
-        key = _dotted(target, root or "")
-        if key is None:
-            continue
-        comment = " ".join(inline[i] for i in range(stmt.lineno, stmt.end_lineno + 1) if i in inline)
-        if not comment:
-            block, line = [], stmt.lineno - 1
-            while line in whole:
-                block.insert(0, whole[line])
-                line -= 1
-            comment = " ".join(block)
-        value = stmt.value
-        is_section = (
-            "." not in key
-            and isinstance(value, ast.Call)
-            and getattr(value.func, "attr", getattr(value.func, "id", "")) == "ConfigDict"
-        )
-        fields.append((key, comment, is_section))
-    return fields, ast.get_docstring(tree) or ""
+    try:
+        fields = base_config_fields(source)
+    except ValueError as e:
+        raise ExtensionError(f"{path}: {e}") from None
+    return fields, ast.get_docstring(ast.parse(source)) or ""
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -206,7 +122,7 @@ def base_config_page() -> list[str]:
         )
     stale = sorted(set(NOTES) - set(leaves))
     if stale:
-        raise ExtensionError(f"docs/_ext/rlvr_docs.py NOTES name fields that no longer exist: {stale}")
+        raise ExtensionError(f"rlvr_jax.config.KEY_HELP names fields that no longer exist: {stale}")
     choices = config_module.allowed_values()
 
     lines = [

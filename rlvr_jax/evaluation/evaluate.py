@@ -231,7 +231,7 @@ def evaluate(
     reward_fns: score with these instead of the config's reward: a registered name, a function (this
     package's signature or TRL's), or a weighted list of them (`rlvr_jax.rewards.set_reward`).
     """
-    from rlvr_jax.config import validate
+    from rlvr_jax.config import validate, with_hub_fallback
 
     if reward_fns is not None:
         from rlvr_jax.rewards.callables import set_reward
@@ -239,6 +239,7 @@ def evaluate(
         config = copy.deepcopy(config)
         set_reward(config, reward_fns)
     validate(config)  # every check that needs no model, before loading one
+    config = with_hub_fallback(config)  # a model.path missing here: its model.hub_id, said in one line
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chosen = temperature

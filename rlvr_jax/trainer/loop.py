@@ -11,7 +11,7 @@ import ml_collections
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import PreemptionHandler
-from rlvr_jax.config import validate
+from rlvr_jax.config import validate, with_hub_fallback
 from rlvr_jax.trainer.reporting import RunLog, RunSummary, evaluate_held_out, finish, save_checkpoint
 from rlvr_jax.trainer.rollouts import RolloutSource
 from rlvr_jax.trainer.setup import Run, resume, setup_run
@@ -22,6 +22,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     """Runs (or resumes) the experiment described by `config` in `workdir`."""
     sharding.initialize_distributed()
     validate(config, jax.device_count())
+    config = with_hub_fallback(config)  # a model.path missing here: its model.hub_id, said in one line
     clock_start = time.perf_counter()  # accelerators are billed from here: loading and compiles included
     run = setup_run(config, workdir)  # policy + sampler on the mesh, data, compiled update
     start, meta = resume(run)  # the newest checkpoint's state, if any
