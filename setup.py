@@ -87,8 +87,18 @@ EXTRAS = {
 # checkout that is not installed, rlvr_jax/__init__.py maps the first two the same way.
 SUBPACKAGES = {"rlvr_jax.serving": "serving", "rlvr_jax.scripts": "scripts", "rlvr_jax.configs": "configs"}
 
-# One command per script, named for it: rlvr-train runs scripts/train.py's main(), and so on.
-COMMANDS = ("train", "evaluate", "compare", "generate", "convert", "score", "serve", "export", "drift")
+# One command per script, named for it: rlvr-train runs scripts/train.py's main(), rlvr-lm-eval-tasks
+# scripts/lm_eval_tasks.py's, and so on.
+COMMANDS = (
+    "train", "evaluate", "compare", "generate", "convert", "score", "serve", "export", "drift",
+    "lm_eval_tasks",
+)
+
+
+def command(script: str) -> str:
+    """The console command's name after rlvr-: the script's, with dashes (lm_eval_tasks -> lm-eval-tasks)."""
+    return script.replace("_", "-")
+
 
 setup(
     name="rlvr-jax",
@@ -100,7 +110,9 @@ setup(
     python_requires=">=3.11",
     packages=[*find_packages(include=["rlvr_jax", "rlvr_jax.*"]), *SUBPACKAGES],
     package_dir=SUBPACKAGES,
-    entry_points={"console_scripts": [f"rlvr-{name} = rlvr_jax.scripts.{name}:main" for name in COMMANDS]},
+    entry_points={
+        "console_scripts": [f"rlvr-{command(name)} = rlvr_jax.scripts.{name}:main" for name in COMMANDS]
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     classifiers=[

@@ -17,21 +17,20 @@ be compared with `scripts/evaluate.py --config=configs/gsm8k.py --config.data.ch
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a file (python scripts/lm_eval_tasks.py): this checkout's rlvr_jax first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlvr_jax.cli import fail_cleanly
+from rlvr_jax.cli import FlagParser, fail_cleanly
 
 TASKS = ("gsm8k", "sst2")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = FlagParser(description=__doc__)
     p.add_argument("--model", required=True, help="the served model's source (for its tokenizer)")
     p.add_argument("--data", required=True, help="folder with gsm8k/ and sst2/ (e.g. ../shared/data)")
     p.add_argument("--out", required=True, help="output folder (tasks/, tokenizer/)")
@@ -58,30 +57,26 @@ def lm_eval_command(
     return "HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 " + shlex.join(args)
 
 
-def _serve_script() -> Any:
-    """scripts/serve.py as a module (for the name it serves a model under)."""
-    spec = importlib.util.spec_from_file_location(
-        "serve_script", Path(__file__).resolve().parent / "serve.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: list[str] | None = None) -> int:
+    """The `rlvr-lm-eval-tasks` command."""
+    return fail_cleanly(lambda: write(argv))
+
+
+def write(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown or not tasks:
         raise ValueError(f"--tasks takes a comma-separated subset of {','.join(TASKS)}, got {args.tasks!r}")
     from rlvr_jax.evaluation.lm_eval_tasks import save_tokenizer, write_tasks
+    from rlvr_jax.scripts.serve import default_model_name
 
     out = Path(args.out).expanduser().resolve()
     names = write_tasks(
         out / "tasks", args.data, limit=args.limit, max_gen_toks=args.max_gen_toks, tasks=tasks
     )
     tokenizer = save_tokenizer(args.model, out / "tokenizer")
-    name = args.served_model_name or _serve_script().default_model_name(args.model)
+    name = args.served_model_name or default_model_name(args.model)
     print(f"wrote {out / 'tasks'} ({', '.join(names)}) and {tokenizer}")
     command = lm_eval_command(
         model_name=name, url=args.url, tokenizer=tokenizer, tasks_dir=out / "tasks", tasks=names,
@@ -92,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(fail_cleanly(main))
+    sys.exit(main())

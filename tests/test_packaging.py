@@ -34,8 +34,8 @@ def test_every_script_has_a_console_command_named_for_it():
 
 def test_the_console_commands_answer_help():
     """`rlvr-<script> --help` runs the script's main() from the installed package: exit 0, its own
-    description first. All nine at once: each is a second or two of imports."""
-    binaries = {name: Path(sys.executable).parent / f"rlvr-{name}" for name in COMMANDS}
+    description first. All at once: each is a second or two of imports."""
+    binaries = {name: Path(sys.executable).parent / f"rlvr-{name.replace('_', '-')}" for name in COMMANDS}
     missing = [str(path) for path in binaries.values() if not path.is_file()]
     assert not missing, f"no console commands {missing}: install the package again (pip install -e .)"
     procs = {
