@@ -47,8 +47,8 @@ class ServerConfig:
 
     engine "continuous" (the default, `serving.slot_engine`): max_batch decode slots; requests join and
     leave between device calls of stream_chunk_tokens steps. It compiles one prefill per (batch, prompt)
-    bucket and one decode per batch bucket (x2: with and without top log-probs); the batch buckets are
-    the prefill batch sizes and the slot prefixes decoded.
+    bucket, one decode per batch bucket and one more with top log-probs; the batch buckets are the
+    prefill batch sizes and the slot prefixes decoded.
     engine "static" (`serving.engine`): a batch runs from prefill to its last token. Every (batch, prompt,
     new-token) bucket combination is compiled, so the product of the three bucket lists is the number of
     compilations (x2: prefill and decode chunk).

@@ -228,6 +228,7 @@ class ContinuousBatcher(Batcher):
         live = np.asarray([row is not None and not row.done for row in self._slots])
         prefix = self.engine.rows_bucket(max(row.slot for row in live_rows) + 1)
         top = any(row.job.top_logprobs > 0 for row in live_rows)
+        prefix = self.engine.slots if top else prefix
         out = self.engine.decode(live, prefix, top)
         self.decode_calls += 1
         self._pending.append(_Call(out, self._slots[:prefix], True, time.monotonic(), self.decode_calls))

@@ -5,15 +5,16 @@ each row's last token, PRNG key, token count, limit and sampling parameters) and
 - `admit(rows)`: prefills new prompts in a prompt bucket and puts them into the free slots the scheduler
   chose (rows padded up to a batch bucket, prompts left padded, as the static engine does);
 - `decode(live, rows, top)`: advances slots 0..rows-1 (`rows` a batch bucket covering the highest slot in
-  use) by up to `stream_chunk_tokens` tokens each.
+  use) by up to `stream_chunk_tokens` tokens each; with `top` (a row wants top log-probs) all S slots,
+  the one shape compiled with them (they are rare, and one variant per bucket would double start-up).
 Both donate the state, so the cache is updated in place, and both return device arrays without waiting:
 the scheduler (`serving.continuous`) dispatches the next call before it reads the last one's tokens.
 
 Compiled shapes, all built by `warmup` before the server is ready: one prefill per (batch bucket, prompt
-bucket) and one decode per (batch bucket, with or without top log-probs). The new-token buckets do not
-multiply them: a row's token limit is data, not shape. Keys, sampling parameters and the filtering path
-are those of the static engine (`serving.engine`), so a row's samples do not depend on what shares the
-slots.
+bucket), one decode per batch bucket, and one decode of all slots with top log-probs. The new-token
+buckets do not multiply them: a row's token limit is data, not shape. Keys, sampling parameters and the
+filtering path are those of the static engine (`serving.engine`), so a row's samples do not depend on
+what shares the slots.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class ContinuousEngine(Engine):
         call; rows come from the batch buckets (prefill batch sizes, and the slot prefixes decoded)."""
         cfg = self.config
         prefill = [("prefill", b, p) for b in cfg.batch_buckets for p in cfg.prompt_buckets]
-        decode = [("decode", b, self.steps, top) for b in cfg.batch_buckets for top in (0, self._top(True))]
-        return prefill + decode
+        decode = [("decode", b, self.steps, 0) for b in cfg.batch_buckets]
+        return [*prefill, *decode, ("decode", self.slots, self.steps, self._top(True))]
 
     @property
     def compile_count(self) -> int:
@@ -147,8 +148,9 @@ class ContinuousEngine(Engine):
 
     def decode(self, live: np.ndarray, rows: int, top: bool) -> slots.Emitted:
         """Advances slots 0..rows-1 (rows: a batch bucket) by up to `steps` tokens; `live` [S] marks the
-        slots whose rows the scheduler still reads. Returns the emissions (device arrays, not waited for)."""
-        fn = self._decode_fn(rows, top)
+        slots whose rows the scheduler still reads. With `top`, every slot is decoded (see the module doc).
+        Returns the emissions (device arrays, not waited for)."""
+        fn = self._decode_fn(self.slots if top else rows, top)
         self._state, out = fn(self.sampler._stream_arrays(), self.state, jnp.asarray(live))
         return out
 

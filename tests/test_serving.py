@@ -122,7 +122,7 @@ def test_health_answers_while_loading_and_ready_turns_200(server, http):
     assert set(server.ready_while_loading) == {503}
     body = http.get("/ready").json()
     # The continuous engine (the default): a prefill per prompt bucket (64, 128) at batch 4, and the decode
-    # call over 4 slots with and without top log-probs.
+    # call over the 4 slots without and with top log-probs.
     assert body["status"] == "ready" and body["engine"] == "continuous" and body["compiled_shapes"] == 4
     models = http.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == [server.model]
