@@ -102,9 +102,9 @@ async def clients(
     async def worker(k: int, client: httpx.AsyncClient) -> None:
         nonlocal issued
         while time.time() < stop_at and issued < max_requests:
-            issued += 1
-            n = first + k + issued
-            prompt, tokens = PROMPTS[n % len(PROMPTS)], max_tokens[n % len(max_tokens)]
+            issued += 1  # lengths cycle in the order requests are sent, whichever client sends them
+            prompt = PROMPTS[(first + k + issued) % len(PROMPTS)]
+            tokens = max_tokens[(first + issued) % len(max_tokens)]
             results.append(await one_request(client, model, prompt, tokens))
             if results[-1]["status"] == 429:  # a refused client waits as told, as OpenAI's client does
                 wait = min(results[-1]["retry_after"], stop_at - time.time())
@@ -234,9 +234,18 @@ def environment(url: str) -> dict[str, Any]:
     ).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here).stdout
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:  # the card, where there is one (the server is assumed to run on this machine)
+        gpu = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
+    except OSError:
+        gpu = None
     return {
         "hardware": {"cpu_model": cpu, "cpu_count": os.cpu_count(), "memory_gib": round(mem, 1),
-                     "platform": platform.platform()},
+                     "gpu": gpu, "platform": platform.platform()},
         "versions": versions,
         "git_commit": commit or None,
         "git_uncommitted_changes": bool(dirty.strip()),  # the code that ran may differ from the commit

@@ -6,9 +6,13 @@ decode slots and, between device calls:
 - admits queued jobs into free slots (first come, first served; a job's rows all at once), prefilled in
   prompt-bucket groups;
 - dispatches one decode call that advances every slot in use by up to `stream_chunk_tokens` tokens;
-- reads the previous call's tokens while that decode runs (one call in flight, so the device does not
-  wait for the host's bookkeeping), streams each job its rows, and frees the slot of every row that ended
-  (stop token, max_tokens) and of every job cancelled (timeout, client gone, a stop string) at once.
+- reads the previous call's tokens while that decode runs (`overlap`: one call in flight, so the device
+  does not wait for the host's bookkeeping), streams each job its rows, and frees the slot of every row
+  that ended (stop token, max_tokens) and of every job cancelled (timeout, client gone, a stop string).
+Overlap has a price: a request that arrives is prefilled behind the call already queued, so its first
+token comes up to one decode call later. It pays on an accelerator, where the host's work per call (a few
+ms for hundreds of rows) would otherwise leave the device idle; on a CPU backend host and "device" share
+the same cores, nothing overlaps, and it is off by default.
 The queue, its limit (429 with Retry-After), the per-job checks, the seeds and the drain at shutdown are
 the static batcher's. When the server is idle the first admission waits up to `wait_s` for company, as a
 static batch does; once slots are busy a request joins at the next call.
@@ -99,12 +103,14 @@ class ContinuousBatcher(Batcher):
         seed: int = 0,
         metrics: ServerMetrics | None = None,
         log_events: int = 4096,
+        overlap: bool | None = None,
     ):
         super().__init__(
             engine, max_batch=engine.slots, max_queue=max_queue, wait_s=wait_s, seed=seed, metrics=metrics
         )
         self.engine = engine
         self.stop_ids = engine.stop_ids
+        self.overlap = jax.default_backend() != "cpu" if overlap is None else overlap
         self._free = list(range(engine.slots))  # a heap: the lowest free slot first keeps the prefix short
         self._slots: list[_Row | None] = [None] * engine.slots
         self._running: dict[Job, _Running] = {}
@@ -161,8 +167,8 @@ class ContinuousBatcher(Batcher):
                 return
             try:
                 self._admit(jobs)
-                # Read every call but a decode just dispatched: the device runs it meanwhile.
-                keep = 1 if self._dispatch_decode() else 0
+                # Read every call but (with overlap) a decode just dispatched: the device runs it meanwhile.
+                keep = 1 if self._dispatch_decode() and self.overlap else 0
                 while len(self._pending) > keep:
                     self._read(self._pending.popleft())
             except Exception as e:  # a device call failed: the slots' state is gone with it

@@ -107,11 +107,14 @@ def _events(batcher: ContinuousBatcher, job: Job) -> dict[str, list[tuple[int, i
 
 
 def _batcher(engine: ContinuousEngine, **kw) -> ContinuousBatcher:
-    return ContinuousBatcher(engine, **{"max_queue": 8, "wait_s": 0.0, **kw})
+    """With a decode call in flight while the last one is read (as on a GPU), the harder case for the
+    scheduler's bookkeeping."""
+    return ContinuousBatcher(engine, **{"max_queue": 8, "wait_s": 0.0, "overlap": True, **kw})
 
 
-def test_a_short_request_joins_a_long_one_finishes_first_and_its_slot_is_reused(engine):
-    batcher = _batcher(engine)
+@pytest.mark.parametrize("overlap", [True, False], ids=["call-in-flight", "one-call-at-a-time"])
+def test_a_short_request_joins_a_long_one_finishes_first_and_its_slot_is_reused(engine, overlap):
+    batcher = _batcher(engine, overlap=overlap)
     long_job, long_sink = _job([5, 6, 7], LONG, Sink(hold_at=1))
     short_job, short_sink = _job([9, 10, 11, 12, 13], 4)
     again_job, again_sink = _job([20, 21], 5)
