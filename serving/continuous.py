@@ -13,6 +13,9 @@ Overlap has a price: a request that arrives is prefilled behind the call already
 token comes up to one decode call later. It pays on an accelerator, where the host's work per call (a few
 ms for hundreds of rows) would otherwise leave the device idle; on a CPU backend host and "device" share
 the same cores, nothing overlaps, and it is off by default.
+Every row reports its tokens' log-probs, and the top alternatives when its job asks (decode calls then
+compute them: a static switch). A job that asks for its prompt's log-probs (`echo`) is scored by the
+engine's `PromptScorer` before it is admitted; one with max_tokens 0 is then answered without a slot.
 The queue, its limit (429 with Retry-After), the per-job checks, the seeds and the drain at shutdown are
 the static batcher's. When the server is idle the first admission waits up to `wait_s` for company, as a
 static batch does; once slots are busy a request joins at the next call.
@@ -36,11 +39,20 @@ import jax
 import numpy as np
 
 from rlvr_jax.generate.sampler import bucket
-from serving.batcher import Batcher, Job, RowState, Update, _deliver
+from serving.batcher import Batcher, Job, RowState, TopLogprobs, Update, _deliver
+from serving.engine import _prompt_fields, _scored_rows
 from serving.metrics import ServerMetrics
 from serving.slot_engine import ContinuousEngine, NewRow
 
 log = logging.getLogger(__name__)
+
+
+_FAILED = object()  # a job whose prompt could not be scored (it has had its error)
+
+
+def _slots_needed(job: Job) -> int:
+    """Slots a job takes: one per row, none when it only scores its prompt (max_tokens 0)."""
+    return job.rows if job.max_tokens > 0 else 0
 
 
 class SlotEvent(NamedTuple):
@@ -62,14 +74,15 @@ class _Row:
     slot: int
     tokens: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
-    top: list[tuple[tuple[int, float], ...]] = dataclasses.field(default_factory=list)
+    top: list[TopLogprobs] = dataclasses.field(default_factory=list)
     stop_token: bool = False
     done: bool = False
+    prompt: dict[str, tuple] = dataclasses.field(default_factory=dict)  # its prompt's scores, when asked
 
     def state(self) -> RowState:
         return RowState(
             token_ids=tuple(self.tokens), stop_token=self.stop_token, done=self.done,
-            logprobs=tuple(self.logprobs), top_logprobs=tuple(self.top),
+            logprobs=tuple(self.logprobs), top_logprobs=tuple(self.top), **self.prompt,
         )  # fmt: skip
 
 
@@ -124,7 +137,7 @@ class ContinuousBatcher(Batcher):
 
     # -- the queue ------------------------------------------------------------------------------------------
     def _retry_after(self) -> int:
-        rows_ahead = sum(j.rows for j in self._queue)
+        rows_ahead = sum(_slots_needed(j) for j in self._queue)
         return max(1, math.ceil((rows_ahead / self.engine.slots + 1) * self._row_seconds))
 
     @property
@@ -142,7 +155,7 @@ class ContinuousBatcher(Batcher):
                 return None if self._stopping and not self.busy else []
             if not self.busy:
                 deadline = time.monotonic() + self.wait_s
-                while not self._stopping and sum(j.rows for j in self._queue) < len(self._free):
+                while not self._stopping and sum(_slots_needed(j) for j in self._queue) < len(self._free):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -150,11 +163,11 @@ class ContinuousBatcher(Batcher):
             jobs: list[Job] = []
             free = len(self._free)
             # First come, first served: stop at the first job that does not fit, so none is overtaken.
-            while self._queue and self._queue[0].rows <= free:
+            while self._queue and _slots_needed(self._queue[0]) <= free:
                 job = self._queue.popleft()
                 if not job.cancelled.is_set():
                     jobs.append(job)
-                    free -= job.rows
+                    free -= _slots_needed(job)
             self._set_depth()
             return jobs
 
@@ -181,16 +194,26 @@ class ContinuousBatcher(Batcher):
 
     def _admit(self, jobs: list[Job]) -> None:
         """Puts the jobs' rows into free slots and dispatches their prefills, one call per prompt bucket
-        (split at the largest batch bucket). A group whose prefill raises is retried job by job."""
-        if not jobs:
-            return
+        (split at the largest batch bucket). A group whose prefill raises is retried job by job. Prompts
+        are scored first for the jobs that ask; a job that generates nothing is answered then."""
+        scores = self._prompt_scores(jobs)
         groups: dict[int, list[tuple[_Row, NewRow]]] = collections.defaultdict(list)
         for job in jobs:
+            job_scores = scores.get(job)
+            if job_scores is _FAILED:
+                continue
+            if self.metrics is not None:
+                self.metrics.prompt_tokens.inc(sum(len(p) for p in job.prompts))
+            if job.max_tokens == 0:
+                job.delivered = _scored_rows(job, job_scores)
+                _deliver(job, Update(rows=job.delivered))
+                continue
             running = _Running(job, [], time.monotonic())
             self._running[job] = running
             for choice, prompt in enumerate(job.prompts):
                 slot = heapq.heappop(self._free)
-                row = _Row(job, choice, slot)
+                fields = _prompt_fields(job, job_scores[choice] if job_scores else None)
+                row = _Row(job, choice, slot, prompt=fields)
                 self._slots[slot] = row
                 running.rows.append(row)
                 self.events.append(SlotEvent(self.decode_calls, "admit", job, slot))
@@ -198,13 +221,30 @@ class ContinuousBatcher(Batcher):
                     prompt, slot, job.seed or 0, choice, job.temperature, job.top_k, job.top_p, job.max_tokens
                 )
                 groups[bucket(len(prompt), self.engine.config.prompt_buckets)].append((row, new))
-            if self.metrics is not None:
-                self.metrics.prompt_tokens.inc(sum(len(p) for p in job.prompts))
         self._set_active()
         largest = self.engine.config.batch_buckets[-1]
         for group in groups.values():
             for start in range(0, len(group), largest):
                 self._prefill(group[start : start + largest])
+
+    def _prompt_scores(self, jobs: list[Job]) -> dict[Job, Any]:
+        """Per job that asks, its rows' prompt scores (one forward pass for all of them; when that raises,
+        one per job, and a job whose own scoring fails gets the error and is marked _FAILED)."""
+        asking = [job for job in jobs if job.prompt_logprobs]
+        if not asking:
+            return {}
+        try:
+            flat = iter(self.engine.scorer.score([p for job in asking for p in job.prompts]))
+            return {job: [next(flat) for _ in job.prompts] for job in asking}
+        except Exception as e:
+            if len(asking) == 1:
+                log.warning("scoring a prompt failed: %s", e)
+                _deliver(asking[0], Update(error=f"generation failed: {type(e).__name__}: {e}"))
+                return {asking[0]: _FAILED}
+            out: dict[Job, Any] = {}
+            for job in asking:
+                out.update(self._prompt_scores([job]))
+            return out
 
     def _prefill(self, group: list[tuple[_Row, NewRow]]) -> None:
         rows = [row for row, _ in group if not row.job.cancelled.is_set()]

@@ -77,11 +77,13 @@ class ContinuousEngine(Engine):
         cfg = self.config
         prefill = [("prefill", b, p) for b in cfg.batch_buckets for p in cfg.prompt_buckets]
         decode = [("decode", b, self.steps, 0) for b in cfg.batch_buckets]
-        return [*prefill, *decode, ("decode", self.slots, self.steps, self._top(True))]
+        top = [("decode", self.slots, self.steps, self._top(True))] if self._top(True) else []
+        return [*prefill, *decode, *top]
 
     @property
     def compile_count(self) -> int:
-        return len(self._admit) + len(self._decode)
+        """Executables compiled so far: the slots' prefills and decodes, and the prompt scorer's."""
+        return len(self._admit) + len(self._decode) + self.scorer.compile_count
 
     def _admit_fn(self, rows: int, prompt_len: int) -> Any:
         key = (rows, prompt_len)
@@ -181,5 +183,10 @@ class ContinuousEngine(Engine):
             log.info("compiled %s in %.1f s", shape, time.perf_counter() - t)
             if on_shape is not None:
                 on_shape(*shape)
+        t = time.perf_counter()
+        self.scorer.warmup()  # prompt log-probs (`echo`), scored before a job is admitted
+        log.info(
+            "compiled %d prompt-scoring shapes in %.1f s", self.scorer.compile_count, time.perf_counter() - t
+        )
         self.reset()
         return time.perf_counter() - t0

@@ -270,13 +270,21 @@ def test_the_queue_is_bounded_failures_stay_alone_and_stop_drains(engine):
 def test_every_compiled_shape_is_built_at_warmup_and_nothing_else_compiles(engine):
     shapes = engine.compiled_shapes
     assert len(shapes) == 2 * 1 + 2 + 1  # prefill: 2 batch x 1 prompt bucket; decode: 2 prefixes, and top
-    assert engine.compile_count == len(shapes)
+    scorer = engine.scorer.compile_count  # prompt log-probs (echo): one per (batch, prompt) bucket
+    assert scorer == 2 and engine.compile_count == len(shapes) + scorer
     fns = [*engine._admit.values(), *engine._decode.values()]
     assert [f._cache_size() for f in fns] == [1] * len(shapes)
-    # Traffic of every kind: one and two rows, short and long prompts, top log-probs, sampling.
+    # Traffic of every kind: one and two rows, short and long prompts, top log-probs, sampling, echo.
     _sampled(engine, [_job([5], 3), _job([9, 10, 11, 12, 13, 14, 15, 16], 9, rows=2, temperature=0.7)])
-    _sampled(engine, [_job([3, 4], 5, top_logprobs=2, top_k=5, seed=3, temperature=1.0)])
-    assert engine.compile_count == len(shapes)
+    echo = _job([3, 4, 5], 0, prompt_logprobs=True, top_logprobs=2)  # scores its prompt, takes no slot
+    [scored], [sampled] = _sampled(
+        engine,
+        [echo, _job([3, 4], 5, top_logprobs=2, top_k=5, seed=3, temperature=1.0, prompt_logprobs=True)],
+    )
+    assert scored == () and sampled and len(echo[1].updates) == 1
+    [row] = echo[1].updates[-1].rows
+    assert row.done and row.prompt_logprobs[0] is None and len(row.prompt_top_logprobs[1]) == 2
+    assert engine.compile_count == len(shapes) + scorer
     assert [f._cache_size() for f in fns] == [1] * len(shapes)
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rlvr_jax.generate.sampler import RowParams
-from rlvr_jax.generate.sampling import sample_tokens, scale_logits, split_key
+from rlvr_jax.generate.sampling import sample_tokens, sample_tokens_with_top, split_key
 from rlvr_jax.models.decoder import KVCache, apply, logits_from_hidden
 
 Array = jax.Array
@@ -88,15 +88,14 @@ def init_slots(cfg: Any, slots: int, max_len: int, impl: str | None, cache_dtype
     )
 
 
-def top_logprobs(logits: Array, temperature: Array, k: int) -> tuple[Array, Array]:
-    """The k most probable tokens per row and their log-probs under softmax(logits / T) (T = 1 for greedy
-    rows), the distribution `sample_tokens` reports the sampled token's log-prob under; best first."""
-    if k == 0:
+def _sample(key: Array, logits: Array, params: RowParams, top_k: int) -> tuple[Array, Array, Array, Array]:
+    """(tokens, log-probs, top ids [R, top_k], top log-probs [R, top_k]) through the sampler's own
+    functions, on the filtering path the static engine uses (so a row samples the same in either)."""
+    if top_k == 0:
+        token, logprob = sample_tokens(key, logits, *params, use_filters=True)
         rows = logits.shape[0]
-        return jnp.zeros((rows, 0), jnp.int32), jnp.zeros((rows, 0), jnp.float32)
-    scaled = scale_logits(logits, temperature)
-    values, ids = jax.lax.top_k(scaled, k)
-    return ids.astype(jnp.int32), values - jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
+        return token, logprob, jnp.zeros((rows, 0), jnp.int32), jnp.zeros((rows, 0), jnp.float32)
+    return sample_tokens_with_top(key, logits, *params, use_filters=True, top_logprobs=top_k)
 
 
 def admit(
@@ -125,8 +124,7 @@ def admit(
     hidden, cache = apply(cfg, arrays, prompt_ids, mask=prompt_mask, cache=cache, return_hidden=True)
     logits = logits_from_hidden(cfg, arrays, hidden[:, -1:])[:, 0]
     keys, now = split_key(keys_from_words(words, impl))
-    token, logprob = sample_tokens(now, logits, *row_params, use_filters=True)
-    top_ids, top_lps = top_logprobs(logits, row_params.temperature, top_k)
+    token, logprob, top_ids, top_lps = _sample(now, logits, row_params, top_k)
     done = jnp.isin(token, jnp.asarray(stop_ids, jnp.int32)) | (limits <= 1)
 
     def put(full: Array, part: Array) -> Array:
@@ -210,11 +208,10 @@ def decode(
         logits = logits[:, 0]
         cache = cache._replace(index=jnp.where(active, cache.index, s.cache.index))  # done rows stay put
         keys, now = split_key(jax.random.wrap_key_data(s.key, impl=impl))
-        token, logprob = sample_tokens(now, logits, *s.params, use_filters=True)
+        token, logprob, top_ids, top_lps = _sample(now, logits, s.params, top_k)
         token = jnp.where(active, token, pad_id)
         count = s.count + active
         done = s.done | (active & (jnp.isin(token, stops) | (count >= s.limit)))
-        top_ids, top_lps = top_logprobs(logits, s.params.temperature, top_k)
         column = lambda buf, col: jax.lax.dynamic_update_slice_in_dim(buf, col[:, None], t, axis=1)
         out = Emitted(
             tokens=column(out.tokens, token),
