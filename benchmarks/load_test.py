@@ -7,17 +7,24 @@
 
 For each concurrency level, that many clients send streamed chat completions back to back for
 `--duration` seconds (and at most `--max_requests` each level); every request's latency, time to first
-token, status and completion tokens are recorded. The JSON holds p50 / p95 / p99 latency, throughput
-(requests/s and generated tokens/s), the error rate by status (429 is the server refusing work it has no
-room for; a refused client waits the Retry-After it was given), the server's mean batch size from
-/metrics, and the machine, versions, command and date. Only the given URL is contacted; every loop is
-bounded in time and count.
+token, status and completion tokens are recorded. The JSON holds p50 / p95 / p99 latency, time to first
+token and time per further token, throughput (requests/s and generated tokens/s), the error rate by
+status (429 is the server refusing work it has no room for; a refused client waits the Retry-After it was
+given), the server's mean batch size from /metrics (rows per batch with `--engine static`, slots in use per
+decode call with `--engine continuous`), which engine the server runs, and the machine, versions, command
+and date. Only the given URL is contacted; every loop is bounded in time and count.
+
+`--max_tokens 16,64,256` mixes answer lengths (request i asks for the i-th value, cycling): a short answer
+then shares the server with long ones, which is where static and continuous batching differ most. One
+asyncio process tops out at a few thousand streamed chunks per second; `--processes N` spreads the
+clients over N processes (use it for hundreds of clients against a fast server).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import datetime
 import importlib.metadata
 import json
@@ -84,30 +91,69 @@ async def one_request(client: httpx.AsyncClient, model: str, prompt: str, max_to
     return {"status": 200, "latency": time.perf_counter() - start, "ttft": ttft, "tokens": tokens}
 
 
-async def run_level(
-    url: str, model: str, concurrency: int, duration: float, max_requests: int, max_tokens: int
-) -> dict[str, Any]:
-    """`concurrency` clients, back to back, for `duration` seconds or `max_requests` requests in all."""
+async def clients(
+    url: str, model: str, first: int, count: int, stop_at: float, max_requests: int, max_tokens: list[int]
+) -> list[dict[str, Any]]:
+    """Clients first..first+count-1, back to back until `stop_at` (time.time()) or `max_requests` of
+    theirs in all; returns every request's record."""
     results: list[dict[str, Any]] = []
-    stop_at = time.perf_counter() + duration
     issued = 0
 
     async def worker(k: int, client: httpx.AsyncClient) -> None:
         nonlocal issued
-        while time.perf_counter() < stop_at and issued < max_requests:
-            issued += 1
-            results.append(await one_request(client, model, PROMPTS[(issued + k) % len(PROMPTS)], max_tokens))
+        while time.time() < stop_at and issued < max_requests:
+            issued += 1  # lengths cycle in the order requests are sent, whichever client sends them
+            prompt = PROMPTS[(first + k + issued) % len(PROMPTS)]
+            tokens = max_tokens[(first + issued) % len(max_tokens)]
+            results.append(await one_request(client, model, prompt, tokens))
             if results[-1]["status"] == 429:  # a refused client waits as told, as OpenAI's client does
-                wait = min(results[-1]["retry_after"], stop_at - time.perf_counter())
+                wait = min(results[-1]["retry_after"], stop_at - time.time())
                 await asyncio.sleep(max(wait, 0.0))
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        await asyncio.gather(*(worker(k, client) for k in range(count)))
+    return results
+
+
+def _clients_in_process(*args: Any) -> list[dict[str, Any]]:
+    return asyncio.run(clients(*args))
+
+
+async def run_level(
+    url: str,
+    model: str,
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+    max_tokens: list[int],
+    processes: int = 1,
+) -> dict[str, Any]:
+    """`concurrency` clients, back to back, for `duration` seconds or `max_requests` requests in all,
+    spread over `processes` processes (each with its share of the clients and of max_requests)."""
+    processes = max(1, min(processes, concurrency))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         before = await server_counters(client)
-        load_before = os.getloadavg()[0]
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(k, client) for k in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    stop_at = time.time() + duration
+    if processes == 1:
+        results = await clients(url, model, 0, concurrency, stop_at, max_requests, max_tokens)
+    else:
+        shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+        firsts = [sum(shares[:i]) for i in range(processes)]
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ProcessPoolExecutor(processes) as pool:
+            parts = await asyncio.gather(*(
+                loop.run_in_executor(
+                    pool, _clients_in_process, url, model, first, share, stop_at,
+                    max(1, max_requests * share // concurrency), max_tokens,
+                )
+                for first, share in zip(firsts, shares, strict=True)
+            ))  # fmt: skip
+        results = [r for part in parts for r in part]
+    elapsed = time.perf_counter() - started
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         after = await server_counters(client)
     level = summarise(concurrency, results, elapsed, before, after)
     # Other work on the machine slows the server: the load average shows whether any ran meanwhile.
@@ -159,8 +205,8 @@ def summarise(
             "p99": ms(percentile(latencies, 99)),
             "mean": ms(sum(latencies) / len(latencies) if ok else None),
         },
-        "ttft_ms": {"p50": ms(percentile(ttfts, 50)), "p95": ms(percentile(ttfts, 95))},
-        "per_token_ms": {"p50": ms(percentile(per_token, 50)), "p95": ms(percentile(per_token, 95))},
+        "ttft_ms": {q: ms(percentile(ttfts, int(q[1:]))) for q in ("p50", "p95", "p99")},
+        "per_token_ms": {q: ms(percentile(per_token, int(q[1:]))) for q in ("p50", "p95", "p99")},
         "mean_completion_tokens": round(tokens / len(ok), 2) if ok else None,
         "server_batches": int(batches),
         "server_mean_batch_rows": round(rows / batches, 2) if batches else None,
@@ -188,9 +234,18 @@ def environment(url: str) -> dict[str, Any]:
     ).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here).stdout
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:  # the card, where there is one (the server is assumed to run on this machine)
+        gpu = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
+    except OSError:
+        gpu = None
     return {
         "hardware": {"cpu_model": cpu, "cpu_count": os.cpu_count(), "memory_gib": round(mem, 1),
-                     "platform": platform.platform()},
+                     "gpu": gpu, "platform": platform.platform()},
         "versions": versions,
         "git_commit": commit or None,
         "git_uncommitted_changes": bool(dirty.strip()),  # the code that ran may differ from the commit
@@ -205,15 +260,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(
                 f"error: {args.url}/ready answers {ready.status_code} ({ready.text}); wait for it"
             )
+        engine = ready.json().get("engine", "static")  # servers before continuous batching: static
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
         # One warm-up request, not counted: the first request of a process pays for lazy set-up.
-        await one_request(client, model, PROMPTS[0], args.max_tokens)
+        await one_request(client, model, PROMPTS[0], args.max_tokens[0])
     levels = []
     for c in args.concurrency:
-        level = await run_level(args.url, model, c, args.duration, args.max_requests, args.max_tokens)
+        level = await run_level(
+            args.url, model, c, args.duration, args.max_requests, args.max_tokens, args.processes
+        )
         print(json.dumps(level), flush=True)
         levels.append(level)
-    return {"model": model, "levels": levels}
+    return {"model": model, "engine": engine, "levels": levels}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,11 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated client counts")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per concurrency level")
     p.add_argument("--max_requests", type=int, default=500, help="cap on requests per level")
-    p.add_argument("--max_tokens", type=int, default=16)
+    p.add_argument(
+        "--max_tokens", default="16", help="max_tokens per request; a comma list is cycled (mixed lengths)"
+    )
+    p.add_argument("--processes", type=int, default=1, help="client processes (for hundreds of clients)")
     p.add_argument("--server_command", default=None, help="how the server was started (recorded in the JSON)")
     p.add_argument("--out", default=None, help="write the JSON results here")
     args = p.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.max_tokens = [int(n) for n in args.max_tokens.split(",")]
     started = datetime.datetime.now(datetime.UTC)
     result = asyncio.run(main_async(args))
     report = {
@@ -239,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "max_requests": args.max_requests,
             "max_tokens": args.max_tokens,
+            "client_processes": args.processes,
             "temperature": 0.7,
             "stream": True,
             "prompts": len(PROMPTS),

@@ -13,9 +13,14 @@
 Log-probs: completions take `logprobs: k` (and `echo: true` for the prompt's, with `max_tokens: 0` to
 score a prompt only), chat takes `logprobs: true, top_logprobs: k`; k is at most --max_logprobs (20).
 
-The server listens at once
-(GET /health answers); the model loads and every (batch, prompt, new-token) bucket compiles in the
-background, and GET /ready turns 200 when that is done. GET /metrics is Prometheus. SIGTERM / Ctrl-C stop
+The server listens at once (GET /health answers); the model loads and every bucket compiles in the
+background, and GET /ready turns 200 when that is done.
+
+--engine continuous (the default) batches continuously: --max_batch decode slots over one preallocated KV
+cache; a request is prefilled and joins the running batch between device calls of --stream_chunk_tokens
+steps, and leaves it (freeing its slot) as soon as it is done, so a short answer never waits for a long
+one. --engine static runs each batch from prefill to its last token (new requests wait for it); it is kept
+for comparison (benchmarks/serve_h200.sh measures both). GET /metrics is Prometheus. SIGTERM / Ctrl-C stop
 taking new connections and finish the requests in flight before exiting.
 
 It listens on 127.0.0.1 unless --host says otherwise (--host 0.0.0.0: every interface, as the Docker
@@ -103,11 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served_model_name", default=None, help="the `model` name clients send")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument(
-        "--max_batch", "--max_num_seqs", type=int, default=8, help="most rows (choices) decoded together"
-    )
-    p.add_argument("--batch_buckets", default=None, help="batch sizes compiled (default: max_batch)")
+        "--engine", default="continuous", choices=["continuous", "static"],
+        help="continuous batching over decode slots, or static batches (see above)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max_batch", "--max_num_seqs", type=int, default=8,
+        help="most rows (choices) decoded together (continuous: slots)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch_buckets", default=None,
+        help="batch sizes compiled (continuous: prefill sizes and slot prefixes decoded; default: max_batch)",
+    )  # fmt: skip
     p.add_argument("--max_queue", type=int, default=64, help="most requests waiting; beyond it: 429")
-    p.add_argument("--batch_wait_ms", type=float, default=5.0, help="how long a batch waits to fill up")
+    p.add_argument(
+        "--batch_wait_ms", type=float, default=5.0,
+        help="how long a batch waits to fill up (continuous: only when no slot is busy)",
+    )  # fmt: skip
     p.add_argument("--prompt_buckets", default=_buckets(DEFAULT_PROMPT_BUCKETS), help="prompt lengths")
     p.add_argument(
         "--new_token_buckets", default=_buckets(DEFAULT_NEW_TOKEN_BUCKETS), help="completion lengths compiled"
@@ -116,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_tokens_limit", type=int, default=0, help="default: the largest new-token bucket")
     p.add_argument("--max_model_len", type=int, help=argparse.SUPPRESS)  # vLLM's flag: see check_args
     p.add_argument("--request_timeout", type=float, default=120.0, help="seconds, queueing included")
-    p.add_argument("--stream_chunk_tokens", type=int, default=8, help="decode steps between streamed chunks")
+    p.add_argument(
+        "--stream_chunk_tokens", type=int, default=8,
+        help="decode steps between streamed chunks (continuous: per device call, between admissions)",
+    )  # fmt: skip
     p.add_argument("--max_body_bytes", type=int, default=1 << 20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -179,6 +198,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     try:
         return ServerConfig(
             model_name=args.served_model_name or default_model_name(args.model),
+            engine=args.engine,
             max_batch=args.max_batch,
             batch_buckets=parse_buckets(args.batch_buckets, "--batch_buckets") if args.batch_buckets else (),
             max_queue=args.max_queue,

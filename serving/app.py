@@ -39,12 +39,14 @@ from rlvr_jax.serving import schemas
 from rlvr_jax.serving.batcher import Batcher, InvalidJob, Job, QueueFull, ShuttingDown, Update
 from rlvr_jax.serving.choices import Choices, Echo
 from rlvr_jax.serving.config import ServerConfig, check_api_key
+from rlvr_jax.serving.continuous import ContinuousBatcher
 from rlvr_jax.serving.engine import Engine
 from rlvr_jax.serving.errors import ApiError, install_error_handlers
 from rlvr_jax.serving.metrics import CONTENT_TYPE, ServerMetrics
 from rlvr_jax.serving.middleware import ApiKeyMiddleware, HttpMiddleware
 from rlvr_jax.serving.openapi import document_responses
 from rlvr_jax.serving.responses import Reply, sse
+from rlvr_jax.serving.slot_engine import ContinuousEngine
 from rlvr_jax.serving.tokens import TokenTexts
 
 if TYPE_CHECKING:  # scipy and friends load only when a server monitors drift
@@ -124,21 +126,31 @@ def _load(state: ServerState, load_engine: Callable[[], Engine], on_load_failure
 
         seconds = engine.warmup(on_shape=count)
         count()  # the prompt scorer's shapes too
-        batcher = Batcher(
-            engine, max_batch=config.max_batch, max_queue=config.max_queue,
-            wait_s=config.batch_wait_ms / 1000, seed=config.seed, metrics=state.metrics,
-        )  # fmt: skip
+        batcher = _batcher(engine, config, state.metrics)
         batcher.start()
         state.engine, state.batcher = engine, batcher
         if state.status == "loading":
             state.status = "ready"
             state.metrics.ready.set(1)
-        log.info("ready: %d shapes compiled in %.1f s", len(config.compiled_shapes), seconds)
+        log.info("ready: %d shapes compiled in %.1f s", len(engine.compiled_shapes), seconds)
     except BaseException as e:
         state.status, state.error = "failed", f"{type(e).__name__}: {e}"
         log.error("loading the model failed: %s", state.error)
         if on_load_failure is not None:
             on_load_failure(e)
+
+
+def _batcher(engine: Engine, config: ServerConfig, metrics: ServerMetrics) -> Batcher:
+    """Continuous batching over the engine's slots, or static batches (`--engine`)."""
+    wait_s = config.batch_wait_ms / 1000
+    if isinstance(engine, ContinuousEngine):
+        return ContinuousBatcher(
+            engine, max_queue=config.max_queue, wait_s=wait_s, seed=config.seed, metrics=metrics
+        )
+    return Batcher(
+        engine, max_batch=config.max_batch, max_queue=config.max_queue, wait_s=wait_s, seed=config.seed,
+        metrics=metrics,
+    )  # fmt: skip
 
 
 def _lifespan(
@@ -181,8 +193,9 @@ def _add_probe_routes(router: FastAPI, state: ServerState) -> None:
         body: dict[str, Any] = {"status": state.status, "model": config.model_name}
         if state.error:
             body["error"] = state.error
-        if state.status == "ready":
-            body["compiled_shapes"] = len(config.compiled_shapes)
+        if state.status == "ready" and state.engine is not None:
+            body["engine"] = config.engine
+            body["compiled_shapes"] = len(state.engine.compiled_shapes)
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
     @router.get("/metrics")

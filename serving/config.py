@@ -23,6 +23,7 @@ MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 # The most alternatives per token a request may ask for (chat `top_logprobs`, completions `logprobs`):
 # OpenAI's chat limit, which vLLM's default --max-logprobs also is (OpenAI's completions allow 5).
 MAX_LOGPROBS = 20
+ENGINES = ("continuous", "static")
 
 
 def parse_buckets(text: str, flag: str) -> tuple[int, ...]:
@@ -44,11 +45,18 @@ def parse_buckets(text: str, flag: str) -> tuple[int, ...]:
 class ServerConfig:
     """How the server batches, bounds and times requests.
 
-    Every (batch, prompt, new-token) bucket combination is compiled at start-up, so the product of the
-    three bucket lists is the number of compilations (x2: prefill and decode chunk) before /ready.
+    engine "continuous" (the default, `serving.slot_engine`): max_batch decode slots; requests join and
+    leave between device calls of stream_chunk_tokens steps. It compiles one prefill per (batch, prompt)
+    bucket, one decode per batch bucket and one more with top log-probs; the batch buckets are the
+    prefill batch sizes and the slot prefixes decoded.
+    engine "static" (`serving.engine`): a batch runs from prefill to its last token. Every (batch, prompt,
+    new-token) bucket combination is compiled, so the product of the three bucket lists is the number of
+    compilations (x2: prefill and decode chunk).
+    Either way everything is compiled at start-up, before /ready.
     """
 
     model_name: str
+    engine: str = "continuous"
     max_batch: int = 8
     batch_buckets: tuple[int, ...] = ()  # default: (max_batch,)
     max_queue: int = 64
@@ -97,6 +105,8 @@ class ServerConfig:
             raise ValueError(
                 f"max_logprobs must be an integer in 0..{MAX_LOGPROBS}, got {self.max_logprobs!r}"
             )
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not self.model_name:
             raise ValueError("model_name must not be empty (it is what clients pass as `model`)")
         batch = _sorted_positive(self.batch_buckets or (self.max_batch,), "batch_buckets")
@@ -128,7 +138,8 @@ class ServerConfig:
 
     @property
     def compiled_shapes(self) -> list[tuple[int, int, int]]:
-        """(batch rows, prompt length, new tokens) of every shape compiled before the server is ready."""
+        """(batch rows, prompt length, new tokens) of every shape the static engine compiles before the
+        server is ready (the continuous engine's are `ContinuousEngine.compiled_shapes`)."""
         return [
             (b, p, n) for b in self.batch_buckets for p in self.prompt_buckets for n in self.new_token_buckets
         ]

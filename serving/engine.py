@@ -1,5 +1,9 @@
 """The model side of the server: jobs in, per-row token states out, through the project's `Sampler`.
 
+This is the static engine (`--engine static`): a batch runs from prefill to its last token, and a request
+that arrives meanwhile waits for it. The default, continuous batching over decode slots, is
+`serving.slot_engine.ContinuousEngine`, which shares this class's checks, prompts and keys.
+
 One batch becomes one `Sampler.stream_ids` call on fixed shapes: rows padded up to a batch bucket with
 empty prompts (which generate nothing), prompts left-padded into a prompt bucket, the new-token budget
 rounded up to a new-token bucket. Every combination is compiled by `warmup` before the server says it is
@@ -16,7 +20,6 @@ max_tokens 0 is only scored, and takes no decoding row.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax.generate.sampler import GenerateOutput, RowParams, Sampler, SamplingParams, bucket
+from rlvr_jax.generate.slots import keys_from_words
 from rlvr_jax.serving.batcher import InvalidJob, Job, RowState, TopLogprobs
 from rlvr_jax.serving.config import ServerConfig
 from rlvr_jax.serving.scoring import PromptScorer, PromptScores
@@ -61,10 +65,20 @@ class Engine:
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, config: ServerConfig) -> Engine:
+        """The engine `config.engine` names: continuous batching over slots, or static batches."""
         sampler = Sampler(
             model, tokenizer, prompt_buckets=config.prompt_buckets, new_token_buckets=config.new_token_buckets
         )
-        return cls(sampler, config)
+        if config.engine == "continuous":
+            from rlvr_jax.serving.slot_engine import ContinuousEngine  # it builds on this module
+
+            return ContinuousEngine(sampler, config)
+        return Engine(sampler, config)
+
+    @property
+    def compiled_shapes(self) -> list[tuple]:
+        """(batch rows, prompt length, new tokens) of every shape `warmup` compiles."""
+        return list(self.config.compiled_shapes)
 
     # -- prompts ---------------------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
@@ -133,14 +147,14 @@ class Engine:
         rows = bucket(len(prompts), self.config.batch_buckets)
         if rows > self.config.max_batch:
             raise ValueError(f"{len(prompts)} rows exceed max_batch ({self.config.max_batch})")
-        ids, mask = _left_pad(prompts, rows, self.tokenizer.pad_id)
+        ids, mask = left_pad(prompts, rows, self.tokenizer.pad_id)
         filler = rows - len(prompts)  # empty rows: greedy, unfiltered, and they generate nothing
         row_params = RowParams(
             temperature=jnp.asarray([j.temperature for j in row_jobs] + [0.0] * filler, jnp.float32),
             top_k=jnp.asarray([min(j.top_k, self.vocab_size) for j in row_jobs] + [0] * filler, jnp.int32),
             top_p=jnp.asarray([j.top_p for j in row_jobs] + [1.0] * filler, jnp.float32),
         )
-        words = [_key_words(job.seed or 0, c) for job in jobs for c in range(job.rows)]
+        words = [key_words(job.seed or 0, c) for job in jobs for c in range(job.rows)]
         keys = _row_keys(np.asarray(words + [(0, 0, 0)] * filler, np.uint32), self.sampler.prng_impl)
         params = self._batch_params(max(j.max_tokens for j in jobs))
         stream = self.sampler.stream_ids(
@@ -179,7 +193,7 @@ class Engine:
             mask = np.ones((rows, prompt_len), bool)
             row_params = RowParams.broadcast(SamplingParams(temperature=1.0), rows)
             for seed in range(8):
-                words = np.asarray([_key_words(seed, c) for c in range(rows)], np.uint32)
+                words = np.asarray([key_words(seed, c) for c in range(rows)], np.uint32)
                 keys = _row_keys(words, self.sampler.prng_impl)
                 stream = self.sampler.stream_ids(
                     ids, mask, self._batch_params(new_tokens), seed=keys, row_params=row_params,
@@ -242,33 +256,28 @@ def _job_problem(job: Job, cfg: ServerConfig, vocab: int, context: int) -> str |
     return None
 
 
-def _key_words(seed: int, choice: int) -> tuple[int, int, int]:
+def key_words(seed: int, choice: int) -> tuple[int, int, int]:
     """A row's key material: its request's seed as two 32-bit words (any integer, taken modulo 2**64: JAX
     would silently keep only 32 bits of a larger seed) and its choice index within the request."""
     u = seed % 2**64
     return u & 0xFFFFFFFF, u >> 32, choice
 
 
-@functools.partial(jax.jit, static_argnames="impl")
-def _row_keys(words: jax.Array, impl: str | None) -> jax.Array:
-    """[rows, 3] uint32 key material -> [rows] typed keys: key(low word), then the high word and the
-    choice index folded in. A row's key depends on nothing else in its batch."""
-
-    def one(w: jax.Array) -> jax.Array:
-        key = jax.random.key(w[0], impl=impl)
-        return jax.random.fold_in(jax.random.fold_in(key, w[1]), w[2])
-
-    return jax.vmap(one)(words)
+# [rows, 3] key material -> [rows] typed keys (see `keys_from_words`: a row's key is its own).
+_row_keys = jax.jit(keys_from_words, static_argnames="impl")
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """[rows, longest] ids and mask, prompts right-aligned; rows past the prompts stay empty."""
-    longest = max(len(p) for p in prompts)
-    ids = np.full((rows, longest), pad_id, np.int32)
-    mask = np.zeros((rows, longest), bool)
+def left_pad(
+    prompts: Sequence[Sequence[int]], rows: int, pad_id: int, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, width] ids and mask (width: the longest prompt unless given), prompts right-aligned; rows
+    past the prompts stay empty."""
+    width = width or max(len(p) for p in prompts)
+    ids = np.full((rows, width), pad_id, np.int32)
+    mask = np.zeros((rows, width), bool)
     for r, p in enumerate(prompts):
-        ids[r, longest - len(p) :] = p
-        mask[r, longest - len(p) :] = True
+        ids[r, width - len(p) :] = p
+        mask[r, width - len(p) :] = True
     return ids, mask
 
 

@@ -54,20 +54,29 @@ class ServerMetrics:
             ["reason"], registry=r,
         )  # fmt: skip
         self.batch_size = Histogram(
-            "rlvr_serve_batch_size", "rows (choices) per batch run through the sampler",
+            "rlvr_serve_batch_size",
+            "rows (choices) per batch run through the sampler (static engine), or slots in use per decode "
+            "call (continuous engine)",
             buckets=_batch_buckets(max_batch), registry=r,
         )  # fmt: skip
         self.batch_duration = Histogram(
-            "rlvr_serve_batch_duration_seconds", "wall time of one batch through the sampler",
+            "rlvr_serve_batch_duration_seconds",
+            "wall time of one batch through the sampler (static engine), or of one decode call over the "
+            "slots (continuous engine)",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.active_slots = Gauge(
+            "rlvr_serve_active_slots", "decode slots holding a request's row (continuous engine)", registry=r
+        )
+        self.slots = Gauge("rlvr_serve_slots", "decode slots (continuous engine: --max_batch)", registry=r)
         self.prompt_tokens = Counter("rlvr_serve_prompt_tokens", "prompt tokens of requests run", registry=r)
         self.generated_tokens = Counter(
             "rlvr_serve_generated_tokens", "tokens generated and returned to clients", registry=r
         )
         self.tokens_per_second = Gauge(
             "rlvr_serve_generated_tokens_per_second",
-            "tokens per second of the last batch (rate of rlvr_serve_generated_tokens_total: the average)",
+            "tokens per second of the last batch or decode call (rate of rlvr_serve_generated_tokens_total: "
+            "the average)",
             registry=r,
         )
         self.ttft = Histogram(

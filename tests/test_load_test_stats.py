@@ -34,5 +34,10 @@ def test_summary_counts_errors_latency_first_token_and_time_per_token():
     assert level["completion_tokens_per_s"] == pytest.approx(10.5)
     assert level["latency_ms"]["p50"] == pytest.approx(100.0)
     assert level["ttft_ms"]["p50"] == pytest.approx(30.0)
-    assert level["per_token_ms"] == {"p50": pytest.approx(10.0), "p95": pytest.approx(20.0)}
+    assert level["per_token_ms"] == {
+        "p50": pytest.approx(10.0),
+        "p95": pytest.approx(20.0),
+        "p99": pytest.approx(20.0),
+    }
+    assert level["ttft_ms"]["p99"] == pytest.approx(50.0)
     assert level["server_batches"] == 3 and level["server_mean_batch_rows"] == pytest.approx(2.0)

@@ -121,7 +121,9 @@ def test_health_answers_while_loading_and_ready_turns_200(server, http):
     assert server.health_while_loading and set(server.health_while_loading) == {200}
     assert set(server.ready_while_loading) == {503}
     body = http.get("/ready").json()
-    assert body["status"] == "ready" and body["compiled_shapes"] == 2
+    # The continuous engine (the default): a prefill per prompt bucket (64, 128) at batch 4, and the decode
+    # call over the 4 slots without and with top log-probs.
+    assert body["status"] == "ready" and body["engine"] == "continuous" and body["compiled_shapes"] == 4
     models = http.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == [server.model]
     assert models["data"][0]["max_model_len"] > MAX_PROMPT

@@ -11,10 +11,14 @@ Design choices, and why:
   H100: 4.6 ms per step scanned, see benchmarks/results).
 - The KV cache is a preallocated pytree passed in and returned, laid out [batch, kv_heads, slots, head_dim]
   so that attention reads each head's keys contiguously. Sequences are left padded so that every row
-  writes the same cache slot, and a per-slot validity mask handles the padding. Both paths share one
-  attention function, which picks its kernel (`ModelConfig.attention`): cuDNN flash attention through
-  `jax.nn.dot_product_attention` for full sequences on GPU, a Pallas flash-decoding kernel for one-token
-  decode steps on GPU (it reads only the filled slots of the cache), and plain XLA einsums elsewhere.
+  writes the same cache slot, and a per-slot validity mask handles the padding. A serving engine whose
+  rows start and stop at different times (continuous batching, `rlvr_jax.generate.slots`) gives the cache
+  one write index per row instead (`KVCache.index` of shape [batch]): each row then writes its own slot
+  and its queries sit at their own slots; training and the sampler keep the shared scalar. Both paths
+  share one attention function, which picks its kernel (`ModelConfig.attention`): cuDNN flash attention
+  through `jax.nn.dot_product_attention` for full sequences on GPU, a Pallas flash-decoding kernel for
+  one-token decode steps on GPU (it reads only the filled slots of the cache), and plain XLA einsums
+  elsewhere.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class KVCache(NamedTuple):
 
     k, v: tuples (one per layer) of [batch, kv_heads, max_len, head_dim] arrays in the compute dtype.
     valid: [batch, max_len] bool, True where a slot holds a real (non-padding) token.
-    index: int32 scalar, the next slot to write (shared by all rows thanks to left padding).
+    index: int32 scalar, the next slot to write (shared by all rows thanks to left padding); or [batch]
+      int32, each row's own next slot (rows that joined a running batch at different times).
     """
 
     k: tuple[Array, ...]
@@ -330,8 +335,13 @@ def forward_hidden(
         new_cache = None
     else:
         start = cache.index
-        k_valid = jax.lax.dynamic_update_slice(cache.valid, mask, (0, start))
-        q_slots = start + jnp.arange(T, dtype=jnp.int32)
+        if start.ndim:  # a write index per row: [B, T] query slots
+            write = lambda v, m, s: jax.lax.dynamic_update_slice(v, m, (s,))
+            k_valid = jax.vmap(write)(cache.valid, mask, start)
+            q_slots = start[:, None] + jnp.arange(T, dtype=jnp.int32)
+        else:
+            k_valid = jax.lax.dynamic_update_slice(cache.valid, mask, (0, start))
+            q_slots = start + jnp.arange(T, dtype=jnp.int32)
         ks, vs = [], []
         layers = unstack_layers(params["layers"], cfg.num_layers)
         for i, (p, window) in enumerate(zip(layers, cfg.window_array().tolist(), strict=True)):
@@ -369,8 +379,7 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
         keys, values = k, v
     else:
         # Write this chunk into its cache slots, then attend over the whole cache.
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, start, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, start, 0))
+        k_cache, v_cache = _write_cache(k_cache, k, start), _write_cache(v_cache, v, start)
         keys, values = k_cache.astype(dt), v_cache.astype(dt)
 
     attn = attention(q, keys, values, q_slots, k_valid, window, impl=cfg.attention)
@@ -403,6 +412,15 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
     return x + down, k_cache, v_cache
 
 
+def _write_cache(buffer: Array, new: Array, start: Array) -> Array:
+    """new [B, K, T, Dh] into buffer [B, K, S, Dh] at slot `start` (a scalar, or one slot per row)."""
+    new = new.astype(buffer.dtype)
+    if not start.ndim:
+        return jax.lax.dynamic_update_slice(buffer, new, (0, 0, start, 0))
+    write = lambda b, n, s: jax.lax.dynamic_update_slice(b, n, (0, s, 0))
+    return jax.vmap(write)(buffer, new, start)
+
+
 def attention(
     q: Array,
     k: Array,
@@ -415,7 +433,8 @@ def attention(
 ) -> Array:
     """Causal grouped-query attention over cache slots.
 
-    q: [B, T, H, Dh]; k, v: [B, K, S, Dh]; q_slots: [T] slot of each query; k_valid: [B, S].
+    q: [B, T, H, Dh]; k, v: [B, K, S, Dh]; q_slots: [T] slot of each query ([B, T] when rows write at
+    their own slots, see `KVCache.index`); k_valid: [B, S].
     A query at slot i sees key slot j when j <= i, slot j is valid, and (window == 0 or i - j < window).
 
     impl "xla" is the reference einsum implementation. "auto" routes to faster kernels where they apply
@@ -447,9 +466,9 @@ def attention(
 def _allowed(q_slots: Array, k_valid: Array, window: Array | int) -> Array:
     """[B, T, S] bool: which key slots each query may attend to (causal, valid, inside the window)."""
     k_slots = jnp.arange(k_valid.shape[1], dtype=jnp.int32)
-    diff = q_slots[:, None] - k_slots[None, :]
+    diff = q_slots[..., :, None] - k_slots  # [T, S], or [B, T, S] for per-row query slots
     allowed = (diff >= 0) & ((window == 0) | (diff < window))
-    return allowed[None, :, :] & k_valid[:, None, :]
+    return (allowed if allowed.ndim == 3 else allowed[None]) & k_valid[:, None, :]
 
 
 def _dot_product_attention(
@@ -502,7 +521,8 @@ def _decode_attention_pallas(
     The kernel attends over one contiguous slot range [start, end) per row and skips blocks outside it,
     so a step reads the filled part of the cache only. Our rows satisfy that: left padding is followed by
     the prompt and then by every decoded token, so a row's valid slots are one run ending at the current
-    slot (the sampler always decodes with mask=1). interpret=True runs the kernel on CPU for tests.
+    slot (the sampler always decodes with mask=1; a slot engine's rows each at their own current slot).
+    interpret=True runs the kernel on CPU for tests.
     """
     from jax.experimental.pallas.ops.gpu import decode_attention
 
@@ -510,10 +530,10 @@ def _decode_attention_pallas(
     S = k.shape[2]
     split = _decode_split(S)
     first = jnp.argmax(k_valid, axis=1).astype(jnp.int32)  # first valid slot (left padding before it)
-    current = q_slots[0]
+    current = q_slots[:, 0] if q_slots.ndim == 2 else jnp.full((B,), q_slots[0], jnp.int32)
     if window:
         first = jnp.maximum(first, current - window + 1)
-    end = jnp.full((B,), current + 1, jnp.int32)
+    end = current + 1
     out = decode_attention.gqa(
         q[:, 0],
         k.swapaxes(1, 2),  # the kernel takes [B, S, K, Dh] and swaps back: XLA cancels the pair
