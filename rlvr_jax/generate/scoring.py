@@ -28,6 +28,7 @@ def sequence_logprobs(
     *,
     top_logprobs: int = 0,
     chunk: int = 64,
+    max_block_elements: int = 1 << 27,
 ) -> tuple[Array, Array | None, Array | None]:
     """Every token's log-prob given the tokens before it, at T = 1, and optionally the k best alternatives.
 
@@ -35,7 +36,10 @@ def sequence_logprobs(
     tokens[:, :t]) (0 at t = 0, which has no context; a row's first real token's entry is meaningless, as
     it has none either), and with top_logprobs = k > 0 the ids and log-probs [rows, L, k] of each
     position's k most probable tokens, best first (None otherwise). Pure; jit it with top_logprobs static.
-    chunk: positions per vocabulary-wide block (memory about rows * chunk * vocab * 4 bytes).
+    chunk: positions per vocabulary-wide block (memory about rows * chunk * vocab * 4 bytes), fewer when
+    rows * chunk * vocab would pass `max_block_elements` (512 MB of float32 logits per block by default):
+    256 rows over a 152k vocabulary take 3 positions a block; without the bound one block of 63 positions
+    needed 55 GB on an H200 (the logits, their log-softmax and top-k's sort).
     """
     model = nnx.merge(graphdef, params)
     cfg, arrays = model.cfg, model.arrays()
@@ -46,7 +50,7 @@ def sequence_logprobs(
         return jnp.zeros((rows, L), jnp.float32), (None if none is None else none.astype(jnp.int32)), none
     hidden, _ = apply(cfg, arrays, tokens, mask=mask, return_hidden=True)
     n = L - 1
-    c = min(chunk, n)
+    c = max(1, min(chunk, n, max_block_elements // (rows * cfg.vocab_size)))
     blocks = -(-n // c)
     pad = blocks * c - n
     h = jnp.pad(hidden[:, :-1], ((0, 0), (0, pad), (0, 0)))  # position t predicts token t + 1
