@@ -26,6 +26,7 @@ import transformers
 from transformers.initialization import no_init_weights
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+from rlvr_jax.weights import gguf as gguf_module
 from rlvr_jax.weights.gguf import GGUFCheckpoint, load_gguf, load_gguf_tokenizer
 from rlvr_jax.weights.hf import CheckpointError
 
@@ -230,11 +231,56 @@ def test_smollm2_answers_with_our_tensors(smollm: GGUFCheckpoint, smollm_tokeniz
     assert logits[len(prompt) - 1 : -1].argmax(-1).tolist() == answer
 
 
-@pytest.mark.qwen_coder
-def test_qwen2_coder_matches_transformers() -> None:
+TOKENIZER_PROBES = [
+    "Hello world! GGUF files keep the tokenizer: 12 + 30 = 42, naïve café.",
+    "  two  spaces\n\n\tand a tab",
+    "1234567 * 89 = 109876463",
+    "日本語のテキスト 🙂 emoji",
+    "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>",
+    "def f(x):\n    return x ** 2  # comment\n",
+    "",
+]
+
+
+def _qwen_coder_gguf() -> Path:
     path = Path(os.environ.get("RLVR_QWEN_CODER_GGUF", QWEN_CODER_DEFAULT)).expanduser()
     if not path.is_file():
         pytest.fail(f"{path} is missing: run ../shared/tools/fetch-qwen-coder (or set RLVR_QWEN_CODER_GGUF)")
+    return path
+
+
+@pytest.mark.parametrize("model", ["smollm2", pytest.param("qwen2.5-coder", marks=pytest.mark.qwen_coder)])
+def test_tokenizer_without_torch_equals_transformers_own(
+    model: str, smollm_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base package has no torch, and transformers' GGUF reader imports it: there the tokenizer
+    is built from our reader's metadata (make demo, `pip install rlvr-jax`). It must be the same
+    tokenizer that transformers' own GGUF path gives: same ids, text, template and special tokens."""
+    path = smollm_gguf if model == "smollm2" else _qwen_coder_gguf()
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gguf_module, "_transformers_reads_gguf", lambda: False)
+    ours = load_gguf_tokenizer(path)
+    assert len(list(tmp_path.glob("gguf-tokenizers/*/tokenizer.json"))) == 1  # cached under its own key
+    reference = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    for text in TOKENIZER_PROBES:
+        ids = ours(text)["input_ids"]
+        assert ids == reference(text)["input_ids"], text
+        assert ours.decode(ids) == reference.decode(ids)
+    chat = [{"role": "user", "content": "What is 2+2?"}]
+    assert ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == (
+        reference.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    )
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "all_special_ids"):
+        assert getattr(ours, name) == getattr(reference, name), name
+    assert len(ours) == len(reference)
+    # The cached copy loads back as the same tokenizer.
+    again = load_gguf_tokenizer(path)
+    assert again(TOKENIZER_PROBES[0])["input_ids"] == ours(TOKENIZER_PROBES[0])["input_ids"]
+
+
+@pytest.mark.qwen_coder
+def test_qwen2_coder_matches_transformers() -> None:
+    path = _qwen_coder_gguf()
     ckpt, worst = check_against_transformers(path)
     assert worst < 1e-6
     config = ckpt.hf_config

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import importlib.util
 import logging
 import math
 import os
@@ -214,20 +215,27 @@ def load_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
 def load_gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
     """The fast tokenizer transformers builds from a GGUF file, with the file's chat template.
 
-    transformers reads only the file and writes nothing beside it, so read-only model folders
-    work.  Our own reader (a second full parse) runs only when needed: to explain a failure, or
-    to supply the template should transformers not have set it.
+    Nothing is written beside the file, so read-only model folders work. transformers' own GGUF path
+    (``AutoTokenizer.from_pretrained(..., gguf_file=...)``) imports torch since 5.2x, and the base
+    package does not depend on torch: without it, the same converter runs on metadata read by our
+    reader (``_tokenizer_from_metadata``). ``tests/test_gguf.py`` checks that both give the same tokens,
+    template and special tokens for the SmolLM2 and Qwen2.5 files.
     """
-    from transformers import AutoTokenizer
-
     path = _existing_file(path)
     cached = _tokenizer_cache_dir(path)
     if cached is not None and (cached / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(path.parent), gguf_file=path.name, local_files_only=True
-        )
+        if not _transformers_reads_gguf():
+            tokenizer = _tokenizer_from_metadata(path)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path.parent), gguf_file=path.name, local_files_only=True
+            )
     except Exception as exc:
         _open_reader(path)  # a damaged or non-GGUF file gets the same clear error as load_gguf
         raise CheckpointError(
@@ -242,12 +250,63 @@ def load_gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase
     return tokenizer
 
 
+def _transformers_reads_gguf() -> bool:
+    """Whether transformers' own GGUF reader can run here (it imports torch)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+# GGUF's tokenizer.ggml.<x>_token_id fields, by the special-token name transformers gives them.
+_SPECIAL_TOKEN_IDS = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
+
+
+def _tokenizer_from_metadata(path: pathlib.Path) -> PreTrainedTokenizerBase:
+    """transformers' GGUF tokenizer converter fed by our reader (numpy only), for installs without torch.
+
+    This mirrors what ``get_gguf_tokenizer`` does before it hands over to ``convert_gguf_tokenizer``:
+    the ``tokenizer.*`` fields renamed by ``GGUF_TOKENIZER_MAPPING``, BOS added for sentencepiece
+    ("llama") vocabularies that do not say otherwise (llama.cpp's rule), and the special tokens named
+    by their ids. The vocabulary itself, merges, pre-tokenizer and added tokens are transformers' work.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
+    )
+
+    fields = _open_reader(path).fields
+
+    def value(name: str) -> Any:
+        field = fields.get(name)
+        return None if field is None else field.contents()
+
+    grouped = {
+        group: {
+            name: value(f"tokenizer.{key}") for key, name in renames.items() if f"tokenizer.{key}" in fields
+        }
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
+    vocabulary, tokenizer_config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if vocabulary.get("tokenizer_type") == "llama":
+        tokenizer_config.setdefault("add_bos_token", True)
+    for name, key in _SPECIAL_TOKEN_IDS.items():
+        token_id = value(f"tokenizer.ggml.{key}")
+        tokenizer_config[name] = vocabulary["tokens"][token_id] if token_id is not None else None
+    backend, extra = convert_gguf_tokenizer(value(Keys.General.ARCHITECTURE), vocabulary)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
+
+
 def _tokenizer_cache_dir(path: pathlib.Path) -> pathlib.Path | None:
     """Where the tokenizer converted from this exact file is kept (None: caching off).
 
     Building a fast tokenizer from a GGUF's vocabulary and merges takes seconds (8 s for SmolLM2, 16 s
     for Qwen2.5); loading the converted tokenizer.json takes a fraction of one. The key covers the
-    file's identity (path, size, mtime) and the transformers version that did the conversion.
+    file's identity (path, size, mtime), the transformers version that did the conversion and which
+    reader fed it.
     Set RLVR_CACHE_DIR to move the cache, or to an empty string to turn it off.
     """
     import hashlib
@@ -259,6 +318,7 @@ def _tokenizer_cache_dir(path: pathlib.Path) -> pathlib.Path | None:
         return None
     stat = path.stat()
     ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    ident += "" if _transformers_reads_gguf() else "|metadata"
     return pathlib.Path(root) / "gguf-tokenizers" / hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
