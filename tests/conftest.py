@@ -76,6 +76,11 @@ SLOW_FILES = {
     "test_score_cli.py": 25,
     "test_code_hacking.py": 60,
     "test_config_cli.py": 45,
+    "test_lm_eval.py": 120,
+    "test_python_api.py": 85,
+    "test_run_outputs.py": 80,
+    "test_serve_training_run.py": 60,
+    "test_continuous_batching.py": 40,
 }
 
 
