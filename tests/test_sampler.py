@@ -8,12 +8,14 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.generate.sampling import filter_top_k_top_p
-from rlvr_jax.models import init_model
+from rlvr_jax.models import ModelConfig, init_model
+from rlvr_jax.optim import init_train_state, sampler_params
 from tests.tiny import TINY
 
 CFG = TINY
@@ -284,3 +286,37 @@ def test_streaming_stops_when_every_row_is_done(model):
     stops = tuple(int(t) for t in free.tokens[:, 1])  # every row stops by its second token
     chunks = list(Sampler(model, _tokenizer(stop_ids=stops)).stream_ids(ids, mask, greedy, chunk_tokens=3))
     assert len(chunks) == 2 and chunks[-1].finished.all() and int(chunks[-1].lengths.max()) <= 2
+
+
+GPT2_TINY = ModelConfig.from_hf_config(
+    {"model_type": "gpt2", "vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64}
+)
+
+
+@pytest.mark.parametrize("cfg", [CFG, GPT2_TINY], ids=["rms", "layernorm"])
+def test_the_samplers_bf16_copy_of_float32_masters_samples_the_same_tokens(cfg):
+    """The trainer keeps float32 masters and hands the sampler a copy in the dtypes the model reads
+    (`sampler_params`): half the bytes per decode step, and the same samples, since the model casts each
+    of those weights to bf16 at use anyway. GPT-2's LayerNorm reads its scale and bias in float32: kept."""
+    cfg = cfg.replace(dtype="bfloat16")
+    model = init_model(cfg, seed=5)
+    model.embed[...] = model.embed[...] * 40.0
+    masters = init_train_state(model, optax.sgd(0.1)).params  # float32, as the trainer keeps them
+    copy = sampler_params(masters, model.cfg)
+    dtypes = {jax.tree_util.keystr(path): x.dtype for path, x in jax.tree_util.tree_leaves_with_path(copy)}
+    kept = {name for name, dtype in dtypes.items() if dtype == jnp.float32}
+    assert all(dtype in (jnp.float32, jnp.bfloat16) for dtype in dtypes.values())
+    if cfg.norm_type == "rms":
+        assert not kept
+    else:
+        assert kept and all("norm" in name for name in kept)
+        assert sum("norm" in name for name in dtypes) == len(kept)  # every LayerNorm leaf, nothing else
+    ids, mask = _prompts()
+    params = SamplingParams(temperature=1.0, max_new_tokens=6)
+    sampler = Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,)), new_token_buckets=(8,))
+    sampler.update_params(masters)
+    wide = jax.device_get(sampler.generate_ids(ids, mask, params, group_size=2, seed=1))
+    sampler.update_params(copy)
+    narrow = jax.device_get(sampler.generate_ids(ids, mask, params, group_size=2, seed=1))
+    np.testing.assert_array_equal(narrow.tokens, wide.tokens)
+    np.testing.assert_array_equal(narrow.logprobs, wide.logprobs)

@@ -570,6 +570,22 @@ def _rms(x: Array, scale: Array, eps: float) -> Array:
     return (y.astype(x.dtype) * scale.astype(x.dtype)).astype(x.dtype)
 
 
+# LayerNorm (GPT-2) applies its scale and bias in float32; every other parameter is cast to the compute
+# dtype where it is used (matmul weights, biases, embeddings after the lookup, RMSNorm scales).
+_LAYER_NORM_PARAMS = frozenset(
+    {"attn_norm", "attn_norm_bias", "mlp_norm", "mlp_norm_bias", "final_norm", "final_norm_bias"}
+)
+
+
+def float32_params(cfg: ModelConfig) -> frozenset[str]:
+    """Names of the parameters this model reads in float32 rather than in its compute dtype.
+
+    Storing any other parameter in the compute dtype changes no result (the cast at use is the same cast),
+    which is what lets the sampler hold a bf16 copy of float32 masters (`optim.state.sampler_params`).
+    """
+    return _LAYER_NORM_PARAMS if cfg.norm_type != "rms" else frozenset()
+
+
 def _norm(cfg: ModelConfig, x: Array, scale: Array, bias: Array | None) -> Array:
     if cfg.norm_type == "rms":
         return _rms(x, scale, cfg.norm_eps)

@@ -7,8 +7,9 @@ parameters' logical axes.
   rules), optimizer moments take the shardings of the parameters they mirror. XLA inserts the
   collectives, so one device, a (data, fsdp, tensor) mesh and several processes run the same code.
 - Master weights: `init_train_state` keeps the parameters in float32 by default whatever the checkpoint's
-  storage dtype, and the model casts each weight to its compute dtype at use; `export_params` casts back
-  for the sampler.
+  storage dtype, and the model casts each weight to its compute dtype at use; `sampler_params` hands the
+  sampler a copy in the dtypes the model reads (bf16 where it computes in bf16), `export_params` casts
+  to a storage dtype.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlvr_jax import sharding
-from rlvr_jax.models.config import resolve_dtype
+from rlvr_jax.models.config import ModelConfig, resolve_dtype
+from rlvr_jax.models.decoder import float32_params
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,27 @@ def init_train_state(
     opt_state = jax.jit(optimizer.init, out_shardings=shards.opt_state)(params)
     step, skipped = (sharding.put_on_mesh(c, shards.step) for c in counters)
     return TrainState(params, opt_state, step, skipped)
+
+def sampler_params(params: Any, cfg: ModelConfig) -> Any:
+    """The parameters for the sampler: each floating leaf in the dtype the model reads it in.
+
+    The model casts matmul weights, biases, embeddings and RMS scales to its compute dtype at every use, so
+    a copy stored in that dtype gives bit-identical samples while each decode step, which is bound by
+    reading the weights, reads half the bytes when the masters are float32 and the compute is bf16. The
+    parameters it reads in float32 (`decoder.float32_params`: GPT-2's LayerNorm) keep the master dtype.
+    Only a narrowing cast is made (bf16 masters with float32 compute stay bf16). Costs one copy of the
+    weights in the compute dtype; leaves left as they are are the state's own buffers, which the next step
+    donates: hand the sampler new parameters after every step.
+    """
+    wide, compute = float32_params(cfg), jnp.dtype(cfg.compute_dtype)
+
+    def cast(path: tuple, x: Any) -> Any:
+        names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+        narrower = jnp.issubdtype(x.dtype, jnp.floating) and compute.itemsize < x.dtype.itemsize
+        return x.astype(compute) if narrower and not names & wide else x
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
 
 def export_params(params: Any, dtype: str | Any) -> Any:
     """Parameters cast to the sampler's storage dtype (e.g. `cfg.param_dtype`); shardings are kept.

@@ -29,7 +29,7 @@ from rlvr_jax.evaluation.generate_and_score import encode_prompts
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.monitoring.exporters import JsonLogSink
 from rlvr_jax.monitoring.metrics import step_flops
-from rlvr_jax.optim import TrainState, export_params, init_train_state, make_optimizer, make_schedule
+from rlvr_jax.optim import TrainState, init_train_state, make_optimizer, make_schedule, sampler_params
 from rlvr_jax.rl import LossConfig, get_advantage_fn
 from rlvr_jax.rl.update import make_logprob_fn, make_train_step
 from rlvr_jax.weights import load_policy
@@ -125,9 +125,10 @@ class Run:
         return nnx.graphdef(self.model)
 
     def hand_params_to_sampler(self) -> None:
-        """The sampler generates with the newest parameters. Every step, since the next update donates
-        the state's buffers."""
-        self.sampler.update_params(export_params(self.state.params, self.model.cfg.param_dtype))
+        """The sampler generates with the newest parameters, in the dtypes the model reads them in (a bf16
+        copy of float32 masters: half the bytes each decode step reads). Every step, since the next update
+        donates the state's buffers."""
+        self.sampler.update_params(sampler_params(self.state.params, self.model.cfg))
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
