@@ -111,6 +111,11 @@ def main() -> None:
     p.add_argument("--remat", default=None, choices=("none", "full", "dots"), help="default: the config's")
     p.add_argument("--micro_batches", type=int, default=None, help="default: the config's; 0 = probe")
     p.add_argument("--param_dtype", default=None, choices=("float32", "bfloat16"), help="default: config's")
+    p.add_argument(
+        "--sampler_params", default="compute", choices=("compute", "master"),
+        help="what the sampler is handed: the trainer's bf16 copy (compute) or the float32 masters as "
+        "stored (master: the trainer before 2026-12-05), for a before / after in one call",
+    )  # fmt: skip
     p.add_argument("--skip", type=int, default=2, help="first steps left out of the medians (compiles)")
     p.add_argument("--out", default=None, help="write the JSON here too")
     args = p.parse_args()
@@ -121,6 +126,10 @@ def main() -> None:
     from rlvr_jax.monitoring.metrics import read_metrics
     from rlvr_jax.trainer import train
 
+    if args.sampler_params == "master":
+        import rlvr_jax.trainer.setup as trainer_setup
+
+        trainer_setup.sampler_params = lambda params, cfg: params
     args.data = args.data or str(shared_dir() / "data" / args.task)
     args.tokenizer = args.tokenizer or str(shared_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,6 +149,7 @@ def main() -> None:
         "steps": args.steps,
         "remat": config.model.remat,
         "param_dtype": config.model.param_dtype,
+        "sampler_params": args.sampler_params,
         "micro_batches": int(rows[-1]["optim/micro_batches"]),
         **summarise(rows, args.skip),
         "run_wall_s": round(wall, 1),

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole-step benchmark's arms in one device call (see benchmarks/README.md, "The whole GRPO step"):
+#   bash benchmarks/grpo_step_h200.sh OUT_DIR [ARM ...]
+# Arms: before (the sampler reads the float32 masters), after (the trainer's bf16 copy for the sampler),
+# probe (after, with the memory probe's fewest micro-batches and remat dots), 1.5b (after, qwen2.5-1.5b).
+# Expects benchmarks/gpu_setup.sh's carried .whl, .stage/gsm8k and .stage/qwen2.5-tokenizer.
+set -euo pipefail
+out=${1:?usage: grpo_step_h200.sh OUT_DIR [ARM ...]}; shift
+arms=("${@:-before after}")
+common=(--prompts 32 --group 8 --new_tokens 256 --steps 8 --tokenizer .stage/qwen2.5-tokenizer --data .stage/gsm8k)
+for arm in ${arms[@]}; do
+  case $arm in
+    before) extra=(--shape qwen2.5-0.5b --sampler_params master) ;;
+    after) extra=(--shape qwen2.5-0.5b) ;;
+    probe) extra=(--shape qwen2.5-0.5b --micro_batches 0 --remat dots) ;;
+    1.5b) extra=(--shape qwen2.5-1.5b) ;;
+    *) echo "unknown arm $arm" >&2; exit 2 ;;
+  esac
+  echo "== $arm: ${extra[*]}"
+  python3 benchmarks/grpo_step.py "${common[@]}" "${extra[@]}" --out "$out/grpo_step_${arm}_h200.json" \
+    > "$out/grpo_step_${arm}.log" 2>&1 || { tail -20 "$out/grpo_step_${arm}.log"; continue; }
+  python3 - "$out/grpo_step_${arm}_h200.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"step {r['step_s']} s  sample {r['components_s']['sample']} s  update {r['components_s']['update']} s "
+      f"(MFU {r.get('update_mfu')})  overhead {r['overhead_fraction']}  first {r['first_steps_s']}")
+PY
+done
