@@ -31,7 +31,9 @@ def vowel_fraction(completions, samples, **_):
 
 
 def _digits_task(split, path=None, *, chat=True, **_):
-    return [{"id": f"{split}/{i}", "prompt": f"Write some digits ({i})."} for i in range(64)]
+    """64 prompts per split; the test split's are other numbers, so that they are held out."""
+    first = 1000 if split == "test" else 0
+    return [{"id": f"{split}/{i}", "prompt": f"Write some digits ({first + i})."} for i in range(64)]
 
 
 if "digits_test" not in registered_rewards():
