@@ -174,7 +174,9 @@ def test_near_duplicates_of_mbpp_training_items_in_humaneval_include_humaneval_5
     mb = {s["id"]: s for s in mbpp}
     train = [mb[i] for i in ("32", "498", "11", "126", "256")]  # 126: sum of common divisors; 256: primes
     evals = [he[f"HumanEval/{i}"] for i in (59, 13, 0, 96, 2)]
-    pairs = functional_duplicates(train, evals)
+    scan = functional_duplicates(train, evals)
+    pairs = scan.pairs
+    assert not scan.undecided and scan.programs == len(candidate_pairs(train, evals))
     assert [(p["humaneval"], p["mbpp"]) for p in pairs] == [("HumanEval/59", "32"), ("HumanEval/13", "498")]
     assert "largest prime factor" in pairs[0]["humaneval_statement"] and pairs[0]["mbpp_function"]
     # Only pairs callable alike run: MBPP 11 (two arguments) never meets the one-argument HumanEval/59.

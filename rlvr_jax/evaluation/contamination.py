@@ -25,6 +25,7 @@ that file reports HumanEval accuracy with and without the listed items.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -86,38 +87,66 @@ def statement(sample: Sample) -> str:
     return " ".join(first.split())
 
 
+@dataclasses.dataclass
+class Scan:
+    """What `functional_duplicates` found: the pairs, how many programs ran, and the pairs whose verdict
+    is unknown because their program ran out of time even on the second, longer try."""
+
+    pairs: list[dict[str, Any]]
+    programs: int
+    undecided: list[tuple[str, str]]
+
+
+def _passes(
+    chunk: Sequence[tuple[Sample, Sample, str]], executor: Any, timeout_s: float
+) -> list[tuple[bool, bool]]:
+    """(passed, timed out) for each (HumanEval item, MBPP item, MBPP function) pair."""
+    from rlvr_jax.rewards.code import code_humaneval
+
+    completions = [f"```python\n{m['code']}\n\n{h['entry_point']} = {name}\n```" for h, m, name in chunk]
+    result = code_humaneval(completions, [h for h, _, _ in chunk], executor=executor, timeout_s=timeout_s)
+    return [
+        (bool(score >= 1.0), reason.startswith("timeout"))
+        for score, reason in zip(result.scores, result.reasons, strict=True)
+    ]
+
+
 def functional_duplicates(
     mbpp: Sequence[Sample],
     humaneval: Sequence[Sample],
     *,
     executor: Any = None,
     timeout_s: float = 2.0,
+    retry_timeout_s: float = 20.0,
     batch: int = 256,
     on_batch: Callable[[int, int], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> Scan:
     """The (HumanEval item, MBPP item) pairs where MBPP's reference solution passes HumanEval's tests
     (module docstring), in HumanEval order: dicts with both ids, the MBPP function name and both problem
-    statements. `on_batch(done, total)` reports progress; `timeout_s` bounds each program."""
-    from rlvr_jax.rewards.code import code_humaneval
-
+    statements. A program that runs out of `timeout_s` (a busy machine, or a reference solution that
+    loops on HumanEval's inputs) is run again alone with `retry_timeout_s`; one that times out again is
+    listed as undecided. `on_batch(done, total)` reports progress."""
     pairs = candidate_pairs(mbpp, humaneval)
-    found = []
+    verdicts: list[tuple[bool, bool]] = []
     for start in range(0, len(pairs), batch):
-        chunk = pairs[start : start + batch]
-        completions = [f"```python\n{m['code']}\n\n{h['entry_point']} = {name}\n```" for h, m, name in chunk]
-        result = code_humaneval(completions, [h for h, _, _ in chunk], executor=executor, timeout_s=timeout_s)
-        for (h, m, name), score in zip(chunk, result.scores, strict=True):
-            if score >= 1.0:
-                found.append(
-                    {
-                        "humaneval": h["id"],
-                        "mbpp": m["id"],
-                        "mbpp_function": name,
-                        "humaneval_statement": statement(h),
-                        "mbpp_statement": statement(m),
-                    }
-                )
+        verdicts += _passes(pairs[start : start + batch], executor, timeout_s)
         if on_batch is not None:
             on_batch(min(start + batch, len(pairs)), len(pairs))
+    for i, (_, timed_out) in enumerate(verdicts):
+        if timed_out:
+            verdicts[i] = _passes([pairs[i]], executor, retry_timeout_s)[0]
+    found = [
+        {
+            "humaneval": h["id"],
+            "mbpp": m["id"],
+            "mbpp_function": name,
+            "humaneval_statement": statement(h),
+            "mbpp_statement": statement(m),
+        }
+        for (h, m, name), (ok, _) in zip(pairs, verdicts, strict=True)
+        if ok
+    ]
     order = {h["id"]: i for i, h in enumerate(humaneval)}
-    return sorted(found, key=lambda p: (order[p["humaneval"]], p["mbpp"]))
+    found.sort(key=lambda p: (order[p["humaneval"]], p["mbpp"]))
+    undecided = [(h["id"], m["id"]) for (h, m, _), (_, late) in zip(pairs, verdicts, strict=True) if late]
+    return Scan(pairs=found, programs=len(pairs), undecided=undecided)
