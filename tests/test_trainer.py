@@ -108,6 +108,8 @@ def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path,
     lines = (run / "eval" / "after" / "samples.jsonl").read_text().splitlines()
     samples = [json.loads(line) for line in lines]
     assert len(samples) == 16 and {"id", "completion", "reward", "reason", "num_tokens"} <= samples[0].keys()
+    held_out = json.loads((run / "eval" / "after" / "metrics.json").read_text())["held_out"]
+    assert held_out["loaded"] == 64 and held_out["seen_in_training"] == 0 and held_out["evaluated"] == 16
     assert np.mean([r["reward"] for r in samples]) == pytest.approx(summary.eval_after["reward"], rel=1e-6)
     assert summary.eval_report and (run / "eval" / "compare" / "accuracy.png").exists()
     assert "reward" in Path(summary.eval_report).read_text() and summary.eval_verdict

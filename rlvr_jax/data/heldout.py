@@ -3,12 +3,11 @@
 A procedural generator with a small problem space repeats questions within a split and across splits,
 whatever seeds the splits draw from (reasoning-gym's `basic_arithmetic` with 1 digit and 2 terms: 871 of
 its 1,000 test questions are among the 10,000 training ones); a data set with only a test file has its
-training split carved from that file. Either way an accuracy
-"on held-out items" would partly measure items the model was trained on. So the trainer and
-`scripts/evaluate.py` pass the evaluation split through `drop_seen` before they use it: an item is removed
-when its normalised question equals an earlier evaluation item's (the first is kept) or any training
-prompt's. They say how many went in one line (`HeldOutReport.line`) and record the counts in the
-evaluation's metrics.json (`"held_out"`).
+training split carved from that file. Either way an accuracy "on held-out items" would partly measure
+items the model was trained on. So the trainer and `scripts/evaluate.py` pass the evaluation split
+through `drop_seen` before they use it: an item is removed when its normalised question equals an earlier
+evaluation item's (the first is kept) or any training prompt's. They say how many went in one line
+(`HeldOutReport.line`) and record the counts in the evaluation's metrics.json (`"held_out"`).
 
 Normalisation (`normalise_question`), chosen to merge only what is the same question:
   every task    whitespace collapsed to one space, case folded (Unicode `casefold`).
@@ -16,8 +15,8 @@ Normalisation (`normalise_question`), chosen to merge only what is the same ques
                 "4", "2.50" -> "2.5") and the spaces around operators and brackets dropped, so
                 "Calculate 3 + 04." and "calculate 3+4." are one question. Safe there because a generated
                 question's meaning is its numbers and operators; in natural-language tasks it is not done,
-                where "1.0" and "1", or "a - b" and "a-b", can be different text a reader would not call
-                the same question, and whitespace or case differences are the only copying noise seen.
+                where "version 1.0" and "version 1", or "a - b" and "a-b", can be different questions;
+                there only layout (spacing, line breaks, case) is taken for noise.
 The question compared is the rendered prompt (`question_text`): one task renders every split with the same
 template, so equal prompts mean equal questions, and every task's samples have a prompt.
 
@@ -86,8 +85,8 @@ class HeldOutReport:
     skipped: str | None = None
 
     def line(self) -> str:
-        """One line for the console, such as "held-out test: removed 79 repeated and 434 seen-in-training
-        items of 1000; 487 remain, the first 96 evaluated (data.eval_limit)"."""
+        """One line for the console, such as (the quickstart) "held-out test: removed 0 repeated and 871
+        seen-in-training items of 1000; 129 remain, the first 96 evaluated (limit 96)"."""
         seen = "seen-in-training"
         if self.skipped is not None:
             seen += f" (not checked: {self.skipped})"
