@@ -71,7 +71,9 @@ def test_held_out_split_reports_limits_and_refuses_an_empty_split():
         "the first 2 evaluated (limit 2)"
     )
     _, few = held_out_split(train, _samples("a", "c"), split="test", limit=10)
-    assert "FEWER than the 10 asked for" in few.line()
+    assert few.line().endswith("; 1 remain, fewer than the 10 asked for")
+    _, removed = held_out_split(train, _samples("a", "b", "c"), split="test", limit=2)
+    assert "fewer than the 2 asked for because of the removals" in removed.line()
     _, unchecked = held_out_split(None, _samples("a", "a"), split="train", skipped="it is the training split")
     assert unchecked.repeated == 1 and unchecked.train_pool is None
     assert "not checked: it is the training split" in unchecked.line()

@@ -97,7 +97,9 @@ class HeldOutReport:
         if self.limit is not None and self.kept > self.limit:
             text += f", the first {self.evaluated} evaluated (limit {self.limit})"
         elif self.limit is not None and self.kept < self.limit:
-            text += f": FEWER than the {self.limit} asked for, so intervals are wider than planned"
+            text += f", fewer than the {self.limit} asked for"
+            if self.loaded >= self.limit:
+                text += " because of the removals"
         return text
 
     def to_json(self) -> dict[str, Any]:
