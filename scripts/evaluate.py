@@ -38,7 +38,15 @@ if not __package__:  # run as a file (python scripts/evaluate.py): this checkout
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlvr_jax.cli import fail_cleanly, parse_flags, print_config, usage_error, with_run_config
+from rlvr_jax.cli import (
+    check_config_flags,
+    fail_cleanly,
+    parse_flags,
+    print_config,
+    resolve_config_names,
+    usage_error,
+    with_run_config,
+)
 from rlvr_jax.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -92,6 +100,8 @@ flags.register_validator(
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         argv = with_run_config(argv)  # --checkpoint=WORKDIR without --config: the run's saved config
+        argv = resolve_config_names(argv, "train_config")  # --train_config=mbpp: the packaged config
+        check_config_flags(argv, "train_config")  # a missing file or a wrong override: one clear line
     except ConfigError as e:
         usage_error(str(e))
     rest = parse_flags(argv)

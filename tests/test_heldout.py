@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import json
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,15 @@ def test_near_duplicates_of_mbpp_training_items_in_humaneval_include_humaneval_5
     assert ("HumanEval/59", "11") not in {(h["id"], m["id"]) for h, m, _ in candidate_pairs(train, evals)}
     f = ast.parse("def f(a, b=1, *rest): pass").body[0]
     assert callable_with(f, 1) and callable_with(f, 5) and not callable_with(f, 0)
+
+
+def test_evaluate_cli_names_a_wrong_train_config():
+    script = configs_dir().parent / "scripts" / "evaluate.py"
+    run = lambda *flags: subprocess.run(
+        [sys.executable, str(script), "--config=configs/humaneval.py", *flags],
+        capture_output=True, text=True, timeout=300, cwd=script.parent.parent,
+    )  # fmt: skip
+    missing = run("--train_config=configs/nope.py")
+    assert missing.returncode == 2 and "configs/nope.py: there is no config file" in missing.stderr
+    typo = run("--train_config=mbpp", "--train_config.data.pth=x")
+    assert typo.returncode == 2 and "did you mean data.path?" in typo.stderr
