@@ -124,17 +124,20 @@ def functional_duplicates(
     """The (HumanEval item, MBPP item) pairs where MBPP's reference solution passes HumanEval's tests
     (module docstring), in HumanEval order: dicts with both ids, the MBPP function name and both problem
     statements. A program that runs out of `timeout_s` (a busy machine, or a reference solution that
-    loops on HumanEval's inputs) is run again alone with `retry_timeout_s`; one that times out again is
-    listed as undecided. `on_batch(done, total)` reports progress."""
+    loops on HumanEval's inputs) is run again, with the others that did, under `retry_timeout_s`; one that
+    times out again is listed as undecided. `on_batch(done, total)` reports progress."""
     pairs = candidate_pairs(mbpp, humaneval)
     verdicts: list[tuple[bool, bool]] = []
     for start in range(0, len(pairs), batch):
         verdicts += _passes(pairs[start : start + batch], executor, timeout_s)
         if on_batch is not None:
             on_batch(min(start + batch, len(pairs)), len(pairs))
-    for i, (_, timed_out) in enumerate(verdicts):
-        if timed_out:
-            verdicts[i] = _passes([pairs[i]], executor, retry_timeout_s)[0]
+    late = [i for i, (_, timed_out) in enumerate(verdicts) if timed_out]
+    for start in range(0, len(late), batch):
+        chunk = late[start : start + batch]
+        again = _passes([pairs[i] for i in chunk], executor, retry_timeout_s)
+        for i, verdict in zip(chunk, again, strict=True):
+            verdicts[i] = verdict
     found = [
         {
             "humaneval": h["id"],
