@@ -103,12 +103,16 @@ def main() -> None:
         "command": "python benchmarks/near_duplicates.py",
         "created": datetime.date.today().isoformat(),
         "mbpp": {
-            "source": args.mbpp,
+            "source": os.path.relpath(args.mbpp, ROOT),
             "config": "configs/mbpp.py",
             "split": config.data.train_split,
             "items": len(mbpp),
         },
-        "humaneval": {"source": args.humaneval, "split": "test", "items": len(humaneval)},
+        "humaneval": {
+            "source": os.path.relpath(args.humaneval, ROOT),
+            "split": "test",
+            "items": len(humaneval),
+        },
         "pairs_run": scan.programs,
         "undecided_after_retry": [list(p) for p in scan.undecided],
         "seconds": round(time.perf_counter() - t0, 1),
