@@ -151,5 +151,5 @@ def functional_duplicates(
     ]
     order = {h["id"]: i for i, h in enumerate(humaneval)}
     found.sort(key=lambda p: (order[p["humaneval"]], p["mbpp"]))
-    undecided = [(h["id"], m["id"]) for (h, m, _), (_, late) in zip(pairs, verdicts, strict=True) if late]
+    undecided = [(h["id"], m["id"]) for (h, m, _), (_, slow) in zip(pairs, verdicts, strict=True) if slow]
     return Scan(pairs=found, programs=len(pairs), undecided=undecided)
