@@ -11,7 +11,7 @@ with the hub's MBPP, pass a folder holding its train split. The JSON's `exclude`
 (benchmarks/results/learning/qwen_coder_mbpp/humaneval) it also gives accuracy before and after on all 164
 items and without the listed ones, with the exact McNemar test on each, from the samples already there.
 45 minutes on a busy 2-core CPU (2026-12-05): 37,207 pairs that can be called alike, one sandboxed program
-each, and a 20 s second try for the 23 whose reference solution loops on HumanEval's inputs.
+each, and a 20 s second try for those out of time (23 still were: `undecided_after_retry`).
 """
 
 from __future__ import annotations
