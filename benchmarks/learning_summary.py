@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 RUNS: dict[str, tuple[str, str, str, str]] = {
     "smollm2_arith_quickstart": (
         "configs/quickstart.py", "SmolLM2-135M-Instruct (Q4_1 GGUF)", "procedural arithmetic",
-        "500 unseen arithmetic problems",
+        "500 arithmetic test problems, 434 of them also training questions",
     ),
     "smollm2_arith_b128": (
         "configs/quickstart.py", "SmolLM2-135M-Instruct (Q4_1 GGUF)", "procedural arithmetic",
-        "500 unseen arithmetic problems",
+        "500 arithmetic test problems, 434 of them also training questions",
     ),
     "qwen_coder_gsm8k": (
         "configs/gsm8k.py", "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF)", "GSM8K train", "GSM8K test (1,319)",

@@ -16,6 +16,9 @@ full-test-set evaluation; GSM8K test accuracy 26.4% -> 37.3% (n=1319, exact McNe
 The update runs in 4 micro-batches (`optim.micro_batches`): in one, the 152k-vocabulary log-softmax of
 128 rows asks for more than the 80 GB. Layers are rematerialised (`model.remat = "full"`): without it the
 update needs 84 GB at this batch.
+
+Held out: `test`, GSM8K's own test split (1,319), which training (its train split) never reads; no
+question is in both, so the held-out check removes none.
 """
 
 from rlvr_jax.config import base_config

@@ -8,7 +8,13 @@ Not trained on HumanEval on the GPU yet: its 131 training problems are few. What
 (2026-11-27, `benchmarks/results/learning/qwen_coder_mbpp/humaneval`): Qwen2.5-Coder-0.5B-Instruct trained
 120 steps on MBPP with configs/mbpp.py, then evaluated on all 164 HumanEval problems with
 `scripts/evaluate.py --config=configs/humaneval.py --split=test`: 51.2% -> 56.7% (exact McNemar p = 0.21).
+Today that takes --checkpoint=RUN (or, for the base model, --train_config=configs/mbpp.py): the held-out
+check then compares with MBPP's training prompts, not this config's. MBPP nearly copies some HumanEval
+items; --exclude=benchmarks/results/mbpp_humaneval_near_duplicates.json also reports accuracy without them.
 The learning rate and micro-batches below are the MBPP run's.
+
+Held out: `validation`, the 33 problems of the seeded 80/20 split that training does not read; `test`
+(all 164) overlaps training with this config, and evaluating it removes the 131 trained ones.
 """
 
 from rlvr_jax.config import base_config

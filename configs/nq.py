@@ -5,6 +5,10 @@
 Timing on one H100 80GB (2026-11-26, with SmolLM2-135M-Instruct in place of the default model, 8 steps;
 `benchmarks/results/train_configs_smollm2_h100.json`): 0.28 s per step (rollout + reward 0.16 s,
 update 0.11 s, MFU 0.19) after a 29 s first step that compiles; 100 steps take about a minute.
+
+Held out: `validation`, a seeded 10% carved from the split training reads and apart from it (the local
+copy has only NQ-open's validation file, which is also `test`, so there `test` overlaps training; on the
+hub `test` is NQ-open's validation split and held out too).
 """
 
 from rlvr_jax.config import base_config
@@ -13,7 +17,7 @@ from rlvr_jax.config import base_config
 def get_config(arg: str | None = None):
     c = base_config()
     c.data.task = "nq_open"
-    c.data.eval_split = "test"
+    c.data.eval_split = "validation"  # apart from train, locally too (docstring)
     c.reward.name = "qa_f1"
     c.sampling.max_new_tokens = 64
     c.rl.prompts_per_step = 16

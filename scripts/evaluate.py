@@ -9,7 +9,17 @@
 Writes OUT/samples.jsonl (prompt id, completion, reward, reason for every sample) and OUT/metrics.json
 (accuracy with its interval and method, mean reward, pass@k with several samples, EM / F1 for QA, by
 level where the data has levels, response lengths, timing). `scripts/compare.py OUT_A OUT_B` tests the
-difference between two such runs. --checkpoint takes a training workdir (its latest checkpoint, or
+difference between two such runs.
+
+Held out means held out (`rlvr_jax/data/heldout.py`): items of the split that repeat, or whose question
+the training prompts ask, are removed first, said in one line and counted in metrics.json's `held_out`.
+The training prompts are --train_config's training split: default the --checkpoint run's saved config,
+else --config. HumanEval after MBPP training, with and without the items MBPP nearly copies:
+    python scripts/evaluate.py --config=configs/humaneval.py --split=test --checkpoint=runs/mbpp \\
+        --exclude=benchmarks/results/mbpp_humaneval_near_duplicates.json
+and the base model on the same items: --train_config=configs/mbpp.py in place of --checkpoint.
+
+--checkpoint takes a training workdir (its latest checkpoint, or
 --checkpoint_step=N|best); without --config, the config that run saved (WORKDIR/config.json) is used.
 --config takes a file or a packaged config's name; --print_config lists every key and exits.
 About 5 minutes on a 2-core CPU for the first command (32 items, SmolLM2-135M, up to 384 tokens).
@@ -28,12 +38,25 @@ if not __package__:  # run as a file (python scripts/evaluate.py): this checkout
 from absl import app, flags
 from ml_collections import config_flags
 
-from rlvr_jax.cli import fail_cleanly, parse_flags, print_config, usage_error, with_run_config
+from rlvr_jax.cli import (
+    check_config_flags,
+    fail_cleanly,
+    parse_flags,
+    print_config,
+    resolve_config_names,
+    usage_error,
+    with_run_config,
+)
 from rlvr_jax.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config: a file or a packaged config's name, [:preset]; default with "
     "--checkpoint: the config that run saved", lock_config=True,
+)  # fmt: skip
+_TRAIN_CONFIG = config_flags.DEFINE_config_file(
+    "train_config", None, "the config whose training prompts are not held out (a file or a packaged "
+    "config's name, [:preset]); default: the --checkpoint run's saved config, else --config",
+    lock_config=True,
 )  # fmt: skip
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "training workdir (or its checkpoints/) to load weights from"
@@ -51,6 +74,10 @@ _TEMPERATURE = flags.DEFINE_float(
     lower_bound=0.0,
 )
 _BATCH = flags.DEFINE_integer("batch_size", 64, "completions generated per batch", lower_bound=1)
+_EXCLUDE = flags.DEFINE_string(
+    "exclude", None, "JSON file of item ids to also report the metrics without (e.g. "
+    "benchmarks/results/mbpp_humaneval_near_duplicates.json: HumanEval items MBPP nearly copies)",
+)  # fmt: skip
 _OUT = flags.DEFINE_string("out", None, "output folder (default: runs/eval/<task>-<split>-<time>)")
 _PRINT_CONFIG = flags.DEFINE_bool(
     "print_config", False, "print every config key with its value and meaning, then exit"
@@ -73,6 +100,8 @@ flags.register_validator(
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         argv = with_run_config(argv)  # --checkpoint=WORKDIR without --config: the run's saved config
+        argv = resolve_config_names(argv, "train_config")  # --train_config=mbpp: the packaged config
+        check_config_flags(argv, "train_config")  # a missing file or a wrong override: one clear line
     except ConfigError as e:
         usage_error(str(e))
     rest = parse_flags(argv)
@@ -110,6 +139,8 @@ def _main(argv: list[str]) -> None:
             checkpoint=_CHECKPOINT.value,
             checkpoint_step=int(step) if step.isdigit() else step,
             batch_size=_BATCH.value,
+            train_config=_TRAIN_CONFIG.value,
+            exclude=_EXCLUDE.value,
         )
         print(describe(result.metrics))
         print(f"wrote {result.out / 'metrics.json'} and {result.out / 'samples.jsonl'}")

@@ -31,7 +31,9 @@ def vowel_fraction(completions, samples, **_):
 
 
 def _digits_task(split, path=None, *, chat=True, **_):
-    return [{"id": f"{split}/{i}", "prompt": f"Write some digits ({i})."} for i in range(64)]
+    """64 prompts per split; the test split's are other numbers, so that they are held out."""
+    first = 1000 if split == "test" else 0
+    return [{"id": f"{split}/{i}", "prompt": f"Write some digits ({first + i})."} for i in range(64)]
 
 
 if "digits_test" not in registered_rewards():
@@ -106,6 +108,8 @@ def test_a_tiny_model_learns_a_trivial_verifiable_task(tiny_model_dir, tmp_path,
     lines = (run / "eval" / "after" / "samples.jsonl").read_text().splitlines()
     samples = [json.loads(line) for line in lines]
     assert len(samples) == 16 and {"id", "completion", "reward", "reason", "num_tokens"} <= samples[0].keys()
+    held_out = json.loads((run / "eval" / "after" / "metrics.json").read_text())["held_out"]
+    assert held_out["loaded"] == 64 and held_out["seen_in_training"] == 0 and held_out["evaluated"] == 16
     assert np.mean([r["reward"] for r in samples]) == pytest.approx(summary.eval_after["reward"], rel=1e-6)
     assert summary.eval_report and (run / "eval" / "compare" / "accuracy.png").exists()
     assert "reward" in Path(summary.eval_report).read_text() and summary.eval_verdict

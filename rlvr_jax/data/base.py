@@ -29,6 +29,8 @@ class Task:
     config_keys: loader keyword -> `data.<key>` for the loader arguments that have keys of their own in the
       config's data section (`hf`: data.dataset, data.split, data.prompt_column, data.answer_column),
       passed by `load_samples` next to data.options.
+    procedural: the questions are generated (numbers and operators), so the held-out check compares them
+      with numbers by value and spacing ignored (`rlvr_jax.data.heldout.normalise_question`).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Task:
     system_prompt: str | None = None
     splits: Sequence[str] = ("train", "validation", "test")
     config_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    procedural: bool = False
 
 
 def _same_task(old: Task, new: Task) -> bool:

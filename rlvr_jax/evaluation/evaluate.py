@@ -24,6 +24,7 @@ from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer, CheckpointError, abstract_like
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import load_samples
+from rlvr_jax.data.heldout import HeldOutReport, held_out_split
 from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_score
 from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics
 from rlvr_jax.evaluation.runs import write_run
@@ -198,16 +199,63 @@ def score_held_out(
     return rows, metrics, params
 
 
-def _held_out_samples(config: ml_collections.ConfigDict, split: str, limit: int | None) -> tuple[Any, list]:
+def _held_out_samples(
+    config: ml_collections.ConfigDict,
+    split: str,
+    limit: int | None,
+    train_config: ml_collections.ConfigDict | None = None,
+) -> tuple[Any, list, HeldOutReport]:
+    """(task, the items to evaluate, the held-out report): `split` of the config's task without repeats
+    and without questions that `train_config`'s training split asks (default: `config`'s own), then the
+    first `limit`. Training data that cannot be loaded leaves the check undone, said in the report."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     task = get_task(config.data.task)
-    samples = load_samples(task, config, split)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        samples = samples[:limit]
-    if not samples:
-        raise ValueError(f"split {split!r} of task {task.name} has no samples")
-    return task, samples
+    trained = train_config if train_config is not None else config
+    train_task = get_task(trained.data.task)
+    train, skipped = None, None
+    if train_task.name == task.name and split == trained.data.train_split:
+        skipped = "the evaluated split is the training split"
+    else:
+        try:
+            train = load_samples(train_task, trained, trained.data.train_split)
+        except (OSError, ValueError) as e:  # DataError is a ValueError; a moved data.path an OSError
+            skipped = f"the training prompts ({train_task.name} {trained.data.train_split}) did not load: {e}"
+    samples, report = held_out_split(
+        train, load_samples(task, config, split), split=split, procedural=task.procedural, limit=limit,
+        skipped=skipped,
+    )  # fmt: skip
+    return task, samples, report
+
+
+def read_exclude(path: str | Path) -> list[str]:
+    """Item ids to report accuracy without: a JSON list of ids, or an object whose `exclude` is one (such
+    as benchmarks/results/mbpp_humaneval_near_duplicates.json)."""
+    path = Path(path).expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--exclude {path}: cannot be read as JSON ({e})") from None
+    ids = data.get("exclude") if isinstance(data, dict) else data
+    if not isinstance(ids, list) or not all(isinstance(i, str | int) for i in ids):
+        raise ValueError(
+            f"--exclude {path}: expected a JSON list of item ids, or an object with one as `exclude`"
+        )
+    return [str(i) for i in ids]
+
+
+def without_items(
+    rows: list[dict[str, Any]], exclude: list[str], *, reward: str, max_new_tokens: int, seed: int
+) -> dict[str, Any]:
+    """The metrics of `rows` without the items in `exclude` (near-duplicates of training items, say), with
+    the excluded ids that were evaluated; the with-and-without pair shows how much they move the number."""
+    dropped = set(exclude)
+    kept = [r for r in rows if str(r["id"]) not in dropped]
+    found = sorted({str(r["id"]) for r in rows} & dropped)
+    return {
+        "excluded_ids": found,
+        **eval_metrics(kept, reward=reward, max_new_tokens=max_new_tokens, seed=seed),
+    }
 
 
 def evaluate(
@@ -223,6 +271,8 @@ def evaluate(
     batch_size: int = 64,
     quiet: bool = False,
     reward_fns: Any = None,
+    train_config: ml_collections.ConfigDict | None = None,
+    exclude: str | Path | None = None,
 ) -> EvalResult:
     """Generates `num_samples` completions for each held-out item, scores them, writes the run to `out`.
 
@@ -230,6 +280,11 @@ def evaluate(
     (pass@k needs distinct samples).
     reward_fns: score with these instead of the config's reward: a registered name, a function (this
     package's signature or TRL's), or a weighted list of them (`rlvr_jax.rewards.set_reward`).
+    train_config: the config whose training prompts are not held out (`rlvr_jax.data.heldout`); default:
+      the config the checkpoint's run saved, else `config`. Evaluating HumanEval after MBPP training
+      without a checkpoint (the base model): pass the MBPP config, so both evaluations see the same items.
+    exclude: a JSON file of item ids (`read_exclude`) to also report the metrics without, under
+      `without_excluded` in metrics.json (HumanEval's near-duplicates of MBPP training items, say).
     """
     from rlvr_jax.config import validate, with_hub_fallback
 
@@ -251,7 +306,15 @@ def evaluate(
             "pass a temperature > 0 (e.g. 0.8)"
         )
     split = split or config.data.eval_split
-    task, samples = _held_out_samples(config, split, limit)
+    excluded = read_exclude(exclude) if exclude is not None else None
+    if train_config is None and checkpoint is not None:
+        from rlvr_jax.config import saved_config, saved_config_path
+
+        run_folder = resolve_checkpoint(checkpoint, checkpoint_step)[0]
+        train_config = saved_config(run_folder) if saved_config_path(run_folder) else None
+    task, samples, report = _held_out_samples(config, split, limit, train_config)
+    if not quiet:
+        print(report.line(), flush=True)
 
     t0 = time.perf_counter()
     model, tokenizer, source = load_for_eval(config, checkpoint, checkpoint_step)
@@ -272,6 +335,7 @@ def evaluate(
         "temperature": params.temperature,
         "top_p": params.top_p,
         "seed": config.seed,
+        "held_out": report.to_json(),
         **metrics,
         "time": {
             "load_s": round(load_s, 2),
@@ -282,6 +346,12 @@ def evaluate(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "jax_version": jax.__version__,
     }
+    if excluded is not None:
+        metrics["without_excluded"] = {
+            "source": str(exclude),
+            **without_items(rows, excluded, reward=metrics["reward"],
+                            max_new_tokens=config.sampling.max_new_tokens, seed=config.seed),
+        }  # fmt: skip
     out = write_run(out, rows, metrics)
     return EvalResult(out=out, metrics=metrics, rows=rows)
 
@@ -302,6 +372,13 @@ def describe(metrics: dict[str, Any]) -> str:
     for name in EXTRA_REWARDS:
         if name in metrics:
             lines.append(f"{name:<10} {metrics[name]['value']:.3f}")
+    if "without_excluded" in metrics:
+        w = metrics["without_excluded"]
+        lines.append(
+            f"without the {len(w['excluded_ids'])} excluded items ({w['source']}): "
+            f"{pct(w['accuracy']['value'])}  95% CI [{pct(w['accuracy']['ci_low'])}, "
+            f"{pct(w['accuracy']['ci_high'])}]  (n={w['num_items']})"
+        )
     for level, v in metrics.get("by_level", {}).items():
         lines.append(f"  {level:<10} {pct(v['value'])} (n={v['n']})")
     if "response_tokens" in metrics:

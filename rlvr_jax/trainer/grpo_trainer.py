@@ -184,8 +184,10 @@ class GRPOTrainer:
         a local file, folder or glob) read as the config's `hf` task reads it.
       eval_dataset: the held-out rows evaluated before and after training (and every
         `train.eval_every` steps), a Dataset or list of dicts; None: a seeded
-        `data.options.validation_fraction` (10%) of train_dataset is held out instead. With a string
-        train_dataset it must be None (the config's data.eval_split / data.options.test_split choose).
+        `data.options.validation_fraction` (10%) of train_dataset is held out instead. Rows that repeat,
+        or whose prompt is also a training prompt, are left out and counted (`rlvr_jax.data.heldout`).
+        With a string train_dataset it must be None (the config's data.eval_split /
+        data.options.test_split choose).
       config: overrides on top of `rlvr_jax.config.base_config()`: a dict or ConfigDict with dotted keys
         ({"train.steps": 50}) or nested ones ({"rl": {"group_size": 8}}); a key the config lacks is an
         error naming the closest one. The data keys (data.task, dataset, split, prompt_column,

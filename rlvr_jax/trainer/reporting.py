@@ -105,6 +105,8 @@ def evaluate_held_out(run: Run, name: str, log: RunLog | None = None, step: int 
     if jax.process_index() == 0:
         header = {"task": run.task.name, "split": config.data.eval_split, "reward": run.reward_name}
         header |= {"model": str(config.model.path), "temperature": params.temperature, "seed": config.seed}
+        if run.held_out is not None:
+            header["held_out"] = run.held_out.to_json()
         write_run(out, rows, header | metrics | {"training_metrics": str(run.workdir / "metrics.jsonl")})
     if log is not None:
         log.writer.write_samples(step, "eval/samples", rows, config.logging.log_samples)

@@ -24,6 +24,7 @@ from rlvr_jax.checkpointing import Checkpointer
 from rlvr_jax.config import loss_config, optim_config
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import Sample, Task, load_samples
+from rlvr_jax.data.heldout import HeldOutReport, held_out_split
 from rlvr_jax.data.pipeline import make_pipeline
 from rlvr_jax.evaluation.generate_and_score import encode_prompts
 from rlvr_jax.generate import Sampler, SamplingParams
@@ -119,6 +120,7 @@ class Run:
     logprob_fn: Any = None
     advantage_fn: Any = None
     checkpointer: Checkpointer | None = None
+    held_out: HeldOutReport | None = None  # what the held-out check removed (rlvr_jax.data.heldout)
 
     @property
     def graphdef(self) -> nnx.GraphDef:
@@ -137,7 +139,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    task, train_samples, eval_samples = _load_data(config, console)  # data first: its errors need no model
+    task, train_samples, eval_samples, held_out = _load_data(config, console)  # data first: no model needed
     model, tokenizer, mesh, sampler = _load_policy(config, console)
     optim = optim_config(config)
     run = Run(
@@ -150,6 +152,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
             temperature=config.sampling.temperature, top_p=config.sampling.top_p,
             top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
         ),
+        held_out=held_out,
     )  # fmt: skip
     _build_update(run)
     return run
@@ -170,16 +173,24 @@ def _load_policy(config: ml_collections.ConfigDict, console: Console) -> tuple[A
     return model, tokenizer, mesh, Sampler(model, tokenizer, mesh=mesh)
 
 
-def _load_data(config: ml_collections.ConfigDict, console: Console) -> tuple[Task, list, list]:
+def _load_data(config: ml_collections.ConfigDict, console: Console) -> tuple[Task, list, list, HeldOutReport]:
+    """The task, its training prompts, and the held-out items: the eval split without repeats and without
+    questions the training list asks (the very list the prompt pipeline samples from), then the first
+    data.eval_limit; the report of what went is said in one line."""
     task = get_task(config.data.task)
     train = load_samples(task, config, config.data.train_split)
-    held_out = load_samples(task, config, config.data.eval_split)
-    held_out = held_out[: config.data.eval_limit]
+    same = config.data.eval_split == config.data.train_split
+    held_out, report = held_out_split(
+        None if same else train, load_samples(task, config, config.data.eval_split),
+        split=config.data.eval_split, procedural=task.procedural, limit=config.data.eval_limit,
+        skipped="data.eval_split is the training split" if same else None,
+    )  # fmt: skip
+    console.say(report.line(), held_out=report.to_json())
     console.say(
         f"task {task.name}: {len(train)} training prompts, {len(held_out)} held-out; "
         f"reward {config.reward.name or task.reward}"
     )
-    return task, train, held_out
+    return task, train, held_out, report
 
 
 def _build_update(run: Run) -> None:
