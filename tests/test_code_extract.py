@@ -110,6 +110,19 @@ def test_helpers_constants_and_module_state_the_function_needs_are_kept() -> Non
     assert "setrecursionlimit" not in code  # a call on a module changes none of the program's values
 
 
+def test_what_only_unneeded_code_reads_is_dropped_and_global_initialisers_are_kept() -> None:
+    """A self-test function with a counter of its own: neither its call nor the counter is needed (the def
+    stays, it never runs). An `init()` that fills a table through `global` is needed by f: its call stays,
+    and so does what an unneeded function's decorator reads (it runs when the def is made)."""
+    code = "failures = 0\ndef check():\n    global failures\n    failures += f(1) != 2\ncheck()\n"
+    code += "def init():\n    global TABLE\n    TABLE = [1, 2]\ninit()\n"
+    code += "REGISTRY = []\n@REGISTRY.append\ndef unused():\n    pass\n"
+    code += "def f(x):\n    return TABLE[x]\n"
+    extraction = extract_program(code, ("f",))
+    assert extraction.dropped == ("line 1: assignment", "line 5: check(...)")
+    assert "init()" in extraction.code and "REGISTRY = []" in extraction.code
+
+
 def test_local_names_of_a_function_do_not_keep_module_level_code() -> None:
     """`x`, `i` and `result` are the function's own: the self-test loop and assignment that bind the same
     names at module level are dropped."""

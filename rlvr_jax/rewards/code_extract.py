@@ -10,38 +10,43 @@ test the function and what it needs instead. This module does that, with the sta
 Kept, as the model wrote them, in their order:
 - every top-level import (even one nothing seems to use: a function may reach it through `globals()`);
 - every top-level `def`, `async def` and `class`;
-- every other top-level statement that writes a name the kept code reads (assignments, augmented and
-  annotated assignments, `for` / `while` / `if` / `try` / `with` blocks, `x.append(...)`-style calls on a
-  module-level variable, `del`): constants, tables, memo dicts, `helper = functools.cache(helper)`, a
+- every other top-level statement that writes a name the solution needs. Needed are the names the tests
+  take from the program (`needed`: HumanEval's entry point, MBPP's asserts' and setup code's names),
+  what the definitions read as they are made (decorators, default values, base classes, class bodies),
+  and, transitively, whatever the statements that write needed names read: the entry point's body reads
+  its helpers and constants, a constant computed from another needs both (a function's local variables
+  are its own, so a self-test loop `for x in ...` at module level is not needed by `def f(x)`). Writes
+  are assignments (also `x[i] = ...`, `x.a = ...`, augmented and annotated ones), `for` / `while` / `if`
+  / `try` / `with` blocks that bind a name, `x.append(...)`-style calls on a module variable, `del`, and
+  calls of the program's functions that assign module variables through `global` (`init()` filling a
+  table). So kept are constants, tables, memo dicts, `f = lambda x: ...`, `helper = cache(helper)`, a
   `try: import numpy except ImportError: ...` fallback, a loop that precomputes primes, and a builtin
-  rebound at module level (`sorted = ...`, which the function then calls). What the kept code reads is
-  closed transitively (a constant computed from another constant keeps both); the names the tests take
-  from the program (`needed`: HumanEval's entry point, MBPP's asserts' and setup code's names) count as
-  read, so `f = lambda x: ...` stays.
+  rebound at module level (`sorted = ...`, which the function then calls).
 - the body of `if __name__ == "__main__":` is read as if it were at the top level (the sandbox runs the
   program as `__main__`, so in the strict reading it runs): a function defined there is kept, the demo
   calls around it are not.
 
 Dropped: top-level asserts, prints and other expression statements (calls of the model's own tests,
-`unittest.main()`, `doctest.testmod()`, `sys.setrecursionlimit(...)`, bare strings), assignments nothing
-kept reads (`result = f(3)`, `n = int(input())`), `else` branches of a main guard, and everything outside
-the chosen code block. A program that does not parse loses its tail: the top-level statement where the
-syntax error is and everything after it (a budget cut leaves half a demo call at the end). An unclosed
-code fence is closed at the end of the completion (the budget cut the block itself).
+`unittest.main()`, `doctest.testmod()`, `sys.setrecursionlimit(...)`, bare strings), assignments the
+solution does not need (`result = f(3)`, `n = int(input())`), `else` branches of a main guard, and
+everything outside the chosen code block. A program that does not parse loses its tail: the top-level
+statement where the syntax error is and everything after it (a budget cut leaves half a demo call at the
+end). An unclosed code fence is closed at the end of the completion (the budget cut the block itself).
 
 Falls back to the strict program (`Extraction.code is None`) when nothing parses, when the parsable part
 ends inside text that must be kept verbatim (`keep_lines`: HumanEval's prompt, which an unfenced
 completion continues), when the kept statements do not visibly bind every `needed` name (a function
-made by `exec(...)` or `globals()[...] = ...`), or when the kept code looks names up as it runs
+made by `exec(...)` or `globals()[...] = ...`), or when the needed code looks names up as it runs
 (`globals()`, `vars()`, `eval`, `exec`, `dir()`, `__import__`, `sys.modules[__name__]`): what such code
 needs cannot be read off the syntax, so only the whole program can say.
 
 Why this cannot be gamed: the extracted program is a subset of the model's own top-level statements, run
 in the same sandbox against the same trusted checker (see `sandbox.py`, docs/threat-model.md): only the
 plain values its functions return are compared, by the checker's builtins. Extraction only removes code:
-it cannot add a value, a definition or a builtin. Removing something a kept function needs makes it fail
-(a NameError), not pass; that is why every module-level write of a name the kept code reads is kept,
-including a rebound builtin (dropping `sorted = my_sorted` would change what the function computes).
+it cannot add a value, a definition or a builtin. Removing something the solution needs would make it
+fail (a NameError) or compute something else; so every module-level write the syntax shows to reach the
+solution is kept, a rebound builtin included (dropping `sorted = my_sorted` would change what the
+function computes), and where the syntax cannot show it (the lookups above) the strict program is tested.
 What the extracted score credits that the strict one does not is a right function next to wrong or
 unfinished code of the model's own that the tests never call; every `assert` inside a function stays.
 """
@@ -130,26 +135,36 @@ def extract_program(code: str, needed: Iterable[str] = (), *, keep_lines: int = 
         notes.append(f"{where}: did not parse ({error})")
     statements = _candidates(tree.body)
     scopes = [_scan([node]) for node, _ in statements]
-    assigned = set().union(
-        *(
-            s.stores
-            for (node, _), s in zip(statements, scopes, strict=True)
-            if not isinstance(node, _DEFINITIONS)
-        )
-    )  # the module's variables: names some statement other than an import, def or class binds
-    kept = [isinstance(node, _DEFINITIONS) or node.lineno <= keep_lines for node, _ in statements]
-    read = set(needed).union(*(_reads(s) for s, k in zip(scopes, kept, strict=True) if k))
+    definitions = [isinstance(node, _DEFINITIONS) for node, _ in statements]
+    variables = set().union(*(s.stores for s, d in zip(scopes, definitions, strict=True) if not d))
+    declared = {  # what calling a function of the program can write: the names it declares `global`
+        node.name: {name for n in ast.walk(node) if isinstance(n, ast.Global) for name in n.names}
+        for node, _ in statements
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    writes = [_writes(s, variables, declared) for s in scopes]
+    kept = [d or node.lineno <= keep_lines for d, (node, _) in zip(definitions, statements, strict=True)]
+    # What must exist: the names the tests take, what the definitions read as they are made (decorators,
+    # defaults, bases, class bodies), what the trusted prefix reads, and then everything the statements
+    # that write those names read, transitively.
+    read = set(needed)
+    for (node, _), scope, k in zip(statements, scopes, kept, strict=True):
+        if isinstance(node, ast.ClassDef) or (k and node.lineno <= keep_lines):
+            read |= _reads(scope)
+        elif k:
+            read |= scope.loads
+    reached = [False] * len(statements)
     changed = True
-    while changed:  # keep whatever writes a name the kept code reads, until nothing more is needed
+    while changed:
         changed = False
         for i, scope in enumerate(scopes):
-            if not kept[i] and _writes(scope, assigned) & read:
-                kept[i] = changed = True
+            if not reached[i] and writes[i] & read:
+                reached[i] = kept[i] = changed = True
                 read |= _reads(scope)
     dynamic = sorted(read & DYNAMIC_LOOKUPS)
     if dynamic:
-        return Extraction(None, why=f"the kept code looks names up as it runs ({', '.join(dynamic)})")
-    bound = set().union(*(_writes(s, set()) for s, k in zip(scopes, kept, strict=True) if k))
+        return Extraction(None, why=f"the needed code looks names up as it runs ({', '.join(dynamic)})")
+    bound = set().union(*(w for w, k in zip(writes, kept, strict=True) if k))
     missing = [name for name in needed if name not in bound]
     if missing:
         return Extraction(None, why=f"the kept code does not define {', '.join(missing)}")
@@ -223,6 +238,7 @@ class _Scope:
     stores: set[str] = dataclasses.field(default_factory=set)  # assigned, deleted, defined, imported
     changed: set[str] = dataclasses.field(default_factory=set)  # x of `x[i] = ...`, `x.a = ...`, `del x[i]`
     called: set[str] = dataclasses.field(default_factory=set)  # x of a statement `x.method(...)`
+    calls: set[str] = dataclasses.field(default_factory=set)  # g of a statement `g(...)`
     globals: set[str] = dataclasses.field(default_factory=set)
     inner: set[str] = dataclasses.field(default_factory=set)  # names the nested scopes read from outside
 
@@ -261,6 +277,8 @@ def _scan(nodes: Iterable[ast.AST]) -> _Scope:
                 scope.changed.add(_base_name(node) or "")
             elif isinstance(node, ast.Expr) and _is_method_call(node.value):
                 scope.called.add(_base_name(node.value.func) or "")
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                scope.calls.add(node.value.func.id if isinstance(node.value.func, ast.Name) else "")
             stack.extend(ast.iter_child_nodes(node))
     return scope
 
@@ -301,13 +319,15 @@ def _base_name(node: ast.AST) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
-def _writes(scope: _Scope, variables: set[str]) -> set[str]:
+def _writes(scope: _Scope, variables: set[str], declared: dict[str, set[str]]) -> set[str]:
     """Module-level names a top-level statement (its `_scan`) binds, deletes or changes: assignment targets
     (the base name of `x[i] = ...` and `x.a = ...`), loop and `with` targets, names of the functions,
-    classes and imports it holds, and `x.method(...)` calls written as statements where `x` is one of
+    classes and imports it holds, `x.method(...)` calls written as statements where `x` is one of
     `variables` (the module's variables: a call on an imported module such as `unittest.main()` changes
-    none of the program's values)."""
-    return (scope.stores | scope.changed | (scope.called & variables)) - {""}
+    none of the program's values), and `g(...)` calls of the program's functions that `declared` says
+    assign module variables (`global`)."""
+    called = set().union(*(declared.get(name, set()) for name in scope.calls))
+    return (scope.stores | scope.changed | (scope.called & variables) | called) - {""}
 
 
 def _reads(scope: _Scope) -> set[str]:
