@@ -16,6 +16,7 @@ from rlvr_jax.data import get_task, registered_tasks
 from rlvr_jax.data.loaders import DataError
 from rlvr_jax.rewards import get_reward, registered_rewards
 from rlvr_jax.rewards.code import extract_code, usable_code
+from rlvr_jax.rewards.sandbox import CodeExecutor
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
 
@@ -169,3 +170,70 @@ def test_rewards_check_lengths_and_sample_fields(humaneval: list[dict]) -> None:
         get_reward("code_humaneval")(["a", "b"], humaneval[:1])
     with pytest.raises(KeyError, match="entry_point"):
         get_reward("code_humaneval")(["    return 1\n"], [{"id": "x", "prompt": "", "test": ""}])
+
+
+# ------------------------------------------------------------------------------- extracted and strict
+
+RIGHT = "def has_close_elements(numbers, threshold):\n    return any(abs(a - b) < threshold for i, a in "
+RIGHT += "enumerate(numbers) for b in numbers[i + 1 :])\n"
+WRONG = "def has_close_elements(numbers, threshold):\n    return False\n"
+
+
+@needs_bwrap
+def test_the_extracted_solution_is_scored_and_the_strict_verdict_reported(humaneval: list[dict]) -> None:
+    """A right function followed by a wrong self-written assert, a demo print, a budget-cut demo call: the
+    extracted program passes, the whole block fails; a wrong function fails both ways."""
+    sample = humaneval[0]
+    completions = [
+        f"Here it is:\n```python\n{RIGHT}\nassert has_close_elements([1.0, 2.0], 0.5) is True\n```\nDone.",
+        f"```python\n{RIGHT}\nprint(has_close_elements([1.0, 2.0], 0.5))\nhas_close_elements([1.0,",
+        f"```python\n{WRONG}\nassert has_close_elements([1.0], 0.5) is False\n```",
+        f"```python\n{RIGHT}```",
+    ]
+    result = get_reward("code_humaneval")(completions, [sample] * 4, report_strict=True)
+    strict = result.variants["strict"]
+    assert result.scores.tolist() == [1, 1, 0, 1], result.reasons
+    assert strict.scores.tolist() == [0, 0, 0, 1], strict.reasons
+    assert result.reasons[0] == "passed: 7/7 checks [extracted: line 4: assert]"
+    assert result.reasons[1].startswith("passed: 7/7 checks [extracted: closed the code fence; line ")
+    assert "AssertionError" in strict.reasons[0] and "unterminated" in strict.reasons[1]
+    assert result.reasons[3] == strict.reasons[3] == "passed: 7/7 checks"  # nothing to extract
+    alone = get_reward("code_humaneval")(completions, [sample] * 4, program="strict")
+    assert alone.scores.tolist() == strict.scores.tolist() and alone.variants == {}
+    with pytest.raises(ValueError, match=r"program='whole'.*extracted, strict"):
+        get_reward("code_humaneval")(completions[:1], [sample], program="whole")
+
+
+@needs_bwrap
+def test_mbpp_extraction_keeps_what_the_setup_code_needs(mbpp: list[dict]) -> None:
+    """Task 367's setup code builds trees of the completion's `Node` class: extraction keeps the class
+    (and the asserts' function) and drops the model's own demo tree and asserts."""
+    tree = next(s for s in mbpp if s["id"] == "367")
+    demo = "\nroot = Node(1)\nprint(is_tree_balanced(root))\nassert is_tree_balanced(root) is False\n"
+    completion = f"```python\n{tree['code']}\n{demo}```"
+    result = get_reward("code_mbpp")([completion], [tree], report_strict=True)
+    assert result.scores.tolist() == [1.0], result.reasons
+    assert result.variants["strict"].scores.tolist() == [0.0], result.variants["strict"].reasons
+    assert "print(...)" in result.reasons[0] and "assert" in result.reasons[0]
+
+
+class CountingExecutor(CodeExecutor):
+    """The real executor, counting the programs it is given."""
+
+    runs = 0
+
+    def run_tests(self, jobs, **options):
+        CountingExecutor.runs += len(jobs)
+        return super().run_tests(jobs, **options)
+
+
+@needs_bwrap
+def test_a_program_extraction_leaves_as_it_is_runs_once_for_both_verdicts(humaneval: list[dict]) -> None:
+    sample = humaneval[0]
+    completions = [sample["canonical_solution"], f"```python\n{RIGHT}```", f"```python\n{RIGHT}print(1)\n```"]
+    with CountingExecutor(isolation="bwrap") as executor:
+        result = get_reward("code_humaneval")(
+            completions, [sample] * 3, report_strict=True, executor=executor
+        )
+    assert result.scores.tolist() == result.variants["strict"].scores.tolist() == [1, 1, 1]
+    assert CountingExecutor.runs == 4  # the third completion's two programs differ
