@@ -9,11 +9,17 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from rlvr_jax.data import get_task, registered_tasks
 from rlvr_jax.data.loaders import DataError
+from rlvr_jax.evaluation.evaluate import describe
+from rlvr_jax.evaluation.generate_and_score import generate_and_score
+from rlvr_jax.evaluation.metrics import eval_metrics, flat_summary
+from rlvr_jax.generate.sampler import SamplingParams
 from rlvr_jax.rewards import get_reward, registered_rewards
 from rlvr_jax.rewards.code import extract_code, usable_code
 from rlvr_jax.rewards.sandbox import CodeExecutor
@@ -237,3 +243,70 @@ def test_a_program_extraction_leaves_as_it_is_runs_once_for_both_verdicts(humane
         )
     assert result.scores.tolist() == result.variants["strict"].scores.tolist() == [1, 1, 1]
     assert CountingExecutor.runs == 4  # the third completion's two programs differ
+
+
+class ReplaySampler:
+    """Stands in for the model in `generate_and_score`: each prompt's completion is given in advance (one
+    token per completion), so the test is about what the evaluation does with them."""
+
+    prompt_buckets = (8,)
+
+    def __init__(self, completions: dict[str, str]) -> None:
+        self.texts = list(completions.values())
+        self.index = {prompt: i for i, prompt in enumerate(completions)}
+        self.tokenizer = self
+
+    def format(self, prompt: str, chat: bool, system: str | None = None) -> str:
+        return prompt
+
+    def encode(self, text: str, chat_formatted: bool = False) -> list[int]:
+        return [self.index[text]]
+
+    def encode_batch(
+        self, texts: list[str], chat_formatted: bool, length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.array([[self.index[t]] + [0] * (length - 1) for t in texts])
+        return ids, np.ones_like(ids)
+
+    def generate_ids(self, ids, mask, params, seed: int, group_size: int) -> SimpleNamespace:
+        tokens = np.repeat(ids[:, :1], group_size, axis=0)
+        return SimpleNamespace(
+            tokens=tokens, lengths=np.ones(len(tokens), int), finished=np.ones(len(tokens), bool)
+        )
+
+    def truncate_at_stop(self, ids: np.ndarray) -> np.ndarray:
+        return ids
+
+    def decode(self, ids: np.ndarray) -> str:
+        return self.texts[int(ids[0])]
+
+
+@needs_bwrap
+def test_evaluation_reports_the_extracted_and_the_strict_accuracy(humaneval: list[dict]) -> None:
+    """generate_and_score on three HumanEval problems: rows keep both verdicts, metrics both accuracies."""
+    samples = humaneval[:3]
+    good = [f"```python\n{s['prompt']}{s['canonical_solution']}```" for s in samples]
+    completions = {  # right with a wrong self-test, right, wrong
+        samples[0]["prompt"]: good[0][: -len("```")] + "\nassert False, 'my own test'\n```",
+        samples[1]["prompt"]: good[1],
+        samples[2]["prompt"]: "```python\ndef truncate_number(number):\n    return 0.0\n```",
+    }
+    task = get_task("humaneval")
+    scored = generate_and_score(ReplaySampler(completions), task, samples, SamplingParams(max_new_tokens=4))
+    rows = [s.to_row() for s in scored]
+    assert [r["passed"] for r in rows] == [True, True, False]
+    assert [r["passed_strict"] for r in rows] == [False, True, False]
+    assert rows[0]["reason"] == "passed: 7/7 checks [extracted: line 21: assert]"
+    assert "my own test" in rows[0]["reason_strict"]
+    assert rows[1]["reason"] == rows[1]["reason_strict"] == "passed: 4/4 checks"
+    metrics = eval_metrics(rows)
+    assert metrics["accuracy"]["value"] == pytest.approx(2 / 3)
+    assert metrics["accuracy_strict"]["value"] == pytest.approx(1 / 3)
+    assert flat_summary(metrics)["accuracy_strict"] == pytest.approx(1 / 3)
+    shown = describe({"task": "humaneval", "split": "test", "temperature": 0.0, **metrics})
+    assert "accuracy   66.7%" in shown and "strict     33.3%" in shown
+    strict = generate_and_score(
+        ReplaySampler(completions), task, samples, SamplingParams(max_new_tokens=4),
+        reward_options={"program": "strict"},
+    )  # fmt: skip
+    assert [s.reward for s in strict] == [0.0, 1.0, 0.0]
