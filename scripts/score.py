@@ -10,6 +10,11 @@ picks the split the ids come from (default test). `--out` writes one row per sam
 input row plus `passed` (reward >= 1), `reward` and `reason`. It is written under a temporary name and
 renamed once complete, so a run that fails leaves no file that looks like a finished one.
 
+Code tasks are scored as evaluation scores them: `reward` is the verdict on the solution extracted from
+the completion (without the model's own tests and demo code, rlvr_jax/rewards/code_extract.py), and rows
+and summary also give the strict verdict on the whole code block (`passed_strict`, `reward_strict`,
+`reason_strict`).
+
 Errors that are the input's fault (unknown task or ids, unreadable files, missing fields, text that is not
 valid Unicode, a data file of the wrong schema, a --timeout that is not a positive number of seconds) stop
 with a one-line message naming the problem and exit status 2.
@@ -35,6 +40,7 @@ if not __package__:  # run as a file (python scripts/score.py): this checkout's 
 from rlvr_jax.cli import FlagParser
 from rlvr_jax.data import get_task, registered_tasks
 from rlvr_jax.data.loaders import DataError
+from rlvr_jax.evaluation.metrics import EVAL_REWARD_OPTIONS, VARIANTS
 from rlvr_jax.rewards import RewardResult, get_reward
 from rlvr_jax.rewards.sandbox import score_async
 
@@ -145,19 +151,30 @@ def score(
                 future.result()
                 progress.advance(bar, len(samples[chunk]))
     results = [f.result() for f in futures]
+    return concatenated(results)
+
+
+def concatenated(results: Sequence[RewardResult]) -> RewardResult:
+    """The chunks' results as one, with the variants every chunk has (the code rewards' strict verdicts)."""
     scores = [s for r in results for s in r.scores.tolist()]
     reasons = [why for r in results for why in r.reasons]
-    return RewardResult(scores, reasons)
+    names = [n for n in VARIANTS if results and all(n in r.variants for r in results)]
+    variants = {n: concatenated([r.variants[n] for r in results]) for n in names}
+    return RewardResult(scores, reasons, variants)
 
 
 def summary(task: str, rows: Sequence[Mapping[str, Any]], result: RewardResult) -> str:
     n = len(rows)
     passed = int((result.scores >= 1.0).sum())
     problems = len({sample_id(r) for r in rows})
-    return (
+    line = (
         f"{task}: {n} samples over {problems} problems; passed {passed}/{n} = {passed / n:.2%}; "
         f"mean reward {float(result.scores.mean()):.4f}"
     )
+    for name, variant in result.variants.items():
+        also = int((variant.scores >= 1.0).sum())
+        line += f"; {name}: passed {also}/{n} = {also / n:.2%}"
+    return line
 
 
 def write_results(path: Path, rows: Sequence[Mapping[str, Any]], result: RewardResult) -> None:
@@ -167,8 +184,14 @@ def write_results(path: Path, rows: Sequence[Mapping[str, Any]], result: RewardR
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row, value, why in zip(rows, result.scores.tolist(), result.reasons, strict=True):
+            for i, (row, value, why) in enumerate(
+                zip(rows, result.scores.tolist(), result.reasons, strict=True)
+            ):
                 out = {**row, "passed": value >= 1.0, "reward": value, "reason": why}
+                for name, variant in result.variants.items():
+                    also = float(variant.scores[i])
+                    out |= {f"passed_{name}": also >= 1.0, f"reward_{name}": also}
+                    out[f"reason_{name}"] = variant.reasons[i]
                 f.write(json.dumps(out, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except BaseException:
@@ -213,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"cannot load task {args.task!r} ({args.split}) from {args.data or 'the hub'}: {e}"
             ) from e
         samples = join(rows, data, f"{args.task} {args.split} ({args.data or 'hub'})")
-        options = {"timeout_s": args.timeout} if args.timeout is not None else {}
+        options = dict(EVAL_REWARD_OPTIONS.get(task.reward, {}))
+        options |= {"timeout_s": args.timeout} if args.timeout is not None else {}
         result = score(task.reward, [r["completion"] for r in rows], samples, options)
         if args.out:
             try:

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from rlvr_jax.rewards import get_reward
-from rlvr_jax.rewards.code import humaneval_program, mbpp_program, names_from_program
+from rlvr_jax.rewards.code import PROGRAMS, humaneval_program, mbpp_program, names_from_program
 from rlvr_jax.rewards.sandbox import CodeExecutor, Limits, ProgramTests
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
@@ -249,12 +249,68 @@ HARNESS_ATTACKS = {
 }
 
 
+@pytest.mark.parametrize("program", PROGRAMS)
 @pytest.mark.parametrize("name", sorted(HARNESS_ATTACKS))
-def test_harness_attacks_score_zero(name: str, humaneval: list[dict]) -> None:
+def test_harness_attacks_score_zero(name: str, program: str, humaneval: list[dict]) -> None:
+    """Whether the reward tests the extracted solution (the default) or the whole code block."""
     completion, reason = HARNESS_ATTACKS[name]
-    result = get_reward("code_humaneval")([completion, humaneval[0]["canonical_solution"]], humaneval[:1] * 2)
+    result = get_reward("code_humaneval")(
+        [completion, humaneval[0]["canonical_solution"]], humaneval[:1] * 2, program=program
+    )
     assert result.scores.tolist() == [0.0, 1.0], result.reasons
     assert reason in result.reasons[0], result.reasons[0]
+
+
+# ------------------------------------------------------------------------------------------ extraction
+
+# Completions for HumanEval/0 written against the extraction (rlvr_jax/rewards/code_extract.py), which
+# tests the solution without the model's module-level demo code: each must still score 0.
+EXTRACTION_ATTACKS = {
+    "the liar kept as a module value, self-tests around it": fenced(
+        f"{LIAR}\nANSWER = Liar()\n\ndef has_close_elements(numbers, threshold):\n    return ANSWER\n\n"
+        "assert has_close_elements([1.0], 0.5) == True\nprint(has_close_elements([1.0, 2.0], 0.5))\n"
+    ),
+    "the liar defined in the main guard": fenced(
+        f"if __name__ == '__main__':\n{indent(LIAR)}\n    def has_close_elements(numbers, threshold):\n"
+        "        return Liar()\n    print(has_close_elements([1.0], 0.5))\n"
+    ),
+    "a rebound builtin the function uses (kept, so the function computes with it)": fenced(
+        "abs = lambda x: 0\n\ndef has_close_elements(numbers, threshold):\n"
+        "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1 :])\n"
+    ),
+    "an assert inside the function (kept)": fenced(
+        "def has_close_elements(numbers, threshold):\n    assert len(numbers) > 100, 'too short'\n"
+        "    return True\n\nassert True\n"
+    ),
+    "an exit in a module value the function reads (kept)": fenced(
+        "import sys\nLIMIT = sys.exit(0)\n\ndef has_close_elements(numbers, threshold):\n    return LIMIT\n"
+    ),
+    "answers queued by a demo call (dropped: the function finds none)": fenced(
+        "ANSWERS = []\n\ndef queue():\n    ANSWERS.extend([True, False, True, False, True, True, False])\n\n"
+        "queue()\n\ndef has_close_elements(numbers, threshold):\n    return ANSWERS.pop(0)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRACTION_ATTACKS))
+def test_extraction_gives_attacks_nothing(name: str, humaneval: list[dict]) -> None:
+    """Extraction only removes the model's own statements and keeps every module-level write the solution
+    reads: a liar is still not plain data, a kept assert or exit still fails, and what a dropped call
+    would have set up is missing (a failure, never a pass)."""
+    result = get_reward("code_humaneval")([EXTRACTION_ATTACKS[name]], humaneval[:1], report_strict=True)
+    assert result.scores.tolist() == [0.0], result.reasons
+
+
+def test_a_program_that_needs_a_dropped_call_passes_only_whole(humaneval: list[dict]) -> None:
+    """Why the queued answers above are not a way in: the whole program passes HumanEval/0 (a memorised
+    table), the extracted one cannot, since the call that fills the table is demo code to the extraction."""
+    result = get_reward("code_humaneval")(
+        [EXTRACTION_ATTACKS["answers queued by a demo call (dropped: the function finds none)"]],
+        humaneval[:1],
+        report_strict=True,
+    )
+    assert result.variants["strict"].scores.tolist() == [1.0], result.variants["strict"].reasons
+    assert result.scores.tolist() == [0.0] and "IndexError" in result.reasons[0], result.reasons
 
 
 def test_the_body_continuation_forms_of_the_attacks_score_zero(humaneval: list[dict]) -> None:

@@ -26,7 +26,7 @@ from rlvr_jax.data import get_task
 from rlvr_jax.data.base import load_samples
 from rlvr_jax.data.heldout import HeldOutReport, held_out_split
 from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_score
-from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, eval_metrics
+from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, VARIANTS, eval_metrics
 from rlvr_jax.evaluation.runs import write_run
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.progress import Progress
@@ -367,6 +367,13 @@ def describe(metrics: dict[str, Any]) -> str:
         f"({acc['method']})",
         f"mean reward {metrics['mean_reward']['value']:.3f}",
     ]
+    for variant in VARIANTS:
+        if f"accuracy_{variant}" in metrics:  # the code rewards' verdict on the whole code block
+            v = metrics[f"accuracy_{variant}"]
+            interval = f"95% CI [{pct(v['ci_low'])}, {pct(v['ci_high'])}]"
+            lines.insert(
+                2, f"{variant:<10} {pct(v['value'])}  {interval}  (the whole code block as the program)"
+            )
     for k, v in metrics.get("pass_at_k", {}).items():
         lines.append(f"pass@{k:<4} {pct(v)}")
     for name in EXTRA_REWARDS:

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from rlvr_jax.data.base import Sample, Task
-from rlvr_jax.evaluation.metrics import GROUP_FIELDS, PASS_THRESHOLD, eval_metrics, flat_summary
+from rlvr_jax.evaluation.metrics import (
+    EVAL_REWARD_OPTIONS,
+    GROUP_FIELDS,
+    PASS_THRESHOLD,
+    VARIANTS,
+    eval_metrics,
+    flat_summary,
+)
 from rlvr_jax.generate.sampler import Sampler, SamplingParams, bucket
 from rlvr_jax.rewards.base import get_reward
 
@@ -68,8 +75,12 @@ def generate_and_score(
 
     extra_rewards: other registered rewards to score every completion with as well (stored in `extra` under
     their names, e.g. `qa_em` next to a `qa_f1` task reward). on_batch(items done, scored so far): progress.
+    A code reward also gives its strict verdicts (`EVAL_REWARD_OPTIONS`): each row then holds
+    reward_strict, passed_strict and reason_strict next to its reward, passed and reason.
     """
-    reward_fn = get_reward(reward or task.reward)
+    reward_name = reward or task.reward
+    reward_fn = get_reward(reward_name)
+    reward_options = {**EVAL_REWARD_OPTIONS.get(reward_name, {}), **(reward_options or {})}
     extra_fns = {name: get_reward(name) for name in extra_rewards}
     out: list[ScoredSample] = []
     per_batch = max(1, batch_size // num_samples)
@@ -87,11 +98,17 @@ def generate_and_score(
             {**chunk[r // num_samples], "completion_length": metas[r][0], "finished": metas[r][1]}
             for r in range(len(texts))
         ]  # token counts for the length rewards; whether the budget cut the completion off
-        scored = reward_fn(texts, repeated, **(reward_options or {}))
+        scored = reward_fn(texts, repeated, **reward_options)
         extra_scores = {name: fn(texts, repeated).scores for name, fn in extra_fns.items()}
         for r, (text, (n, fin)) in enumerate(zip(texts, metas, strict=True)):
             extra = {f: repeated[r][f] for f in GROUP_FIELDS if repeated[r].get(f) is not None}
             extra.update({name: float(scores[r]) for name, scores in extra_scores.items()})
+            for name in VARIANTS:
+                if name in scored.variants:
+                    variant = scored.variants[name]
+                    value = float(variant.scores[r])
+                    extra |= {f"reward_{name}": value, f"passed_{name}": value >= PASS_THRESHOLD}
+                    extra[f"reason_{name}"] = variant.reasons[r]
             out.append(
                 ScoredSample(
                     id=str(repeated[r]["id"]),

@@ -1,5 +1,9 @@
 """What an evaluation reports: accuracy with its interval, pass@k, extra scores, levels, lengths.
 
+Code tasks report two accuracies: `accuracy`, of the solution extracted from each completion (the
+primary, what careful harnesses report), and `accuracy_strict`, of the whole code block run as one
+program (the model's own asserts and demo calls included); see `rlvr_jax.rewards.code_extract`.
+
 Items, not samples, are the unit of every interval: with several samples per prompt the samples of one
 prompt are correlated, so treating them as independent would make intervals too narrow. One sample per
 item gives the Wilson interval of a proportion; several give the mean per-item pass rate (= unbiased
@@ -25,6 +29,15 @@ CONFIDENCE = 0.95
 GROUP_FIELDS = ("level",)
 # Rewards worth reporting next to a task's own: QA is scored by both exact match and token F1.
 EXTRA_REWARDS = {"qa_f1": ("qa_em",), "qa_em": ("qa_f1",)}
+# Options an evaluation gives a task's reward on top of the config's: the code rewards then also return
+# the strict verdicts (the whole code block as the program) next to the extracted solution's.
+EVAL_REWARD_OPTIONS: dict[str, dict[str, Any]] = {
+    "code_humaneval": {"report_strict": True},
+    "code_mbpp": {"report_strict": True},
+}
+# Verdicts a reward may return besides its own (`RewardResult.variants`): a row holds each as
+# reward_<name>, passed_<name> and reason_<name>; metrics report accuracy_<name> next to accuracy.
+VARIANTS = ("strict",)
 
 
 def passed(reward: float) -> bool:
@@ -53,14 +66,17 @@ def group_by_item(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[s
     return dict(items)
 
 
-def accuracy_interval(items: Mapping[str, Sequence[Mapping[str, Any]]], seed: int = 0) -> Interval:
-    """Accuracy over items: Wilson with one sample each, else per-item pass rates bootstrapped over items."""
+def accuracy_interval(
+    items: Mapping[str, Sequence[Mapping[str, Any]]], seed: int = 0, key: str = "reward"
+) -> Interval:
+    """Accuracy over items: Wilson with one sample each, else per-item pass rates bootstrapped over items.
+    key: the row field holding the score (`reward_strict` for the strict verdicts)."""
     if not items:
         return wilson_interval(0, 0, CONFIDENCE)
     if max(len(g) for g in items.values()) == 1:
-        successes = sum(passed(float(g[0]["reward"])) for g in items.values())
+        successes = sum(passed(float(g[0][key])) for g in items.values())
         return wilson_interval(successes, len(items), CONFIDENCE)
-    rates = [np.mean([passed(float(r["reward"])) for r in g]) for g in items.values()]
+    rates = [np.mean([passed(float(r[key])) for r in g]) for g in items.values()]
     return bootstrap_mean(rates, CONFIDENCE, seed=seed)
 
 
@@ -107,6 +123,9 @@ def eval_metrics(
         "accuracy": accuracy_interval(items, seed).to_dict(),
         "mean_reward": bootstrap_mean(per_item_reward, CONFIDENCE, seed=seed).to_dict(),
     }
+    for variant in VARIANTS:
+        if rows and all(f"reward_{variant}" in r for r in rows):
+            out[f"accuracy_{variant}"] = accuracy_interval(items, seed, key=f"reward_{variant}").to_dict()
     if samples_per_item and samples_per_item[-1] > 1:
         out["pass_at_k"] = pass_at_ks(items)
     for name in extra_scores:
@@ -146,6 +165,9 @@ def flat_summary(metrics: Mapping[str, Any]) -> dict[str, float]:
         "reward": metrics["mean_reward"]["value"],
         "n": metrics["num_items"],
     }
+    out.update(
+        {f"accuracy_{v}": metrics[f"accuracy_{v}"]["value"] for v in VARIANTS if f"accuracy_{v}" in metrics}
+    )
     if "response_tokens" in metrics:
         out["mean_tokens"] = metrics["response_tokens"]["mean"]
         out["truncation_rate"] = metrics["truncation_rate"]

@@ -18,10 +18,16 @@ from rlvr_jax.registry import Registry
 
 @dataclasses.dataclass
 class RewardResult:
-    """Per-sample scores (float32 [batch]) and a short human-readable reason for each."""
+    """Per-sample scores (float32 [batch]) and a short human-readable reason for each.
+
+    variants: other verdicts on the same completions that the reward computed alongside, by name (the code
+    rewards' `report_strict=True` gives "strict": the whole code block's verdicts next to the extracted
+    solution's). An evaluation reports each next to the reward (`reward_strict`, `accuracy_strict`).
+    """
 
     scores: np.ndarray
     reasons: list[str]
+    variants: dict[str, RewardResult] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, np.float32)

@@ -14,9 +14,19 @@ checks", "failed: check 3 (line 12): AssertionError", "failed: check 1 (line 4):
 non-plain value of type Foo", "timeout: ...".
 
 Instruct models answer in markdown ("```python ... ```"), so when a completion contains a code fence the
-code inside it is used (the block that defines the entry point, else the first one). Completions that
-cannot be a program (None, empty, over 100 KB, binary, invalid UTF-8, an unterminated fence) score 0 with
-a reason without running anything. Execution happens in `sandbox.CodeExecutor` (see there for isolation).
+code inside it is used (the block that defines the entry point, else the first one). Which program of that
+code is tested is the `program` option:
+- "extracted" (the default): the solution, as careful harnesses test it (`code_extract.py`): imports,
+  functions, classes and the module-level values they use, without the model's own asserts, demo calls,
+  `if __name__ == "__main__":` code, prose or an unparsable (budget-cut) tail; an unclosed fence is closed.
+  Where that cannot be done safely it is the strict program. A reason then ends in what was dropped:
+  "passed: 7/7 checks [extracted: dropped line 12: assert]".
+- "strict": the whole code block as one program: a wrong self-written assert or a crashing demo call fails
+  it, and an unterminated fence scores 0 unrun.
+`report_strict=True` scores both (the evaluation asks for it) and returns the strict verdicts as
+`RewardResult.variants["strict"]`; a program the extraction leaves as it is runs once for both.
+Completions that cannot be a program (None, empty, over 100 KB, binary, invalid UTF-8) score 0 with a
+reason without running anything. Execution happens in `sandbox.CodeExecutor` (see there for isolation).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from rlvr_jax.rewards.base import RewardResult, register_reward
+from rlvr_jax.rewards.code_extract import extract_program, lenient_block, source_lines
 from rlvr_jax.rewards.sandbox import CodeExecutor, ProgramTests, default_executor, parse_quietly
 from rlvr_jax.rewards.shaping import checked_text
 
@@ -42,6 +53,8 @@ DEFAULT_TIMEOUT_S = 10.0
 _BINARY = re.compile(r"[\x00-\x08\x0e-\x1f]")
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[ \t]*$", re.MULTILINE)
 _PYTHON_TAGS = {"", "python", "python3", "py", "py3"}
+PROGRAMS = ("extracted", "strict")
+MAX_NOTES = 3  # of what extraction dropped, in a reason
 
 
 def extract_code(completion: str, entry_point: str | None = None) -> tuple[str | None, str]:
@@ -70,8 +83,9 @@ def extract_code(completion: str, entry_point: str | None = None) -> tuple[str |
     return blocks[0], ""
 
 
-def usable_code(completion: Any, entry_point: str | None = None) -> tuple[str | None, str]:
-    """Validates a raw completion (text checks, size, binary) and extracts its code."""
+def usable_text(completion: Any) -> tuple[str | None, str]:
+    """`(text, "")` for a completion that can hold a program (text, at most 100 KB, no binary), or
+    `(None, why)`."""
     text, why = checked_text(completion, max_chars=MAX_COMPLETION_BYTES + 1)
     if text is None:
         return None, why
@@ -80,6 +94,14 @@ def usable_code(completion: Any, entry_point: str | None = None) -> tuple[str | 
         return None, f"completion too large ({size} bytes > {MAX_COMPLETION_BYTES})"
     if _BINARY.search(text):
         return None, "binary completion (control characters)"
+    return text, ""
+
+
+def usable_code(completion: Any, entry_point: str | None = None) -> tuple[str | None, str]:
+    """Validates a raw completion (text checks, size, binary) and extracts its code."""
+    text, why = usable_text(completion)
+    if text is None:
+        return None, why
     code, why = extract_code(text, entry_point)
     if code is not None and not code.strip():
         return None, "empty code block"
@@ -114,10 +136,16 @@ def humaneval_tests(sample: Mapping[str, Any], code: str, *, fenced: bool) -> Pr
     helpers, such as `poly` or `encode_cyclic`, are the data set's, whatever the completion redefines)
     and `check(entry_point)`, where the entry point is the program's function."""
     prompt = _field(sample, "prompt", "code_humaneval")
+    return humaneval_checked(sample, humaneval_source(prompt, code, fenced=fenced))
+
+
+def humaneval_checked(sample: Mapping[str, Any], program: str) -> ProgramTests:
+    """A whole program (it holds the prompt) with the sample's tests (see `humaneval_tests`)."""
+    prompt = _field(sample, "prompt", "code_humaneval")
     test = _field(sample, "test", "code_humaneval")
     entry_point = _field(sample, "entry_point", "code_humaneval")
     return ProgramTests(
-        program=humaneval_source(prompt, code, fenced=fenced),
+        program=program,
         tests=f"{test}\n\ncheck({entry_point})\n",
         remote=(entry_point,),
         trusted=trusted_prompt(prompt, test, entry_point),
@@ -227,6 +255,120 @@ def mbpp_entry_point(sample: Mapping[str, Any]) -> str | None:
     return match.group(1) if match else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One completion's program and tests (None: not runnable, `why` says why), and for an extracted
+    program what the extraction dropped (appended to its reason)."""
+
+    tests: ProgramTests | None
+    why: str = ""
+    notes: tuple[str, ...] = ()
+
+
+def extracted_program(
+    strict: Job, completion: Any, entry_point: str | None, needed: Sequence[str], prompt: str = ""
+) -> tuple[str | None, tuple[str, ...]]:
+    """(program, what was dropped) for the solution `code_extract` finds in a completion, or (None, ()) to
+    test the `strict` job instead: where the completion is unusable, nothing could be extracted, or the
+    extraction keeps the strict program as it is (then one run serves both verdicts). `prompt`: the
+    trusted text an unfenced completion continues (HumanEval's), kept as it is; the program starts with
+    it."""
+    text, _ = usable_text(completion)
+    if text is None:
+        return None, ()
+    block, fenced, closed = lenient_block(text, entry_point)
+    if fenced or not prompt:
+        extraction = extract_program(block, needed)
+    else:  # a body continuing the prompt's function: only the two together parse
+        extraction = extract_program(prompt + block, needed, keep_lines=len(source_lines(prompt)))
+    notes = (("closed the code fence",) if closed else ()) + extraction.dropped
+    if extraction.code is None or (not notes and strict.tests is not None):
+        return None, ()
+    if fenced and prompt:
+        return humaneval_source(prompt, extraction.code, fenced=True), notes
+    return extraction.code, notes
+
+
+def humaneval_jobs(completion: Any, sample: Mapping[str, Any]) -> tuple[Job, Job]:
+    """(strict, extracted) jobs of one HumanEval completion."""
+    entry_point = _field(sample, "entry_point", "code_humaneval")
+    code, why = usable_code(completion, entry_point)
+    fenced = code is not None and code != completion
+    strict = Job(humaneval_tests(sample, code, fenced=fenced) if code is not None else None, why)
+    prompt = _field(sample, "prompt", "code_humaneval")
+    program, notes = extracted_program(strict, completion, entry_point, (entry_point,), prompt)
+    return strict, strict if program is None else Job(humaneval_checked(sample, program), notes=notes)
+
+
+def mbpp_jobs(completion: Any, sample: Mapping[str, Any]) -> tuple[Job, Job]:
+    """(strict, extracted) jobs of one MBPP completion. The extracted program must keep the names the
+    asserts and the setup code take from it."""
+    _field(sample, "test_list", "code_mbpp")
+    entry_point = mbpp_entry_point(sample)
+    code, why = usable_code(completion, entry_point)
+    try:
+        strict = Job(mbpp_tests(sample, code) if code is not None else None, why)
+        needed = mbpp_needed(mbpp_tests(sample, ""))
+    except SyntaxError as exc:
+        why = f"checker error: the sample's test_list does not parse ({exc.msg}, line {exc.lineno})"
+        return Job(None, why), Job(None, why)
+    program, notes = extracted_program(strict, completion, entry_point, needed)
+    return strict, strict if program is None else Job(mbpp_tests(sample, program), notes=notes)
+
+
+def mbpp_needed(tests: ProgramTests) -> tuple[str, ...]:
+    """The names an MBPP program must define: those the asserts take from it, less the objects the setup
+    code makes (task 367's trees), plus the names the setup code takes from it (the `Node` class)."""
+    if not tests.setup:
+        return tests.remote
+    _, made = names_in(tests.setup)
+    return tuple(
+        dict.fromkeys([*(n for n in tests.remote if n not in made), *names_from_program(tests.setup)])
+    )
+
+
+def run_jobs(
+    variants: Mapping[str, Sequence[Job]],
+    *,
+    executor: CodeExecutor | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    batch_timeout_s: float | None = None,
+) -> dict[str, RewardResult]:
+    """Runs every variant's runnable jobs in one sandboxed batch (a program that is the same in several
+    variants of one completion runs once) and returns each variant's scores and reasons. A reason is the
+    checker's ("passed: 7/7 checks", "failed: check 3 (line 12): AssertionError", "timeout: ..."), or the
+    rejection of a job that could not run; an extracted program's ends in what was dropped."""
+    executor = executor or default_executor()
+    runs: dict[tuple[int, ProgramTests], int] = {}
+    for jobs in variants.values():
+        for i, job in enumerate(jobs):
+            if job.tests is not None:
+                runs.setdefault((i, job.tests), len(runs))
+    limits = dataclasses.replace(executor.limits, timeout_s=timeout_s)
+    results = executor.run_tests([tests for _, tests in runs], limits=limits, batch_timeout_s=batch_timeout_s)
+    out = {}
+    for name, jobs in variants.items():
+        scores = np.zeros(len(jobs), np.float32)
+        reasons = []
+        for i, job in enumerate(jobs):
+            reason = job.why
+            if job.tests is not None:
+                result = results[runs[i, job.tests]]
+                scores[i], reason = float(result.passed), result.reason
+            reasons.append(reason + _described(job.notes))
+        out[name] = RewardResult(scores, reasons)
+    return out
+
+
+def _described(notes: Sequence[str]) -> str:
+    if not notes:
+        return ""
+    shown = "; ".join(notes[:MAX_NOTES]) + (
+        f"; {len(notes) - MAX_NOTES} more" if len(notes) > MAX_NOTES else ""
+    )
+    return f" [extracted: {shown}]"
+
+
 def run_programs(
     programs: Sequence[ProgramTests | None],
     rejections: Sequence[str],
@@ -236,19 +378,30 @@ def run_programs(
     batch_timeout_s: float | None = None,
 ) -> RewardResult:
     """Runs the non-None programs against their tests in one sandboxed batch; None entries score 0 with
-    their rejection. Each reason is the checker's ("passed: 7/7 checks", "failed: check 3 (line 12):
-    AssertionError", "timeout: ...")."""
-    executor = executor or default_executor()
-    runnable = [i for i, p in enumerate(programs) if p is not None]
-    jobs = [p for p in programs if p is not None]
-    limits = dataclasses.replace(executor.limits, timeout_s=timeout_s)
-    results = executor.run_tests(jobs, limits=limits, batch_timeout_s=batch_timeout_s)
-    scores = np.zeros(len(programs), np.float32)
-    reasons = list(rejections)
-    for i, result in zip(runnable, results, strict=True):
-        scores[i] = float(result.passed)
-        reasons[i] = result.reason
-    return RewardResult(scores, reasons)
+    their rejection (`run_jobs` with one variant)."""
+    jobs = [Job(p, why) for p, why in zip(programs, rejections, strict=True)]
+    options = {"executor": executor, "timeout_s": timeout_s, "batch_timeout_s": batch_timeout_s}
+    return run_jobs({"strict": jobs}, **options)["strict"]
+
+
+def score_code(
+    jobs: Sequence[tuple[Job, Job]],
+    *,
+    program: str = "extracted",
+    report_strict: bool = False,
+    **options: Any,
+) -> RewardResult:
+    """The verdicts of (strict, extracted) jobs: those of `program`, with the strict ones as
+    `variants["strict"]` when `report_strict`."""
+    if program not in PROGRAMS:
+        raise ValueError(f"program={program!r}: the code rewards test one of {', '.join(PROGRAMS)}")
+    strict = [s for s, _ in jobs]
+    chosen = strict if program == "strict" else [e for _, e in jobs]
+    verdicts = run_jobs({program: chosen, **({"strict": strict} if report_strict else {})}, **options)
+    result = verdicts[program]
+    if report_strict:
+        result.variants["strict"] = verdicts["strict"]
+    return result
 
 
 def _check_lengths(completions: Sequence[Any], samples: Sequence[Mapping[str, Any]]) -> None:
@@ -261,24 +414,21 @@ def code_humaneval(
     completions: Sequence[Any],
     samples: Sequence[Mapping[str, Any]],
     *,
+    program: str = "extracted",
+    report_strict: bool = False,
     executor: CodeExecutor | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     batch_timeout_s: float | None = None,
     **_: Any,
 ) -> RewardResult:
-    """1 if prompt + completion passes the HumanEval `check`; fields: prompt, test, entry_point."""
+    """1 if prompt + completion passes the HumanEval `check`; fields: prompt, test, entry_point.
+    program: "extracted" (the solution in the completion) or "strict" (its whole code block)."""
     _check_lengths(completions, samples)
-    programs: list[ProgramTests | None] = []
-    rejections: list[str] = []
-    for completion, sample in zip(completions, samples, strict=True):
-        entry_point = _field(sample, "entry_point", "code_humaneval")
-        code, why = usable_code(completion, entry_point)
-        fenced = code is not None and code != completion
-        programs.append(humaneval_tests(sample, code, fenced=fenced) if code is not None else None)
-        rejections.append(why)
-    return run_programs(
-        programs, rejections, executor=executor, timeout_s=timeout_s, batch_timeout_s=batch_timeout_s
-    )
+    jobs = [humaneval_jobs(c, s) for c, s in zip(completions, samples, strict=True)]
+    return score_code(
+        jobs, program=program, report_strict=report_strict, executor=executor, timeout_s=timeout_s,
+        batch_timeout_s=batch_timeout_s,
+    )  # fmt: skip
 
 
 @register_reward("code_mbpp")
@@ -286,26 +436,18 @@ def code_mbpp(
     completions: Sequence[Any],
     samples: Sequence[Mapping[str, Any]],
     *,
+    program: str = "extracted",
+    report_strict: bool = False,
     executor: CodeExecutor | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     batch_timeout_s: float | None = None,
     **_: Any,
 ) -> RewardResult:
-    """1 if the completion (a whole program) passes every assert of `test_list` after `test_setup_code`."""
+    """1 if the completion (a whole program) passes every assert of `test_list` after `test_setup_code`.
+    program: "extracted" (the solution in the completion) or "strict" (its whole code block)."""
     _check_lengths(completions, samples)
-    programs: list[ProgramTests | None] = []
-    rejections: list[str] = []
-    for completion, sample in zip(completions, samples, strict=True):
-        _field(sample, "test_list", "code_mbpp")
-        code, why = usable_code(completion, mbpp_entry_point(sample))
-        job = None
-        if code is not None:
-            try:
-                job = mbpp_tests(sample, code)
-            except SyntaxError as exc:
-                why = f"checker error: the sample's test_list does not parse ({exc.msg}, line {exc.lineno})"
-        programs.append(job)
-        rejections.append(why)
-    return run_programs(
-        programs, rejections, executor=executor, timeout_s=timeout_s, batch_timeout_s=batch_timeout_s
-    )
+    jobs = [mbpp_jobs(c, s) for c, s in zip(completions, samples, strict=True)]
+    return score_code(
+        jobs, program=program, report_strict=report_strict, executor=executor, timeout_s=timeout_s,
+        batch_timeout_s=batch_timeout_s,
+    )  # fmt: skip

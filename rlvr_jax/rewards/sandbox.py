@@ -122,6 +122,7 @@ _SLOT_LOCK = threading.Lock()
 _WARNED_UNSANDBOXED = False
 _MODE_CACHE: dict[tuple[str, Any], str] = {}
 _MODE_LOCK = threading.Lock()
+_PARSE_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +199,13 @@ def harness_payload(
 
 def parse_quietly(source: str) -> ast.Module:
     """`ast.parse` without the warnings data-set code triggers (invalid escape sequences in MBPP's regexes
-    would otherwise fill the log each time a reward reads a sample)."""
-    with warnings.catch_warnings():
+    would otherwise fill the log each time a reward reads a sample).
+
+    One parse at a time: rewards are scored on threads (`score_async`), and CPython 3.11 keeps the AST
+    constructor's recursion depth in per-interpreter state, so two threads parsing at once can fail with
+    "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905); `catch_warnings`
+    changes process-wide state too. Parsing a completion takes well under a millisecond."""
+    with _PARSE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         return ast.parse(source)
