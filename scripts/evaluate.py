@@ -8,10 +8,14 @@
 
 Writes OUT/samples.jsonl (prompt id, completion, reward, reason for every sample) and OUT/metrics.json
 (accuracy with its interval and method, mean reward, pass@k with several samples, EM / F1 for QA, by
-level where the data has levels, response lengths, timing). `scripts/compare.py OUT_A OUT_B` tests the
-difference between two such runs. --checkpoint takes a training workdir (its latest checkpoint, or
---checkpoint_step=N|best); without --config, the config that run saved (WORKDIR/config.json) is used.
---config takes a file or a packaged config's name; --print_config lists every key and exits.
+level where the data has levels, response lengths, the truncated share, accuracy among finished answers,
+timing). The budget is sampling.eval_max_new_tokens (default: sampling.max_new_tokens); at a generous
+one, the printed "95% of answers finish within N tokens" (metrics.json's tokens_for_95_finished) is the
+budget to give a benchmark's evaluation, e.g. --config.sampling.eval_max_new_tokens=1024.
+`scripts/compare.py OUT_A OUT_B` tests the difference between two such runs. --checkpoint takes a
+training workdir (its latest checkpoint, or --checkpoint_step=N|best); without --config, the config that
+run saved (WORKDIR/config.json) is used. --config takes a file or a packaged config's name;
+--print_config lists every key and exits.
 About 5 minutes on a 2-core CPU for the first command (32 items, SmolLM2-135M, up to 384 tokens).
 """
 
