@@ -76,10 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.top_k = 0
     c.sampling.max_new_tokens = 256
     c.sampling.eval_temperature = 0.0
-    # The held-out evaluation's own budget (before, during and after training, and scripts/evaluate.py);
-    # None = sampling.max_new_tokens. Set it so the base model finishes at least 95% of held-out answers
-    # (metrics.json's tokens_for_95_finished measures that): a cut-off answer scores 0, so a budget that is
-    # too short rewards brevity, not correctness. Training's budget stays whatever trains best.
+    # Token budget of every held-out evaluation (trainer, scripts/evaluate.py); None = max_new_tokens. Set it
+    # so the base model finishes >= 95% of held-out answers (metrics.json: tokens_for_95_finished): a cut-off
+    # answer scores 0, and a short budget turns shorter answers into accuracy.
     c.sampling.eval_max_new_tokens = ml_collections.FieldReference(None, field_type=int)
 
     # The RL algorithm: advantages, loss, KL, dynamic sampling.
