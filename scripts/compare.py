@@ -7,7 +7,10 @@ RUN_A / RUN_B: folders written by scripts/evaluate.py (samples.jsonl + metrics.j
 (their final evaluation, WORKDIR/eval/after; WORKDIR/eval/before is the model before training). B is
 compared against A on the items both scored: the accuracy difference with a 95% paired bootstrap
 interval, the exact McNemar p-value for one pass / fail sample per item (a paired permutation test
-otherwise), and the same for the mean reward. Writes OUT/report.md, OUT/comparison.json and PNG plots
+otherwise), and the same for the mean reward; then the same test on the items finished in both runs (a
+cut-off answer scores 0), each run's truncated share, and a sentence saying whether a significant change
+holds among finished answers or is mostly answers that now fit the token budget (the rule:
+`rlvr_jax.evaluation.compare.length_effect`). Writes OUT/report.md, OUT/comparison.json and PNG plots
 (accuracy with intervals and the paired outcomes, response lengths, training reward curves when a run
 comes from training, accuracy by level when the data has levels). Default OUT: RUN_B/compare.
 Exit status 0 whatever the verdict; 2 for unusable input.

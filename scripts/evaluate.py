@@ -8,8 +8,11 @@
 
 Writes OUT/samples.jsonl (prompt id, completion, reward, reason for every sample) and OUT/metrics.json
 (accuracy with its interval and method, mean reward, pass@k with several samples, EM / F1 for QA, by
-level where the data has levels, response lengths, timing). `scripts/compare.py OUT_A OUT_B` tests the
-difference between two such runs.
+level where the data has levels, response lengths, the truncated share, accuracy among finished answers,
+timing). The budget is sampling.eval_max_new_tokens (default: sampling.max_new_tokens); at a generous
+one, the printed "95% of answers finish within N tokens" (metrics.json's tokens_for_95_finished) is the
+budget to give a benchmark's evaluation, e.g. --config.sampling.eval_max_new_tokens=1024.
+`scripts/compare.py OUT_A OUT_B` tests the difference between two such runs.
 
 Held out means held out (`rlvr_jax/data/heldout.py`): items of the split that repeat, or whose question
 the training prompts ask, are removed first, said in one line and counted in metrics.json's `held_out`.

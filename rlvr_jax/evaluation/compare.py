@@ -5,6 +5,11 @@ the test looks only at items where they disagree. With one sample per item and p
 is the exact McNemar test (a binomial test on the discordant items). Per-item pass rates (several samples)
 and continuous rewards get a paired sign-flip permutation test. Every difference is B - A with a 95%
 paired bootstrap interval over items.
+
+A budget that cuts answers off scores them 0, so a run can gain accuracy by answering shorter, not better.
+The comparison therefore also pairs the items finished in both runs (each scored by its finished samples)
+and tests them the same way, reports the truncated share of each run, and says in words whether a
+significant change holds among finished answers or is mostly answers that now fit (`length_effect`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rlvr_jax.evaluation.metrics import CONFIDENCE, eval_metrics, group_by_item, passed
+from rlvr_jax.evaluation.metrics import CONFIDENCE, eval_metrics, group_by_item, passed, truncation_rate
 from rlvr_jax.evaluation.runs import EvalRun
 from rlvr_jax.evaluation.stats import (
     mcnemar_exact,
@@ -28,6 +33,11 @@ from rlvr_jax.evaluation.stats import (
 ALPHA = 0.05
 # Settings that make two runs not comparable as paired measurements when they differ.
 _SETTINGS = ("task", "split", "reward", "temperature", "max_new_tokens", "samples_per_item")
+# metrics.json entries each run's summary carries into comparison.json when the run has them.
+_SUMMARY_KEYS = (
+    "pass_at_k", "by_level", "response_tokens", "truncation_rate", "accuracy_finished",
+    "tokens_for_95_finished", "max_new_tokens",
+)  # fmt: skip
 
 
 def _metrics(run: EvalRun) -> dict[str, Any]:
@@ -97,8 +107,106 @@ def compare_runs(a: EvalRun, b: EvalRun, *, seed: int = 0) -> dict[str, Any]:
         result["accuracy_permutation_p"] = p_value
         result["test"], result["p_value"] = "paired sign-flip permutation on per-item pass rates", p_value
     result["significant"] = bool(p_value < ALPHA)
+    if all("finished" in r for i in shared for r in (*items_a[i], *items_b[i])):
+        result["truncation"] = {
+            side: truncation_rate([bool(r["finished"]) for i in shared for r in items[i]])
+            for side, items in (("a", items_a), ("b", items_b))
+        }
+        result["finished_in_both"] = _finished_in_both(items_a, items_b, shared, single, seed)
+    result["length_effect"] = length_effect(result)
     result["verdict"] = _verdict(result)
     return result
+
+
+def _finished_in_both(
+    items_a: Mapping[str, Sequence[Mapping[str, Any]]],
+    items_b: Mapping[str, Sequence[Mapping[str, Any]]],
+    shared: Sequence[str],
+    single: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """The paired comparison restricted to finished answers: the items with a finished sample in both
+    runs, each scored by the pass rate of its finished samples; exact McNemar for one sample per item,
+    else the paired permutation test, as for all items."""
+
+    def finished_rate(group: Sequence[Mapping[str, Any]]) -> float | None:
+        done = [passed(float(r["reward"])) for r in group if r["finished"]]
+        return float(np.mean(done)) if done else None
+
+    pairs = [(finished_rate(items_a[i]), finished_rate(items_b[i])) for i in shared]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+    fa = np.array([x for x, _ in pairs], dtype=float)
+    fb = np.array([y for _, y in pairs], dtype=float)
+    out: dict[str, Any] = {
+        "n": len(pairs),
+        "accuracy_a": float(fa.mean()) if pairs else math.nan,
+        "accuracy_b": float(fb.mean()) if pairs else math.nan,
+        "accuracy_difference": paired_bootstrap_diff(fa, fb, CONFIDENCE, seed=seed).to_dict(),
+    }
+    if single:
+        both, a_only, b_only, neither = mcnemar_table(fa > 0.5, fb > 0.5)
+        out |= {"both_pass": both, "only_a_passes": a_only, "only_b_passes": b_only}
+        out |= {"neither_passes": neither, "test": "mcnemar_exact", "p_value": mcnemar_exact(a_only, b_only)}
+    else:
+        out |= {"test": "paired sign-flip permutation on per-item pass rates"}
+        out |= {"p_value": paired_permutation_test(fa, fb, seed=seed)}
+    return out
+
+
+def length_effect(result: Mapping[str, Any]) -> str | None:
+    """How far the answers' lengths explain a significant change in accuracy, from `compare_runs`' result.
+
+    Let d be B - A over all paired items (significant at ALPHA, else there is nothing to explain: None),
+    d_f the same among items finished in both runs with its own paired test's p_f, and t_A, t_B the
+    truncated shares. With s the sign of d:
+
+      "holds":   p_f < ALPHA and s * d_f >= |d| / 2 (a significant change among finished answers, in the
+                 same direction and at least half the size of the overall one): the answers got better
+                 (of a loss, worse), whatever their length.
+      "length":  not "holds", and truncation moved the way that explains d (s * (t_A - t_B) > 0): most of
+                 the gain is answers that now fit the budget (of a loss, answers that no longer fit).
+      "unclear": neither: the change among finished answers is too small or uncertain to hold on its own,
+                 yet truncation did not move with it (e.g. few items finished in both).
+
+    None as well when the rows do not say which answers finished (`finished_in_both` absent).
+    """
+    finished = result.get("finished_in_both")
+    if not result["significant"] or finished is None:
+        return None
+    change = result["accuracy_difference"]["value"]
+    sign = 1.0 if change > 0 else -1.0
+    finished_change = finished["accuracy_difference"]["value"]
+    if finished["n"] and finished["p_value"] < ALPHA and sign * finished_change >= abs(change) / 2:
+        return "holds"
+    truncation = result["truncation"]
+    return "length" if sign * (truncation["a"] - truncation["b"]) > 0 else "unclear"
+
+
+def _length_sentence(result: Mapping[str, Any]) -> str:
+    """The verdict's words for `length_effect` (empty when it is None)."""
+    effect = result["length_effect"]
+    if effect is None:
+        return ""
+    gain = result["accuracy_difference"]["value"] > 0
+    noun = "gain" if gain else "loss"
+    fin, trunc = result["finished_in_both"], result["truncation"]
+    truncated = f"truncated {_pct(trunc['a'])} -> {_pct(trunc['b'])}"
+    went = "no item finished in both runs"
+    if fin["n"]:
+        went = f"{_pct(fin['accuracy_a'])} -> {_pct(fin['accuracy_b'])} on {fin['n']} items"
+        went += f" (p = {fin['p_value']:.3g})"
+    if effect == "holds":
+        return f"The {noun} holds among answers finished in both runs: {went}; {truncated}."
+    if effect == "length":
+        fit = "now fit" if gain else "no longer fit"
+        return (
+            f"Most of the {noun} is answers that {fit} the token budget ({truncated}): among answers "
+            f"finished in both runs, {went}."
+        )
+    return (
+        f"The {noun} is not shown among answers finished in both runs ({went}), yet truncation did not "
+        f"{'fall' if gain else 'rise'} ({truncated})."
+    )
 
 
 def _summary(run: EvalRun, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,11 +217,7 @@ def _summary(run: EvalRun, metrics: Mapping[str, Any]) -> dict[str, Any]:
         **{k: metrics[k] for k in keys if k in metrics},
         "accuracy": metrics["accuracy"],
         "mean_reward": metrics["mean_reward"],
-        **{
-            k: metrics[k]
-            for k in ("pass_at_k", "by_level", "response_tokens", "truncation_rate")
-            if k in metrics
-        },
+        **{k: metrics[k] for k in _SUMMARY_KEYS if k in metrics},
     }
 
 
@@ -140,7 +244,8 @@ def _verdict(result: Mapping[str, Any]) -> str:
         rd = result["reward_difference"]
         significant = "significant" if reward_p < ALPHA else "not significant"
         text += f" Mean reward B - A = {rd['value']:+.3f} is {significant} (p = {reward_p:.3g})."
-    return text
+    length = _length_sentence(result)
+    return f"{text} {length}" if length else text
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -244,23 +349,30 @@ def _markdown(a, b, names, result, figures, examples: int) -> str:
     ]
     lines += [f"**{result['verdict']}**", ""]
     lines += [
-        "| run | items | accuracy | 95% CI | mean reward | mean tokens | truncated |",
-        "|---|---|---|---|---|---|---|",
+        "| run | items | accuracy | 95% CI | mean reward | mean tokens | truncated "
+        "| accuracy among finished |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, side in zip(names, ("a", "b"), strict=True):
         s = result[side]
         acc = s["accuracy"]
         tokens = s.get("response_tokens", {}).get("mean")
+        done = s.get("accuracy_finished")
+        finished = "" if done is None else f"{_pct(done['value'])} (n={done['n']})"
         lines.append(
             f"| {name} | {s['num_items']} | {_pct(acc['value'])} "
             f"| [{_pct(acc['ci_low'])}, {_pct(acc['ci_high'])}] "
             f"| {s['mean_reward']['value']:.3f} | {'' if tokens is None else f'{tokens:.0f}'} "
-            f"| {_pct(s.get('truncation_rate'))} |"
+            f"| {_pct(s.get('truncation_rate'))} "
+            f"| {finished} |"
         )
     lines.append("")
     method = result["a"]["accuracy"]["method"]
     method = "Wilson score interval" if method == "wilson" else method
-    lines.append(f"Accuracy intervals: {method}; a pass is a reward of at least 0.999.")
+    lines.append(
+        f"Accuracy intervals: {method}; a pass is a reward of at least 0.999. Truncated: answers the token "
+        "budget cut off (scored as they stand, usually 0); accuracy among finished counts the others only."
+    )
     diff = result["accuracy_difference"]
     lines += [
         "",
@@ -280,6 +392,22 @@ def _markdown(a, b, names, result, figures, examples: int) -> str:
     else:
         lines.append(
             f"- paired permutation test on per-item pass rates: p = {result['accuracy_permutation_p']:.4g}"
+        )
+    fin = result.get("finished_in_both")
+    if fin is not None:
+        trunc = result["truncation"]
+        lines.append(f"- truncated answers: {_pct(trunc['a'])} (A) -> {_pct(trunc['b'])} (B)")
+        fd = fin["accuracy_difference"]
+        test = (
+            f"exact McNemar p = {fin['p_value']:.4g} ({fin['only_b_passes']} pass only in B, "
+            f"{fin['only_a_passes']} only in A)"
+            if fin["test"] == "mcnemar_exact"
+            else f"paired permutation test p = {fin['p_value']:.4g}"
+        )
+        lines.append(
+            f"- among the {fin['n']} items finished in both runs: accuracy {_pct(fin['accuracy_a'])} -> "
+            f"{_pct(fin['accuracy_b'])}, {_points(fd['value'])} points, 95% CI "
+            f"[{_points(fd['ci_low'])}, {_points(fd['ci_high'])}]; {test}"
         )
     rd = result["reward_difference"]
     lines.append(

@@ -22,6 +22,7 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer, CheckpointError, abstract_like
+from rlvr_jax.config import eval_max_new_tokens
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import load_samples
 from rlvr_jax.data.heldout import HeldOutReport, held_out_split
@@ -164,18 +165,19 @@ def score_held_out(
     the sampling used). The one evaluation behind `evaluate` and the trainer's held-out evaluations.
 
     temperature: None = greedy for one sample per item (`sampling.eval_temperature`), the training
-    temperature for several (pass@k needs distinct samples).
+    temperature for several (pass@k needs distinct samples). The budget is `sampling.eval_max_new_tokens`
+    (else the training budget): evaluation's own, so that it can let the base model finish its answers.
     description, quiet, leave: the progress display (`rlvr_jax.progress`): items done and the accuracy so
     far, as a bar or, in a log, a line at most every 10 s; `leave=None` hides a bar nested in training's.
     """
     if temperature is None:
         temperature = config.sampling.eval_temperature if num_samples == 1 else config.sampling.temperature
     reward = config.reward.name or task.reward
+    budget = eval_max_new_tokens(config)
     params = SamplingParams(
-        temperature=float(temperature),
-        top_p=config.sampling.top_p if temperature > 0 else 1.0,
-        max_new_tokens=config.sampling.max_new_tokens,
-    )
+        temperature=float(temperature), top_p=config.sampling.top_p if temperature > 0 else 1.0,
+        max_new_tokens=budget,
+    )  # fmt: skip
 
     progress = Progress(
         len(samples), description=description, unit="item", fields={}, quiet=quiet, min_interval_s=10.0,
@@ -194,7 +196,6 @@ def score_held_out(
             on_batch=on_batch,
         )  # fmt: skip
     rows = [s.to_row() for s in scored]
-    budget = config.sampling.max_new_tokens
     metrics = eval_metrics(rows, reward=reward, max_new_tokens=budget, seed=config.seed)
     return rows, metrics, params
 
@@ -357,7 +358,8 @@ def evaluate(
 
 
 def describe(metrics: dict[str, Any]) -> str:
-    """A few lines for the terminal: accuracy with its interval, pass@k, extra scores, lengths."""
+    """A few lines for the terminal: accuracy with its interval, pass@k, extra scores, lengths, the
+    truncated share, accuracy among finished answers, and the budget within which 95% of answers finish."""
     acc = metrics["accuracy"]
     pct = lambda x: "nan" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
     lines = [
@@ -389,8 +391,21 @@ def describe(metrics: dict[str, Any]) -> str:
     for level, v in metrics.get("by_level", {}).items():
         lines.append(f"  {level:<10} {pct(v['value'])} (n={v['n']})")
     if "response_tokens" in metrics:
+        budget = metrics.get("max_new_tokens")
+        at = f" by the budget of {budget} tokens" if budget else ""
         lines.append(
             f"response tokens: mean {metrics['response_tokens']['mean']:.0f}, "
-            f"truncated {pct(metrics['truncation_rate'])}"
+            f"truncated {pct(metrics['truncation_rate'])}{at}"
+        )
+    if "accuracy_finished" in metrics:
+        done = metrics["accuracy_finished"]
+        lines.append(f"accuracy among finished answers {pct(done['value'])} (n={done['n']} items)")
+    if "tokens_for_95_finished" in metrics:  # what sampling.eval_max_new_tokens should be at least
+        needed = metrics["tokens_for_95_finished"]
+        lines.append(
+            f"95% of answers finish within {needed} tokens"
+            if needed is not None
+            else "fewer than 95% of answers finish within the budget: raise sampling.eval_max_new_tokens "
+            "to measure the budget they need"
         )
     return "\n".join(lines)

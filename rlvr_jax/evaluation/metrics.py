@@ -91,6 +91,37 @@ def pass_at_ks(items: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, fl
     return {str(k): mean_pass_at_k(counts, correct, k) for k in ks}
 
 
+def finished_accuracy(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Accuracy among the completions that finished (ended on a stop token), with `n`, the items that have
+    one, and `num_samples`, the finished completions.
+
+    Next to the plain accuracy because a budget that cuts answers off scores them 0: a model that only
+    learns to answer shorter gains accuracy without answering better, and this number does not move then.
+    Same interval rules as `accuracy_interval`, over the finished completions only; NaN with none.
+    """
+    done = [r for r in rows if r["finished"]]
+    items = group_by_item(done)
+    return {**accuracy_interval(items, seed).to_dict(), "n": len(items), "num_samples": len(done)}
+
+
+def tokens_to_finish(rows: Sequence[Mapping[str, Any]], share: float = 0.95) -> int | None:
+    """The fewest new tokens within which `share` of the completions finished; None when fewer than that
+    share finished within the budget they were generated with.
+
+    What choosing an evaluation budget needs: a completion that finished after n tokens (its stop token
+    counted) is what any budget b >= n would have given (decoding does not look ahead; greedy gives the
+    same text up to batch numerics), so one evaluation at a generous budget tells the finished share at
+    every smaller one.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    lengths = sorted(int(r["num_tokens"]) if r["finished"] else math.inf for r in rows)
+    if not lengths:
+        return None
+    needed = lengths[max(math.ceil(share * len(lengths) - 1e-9), 1) - 1]  # 0.95 * 60 is 57.000...01
+    return None if math.isinf(needed) else int(needed)
+
+
 def _natural_key(text: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
@@ -150,6 +181,8 @@ def eval_metrics(
             "max": int(lengths.max()),
         }
         out["truncation_rate"] = truncation_rate(finished)
+        out["accuracy_finished"] = finished_accuracy(rows, seed)
+        out["tokens_for_95_finished"] = tokens_to_finish(rows, 0.95)
     if max_new_tokens is not None:
         out["max_new_tokens"] = int(max_new_tokens)
     return out
@@ -171,6 +204,9 @@ def flat_summary(metrics: Mapping[str, Any]) -> dict[str, float]:
     if "response_tokens" in metrics:
         out["mean_tokens"] = metrics["response_tokens"]["mean"]
         out["truncation_rate"] = metrics["truncation_rate"]
+    if "accuracy_finished" in metrics:
+        out["accuracy_finished"] = metrics["accuracy_finished"]["value"]
+        out["n_finished"] = metrics["accuracy_finished"]["n"]
     for k, v in metrics.get("pass_at_k", {}).items():
         out[f"pass@{k}"] = v
     return out

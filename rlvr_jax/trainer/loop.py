@@ -12,7 +12,14 @@ import ml_collections
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import PreemptionHandler
 from rlvr_jax.config import validate, with_hub_fallback
-from rlvr_jax.trainer.reporting import RunLog, RunSummary, evaluate_held_out, finish, save_checkpoint
+from rlvr_jax.trainer.reporting import (
+    RunLog,
+    RunSummary,
+    describe_evaluation,
+    evaluate_held_out,
+    finish,
+    save_checkpoint,
+)
 from rlvr_jax.trainer.rollouts import RolloutSource
 from rlvr_jax.trainer.setup import Run, resume, setup_run
 from rlvr_jax.trainer.step import step_metrics, update_policy
@@ -28,8 +35,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     start, meta = resume(run)  # the newest checkpoint's state, if any
     log = RunLog(run, meta, start, clock_start)  # metrics.jsonl, TensorBoard, W&B, Prometheus, cost
     eval_before = meta.get("eval_before") or _first_evaluation(run, log)
-    accuracy, reward = eval_before["accuracy"], eval_before["reward"]
-    run.console.say(f"held-out accuracy before training: {accuracy:.3f} (reward {reward:.3f})")
+    run.console.say(f"held-out accuracy before training: {describe_evaluation(eval_before)}")
     rollouts = RolloutSource(run, meta.get("data_iterator"))  # prompts -> sampler -> rewards
     preemption, key, step = PreemptionHandler(), jax.random.key(config.seed), start
     try:

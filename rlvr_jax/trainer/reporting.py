@@ -202,8 +202,31 @@ def format_cost(cost: dict[str, Any]) -> str:
     return text
 
 
+def _share(evaluation: dict[str, float], key: str) -> str:
+    value = evaluation.get(key)
+    return "n/a" if value is None or value != value else f"{100 * value:.0f}%"
+
+
+def _finished(evaluation: dict[str, float]) -> str:
+    """Accuracy among finished answers with its n, e.g. "0.385 (n=13)"; n/a for an evaluation that
+    predates it (a run resumed from an older checkpoint) or with no finished answer."""
+    value, n = evaluation.get("accuracy_finished"), evaluation.get("n_finished")
+    return "n/a" if value is None or value != value else f"{value:.3f} (n={n})"
+
+
+def describe_evaluation(evaluation: dict[str, float]) -> str:
+    """One evaluation in a line: accuracy, reward, truncated share, accuracy among finished answers."""
+    text = f"{evaluation['accuracy']:.3f} (reward {evaluation['reward']:.3f}"
+    if "truncation_rate" in evaluation:
+        text += f"; truncated {_share(evaluation, 'truncation_rate')}, accuracy among finished answers "
+        text += _finished(evaluation)
+    return text + ")"
+
+
 def print_summary(summary: RunSummary) -> None:
-    """The run's closing lines: held-out accuracy before and after, the verdict, cost, where files are."""
+    """The run's closing lines: held-out accuracy before and after, the truncated share and accuracy among
+    finished answers of each, the verdict (which says whether a gain is answers that now fit the token
+    budget), cost, where files are."""
     before, after = summary.eval_before, summary.eval_after
     lines = [""]
     if after:
@@ -211,6 +234,10 @@ def print_summary(summary: RunSummary) -> None:
             f"held-out accuracy: before {before['accuracy']:.3f} -> after {after['accuracy']:.3f} "
             f"(n={after['n']}; mean reward {before['reward']:.3f} -> {after['reward']:.3f})"
         )
+        if "truncation_rate" in after:
+            lines.append(f"truncated:         before {_share(before, 'truncation_rate')} -> after "
+                         f"{_share(after, 'truncation_rate')}; accuracy among finished answers: before "
+                         f"{_finished(before)} -> after {_finished(after)}")  # fmt: skip
     if summary.eval_verdict:
         lines.append(f"after vs before: {summary.eval_verdict}")
     if summary.cost:
