@@ -205,8 +205,12 @@ def flat_summary(metrics: Mapping[str, Any]) -> dict[str, float]:
         out["mean_tokens"] = metrics["response_tokens"]["mean"]
         out["truncation_rate"] = metrics["truncation_rate"]
     if "accuracy_finished" in metrics:
-        out["accuracy_finished"] = metrics["accuracy_finished"]["value"]
-        out["n_finished"] = metrics["accuracy_finished"]["n"]
+        # Undefined (NaN) with no finished answer: left out then, as JSON logs, the Pushgateway and the
+        # exact-resume comparison of metrics.jsonl all need real numbers; n_finished = 0 says why.
+        finished = metrics["accuracy_finished"]
+        if finished["n"]:
+            out["accuracy_finished"] = finished["value"]
+        out["n_finished"] = finished["n"]
     for k, v in metrics.get("pass_at_k", {}).items():
         out[f"pass@{k}"] = v
     return out
