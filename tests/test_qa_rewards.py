@@ -98,7 +98,12 @@ LABEL_CASES = [
     ("Sentiment: POSITIVE", "1", 1.0),  # IMDb copy: labels are strings
     ("1", 1, 1.0),
     ("0", "0", 1.0),
-    ("The review is positive overall, despite a few negative remarks.", 1, 1.0),  # first label word
+    ("The review is positive overall.", 1, 1.0),
+    ("The review is positive overall, despite a few negative remarks.", 1, 0.0),  # names both labels
+    ("positive or negative", 1, 0.0),  # lists the labels: no answer, on either class
+    ("positive or negative", 0, 0.0),
+    ("Positive/Negative", 1, 0.0),
+    ("positive, pos", 1, 1.0),  # two words, one label
     ("The acting is praised as positive, but... Answer: negative", 0, 1.0),  # the answer line wins
     ("positive", 0, 0.0),
     ("Answer: negative", 1, 0.0),

@@ -146,16 +146,20 @@ def gold_label(value: Any, label_words: Mapping[str, int]) -> int | None:
 
 
 def predicted_label(text: str, label_words: Mapping[str, int]) -> int | None:
-    """The label the completion gives: the first label word after the last "Answer:/Sentiment:" (or in the
-    whole text without one), or a bare label id such as "1" as the entire answer."""
+    """The label the completion gives: the one label its words name after the last "Answer:/Sentiment:"
+    (or in the whole text without one), or a bare label id such as "1" as the entire answer.
+
+    Words naming two different labels there ("positive or negative", "positive, despite negative
+    remarks") give None: only a clearly stated label is credited, else an answer listing every label would
+    score on every item of its first label's class."""
     anchors = list(_LABEL_ANCHOR_RE.finditer(text))
     region = text[anchors[-1].end() :] if anchors else text
     bare = region.strip().strip(string.punctuation + " \n")
     if len(bare) <= 3 and bare.lstrip("-").isdigit() and int(bare) in label_words.values():
         return int(bare)
     words = "|".join(re.escape(w) for w in sorted(label_words, key=len, reverse=True))
-    found = re.search(rf"\b({words})\b", region, re.IGNORECASE)
-    return label_words[found[1].lower()] if found else None
+    named = {label_words[w.lower()] for w in re.findall(rf"\b({words})\b", region, re.IGNORECASE)}
+    return named.pop() if len(named) == 1 else None
 
 
 @register_reward("label")
@@ -165,7 +169,8 @@ def label_reward(
     label_words: Mapping[str, int] | None = None,
     **_: Any,
 ) -> RewardResult:
-    """1 where the completion names the sample's `label` (positive/negative words or the label id)."""
+    """1 where the completion names the sample's `label` (positive/negative words or the label id) and no
+    other label (`predicted_label`)."""
     words = {k.lower(): int(v) for k, v in (label_words or DEFAULT_LABEL_WORDS).items()}
 
     def one(text: str, sample: Mapping[str, Any]) -> tuple[float, str]:
@@ -174,7 +179,7 @@ def label_reward(
             return 0.0, f"sample label {sample.get('label')!r} is not a known label"
         pred = predicted_label(text, words)
         if pred is None:
-            return 0.0, "no label in the completion"
+            return 0.0, "no single label in the completion"
         return (1.0, f"correct label {pred}") if pred == gold else (0.0, f"wrong label {pred}, gold {gold}")
 
     return score_batch(completions, samples, one)
