@@ -23,8 +23,8 @@ if not __package__:  # run as a file: this checkout's rlvr_jax first
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlvr_jax.config import saved_config
-from rlvr_jax.data.base import load_samples
 from rlvr_jax.data import get_task
+from rlvr_jax.data.base import load_samples
 from rlvr_jax.evaluation.stats import mcnemar_exact, mcnemar_table
 
 

@@ -11,12 +11,18 @@ the training prompts, so no evaluated sentence is ever a training prompt. Where 
 printing held-out accuracy before and after training and where the checkpoint, TensorBoard logs and
 reward-curve PNG are.
 
-Why this task: the base model answers "The sentiment of this movie review is positive." to nearly every
-review (greedy), so it scores 50% on a balanced set, yet the log-probability of " positive" against
-" negative" after that sentence ranks the reviews well (AUC 0.92 on 349 held-out items). Both before and
-after training the answers are a label, so a gain is better classification, not a format the reward
-likes or answers that now fit the budget (16 new tokens; the `label` reward credits no answer naming both
-labels). The measured run and the settings tried are in benchmarks/results/demo_search_cpu.json.
+Measured as `make demo` in a fresh clone on the project's 2-core CPU (2026-12-05): 11 min 21 s with other
+jobs on the machine for its first 6 minutes; the steps that ran alone took 30.5 s each, about 8.5 minutes
+for the whole run on an idle machine. Held-out accuracy 0.508 -> 0.883 (n=128, exact McNemar p = 1.2e-9).
+
+Why this task: the base model answers "The sentiment of this movie review is positive." to 95% of the
+sentences (greedy), so it scores about 50% on a balanced set, yet the log-probability of " positive"
+against " negative" after that sentence ranks them well (AUC 0.92). After training it answers one word and
+gets 91% of the negative and 85% of the positive sentences right. Both before and after, 98-100% of the
+answers name a label, so the gain is classification, not a format the reward likes or answers that now
+fit the budget (16 new tokens hold the base's 10-token answer; accuracy among finished answers went 62/100
+-> 113/128; the `label` reward credits no answer naming both labels). Groups of 6 instead of 8 overshot to
+answering "negative" (0.508 -> 0.641, p = 0.11). The runs: benchmarks/results/demo_search_cpu.json.
 Presets: `configs/quickstart.py:tiny` (2 steps, for tests).
 """
 

@@ -256,7 +256,7 @@ def test_wandb_run_name_group_and_tags_come_from_the_command_line():
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--split=val"], "--split='val': task sst2 has no such split (did you mean 'validation'?); its splits:"),
+        (["--split=val"], "--split='val': task sst2 has no such split; its splits: train, validation, test"),
         (["--limit=0"], "flag --limit=0: 0 is not a positive integer"),
         (["--temperature=nan"], "flag --temperature=nan: must be a finite number"),
         (["--checkpoint_step=bestt"], "flag --checkpoint_step=bestt: must be a step number, latest or best"),
