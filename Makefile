@@ -45,8 +45,8 @@ system-deps:
 		exit 1; \
 	fi
 
-# The main job: GRPO on procedural arithmetic with the real SmolLM2 weights, from ../shared/models where
-# they are (offline), else from the Hugging Face hub; on this machine's CPU (about 8 minutes on 2 cores).
+# The main job: GRPO on SST-2 sentiment with the real SmolLM2 weights and data, from ../shared where they
+# are (offline), else from the Hugging Face hub; on this machine's CPU (about 9 minutes on 2 cores).
 # It needs the package alone, none of the extras.
 WORKDIR ?= runs/quickstart
 demo: install-base

@@ -133,7 +133,8 @@ def test_evaluate_a_run_by_its_folder_reads_the_config_it_saved(tmp_path):
     )
     assert listed.returncode == 0, listed.stderr
     assert f"data.path = '{tmp_path / 'gone'}'" in listed.stdout
-    assert "rl.group_size = 3 " in listed.stdout and "data.options.digits = 1 " in listed.stdout
+    assert "rl.group_size = 3 " in listed.stdout
+    assert "data.options.validation_fraction = 0.2 " in listed.stdout
 
     (tmp_path / "checkpoints").mkdir()  # the run's checkpoints/ folder finds the config.json beside it
     proc = run("scripts/evaluate.py", "--checkpoint", str(tmp_path / "checkpoints"), "--limit=1")

@@ -64,7 +64,7 @@ def _config():
         ("--config.rl.clip_hgih=0.3", "no key rl.clip_hgih (did you mean rl.clip_high?)"),
         ("--config.stepz=3", "no key stepz (did you mean train.steps?)"),
         ("--config.xyz=1", "no key xyz (the top level has: data, logging, mesh, model, optim, reward, rl,"),
-        ("--config.data.options.size=5", "data.options has: digits, generator, terms); a key that the config "
+        ("--config.data.options.size=5", "data.options has: validation_fraction); a key that the config "
                                          "file does not set cannot be added from the command line"),
     ],
 )  # fmt: skip
@@ -109,8 +109,9 @@ def test_unknown_key_suggests_a_sibling_or_a_field_of_that_name():
 
 
 def test_options_of_another_task_fail_before_the_model_loads():
-    """The quickstart's arithmetic difficulty stays in data.options when only data.task changes."""
-    line = one_line_error(run([*TRAIN, QUICKSTART, "--workdir=/nonexistent/w", "--config.data.task=gsm8k"]))
+    """The arithmetic config's difficulty stays in data.options when only data.task changes."""
+    args = ["--config=configs/arithmetic.py:easy", "--workdir=/nonexistent/w", "--config.data.task=gsm8k"]
+    line = one_line_error(run([*TRAIN, *args]))
     assert "data.options.digits does not apply to task gsm8k" in line
     assert "its loader takes hub_config, hub_id, limit, split_seed, validation_fraction" in line
     assert "start from configs/gsm8k.py" in line
@@ -255,7 +256,7 @@ def test_wandb_run_name_group_and_tags_come_from_the_command_line():
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--split=val"], "--split='val': task arithmetic has no such split; its splits: train, validation"),
+        (["--split=val"], "--split='val': task sst2 has no such split; its splits: train, validation, test"),
         (["--limit=0"], "flag --limit=0: 0 is not a positive integer"),
         (["--temperature=nan"], "flag --temperature=nan: must be a finite number"),
         (["--checkpoint_step=bestt"], "flag --checkpoint_step=bestt: must be a step number, latest or best"),

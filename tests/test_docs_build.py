@@ -100,7 +100,7 @@ def test_configuration_reference_has_each_config_file_its_changes_and_presets(si
     # quickstart vs base: the learning rate it sets, and the task option the base does not have
     section = text[text.index("configs/quickstart.py") :]
     assert re.search(r"optim\.learning_rate 1e-06 5e-05", section)
-    assert re.search(r"data\.options\.generator added \"basic_arithmetic\"", section)
+    assert re.search(r"data\.options\.validation_fraction added 0\.2", section)
 
 
 def test_api_reference_documents_the_rl_core(site: Path) -> None:
