@@ -22,9 +22,9 @@ against " negative" after that sentence ranks them well (AUC 0.92). After traini
 gets 91% of the negative and 85% of the positive sentences right. Both before and after, 98-100% of the
 answers name a label, so the gain is classification, not a format the reward likes or answers that now
 fit the budget (16 new tokens hold the base's 10-token answer; accuracy among finished answers went 62/100
--> 113/128; the `label` reward credits no answer naming both labels). Groups of 6 instead of 8 overshot to
-answering "negative" (0.508 -> 0.641, p = 0.11), and seed 1 with these settings answered "negative" to
-94% of sentences (0.508 -> 0.477, p = 0.78): the gain is the default seed's, not yet robust. The runs: benchmarks/results/demo_search_cpu.json.
+-> 113/128; the `label` reward credits no answer naming both labels). One seed's result: seed 1 of these
+settings overshot to answering "negative" (0.508 -> 0.477, p = 0.78), and so did groups of 6 instead of 8
+(0.508 -> 0.641, p = 0.11). The runs: benchmarks/results/demo_search_cpu.json.
 Presets: `configs/quickstart.py:tiny` (2 steps, for tests).
 
 Held out: `test`, generated from seeds training never uses. 1-digit sums are few, so 871 of its 1,000
