@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_collections
 import pytest
 
 from rlvr_jax.config import configs_dir
@@ -93,7 +94,11 @@ def _config(name: str, shared: Path):
 
 
 def test_arithmetic_repeats_and_training_questions_are_removed_and_said(shared_dir, capsys):
-    config = _config("quickstart", shared_dir)  # 1-digit, 2-term sums: a small problem space
+    config = _config("arithmetic", shared_dir)
+    # The first quickstart's 1-digit, 2-term sums: a small problem space.
+    sums = {"generator": "basic_arithmetic", "digits": 1, "terms": 2}
+    config.data.options = ml_collections.ConfigDict(sums)
+    config.data.eval_limit = 96
     _, train, held_out, report = _load_data(config, Console(json_logs=False))
     printed = capsys.readouterr().out
     assert report.line() in printed.splitlines()
