@@ -1,23 +1,27 @@
 """One table and one figure for the GPU learning runs under benchmarks/results/learning/.
 
-    python benchmarks/learning_summary.py            # writes learning_runs_h100.json and .png there
+    python benchmarks/learning_summary.py   # learning_runs_h100.{json,md,png} in benchmarks/results/
 
 Each run folder is a training workdir as `benchmarks/learning_run.sh` brings it back (config.json,
-metrics.jsonl, eval/{before,after,compare}); a run may also hold extra comparisons on another benchmark
-(e.g. qwen_coder_mbpp/humaneval/compare_step120: trained on MBPP, tested on HumanEval). For every run this
-reads, never recomputes, what the trainer and scripts/compare.py wrote:
+metrics.jsonl, versions.json, eval/{before,after}); a run may also hold extra evaluations on another
+benchmark (qwen_coder_mbpp/humaneval/: trained on MBPP, tested on HumanEval). For every run this gives:
 - the command, as the train.py flags that turn the base config into the run's config.json;
-- the held-out before / after accuracy with 95% CIs, the paired difference with its CI, the test and p;
-- where one GRPO step's time goes (median over steps after the first two, which compile): rollout,
-  reward (the wait for it: scoring overlaps the next rollout), update, and the total, with rollout
-  tokens/s and the update's MFU; and the mean step, compiles and slow sandbox calls included.
-The card and library versions come from the train-step benchmark run on the same machine in the same
-session (`train_step_h100.json`), since the learning runs do not record them.
+- the held-out before / after accuracy with 95% CIs, the paired difference with its CI, the exact McNemar
+  p, the share of answers cut off by the budget before / after, and the change among the items finished
+  in both runs with its own p: recomputed from the committed samples with scripts/compare.py's code, so
+  runs older than the length-aware comparison are judged the same way;
+- where one GRPO step's time goes (median over steps after the first two, which compile), and the run's
+  minutes and dollars (the trainer's cost metrics; older runs: step times at the card's list price);
+- the card and library versions (the run's versions.json; older runs: the same session's train-step
+  benchmark, `train_step_h100.json`).
+Runs that did not finish stay in the table, marked incomplete with the reason and their base-model
+evaluation. The markdown table (learning_runs_h100.md) is what README.md and docs/benchmarks.md show.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -29,35 +33,55 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# run folder -> (base config, model, what it trains on, held-out set of its own evaluation)
-RUNS: dict[str, tuple[str, str, str, str]] = {
-    "smollm2_arith_quickstart": (
-        "configs/quickstart.py", "SmolLM2-135M-Instruct (Q4_1 GGUF)", "procedural arithmetic",
-        "500 arithmetic test problems, 434 of them also training questions",
-    ),
-    "smollm2_arith_b128": (
-        "configs/quickstart.py", "SmolLM2-135M-Instruct (Q4_1 GGUF)", "procedural arithmetic",
-        "500 arithmetic test problems, 434 of them also training questions",
-    ),
-    "qwen_coder_gsm8k": (
-        "configs/gsm8k.py", "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF)", "GSM8K train", "GSM8K test (1,319)",
-    ),
-    "qwen_coder_mbpp": (
-        "configs/mbpp.py", "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF)", "MBPP (450 problems)",
-        "MBPP held-out 50",
-    ),
-}  # fmt: skip
-LABELS = {
-    "smollm2_arith_quickstart": "SmolLM2-135M, arithmetic: 14 steps of 4 x 6 rollouts (quickstart)",
-    "smollm2_arith_b128": "SmolLM2-135M, arithmetic: 30 steps of 16 x 8 rollouts",
-    "qwen_coder_gsm8k": "Qwen2.5-Coder-0.5B, GSM8K test: 200 steps of 16 x 8 rollouts",
-    "qwen_coder_mbpp": "Qwen2.5-Coder-0.5B, MBPP held-out: 120 steps of 8 x 8 rollouts",
-}
-# Extra comparisons inside a run folder: (run, sub-folder, label).
-TRANSFER: list[tuple[str, str, str]] = [
-    ("qwen_coder_mbpp", "humaneval/compare_step78", "HumanEval (164) after 78 MBPP steps"),
-    ("qwen_coder_mbpp", "humaneval/compare_step120", "HumanEval (164) after 120 MBPP steps"),
-]
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One learning run folder and what a reader needs to know about it."""
+
+    name: str
+    benchmark: str  # the row of the cross-benchmark table it belongs to
+    base: str  # the config its config.json was made from
+    model: str
+    trained_on: str
+    held_out: str
+    label: str
+    incomplete: str | None = None  # why the run has no after-training evaluation (it stays in the table)
+
+
+QWEN = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF)"
+SMOL = "SmolLM2-135M-Instruct (Q4_1 GGUF)"
+ARITH_HELD_OUT = "500 arithmetic test problems, 434 of them also training questions"
+RUNS: list[Run] = [
+    Run("smollm2_arith_quickstart", "arithmetic", "configs/quickstart.py", SMOL, "procedural arithmetic",
+        ARITH_HELD_OUT, "SmolLM2-135M, arithmetic: 14 steps of 4 x 6 rollouts (the old quickstart)"),
+    Run("smollm2_arith_b128", "arithmetic", "configs/quickstart.py", SMOL, "procedural arithmetic",
+        ARITH_HELD_OUT, "SmolLM2-135M, arithmetic: 30 steps of 16 x 8 rollouts"),
+    Run("qwen_coder_gsm8k", "GSM8K", "configs/gsm8k.py", QWEN, "GSM8K train", "GSM8K test (1,319)",
+        "Qwen2.5-Coder-0.5B, GSM8K test: 200 steps of 16 x 8, eval budget 384 (16% cut off)"),
+    Run("qwen_gsm8k_h100", "GSM8K", "configs/gsm8k.py", QWEN, "GSM8K train", "GSM8K test (1,319)",
+        "Qwen2.5-Coder-0.5B, GSM8K test: 120 steps of 32 x 8, eval budget 1024"),
+    Run("qwen_coder_mbpp", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)", "MBPP held-out 50",
+        "Qwen2.5-Coder-0.5B, MBPP held-out: 120 steps of 8 x 8 rollouts (strict scoring)"),
+    Run("qwen_mbpp_h100", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)", "MBPP held-out 50",
+        "Qwen2.5-Coder-0.5B, MBPP: 16 x 8 rollouts, extracted scoring, eval budget 768",
+        incomplete="stopped at step 9 of 120 when the device call's budget ran out; the machine was given "
+        "back before the next call, so its checkpoint is gone (two new prompt-length compiles took 55 s)"),
+    Run("qwen_nq_h100", "Natural Questions", "configs/nq.py", QWEN, "NQ-open (3,249 carved from validation)",
+        "NQ-open held-out 361", "Qwen2.5-Coder-0.5B, NQ-open: 32 x 8 rollouts, qa_f1",
+        incomplete="out of memory at the first update: 256 rows x the 152k vocabulary in one pass asked for "
+        "104 GiB on the 80 GB card (the run set no micro-batches; configs/nq.py now sets 4)"),
+    Run("qwen_sst2_h100", "SST-2", "configs/quickstart.py", QWEN, "SST-2 (80% of 872)",
+        "SST-2 held-out 174 (seeded 20%)", "Qwen2.5-Coder-0.5B, SST-2: 60 steps of 16 x 8, lr 3e-6"),
+]  # fmt: skip
+# Extra evaluations inside a run folder (each holds samples.jsonl): (run, before, after, benchmark, label).
+TRANSFER: list[tuple[str, str, str, str, str]] = [
+    ("qwen_coder_mbpp", "humaneval/before", "humaneval/after_step78", "code",
+     "HumanEval (164) after 78 MBPP steps"),
+    ("qwen_coder_mbpp", "humaneval/before", "humaneval/after_step120", "code",
+     "HumanEval (164) after 120 MBPP steps"),
+]  # fmt: skip
+# Versions of the runs that did not record theirs (2026-11-26/27): the train-step benchmark of that session.
+SESSION_HARDWARE = "train_step_h100.json"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -123,25 +147,168 @@ def _shown(path: Path, results: Path) -> str:
     return f"benchmarks/results/{path.relative_to(results).as_posix()}"
 
 
-def comparison(folder: Path, results: Path) -> dict[str, Any]:
-    c = json.loads((folder / "comparison.json").read_text())
+def _interval(stat: dict[str, Any]) -> dict[str, Any]:
+    return {"value": stat["value"], "low": stat["ci_low"], "high": stat["ci_high"], "method": stat["method"]}
 
-    def acc(run: dict) -> dict:
-        a = run["accuracy"]
-        return {"value": a["value"], "low": a["ci_low"], "high": a["ci_high"], "method": a["method"]}
 
-    d = c["accuracy_difference"]
+def comparison(before: Path, after: Path, results: Path) -> dict[str, Any]:
+    """Before / after of one run, recomputed from the two evaluations' samples with the comparison
+    scripts/compare.py makes (older runs' own comparison.json predates the length-aware part)."""
+    from rlvr_jax.evaluation.compare import compare_runs
+    from rlvr_jax.evaluation.runs import load_run
+
+    c = compare_runs(load_run(before), load_run(after))
+    both = c["finished_in_both"]
     return {
         "n": c["paired_items"],
-        "before": acc(c["a"]),
-        "after": acc(c["b"]),
-        "difference": {"value": d["value"], "low": d["ci_low"], "high": d["ci_high"], "method": d["method"]},
+        "before": _interval(c["a"]["accuracy"]),
+        "after": _interval(c["b"]["accuracy"]),
+        "difference": _interval(c["accuracy_difference"]),
         "test": c["test"],
         "p_value": c["p_value"],
         "significant_at_0.01": c["p_value"] < 0.01,
+        "truncation": {"before": c["truncation"]["a"], "after": c["truncation"]["b"]},
+        "finished_in_both": {
+            "n": both["n"],
+            "before": both["accuracy_a"],
+            "after": both["accuracy_b"],
+            "p_value": both["p_value"],
+        },
+        "length_effect": c["length_effect"],
         "verdict": c["verdict"],
-        "report": _shown(folder / "report.md", results),
+        "samples": [_shown(before / "samples.jsonl", results), _shown(after / "samples.jsonl", results)],
     }
+
+
+def before_only(folder: Path, results: Path) -> dict[str, Any]:
+    """An unfinished run's evaluation: the base model's held-out numbers, nothing after."""
+    m = json.loads((folder / "metrics.json").read_text())
+    finished = m.get("accuracy_finished") or {}
+    return {
+        "n": m["num_items"],
+        "before": _interval(m["accuracy"]),
+        "after": None,
+        "truncation": {"before": m.get("truncation_rate"), "after": None},
+        "accuracy_finished_before": finished.get("value") if finished.get("n") else None,
+        "tokens_for_95_finished": m.get("tokens_for_95_finished"),
+        "max_new_tokens": m.get("max_new_tokens"),
+        "samples": [_shown(folder / "samples.jsonl", results), None],
+    }
+
+
+def cost(metrics_file: Path, price: float, split: dict[str, Any] | None) -> dict[str, Any]:
+    """Device hours and dollars of a run: the trainer's own cost/* (whole run, resumes included), else the
+    sum of step times at `price` (runs from before cost tracking; evaluations and compiles left out)."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    tracked = [r for r in rows if "cost/usd_total" in r]
+    if tracked:
+        last = max(tracked, key=lambda r: r["cost/device_hours"])
+        hours, usd, how = last["cost/device_hours"], last["cost/usd_total"], "the trainer's cost/* metrics"
+    elif split:
+        hours = split["train_wall_s"] / 3600
+        usd, how = hours * price, f"sum of step times at ${price:.2f}/h (evaluations not counted)"
+    else:
+        return {"minutes": None, "usd": None, "source": "no step finished"}
+    return {"minutes": round(60 * hours, 1), "usd": round(usd, 3), "source": how}
+
+
+def hardware(folder: Path, results: Path) -> dict[str, Any]:
+    """The card and library versions the run recorded (versions.json), else its session's benchmark's."""
+    own = folder / "versions.json"
+    record = json.loads((own if own.exists() else results / SESSION_HARDWARE).read_text())
+    return {"device": record["device"], "versions": record["versions"]}
+
+
+def summarise_run(run: Run, results: Path) -> dict[str, Any]:
+    from rlvr_jax.monitoring.cost import device_price
+
+    folder = results / "learning" / run.name
+    config = json.loads((folder / "config.json").read_text())
+    hw = hardware(folder, results)
+    try:
+        split = step_split(folder / "metrics.jsonl")
+    except ValueError:
+        split = None  # stopped before its third step
+    out = {
+        "name": run.name,
+        "benchmark": run.benchmark,
+        "label": run.label,
+        "model": run.model,
+        "trained_on": run.trained_on,
+        "held_out": run.held_out,
+        "command": " ".join(
+            [
+                "python scripts/train.py",
+                f"--config={run.base}",
+                f"--workdir=runs/{run.name}",
+                *overrides(run.base, config),
+            ]
+        ),
+        **hw,
+        "step_split": split,
+        "cost": cost(folder / "metrics.jsonl", device_price(hw["device"] or "")[0] or 0.0, split),
+        "folder": _shown(folder, results),
+    }
+    if run.incomplete:
+        out["incomplete"] = run.incomplete
+        out["evaluation"] = before_only(folder / "eval" / "before", results)
+    else:
+        out["evaluation"] = comparison(folder / "eval" / "before", folder / "eval" / "after", results)
+    return out
+
+
+def table_row(run: dict[str, Any], label: str, ev: dict[str, Any]) -> dict[str, Any]:
+    """One line of the cross-benchmark table."""
+    trunc = ev.get("truncation") or {}
+    both = ev.get("finished_in_both") or {}
+    return {
+        "benchmark": run["benchmark"],
+        "run": run["name"],
+        "label": label,
+        "n": ev["n"],
+        "before": ev["before"],
+        "after": ev.get("after"),
+        "difference": ev.get("difference"),
+        "p_value": ev.get("p_value"),
+        "truncated_before": trunc.get("before"),
+        "truncated_after": trunc.get("after"),
+        "finished_in_both": both or None,
+        "minutes": run["cost"]["minutes"],
+        "usd": run["cost"]["usd"],
+        "device": run["device"],
+        "status": "incomplete: " + run["incomplete"] if run.get("incomplete") else "done",
+        "samples": ev.get("samples"),
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table as README / docs show it."""
+
+    def pct(x: float | dict | None) -> str:
+        x = x["value"] if isinstance(x, dict) else x
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def shown(x: float | None) -> str:
+        return "-" if x is None else str(x)
+
+    lines = [
+        "| benchmark | run | n | before | after | difference (95% CI) | p | cut off before / after "
+        "| finished in both: before / after (p) | minutes | US$ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d = r["difference"]
+        diff = "-" if not d else f"{100 * d['value']:+.1f} ({100 * d['low']:+.1f}, {100 * d['high']:+.1f})"
+        both = r["finished_in_both"]
+        fin = "-" if not both else f"{pct(both['before'])} / {pct(both['after'])} ({both['p_value']:.2g})"
+        p = "-" if r["p_value"] is None else f"{r['p_value']:.2g}"
+        label = r["label"] + (" **(incomplete)**" if r["status"] != "done" else "")
+        cut = f"{pct(r['truncated_before'])} / {pct(r['truncated_after'])}"
+        lines.append(
+            f"| {r['benchmark']} | {label} | {r['n']} | {pct(r['before'])} | {pct(r['after'])} | {diff} "
+            f"| {p} | {cut} | {fin} | {shown(r['minutes'])} | {shown(r['usd'])} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,59 +316,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     results = Path(args.results)
-    learning = results / "learning"
-    hardware = json.loads((results / "train_step_h100.json").read_text())
-    runs, rows = [], []
-    for name, (base, model, train_on, held_out) in RUNS.items():
-        folder = learning / name
-        config = json.loads((folder / "config.json").read_text())
-        run = {
-            "name": name,
-            "model": model,
-            "trained_on": train_on,
-            "command": " ".join(
-                [
-                    "python scripts/train.py",
-                    f"--config={base}",
-                    f"--workdir=runs/{name}",
-                    *overrides(base, config),
-                ]
-            ),
-            "step_split": step_split(folder / "metrics.jsonl"),
-            "held_out": held_out,
-            "evaluation": comparison(folder / "eval" / "compare", results),
-            "folder": _shown(folder, results),
-        }
-        runs.append(run)
-        ev = run["evaluation"]
-        rows.append({"label": LABELS[name], **ev, "test": "McNemar"})
-    for name, sub, label in TRANSFER:
-        ev = comparison(learning / name / sub, results)
-        next(r for r in runs if r["name"] == name).setdefault("transfer", []).append({"label": label, **ev})
-        rows.append({"label": f"Qwen2.5-Coder-0.5B: {label}", **ev, "test": "McNemar"})  # fmt: skip
+    runs = [summarise_run(run, results) for run in RUNS]
+    by_name = {r["name"]: r for r in runs}
+    table = [table_row(r, r["label"], r["evaluation"]) for r in runs]
+    for name, before, after, benchmark, label in TRANSFER:
+        folder = results / "learning" / name
+        ev = comparison(folder / before, folder / after, results)
+        by_name[name].setdefault("transfer", []).append({"label": label, **ev})
+        table.append(table_row({**by_name[name], "benchmark": benchmark}, f"Qwen2.5-Coder-0.5B: {label}", ev))
+    order = {b: i for i, b in enumerate(dict.fromkeys(r.benchmark for r in RUNS))}
+    table.sort(key=lambda r: order[r["benchmark"]])
     record = {
         "benchmark": "GRPO learning runs with real weights, before / after on held-out sets",
-        "device": hardware["device"],
-        "versions": hardware["versions"],
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/learning_summary.py (runs: benchmarks/learning_run.sh NAME FLAGS)",
+        "table": table,
         "runs": runs,
     }
     (results / "learning_runs_h100.json").write_text(json.dumps(record, indent=1) + "\n")
+    (results / "learning_runs_h100.md").write_text(markdown(table) + "\n")
 
     from rlvr_jax.evaluation.plots import plot_before_after
 
-    png = plot_before_after(
-        rows, results / "learning_runs_h100.png", title="GRPO on one H100: held-out accuracy before and after"
-    )
-    for run in runs:
-        e, s = run["evaluation"], run["step_split"]
-        print(
-            f"{run['name']:26s} {100 * e['before']['value']:5.1f}% -> {100 * e['after']['value']:5.1f}% "
-            f"(n={e['n']}, p={e['p_value']:.2g}); step {s['step_s']} s = rollout {s['rollout_s']} + "
-            f"reward {s['reward_s']} + update {s['update_s']}"
-        )
-    print(f"wrote {results / 'learning_runs_h100.json'} and {png}")
+    plotted = [{**r, "test": "McNemar"} for r in table if r["after"] is not None]
+    title = "GRPO on one H100: held-out accuracy before and after"
+    png = plot_before_after(plotted, results / "learning_runs_h100.png", title=title)
+    print(markdown(table))
+    print(f"wrote {results / 'learning_runs_h100.json'}, {results / 'learning_runs_h100.md'} and {png}")
     return 0
 
 

@@ -13,6 +13,9 @@ check then compares with MBPP's training prompts, not this config's. MBPP nearly
 items; --exclude=benchmarks/results/mbpp_humaneval_near_duplicates.json also reports accuracy without them.
 The learning rate and micro-batches below are the MBPP run's.
 
+Evaluation budget: 768 tokens, as configs/mbpp.py: at 384 the base model's answers on all 164 problems
+were 23% cut off (`qwen_coder_mbpp/humaneval/before`).
+
 Held out: `validation`, the 33 problems of the seeded 80/20 split that training does not read; `test`
 (all 164) overlaps training with this config, and evaluating it removes the 131 trained ones.
 """
@@ -28,6 +31,7 @@ def get_config(arg: str | None = None):
     c.data.eval_split = "validation"
     c.data.eval_limit = 128
     c.sampling.max_new_tokens = 384
+    c.sampling.eval_max_new_tokens = 768  # at 384, 23% of the base model's answers were cut off
     c.model.remat = "full"  # long sequences: see configs/gsm8k.py
     c.rl.prompts_per_step = 8
     c.rl.group_size = 8

@@ -50,6 +50,7 @@ def get_config(arg: str | None = None):
     c.data.eval_limit = 128
     c.sampling.temperature = 1.0
     c.sampling.max_new_tokens = 16  # the base's "The sentiment of this movie review is X." is 10 tokens
+    c.sampling.eval_max_new_tokens = 48  # the base model finishes 95% of held-out answers within 35 tokens
     c.rl.prompts_per_step = 4
     c.rl.group_size = 8
     c.optim.learning_rate = 5e-5
@@ -60,6 +61,7 @@ def get_config(arg: str | None = None):
     if arg == "tiny":
         c.data.eval_limit = 8
         c.sampling.max_new_tokens = 8
+        c.sampling.eval_max_new_tokens = 8
         c.rl.prompts_per_step = 2
         c.rl.group_size = 2
         c.optim.micro_batches = 1

@@ -29,8 +29,11 @@ from absl import flags
 
 from rlvr_jax.config import ConfigError, configs_dir, unknown_key
 
-# Errors that carry a message written for the user: print it, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, PermissionError)
+# Errors that carry a message written for the user: print it, not a traceback. MemoryError: the trainer's
+# out-of-device-memory error says which knobs make the update fit (rlvr_jax/trainer/step.py).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, KeyError, PermissionError, MemoryError,
+)  # fmt: skip
 
 
 def fail_cleanly(main: Callable[[], int]) -> int:
@@ -40,7 +43,7 @@ def fail_cleanly(main: Callable[[], int]) -> int:
     except USER_ERRORS as e:
         if os.environ.get("RLVR_DEBUG"):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        message = e.args[0] if isinstance(e, KeyError) and e.args else (e if str(e) else type(e).__name__)
         print(f"error: {message}", file=sys.stderr)
         return 2
 

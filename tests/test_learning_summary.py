@@ -17,18 +17,33 @@ def test_summary_of_the_committed_runs(tmp_path):
     shutil.copy(results / "train_step_h100.json", tmp_path)
     assert ls.main(["--results", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "learning_runs_h100.json").read_text())
-    assert "H100" in record["device"] and record["versions"]["jax"]
     runs = {r["name"]: r for r in record["runs"]}
-    assert set(runs) == set(ls.RUNS)
+    assert set(runs) == {run.name for run in ls.RUNS}
+    assert all("H100" in r["device"] and r["versions"]["jax"] for r in runs.values())
     gsm8k = runs["qwen_coder_gsm8k"]
     assert gsm8k["evaluation"]["n"] == 1319 and gsm8k["evaluation"]["test"] == "mcnemar_exact"
     assert gsm8k["evaluation"]["significant_at_0.01"] == (gsm8k["evaluation"]["p_value"] < 0.01)
     assert "--config.model.path=/root/models/qwen.gguf" in gsm8k["command"]
     for run in runs.values():
         split = run["step_split"]
-        assert split["rollout_s"] + split["update_s"] <= split["step_s"] * 1.05
-        assert split["mean_step_s"] >= split["step_s"] * 0.9
+        if split:
+            assert split["rollout_s"] + split["update_s"] <= split["step_s"] * 1.05
+            assert split["mean_step_s"] >= split["step_s"] * 0.9
     assert len(runs["qwen_coder_mbpp"]["transfer"]) == 2
+    # The committed numbers, recomputed from the samples: the old GSM8K run's 16% cut-off answers, and the
+    # new run's 2% with the gain holding among finished answers.
+    table = {(r["run"], r["label"]): r for r in record["table"]}
+    new = next(r for (name, _), r in table.items() if name == "qwen_gsm8k_h100")
+    assert new["truncated_before"] < 0.05 and new["finished_in_both"]["p_value"] < 0.01
+    assert round(new["after"]["value"] - new["before"]["value"], 3) == round(new["difference"]["value"], 3)
+    for row in record["table"]:  # every row links the samples it was computed from, which exist
+        linked = [tmp_path / p.removeprefix("benchmarks/results/") for p in row["samples"] if p]
+        assert linked and all(p.exists() for p in linked)
+    incomplete = [r for r in record["table"] if r["status"] != "done"]
+    assert {r["run"] for r in incomplete} == {run.name for run in ls.RUNS if run.incomplete}
+    assert all(r["after"] is None and r["before"]["value"] >= 0 for r in incomplete)
+    markdown = (tmp_path / "learning_runs_h100.md").read_text()
+    assert markdown.count("\n") == len(record["table"]) + 2 and "**(incomplete)**" in markdown
     assert (tmp_path / "learning_runs_h100.png").stat().st_size > 10_000
 
 

@@ -37,6 +37,27 @@ class Update:
         return sum(self.seconds.values())
 
 
+class UpdateOutOfMemory(MemoryError):
+    """The policy update did not fit on the device; the message says which knobs make it fit (the command
+    line prints it as `error: ...`; XLA's allocator report is the exception's cause)."""
+
+
+def out_of_memory_advice(config: Any, rows: dict[str, Any]) -> str:
+    """What to change when one update does not fit: the batch's shape and the memory knobs, in order of
+    what they cost (micro-batches cost nothing in results; remat costs compute; a smaller batch changes
+    the experiment)."""
+    n_rows, width = rows["prompt_mask"].shape[0], rows["prompt_mask"].shape[1] + rows["mask"].shape[1]
+    micro = config.optim.micro_batches
+    return (
+        f"the policy update ran out of device memory: {n_rows} rows x {width} tokens in "
+        f"{micro if micro else 'auto'} micro-batch(es), remat {config.model.remat!r}. Make it fit with "
+        f"--config.optim.micro_batches={max(2, 2 * micro)} (same result, smaller passes; 0 picks the fewest "
+        "that fit from XLA's estimate), --config.model.remat=full (recompute activations), or fewer rows "
+        "(rl.prompts_per_step x rl.group_size) or tokens (sampling.max_new_tokens). A checkpoint is written "
+        "only after a finished step, so the last one is intact: rerun with the same --workdir to resume."
+    )
+
+
 def update_policy(run: Run, rollouts: Rollouts) -> Update:
     """Advantages from the rewards, `rl.mu` epochs of updates on the rows, then the sampler gets the new
     parameters (the next step donates the state's buffers)."""
@@ -45,11 +66,16 @@ def update_policy(run: Run, rollouts: Rollouts) -> Update:
     advantages = run.advantage_fn(jnp.asarray(scores), run.config.rl.group_size)
     batch = sharding.shard_batch(batch_from_rows(rollouts.rows, advantages), run.mesh)
     t1 = time.perf_counter()
-    run.state, history = update_on_rollout(
-        run.train_step, run.state, batch, epochs=run.config.rl.mu, logprob_fn=run.logprob_fn,
-        ref_params=run.ref_params, mesh=run.mesh,
-    )  # fmt: skip
-    metrics = jax.device_get(history[-1])  # waits for the last update
+    try:
+        run.state, history = update_on_rollout(
+            run.train_step, run.state, batch, epochs=run.config.rl.mu, logprob_fn=run.logprob_fn,
+            ref_params=run.ref_params, mesh=run.mesh,
+        )  # fmt: skip
+        metrics = jax.device_get(history[-1])  # waits for the last update
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise UpdateOutOfMemory(out_of_memory_advice(run.config, rollouts.rows)) from e
     t2 = time.perf_counter()
     run.hand_params_to_sampler()
     seconds = {"batch": t1 - t0, "update": t2 - t1, "handover": time.perf_counter() - t2}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The four benchmarks' GPU learning runs (issue 17), each resumable across device calls.
+#
+#   source benchmarks/gpu_setup.sh
+#   CARD=h100 BUDGET=540 bash benchmarks/learning_runs_gpu.sh RUN [RUN...]  # gsm8k | sst2 | nq | mbpp | humaneval
+#
+# Each RUN is benchmarks/learning_run.sh with the flags below (the same call again resumes it from its
+# last checkpoint; a finished run only re-packs its results). Model: Qwen2.5-Coder-0.5B-Instruct, the
+# Q4_K_M GGUF staged as /root/models/qwen.gguf (../shared/tools/fetch-qwen-coder). Every evaluation is
+# greedy on a held-out split training never reads, at each config's evaluation budget (the base model
+# finishes >= 95% of its answers; the config docstrings give the measurement). Run folders are named
+# qwen_<run>_$CARD (2026-12-05: CARD=h100, the card that was lent). `humaneval` evaluates the MBPP run's
+# weights (before = the base model) on HumanEval, also without the items MBPP nearly copies.
+set -uo pipefail
+M=/root/models/qwen.gguf
+card=${CARD:-h100}
+common=(--config.model.path=$M --config.train.eval_every=0 --config.train.export_hf=False)
+for run in "$@"; do
+  case $run in
+    gsm8k)  # 120 steps of 32 prompts x 8
+      bash benchmarks/learning_run.sh qwen_gsm8k_$card --config=configs/gsm8k.py "${common[@]}" \
+        --config.data.path=/root/data/gsm8k --config.data.eval_limit=1319 \
+        --config.sampling.max_new_tokens=512 --config.sampling.eval_max_new_tokens=${GSM8K_EVAL:-1024} \
+        --config.rl.prompts_per_step=32 --config.optim.micro_batches=8 --config.optim.learning_rate=3e-6 \
+        --config.train.steps=${GSM8K_STEPS:-120} --config.train.checkpoint_every=20 ;;
+    sst2)  # SST-2 (the local IMDb sample is too small to hold out enough): 20% of 872 held out
+      bash benchmarks/learning_run.sh qwen_sst2_$card --config=configs/quickstart.py "${common[@]}" \
+        --config.model.dtype=bfloat16 --config.data.path=/root/data/sst2 --config.data.eval_limit=1000 \
+        --config.sampling.eval_max_new_tokens=${SST2_EVAL:-64} \
+        --config.rl.prompts_per_step=16 --config.optim.micro_batches=1 --config.optim.learning_rate=3e-6 \
+        --config.train.steps=60 --config.train.checkpoint_every=20 ;;
+    nq)
+      bash benchmarks/learning_run.sh qwen_nq_$card --config=configs/nq.py "${common[@]}" \
+        --config.data.path=/root/data/nq_open --config.data.eval_limit=1000 \
+        --config.sampling.eval_max_new_tokens=${NQ_EVAL:-128} \
+        --config.rl.prompts_per_step=32 --config.optim.micro_batches=4 --config.optim.learning_rate=3e-6 \
+        --config.train.steps=100 --config.train.checkpoint_every=25 ;;
+    mbpp)
+      bash benchmarks/learning_run.sh qwen_mbpp_$card --config=configs/mbpp.py "${common[@]}" \
+        --config.data.path=/root/data/mbpp --config.data.eval_limit=500 \
+        --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
+        --config.rl.prompts_per_step=16 --config.optim.micro_batches=4 --config.optim.learning_rate=2e-6 \
+        --config.train.steps=120 --config.train.checkpoint_every=20 ;;
+    humaneval)
+      runs=${RUNS:-/root/runs}
+      for which in before after; do
+        ck=(--train_config=configs/mbpp.py)
+        [[ $which == after ]] && ck=(--checkpoint=$runs/qwen_mbpp_$card)
+        python3 scripts/evaluate.py --config=configs/humaneval.py --config.model.path=$M \
+          --config.data.path=/root/data/humaneval --split=test "${ck[@]}" \
+          --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
+          --exclude=benchmarks/results/mbpp_humaneval_near_duplicates.json \
+          --out=$runs/qwen_mbpp_$card/humaneval/$which 2>&1 | grep -v "^[IW][0-9]" | tail -8
+      done
+      python3 scripts/compare.py $runs/qwen_mbpp_$card/humaneval/before $runs/qwen_mbpp_$card/humaneval/after \
+        --out=$runs/qwen_mbpp_$card/humaneval/compare 2>&1 | tail -12
+      [[ -n ${OUT:-} ]] && tar czf "$OUT/qwen_mbpp_$card.tgz" -C "$runs" --exclude=checkpoints \
+        --exclude=tensorboard qwen_mbpp_$card ;;
+    *) echo "unknown run $run (gsm8k | sst2 | nq | mbpp | humaneval)"; exit 2 ;;
+  esac
+done
