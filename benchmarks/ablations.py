@@ -51,6 +51,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,11 +170,12 @@ def build_config(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDi
     path = spec.partition(":")[0]
     if not Path(path).is_file():
         raise ConfigError(f"--base {spec}: there is no config file {path}")
+    file_only = _parse_config(spec, [])
     for flag in overrides:
         key = re.match(r"^--config\.([^=]+)=", flag)
         if key is None:
             raise ConfigError(f"{flag!r} is not a --config.KEY=VALUE flag (--base_flags takes only those)")
-        problem = unknown_key(_parse_config(spec, []), key.group(1))
+        problem = unknown_key(file_only, key.group(1))
         if problem is not None:
             raise ConfigError(f"{flag}: {problem}")
     config = _parse_config(spec, overrides)
@@ -267,7 +269,7 @@ def record_plan(runs: Path, record: Mapping[str, Any], planned: Sequence[Mapping
         plan["rescored"] = sorted(set(old["rescored"]) | set(plan["rescored"]))
     for run in planned:
         meta = run["workdir"] / "ablation.json"
-        if meta.is_file() and json.loads(meta.read_text())["train"][1:] != run["train"][1:]:
+        if meta.is_file() and json.loads(meta.read_text())["train"][2:] != run["train"][2:]:  # flags only
             raise ConfigError(f"{run['workdir']} was started with another command; use another --runs folder")
     runs.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plan, indent=1) + "\n")
@@ -279,7 +281,7 @@ def record_plan(runs: Path, record: Mapping[str, Any], planned: Sequence[Mapping
 
 def shown(argv: Sequence[str]) -> str:
     """A command as a reader would type it: `python scripts/...` from the repository root."""
-    return shlex.join(["python", os.path.relpath(argv[1], REPO), *argv[2:]])
+    return shlex.join(["python", f"scripts/{Path(argv[1]).name}", *argv[2:]])
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -293,6 +295,13 @@ def stage_done(run: Mapping[str, Any], stage: str) -> bool:
 
 def latest_checkpoint(workdir: Path) -> int | None:
     return max((int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()), default=None)
+
+
+def start_over(workdir: Path) -> None:
+    """Removes what an earlier attempt of a run without a checkpoint left (killed before its first one, or
+    unpacked from an archive, which holds none): it starts over, and its metrics must not mix two runs."""
+    (workdir / "metrics.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(workdir / "eval", ignore_errors=True)
 
 
 def run_until(argv: Sequence[str], log: Path, deadline: float, grace_s: float) -> tuple[int, bool]:
@@ -349,6 +358,9 @@ def run_plan(
     for i, run in enumerate(todo):
         name, workdir = f"{run['arm']} seed {run['seed']}", run["workdir"]
         (workdir / "failed.json").unlink(missing_ok=True)
+        if stage_done(run, "train") and latest_checkpoint(workdir) is None:  # unpacked: nothing to evaluate
+            say(f"{name} has no checkpoint to evaluate with the base's reward: it trains again")
+            start_over(workdir)
         for stage in ("train", "evaluate"):
             if stage_done(run, stage):
                 continue
@@ -356,9 +368,11 @@ def run_plan(
             if left < min_start_s:
                 say(f"{left:.0f} s left, under --min_start_s: {len(todo) - i} runs left; run again to go on")
                 return
-            step = latest_checkpoint(workdir) if stage == "train" else None
-            what = "evaluation with the base's reward" if stage == "evaluate" else (
-                f"resumes after step {step}" if step else "new")  # fmt: skip
+            step = latest_checkpoint(workdir)
+            if stage == "train" and step is None:
+                start_over(workdir)
+            what = "new" if not step else f"resumes after step {step}"
+            what = "evaluation with the base's reward" if stage == "evaluate" else what
             say(f"start {name} ({what}); {len(todo) - i - 1} runs after it, {left:.0f} s left")
             t0 = time.monotonic()
             code, stopped = run_until(run[stage], workdir / "train.log", deadline, grace_s)
@@ -380,19 +394,17 @@ def run_plan(
                 say(f"stopped {name} at the budget after {seconds:.0f} s (latest checkpoint: step "
                     f"{segment['checkpoint']}); {len(todo) - i} runs left; run again to resume")  # fmt: skip
                 return
-            if outcome == "failed":
-                (workdir / "failed.json").write_text(
-                    json.dumps({**segment, "log_tail": tail(workdir / "train.log")})
-                )
+            if outcome == "failed":  # not retried in later calls unless --retry_failed: it may fail again
                 log = workdir / "train.log"
+                (workdir / "failed.json").write_text(json.dumps({**segment, "log_tail": tail(log)}))
                 say(f"FAILED {name} ({stage}, exit {code}) after {seconds:.0f} s; {log} ends:\n{tail(log)}")
                 break
             say(f"finished {name} ({stage}) in {seconds:.0f} s; {deadline - time.monotonic():.0f} s left")
     failures = sum(failed(r) for r in planned)
     say(
-        "every planned run is finished"
-        if not failures
-        else f"the others are finished; {failures} runs failed"
+        f"every planned run is finished but {failures} that failed"
+        if failures
+        else "every planned run is finished"
     )
 
 
@@ -404,17 +416,15 @@ def card() -> str:
     to the runs it starts."""
     from benchmarks.rewards import cpu_model
 
+    query = ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"]
     try:
-        query = ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"]
-        names = subprocess.run(query, capture_output=True, text=True, timeout=60, check=True).stdout.split(
-            "\n"
-        )
-        names = [n.strip() for n in names if n.strip()]
-        if names:
-            return f"{len(names)} x {names[0]}" if len(names) > 1 else names[0]
+        listed = subprocess.run(query, capture_output=True, text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        pass
-    return f"{cpu_model()} ({os.cpu_count()} cores)"
+        listed = ""
+    cards = [line.strip() for line in listed.splitlines() if line.strip()]
+    if not cards:
+        return f"{cpu_model()} ({os.cpu_count()} cores)"
+    return cards[0] if len(cards) == 1 else f"{len(cards)} x {cards[0]}"
 
 
 def record_call(runs: Path, argv: Sequence[str], budget_s: float, this_card: str) -> None:
@@ -609,10 +619,12 @@ def summarise(collected: Mapping[str, Any]) -> dict[str, Any]:
         for arm in plan["arms"]
     ]  # fmt: skip
     before: dict[int, Any] = {}  # the base model, from the baseline's runs first (every arm starts from it)
+    spread: dict[int, set[float]] = {}  # ... so every arm's evaluation before training should agree
     for arm in sorted(found, key=lambda a: a != BASELINE):
         for seed, run in found[arm].items():
             if run["before"] is not None:
                 before.setdefault(seed, run["before"])
+                spread.setdefault(seed, set()).add(run["before"].metrics["accuracy"]["value"])
     accuracy = {s: r.metrics["accuracy"]["value"] for s, r in sorted(before.items())}
     cards = sorted({c["card"] for c in calls} | {g["card"] for g in segments if g.get("card")})
     return {
@@ -635,6 +647,7 @@ def summarise(collected: Mapping[str, Any]) -> dict[str, Any]:
             "accuracy_finished": over_seeds(
                 [(r.metrics.get("accuracy_finished") or {}).get("value") for r in before.values()]
             ),
+            "largest_difference_between_arms": max((max(v) - min(v) for v in spread.values()), default=None),
         },
         "arms": arms,
         "incomplete": [a["name"] for a in arms if not a["complete"]],

@@ -186,6 +186,7 @@ def test_summary_means_over_seeds_pairs_items_with_grpo_and_keeps_incomplete_arm
     assert kl["versus_grpo"]["seeds"] == [0] and kl["versus_grpo"]["p_value"] == 1.0
     assert kl["runs"][0]["cards"] == ["NVIDIA H200"]
     assert record["before_training"]["per_seed"] == {"0": 0.3, "1": 0.3, "2": 0.3}
+    assert record["before_training"]["largest_difference_between_arms"] == 0.0  # the same base model
 
     assert json.loads(ab.strict_json(record))["arms"][2]["accuracy"]["low"] is None  # NaN: null
 
@@ -322,5 +323,10 @@ def test_runs_stop_at_the_budget_resume_from_their_checkpoint_and_are_skipped_on
     ).stat().st_mtime_ns == touched
     with tarfile.open(archive) as tar:
         names = tar.getnames()
+        tar.extractall(tmp_path / "unpacked", filter="data")
     assert "runs/dapo/seed1/eval/after_base_reward/samples.jsonl" in names
     assert not [n for n in names if "checkpoints" in n or n.endswith(".png")]
+    # The archive is a runs folder the summary reads elsewhere (here: after the device call).
+    again = tmp_path / "unpacked" / "again.json"
+    assert ab.main(["--summarise", "--runs", str(tmp_path / "unpacked" / "runs"), "--out", str(again)]) == 0
+    assert json.loads(again.read_text())["arms"] == json.loads(out.read_text())["arms"]
