@@ -85,6 +85,13 @@ def test_a_group_size_that_does_not_divide_the_rollouts_is_an_error_for_that_arm
     assert "--config.rl.prompts_per_step=3" in planned[1]["train"][-4:-2]
 
 
+def test_command_line_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
+    assert ab.main(["--runs", str(tmp_path)]) == 2
+    assert "error: --base is required" in capsys.readouterr().err
+    assert ab.main(["--runs", str(tmp_path), "--summarise"]) == 2
+    assert f"error: {tmp_path} holds no plan.json" in capsys.readouterr().err
+
+
 def test_a_runs_folder_of_another_base_is_refused(tmp_path):
     planned, record = ab.make_plan("configs/gsm8k.py", [], ["grpo"], [0], tmp_path)
     ab.record_plan(tmp_path, record, planned)
