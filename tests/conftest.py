@@ -81,6 +81,7 @@ SLOW_FILES = {
     "test_run_outputs.py": 80,
     "test_serve_training_run.py": 60,
     "test_continuous_batching.py": 40,
+    "test_ablations.py": 160,
 }
 
 

@@ -25,6 +25,7 @@ from rlvr_jax.evaluation.stats import (
     paired_bootstrap_diff,
     paired_permutation_test,
     pass_at_k,
+    t_interval,
     wilson_interval,
 )
 
@@ -40,6 +41,28 @@ def test_interval_to_dict_has_flat_report_keys():
         "confidence": 0.9,
         "method": "wilson",
     }
+
+
+# ---------------------------------------------------------------------------------------------- t interval
+
+
+@pytest.mark.parametrize("values", [[0.4, 0.5, 0.6], [0.31, 0.35], [0.2, 0.25, 0.22, 0.3, 0.27]])
+def test_t_interval_equals_statsmodels(values):
+    from statsmodels.stats.weightstats import DescrStatsW
+
+    interval = t_interval(values)
+    low, high = DescrStatsW(np.array(values)).tconfint_mean(alpha=0.05)
+    assert interval.value == pytest.approx(np.mean(values))
+    assert (interval.low, interval.high) == (pytest.approx(low), pytest.approx(high))
+    assert interval.method == f"Student t over {len(values)} runs"
+
+
+def test_t_interval_of_one_or_no_runs_has_no_bounds():
+    one = t_interval([0.4])
+    assert one.value == 0.4 and math.isnan(one.low) and math.isnan(one.high)
+    assert math.isnan(t_interval([]).value)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        t_interval([0.4, float("nan")])
 
 
 # ---------------------------------------------------------------------------------------------- Wilson
