@@ -161,7 +161,8 @@ def t_interval(values: ArrayLike, confidence: float = 0.95) -> Interval:
     value = float(array.mean())
     if array.size == 1:
         return Interval(value, math.nan, math.nan, confidence, method)
-    half = _scipy_stats.t.ppf(0.5 + confidence / 2, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size)
+    t = _scipy_stats.t.ppf(0.5 + confidence / 2, array.size - 1)
+    half = t * array.std(ddof=1) / math.sqrt(array.size)
     return Interval(value, value - float(half), value + float(half), confidence, method)
 
 
