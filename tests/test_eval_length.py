@@ -12,6 +12,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 
 from rlvr_jax.config import ConfigError, base_config, eval_max_new_tokens, validate
 from rlvr_jax.evaluation.compare import compare_runs, length_effect, write_report
+from rlvr_jax.evaluation.evaluate import describe
 from rlvr_jax.evaluation.metrics import eval_metrics, finished_accuracy, flat_summary, tokens_to_finish
 from rlvr_jax.evaluation.runs import load_run, write_run
 from scripts import compare as compare_cli
@@ -169,6 +170,11 @@ def test_metrics_report_accuracy_among_finished_and_the_budget_that_finishes_95_
     assert math.isnan(finished_accuracy(rows[15:])["value"]) and finished_accuracy(rows[15:])["n"] == 0
     with pytest.raises(ValueError, match="share must be in"):
         tokens_to_finish(rows, 0.0)
+
+    # The terminal lines: every answer cut off says so in words, not "nan (n=0 items)".
+    cut_off = eval_metrics(rows[15:], max_new_tokens=BUDGET)
+    shown = describe({"task": "arithmetic", "split": "test", "temperature": 0.0, **cut_off})
+    assert "none finished within the budget" in shown and "nan" not in shown.split("finished answers")[-1]
 
 
 def test_the_trainer_closing_lines_say_truncation_and_the_length_verdict(tmp_path, capsys):

@@ -399,7 +399,10 @@ def describe(metrics: dict[str, Any]) -> str:
         )
     if "accuracy_finished" in metrics:
         done = metrics["accuracy_finished"]
-        lines.append(f"accuracy among finished answers {pct(done['value'])} (n={done['n']} items)")
+        if done["n"]:
+            lines.append(f"accuracy among finished answers {pct(done['value'])} (n={done['n']} items)")
+        else:
+            lines.append("accuracy among finished answers: none finished within the budget")
     if "tokens_for_95_finished" in metrics:  # what sampling.eval_max_new_tokens should be at least
         needed = metrics["tokens_for_95_finished"]
         lines.append(
