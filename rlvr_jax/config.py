@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict()
     c.reward.name = ml_collections.FieldReference(None, field_type=str)
     c.reward.options = ml_collections.ConfigDict()
+    # What held-out accuracy is scored with. None = the training reward, except a weighted sum (shaping:
+    # format bonus, overlong penalty), where it is the task's own correctness reward: a right answer must
+    # pass whatever the shaping added. A name = that registered reward, with no options.
+    c.reward.eval_name = ml_collections.FieldReference(None, field_type=str)
     # A reward that raises, hangs (timeout_s) or kills its worker process: "fail" stops the step with an
     # error naming the reward and the exception; "zero" scores those samples 0 and logs the reason.
     c.reward.on_error = "fail"
@@ -314,6 +318,19 @@ def from_section(cls: type, section: ml_collections.ConfigDict, **derived: Any) 
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: section[k] for k in names if k in section}
     return cls(**(values | {k: v for k, v in derived.items() if k in names}))
+
+
+def eval_reward(config: ml_collections.ConfigDict, task_reward: str | None) -> tuple[str, dict[str, Any]]:
+    """(name, options) of the reward that scores held-out evaluations (see `reward.eval_name`): accuracy
+    must mean "the answer is right", which a shaped training reward does not say."""
+    name = config.reward.get("eval_name")
+    if name:
+        same = name == config.reward.name
+        return name, dict(config.reward.options) if same else {}
+    if config.reward.name == "weighted_sum" and task_reward:
+        per_component = config.reward.options.get("component_options") or {}
+        return task_reward, dict(per_component.get(task_reward) or {})
+    return config.reward.name or task_reward, dict(config.reward.options)
 
 
 def eval_max_new_tokens(config: ml_collections.ConfigDict) -> int:
@@ -542,6 +559,9 @@ def _check_reward(config: ml_collections.ConfigDict) -> None:
                 f"reward.options.{option} is not an option of reward {name}"
                 f"{closest(option, sorted(accepted))}; it takes {takes}"
             )
+    eval_name = config.reward.get("eval_name")
+    if eval_name and eval_name not in REWARDS:
+        raise ConfigError(f"reward.eval_name: {REWARDS.unknown(eval_name)}")
     if name != "weighted_sum":
         return
     components = config.reward.options.get("components") or {}

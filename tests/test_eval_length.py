@@ -244,3 +244,22 @@ def test_held_out_evaluation_generates_with_its_own_budget(smollm_gguf):
         assert metrics["truncation_rate"] == pytest.approx(1 - sum(r["finished"] for r in rows) / 4)
     text = describe({"task": "budget_test", "split": "test", "temperature": 0.0, **metrics})
     assert "by the budget of 7 tokens" in text and "accuracy among finished answers" in text
+
+
+def test_held_out_accuracy_is_scored_by_the_correctness_reward_under_shaping():
+    """A shaped training reward (weighted sum with a format bonus or DAPO's overlong penalty) would make
+    "accuracy" mean "passed the shaping too"; evaluation uses the task's own reward unless told."""
+    from rlvr_jax.config import eval_reward
+
+    config = base_config()
+    config.data.task = "gsm8k"
+    assert eval_reward(config, "numeric") == ("numeric", {})
+    config.reward.name = "weighted_sum"
+    config.reward.options.components = {"numeric": 1.0, "overlong": 1.0}
+    config.reward.options.component_options = {"numeric": {"strict": True}, "overlong": {"buffer": 8}}
+    assert eval_reward(config, "numeric") == ("numeric", {"strict": True})
+    config.reward.eval_name = "math"
+    assert eval_reward(config, "numeric") == ("math", {})
+    config.reward.eval_name = "numerc"
+    with pytest.raises(ConfigError, match=r"reward\.eval_name"):
+        validate(config)

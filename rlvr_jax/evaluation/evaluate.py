@@ -22,7 +22,7 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer, CheckpointError, abstract_like
-from rlvr_jax.config import eval_max_new_tokens
+from rlvr_jax.config import eval_max_new_tokens, eval_reward
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import load_samples
 from rlvr_jax.data.heldout import HeldOutReport, held_out_split
@@ -172,7 +172,7 @@ def score_held_out(
     """
     if temperature is None:
         temperature = config.sampling.eval_temperature if num_samples == 1 else config.sampling.temperature
-    reward = config.reward.name or task.reward
+    reward, reward_options = eval_reward(config, task.reward)
     budget = eval_max_new_tokens(config)
     params = SamplingParams(
         temperature=float(temperature), top_p=config.sampling.top_p if temperature > 0 else 1.0,
@@ -192,7 +192,7 @@ def score_held_out(
         scored = generate_and_score(
             sampler, task, samples, params, chat=config.data.chat, num_samples=num_samples,
             batch_size=batch_size, seed=config.seed, reward=reward,
-            reward_options=dict(config.reward.options), extra_rewards=EXTRA_REWARDS.get(reward, ()),
+            reward_options=reward_options, extra_rewards=EXTRA_REWARDS.get(reward, ()),
             on_batch=on_batch,
         )  # fmt: skip
     rows = [s.to_row() for s in scored]
@@ -331,7 +331,7 @@ def evaluate(
     metrics = {
         "task": task.name,
         "split": split,
-        "reward": config.reward.name or task.reward,
+        "reward": eval_reward(config, task.reward)[0],
         **source,
         "temperature": params.temperature,
         "top_p": params.top_p,

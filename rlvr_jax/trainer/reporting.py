@@ -11,6 +11,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from rlvr_jax.config import eval_reward
 from rlvr_jax.evaluation.compare import compare_runs, write_report
 from rlvr_jax.evaluation.evaluate import score_held_out
 from rlvr_jax.evaluation.metrics import flat_summary
@@ -103,7 +104,8 @@ def evaluate_held_out(run: Run, name: str, log: RunLog | None = None, step: int 
     )  # fmt: skip
     out = run.workdir / "eval" / name
     if jax.process_index() == 0:
-        header = {"task": run.task.name, "split": config.data.eval_split, "reward": run.reward_name}
+        reward = eval_reward(config, run.task.reward)[0]
+        header = {"task": run.task.name, "split": config.data.eval_split, "reward": reward}
         header |= {"model": str(config.model.path), "temperature": params.temperature, "seed": config.seed}
         if run.held_out is not None:
             header["held_out"] = run.held_out.to_json()
