@@ -526,7 +526,8 @@ def test_the_gsm8k_tutorial_trains_on_the_local_copies(layout, tiny_qwen):
     (command,) = _documented(r"python scripts/train\.py --config=configs/gsm8k\.py:small .*")
     smaller = (
         " --config.train.steps=1 --config.rl.prompts_per_step=2 --config.rl.group_size=2"
-        " --config.sampling.max_new_tokens=8 --config.data.eval_limit=2 --config.train.export_hf=False"
+        " --config.sampling.max_new_tokens=8 --config.sampling.eval_max_new_tokens=8"
+        " --config.data.eval_limit=2 --config.train.export_hf=False"
         f" --config.model.dtype=float32 --config.optim.micro_batches=1 --config.model.path={tiny_qwen}"
     )
     proc = subprocess.run(

@@ -191,7 +191,8 @@ def test_evaluate_cli_on_the_real_model(tmp_path, smollm_gguf, shared_dir):
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--config=configs/gsm8k.py",
          f"--config.model.path={smollm_gguf}", f"--config.data.path={gsm8k_dir}",
-         "--config.model.dtype=float32", "--config.sampling.max_new_tokens=16", "--split=test", "--limit=32",
+         "--config.model.dtype=float32", "--config.sampling.max_new_tokens=16",
+         "--config.sampling.eval_max_new_tokens=16", "--split=test", "--limit=32",
          f"--out={out}"],
         capture_output=True, text=True, timeout=600, cwd=REPO, env=ENV,
     )  # fmt: skip
