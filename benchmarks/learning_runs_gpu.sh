@@ -7,8 +7,8 @@
 # Each RUN is benchmarks/learning_run.sh with the flags below (the same call again resumes it from its
 # last checkpoint; a finished run only re-packs its results). Model: Qwen2.5-Coder-0.5B-Instruct, the
 # Q4_K_M GGUF staged as /root/models/qwen.gguf (../shared/tools/fetch-qwen-coder). Every evaluation is
-# greedy on a held-out split training never reads, at each config's evaluation budget (the base model
-# finishes >= 95% of its answers; the config docstrings give the measurement). Run folders are named
+# greedy on a held-out split training never reads, at the generous budgets below (GSM8K_EVAL etc.): the
+# base-model evaluations of these runs are what set each config's own budget (>= 95% of answers finish). Run folders are named
 # qwen_<run>_$CARD (2026-12-05: CARD=h100, the card that was lent). `humaneval` evaluates the MBPP run's
 # weights (before = the base model) on HumanEval, also without the items MBPP nearly copies.
 set -uo pipefail
