@@ -16,7 +16,7 @@ Measured as `make demo` in a fresh clone on the project's 2-core CPU (2026-12-05
 jobs on the machine for its first 6 minutes; the steps that ran alone took 30.5 s each, about 8.5 minutes
 for the whole run on an idle machine. Held-out accuracy 0.508 -> 0.883 (n=128, exact McNemar p = 1.2e-9),
 at an evaluation budget of 16 tokens (22% of the base model's answers cut off). At today's 48 (base model:
-95% finish within 35): 0.516 -> 0.883 (p = 2.05e-9), 0% cut off; idle-machine time not yet re-measured.
+95% finish within 35): 0.516 -> 0.883 (p = 2.05e-9), 0% cut off; 8 min 5 s in a fresh clone (make demo).
 
 Why this task: the base model answers "The sentiment of this movie review is positive." to 95% of the
 sentences (greedy), so it scores about 50% on a balanced set, yet the log-probability of " positive"

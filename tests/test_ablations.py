@@ -292,12 +292,14 @@ def test_runs_stop_at_the_budget_resume_from_their_checkpoint_and_are_skipped_on
     rows = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "time/step_s" in r] == [1, 2, 3]  # each training step once
 
-    # dapo trained on its shaped reward; its accuracy is the base reward's, on the same items.
+    # dapo trained on its shaped reward; its accuracy is the base reward's, on the same items: the trainer's
+    # own evaluation already scores a weighted sum with the task's reward (reward.eval_name), and the
+    # runner's re-scoring of the final checkpoint checks it.
     rescored = runs / "dapo" / "seed0" / "eval"
     shaped, plain = (
         json.loads((rescored / f / "metrics.json").read_text()) for f in ("after", "after_base_reward")
     )
-    assert shaped["reward"] == "weighted_sum" and plain["reward"] == "label"
+    assert shaped["reward"] == plain["reward"] == "label"
     ids = [[json.loads(x)["id"] for x in (rescored / f / "samples.jsonl").read_text().splitlines()]
            for f in ("after", "after_base_reward")]  # fmt: skip
     assert ids[0] == ids[1] and len(ids[0]) == 8

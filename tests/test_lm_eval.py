@@ -144,7 +144,7 @@ def test_lm_eval_gsm8k_matches_scripts_evaluate_item_by_item(lm_eval_run, model_
     config.model.remat = "none"
     config.data.path = str(shared_dir / "data" / "gsm8k")
     config.data.chat = False
-    config.sampling.max_new_tokens = MAX_GEN_TOKS
+    config.sampling.max_new_tokens = config.sampling.eval_max_new_tokens = MAX_GEN_TOKS
     ours = evaluate(config, tmp_path / "eval", split="test", limit=ITEMS, quiet=True)
     by_id = {row["id"]: row for row in ours.rows}
     assert all(row["completion"].strip() for row in ours.rows)  # something to compare, item by item
