@@ -56,6 +56,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -304,7 +305,9 @@ def start_over(workdir: Path) -> None:
     shutil.rmtree(workdir / "eval", ignore_errors=True)
 
 
-def run_until(argv: Sequence[str], log: Path, deadline: float, grace_s: float) -> tuple[int, bool]:
+def run_until(
+    argv: Sequence[str], log: Path, deadline: float, grace_s: float, env: Mapping[str, str] | None = None
+) -> tuple[int, bool]:
     """Runs `argv` (its output appended to `log`) in a process group of its own until it exits or the
     monotonic clock reaches `deadline`; then the group gets SIGTERM (train.py saves a checkpoint and
     exits; its reward workers ignore the signal and end with it) and SIGKILL `grace_s` later.
@@ -313,7 +316,7 @@ def run_until(argv: Sequence[str], log: Path, deadline: float, grace_s: float) -
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(argv)}\n")
         out.flush()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             try:
                 return proc.wait(timeout=max(deadline - time.monotonic(), 0.0)), False
@@ -337,15 +340,27 @@ def tail(log: Path, lines: int = 15) -> str:
 
 def run_plan(
     planned: list[dict[str, Any]], runs: Path, budget_s: float, grace_s: float, min_start_s: float,
-    retry_failed: bool, card: str,
+    retry_failed: bool, card: str, parallel: int = 1,
 ) -> None:  # fmt: skip
-    """Does the planned runs' unfinished stages in order within `budget_s` seconds, a line per start and
-    end; every stage's outcome goes to RUNS/segments.jsonl, a failure also to the run's failed.json."""
+    """Does the planned runs' unfinished stages within `budget_s` seconds, a line per start and end;
+    every stage's outcome goes to RUNS/segments.jsonl, a failure also to the run's failed.json.
+
+    `parallel` > 1 keeps that many runs going at once on the one accelerator (in plan order, each run's
+    stages one after the other): a small model leaves most of a large GPU idle, and its runs' host work
+    (tokenising, scoring, compiling) overlaps another's device work. Each run's process is told to take
+    at most its share of the device memory (XLA_PYTHON_CLIENT_MEM_FRACTION, no preallocation), so that
+    one run cannot starve the others. At the budget every run in flight is stopped at once."""
     start = time.monotonic()
     deadline = start + budget_s
+    lock = threading.Lock()
+    env = None
+    if parallel > 1:
+        env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+                   XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / parallel:.3f}")  # fmt: skip
 
     def say(text: str) -> None:
-        print(f"[{time.monotonic() - start:6.0f} s] {text}", flush=True)
+        with lock:
+            print(f"[{time.monotonic() - start:6.0f} s] {text}", flush=True)
 
     def failed(run: Mapping[str, Any]) -> bool:
         return (run["workdir"] / "failed.json").is_file()
@@ -354,8 +369,18 @@ def run_plan(
     todo = [r for r in unfinished if retry_failed or not failed(r)]
     say(f"{len(planned)} runs planned in {runs}: {len(planned) - len(unfinished)} finished, "
         f"{len(unfinished) - len(todo)} failed before (--retry_failed runs them again), {len(todo)} to do; "
-        f"budget {budget_s:.0f} s")  # fmt: skip
-    for i, run in enumerate(todo):
+        f"budget {budget_s:.0f} s" + (f", {parallel} at a time" if parallel > 1 else ""))  # fmt: skip
+    queue = list(todo)
+    state = {"stop": False, "left": len(todo)}
+
+    def next_run() -> dict[str, Any] | None:
+        with lock:
+            if state["stop"] or not queue:
+                return None
+            return queue.pop(0)
+
+    def one(run: dict[str, Any]) -> bool:
+        """Does `run`'s stages; False where the call must stop (budget reached)."""
         name, workdir = f"{run['arm']} seed {run['seed']}", run["workdir"]
         (workdir / "failed.json").unlink(missing_ok=True)
         if stage_done(run, "train") and latest_checkpoint(workdir) is None:  # unpacked: nothing to evaluate
@@ -366,40 +391,52 @@ def run_plan(
                 continue
             left = deadline - time.monotonic()
             if left < min_start_s:
-                say(f"{left:.0f} s left, under --min_start_s: {len(todo) - i} runs left; run again to go on")
-                return
+                say(f"{left:.0f} s left, under --min_start_s: {name} not started; run again to go on")
+                return False
             step = latest_checkpoint(workdir)
             if stage == "train" and step is None:
                 start_over(workdir)
             what = "new" if not step else f"resumes after step {step}"
             what = "evaluation with the base's reward" if stage == "evaluate" else what
-            say(f"start {name} ({what}); {len(todo) - i - 1} runs after it, {left:.0f} s left")
+            say(f"start {name} ({what}); {len(queue)} runs waiting, {left:.0f} s left")
             t0 = time.monotonic()
-            code, stopped = run_until(run[stage], workdir / "train.log", deadline, grace_s)
+            code, stopped = run_until(run[stage], workdir / "train.log", deadline, grace_s, env)
             seconds = time.monotonic() - t0
             outcome = "finished" if stage_done(run, stage) else "stopped" if stopped else "failed"
             segment = {
-                "arm": run["arm"],
-                "seed": run["seed"],
-                "stage": stage,
-                "seconds": round(seconds, 1),
-                "outcome": outcome,
-                "exit": code,
-                "checkpoint": latest_checkpoint(workdir),
-                "card": card,
-            }
-            with open(runs / SEGMENTS, "a", encoding="utf-8") as f:  # fmt: skip
+                "arm": run["arm"], "seed": run["seed"], "stage": stage, "seconds": round(seconds, 1),
+                "outcome": outcome, "exit": code, "checkpoint": latest_checkpoint(workdir), "card": card,
+                "parallel": parallel,
+            }  # fmt: skip
+            with lock, open(runs / SEGMENTS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(segment) + "\n")
             if outcome == "stopped":
                 say(f"stopped {name} at the budget after {seconds:.0f} s (latest checkpoint: step "
-                    f"{segment['checkpoint']}); {len(todo) - i} runs left; run again to resume")  # fmt: skip
-                return
+                    f"{segment['checkpoint']}); run again to resume")  # fmt: skip
+                return False
             if outcome == "failed":  # not retried in later calls unless --retry_failed: it may fail again
                 log = workdir / "train.log"
                 (workdir / "failed.json").write_text(json.dumps({**segment, "log_tail": tail(log)}))
                 say(f"FAILED {name} ({stage}, exit {code}) after {seconds:.0f} s; {log} ends:\n{tail(log)}")
-                break
+                return True
             say(f"finished {name} ({stage}) in {seconds:.0f} s; {deadline - time.monotonic():.0f} s left")
+        return True
+
+    def worker() -> None:
+        while (run := next_run()) is not None:
+            if not one(run):
+                with lock:
+                    state["stop"] = True
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(parallel, len(todo))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if state["stop"]:
+        left = sum(not (stage_done(r, "train") and stage_done(r, "evaluate")) and not failed(r) for r in todo)
+        say(f"{left} runs left; run the same command again to go on")
+        return
     failures = sum(failed(r) for r in planned)
     say(
         f"every planned run is finished but {failures} that failed"
@@ -785,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget_s", type=float, default=500.0, help="seconds this call may spend on runs")
     p.add_argument("--grace_s", type=float, default=45.0, help="seconds from SIGTERM to SIGKILL")
     p.add_argument("--min_start_s", type=float, default=60.0, help="start nothing with less budget left")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="runs at once on one accelerator (each gets its share of its memory)")  # fmt: skip
     p.add_argument("--retry_failed", action="store_true", help="run the runs that failed before again")
     p.add_argument("--dry_run", action="store_true", help="check the arms' configs, print the commands, stop")
     p.add_argument("--archive", help="also write RUNS without its checkpoints as this .tgz")
@@ -812,7 +851,14 @@ def main(argv: list[str] | None = None) -> int:
             this_card = card()
             record_call(runs, argv, args.budget_s, this_card)
             run_plan(
-                planned, runs, args.budget_s, args.grace_s, args.min_start_s, args.retry_failed, this_card
+                planned,
+                runs,
+                args.budget_s,
+                args.grace_s,
+                args.min_start_s,
+                args.retry_failed,
+                this_card,
+                max(1, args.parallel),
             )
         write_summary(runs, out)
         if args.archive:

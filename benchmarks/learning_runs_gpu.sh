@@ -2,18 +2,24 @@
 # The four benchmarks' GPU learning runs (issue 17), each resumable across device calls.
 #
 #   source benchmarks/gpu_setup.sh
-#   CARD=h100 BUDGET=540 bash benchmarks/learning_runs_gpu.sh RUN [RUN...]  # gsm8k | sst2 | nq | mbpp | humaneval
+#   BUDGET=540 bash benchmarks/learning_runs_gpu.sh RUN [RUN...]
+#   # RUN: gsm8k | sst2 | nq | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
 #
 # Each RUN is benchmarks/learning_run.sh with the flags below (the same call again resumes it from its
 # last checkpoint; a finished run only re-packs its results). Model: Qwen2.5-Coder-0.5B-Instruct, the
 # Q4_K_M GGUF staged as /root/models/qwen.gguf (../shared/tools/fetch-qwen-coder). Every evaluation is
 # greedy on a held-out split training never reads, at the generous budgets below (GSM8K_EVAL etc.): the
 # base-model evaluations of these runs are what set each config's own budget (>= 95% of answers finish). Run folders are named
-# qwen_<run>_$CARD (2026-12-05: CARD=h100, the card that was lent). `humaneval` evaluates the MBPP run's
+# qwen_<run>_$CARD (CARD: h100 or h200, from nvidia-smi unless set). `humaneval` evaluates the MBPP run's
 # weights (before = the base model) on HumanEval, also without the items MBPP nearly copies.
+# The smol_* runs and the ablations use SmolLM2-135M-Instruct staged as /root/models/smol.gguf
+# (../shared/models); `ablations` is benchmarks/ablations.py on the demo's SST-2 setting (its README
+# section says why), PARALLEL runs at a time on the one GPU, resumable like the rest.
 set -uo pipefail
 M=/root/models/qwen.gguf
-card=${CARD:-h100}
+S=/root/models/smol.gguf
+card=${CARD:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]*' | tr H h)}
+card=${card:-cpu}
 common=(--config.model.path=$M --config.train.eval_every=0 --config.train.export_hf=False)
 for run in "$@"; do
   case $run in
@@ -56,6 +62,24 @@ for run in "$@"; do
         --out=$runs/qwen_mbpp_$card/humaneval/compare 2>&1 | tail -12
       [[ -n ${OUT:-} ]] && tar czf "$OUT/qwen_mbpp_$card.tgz" -C "$runs" --exclude=checkpoints \
         --exclude=tensorboard qwen_mbpp_$card ;;
-    *) echo "unknown run $run (gsm8k | sst2 | nq | mbpp | humaneval)"; exit 2 ;;
+    smol_sst2)  # the demo's task and model at 4x the prompts per step and 2.5x the steps, all 174 held out
+      bash benchmarks/learning_run.sh smol_sst2_$card --config=configs/quickstart.py "${common[@]/$M/$S}" \
+        --config.data.path=/root/data/sst2 --config.data.eval_limit=174 \
+        --config.rl.prompts_per_step=16 --config.optim.micro_batches=1 --config.optim.learning_rate=3e-5 \
+        --config.train.steps=30 --config.train.checkpoint_every=10 ;;
+    smol_nq)
+      bash benchmarks/learning_run.sh smol_nq_$card --config=configs/nq.py "${common[@]/$M/$S}" \
+        --config.model.dtype=float32 --config.data.path=/root/data/nq_open --config.data.eval_limit=1000 \
+        --config.rl.prompts_per_step=32 --config.optim.micro_batches=1 --config.optim.learning_rate=2e-5 \
+        --config.train.steps=60 --config.train.checkpoint_every=20 ;;
+    ablations)  # 8 arms x 3 seeds on the demo's setting with two updates per batch (rl.mu=2: clips act)
+      python3 benchmarks/ablations.py --runs ${RUNS:-/root/runs}/ablations --budget_s ${BUDGET:-540} \
+        --parallel ${PARALLEL:-6} --min_start_s 30 --out ${OUT:-/root/runs}/ablations_$card.json \
+        --archive ${OUT:-/root/runs}/ablation_runs_$card.tgz --base configs/quickstart.py \
+        --base_flags --config.model.path=$S --config.data.path=/root/data/sst2 \
+        --config.data.eval_limit=174 --config.train.export_hf=False --config.rl.mu=2 \
+        --config.rl.prompts_per_step=8 --config.optim.micro_batches=1 --config.optim.learning_rate=3e-5 \
+        2>&1 | grep -v "^[IW][0-9]" ;;
+    *) echo "unknown run $run (gsm8k | sst2 | nq | mbpp | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
   esac
 done

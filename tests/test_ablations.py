@@ -339,3 +339,34 @@ def test_runs_stop_at_the_budget_resume_from_their_checkpoint_and_are_skipped_on
     again = tmp_path / "unpacked" / "again.json"
     assert ab.main(["--summarise", "--runs", str(tmp_path / "unpacked" / "runs"), "--out", str(again)]) == 0
     assert json.loads(again.read_text())["arms"] == json.loads(out.read_text())["arms"]
+
+
+def test_parallel_runs_overlap_and_each_gets_its_share_of_device_memory(tmp_path):
+    """--parallel 2: two runs are alive at once (each stub waits for the other's start before it finishes,
+    so run one after the other the first would give up and fail), and each process is told its share."""
+    wait_for_other = (
+        "import json, os, pathlib, sys, time\n"
+        "me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+        "(me / 'started').write_text(os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION', ''))\n"
+        "t = time.monotonic()\n"
+        "while not (other / 'started').exists():\n"
+        "    if time.monotonic() - t > 60: sys.exit(1)\n"
+        "    time.sleep(0.05)\n"
+        "(me / 'eval' / 'after').mkdir(parents=True)\n"
+        "(me / 'eval' / 'after' / 'metrics.json').write_text('{}')\n"
+    )
+    a, b = tmp_path / "grpo" / "seed0", tmp_path / "rloo" / "seed0"
+    for d in (a, b):
+        d.mkdir(parents=True)
+    planned = [
+        {"arm": arm, "seed": 0, "workdir": me, "evaluate": None,
+         "train": [sys.executable, "-c", wait_for_other, str(me), str(other)]}
+        for arm, me, other in (("grpo", a, b), ("rloo", b, a))
+    ]  # fmt: skip
+    ab.run_plan(planned, tmp_path, budget_s=120, grace_s=5, min_start_s=0, retry_failed=False, card="cpu",
+                parallel=2)  # fmt: skip
+    segments = ab.json_lines(tmp_path / "segments.jsonl")
+    assert sorted((s["arm"], s["outcome"], s["parallel"]) for s in segments) == [
+        ("grpo", "finished", 2), ("rloo", "finished", 2)
+    ]  # fmt: skip
+    assert (a / "started").read_text() == (b / "started").read_text() == "0.450"
