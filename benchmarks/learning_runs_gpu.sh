@@ -18,7 +18,7 @@
 set -uo pipefail
 M=/root/models/qwen.gguf
 S=/root/models/smol.gguf
-card=${CARD:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]*' | tr H h)}
+card=${CARD:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9][0-9]*' | head -1 | tr H h)}
 card=${card:-cpu}
 common=(--config.model.path=$M --config.train.eval_every=0 --config.train.export_hf=False)
 for run in "$@"; do
