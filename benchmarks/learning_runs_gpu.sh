@@ -14,7 +14,11 @@
 # weights (before = the base model) on HumanEval, also without the items MBPP nearly copies.
 # The smol_* runs and the ablations use SmolLM2-135M-Instruct staged as /root/models/smol.gguf
 # (../shared/models); `ablations` is benchmarks/ablations.py on the demo's SST-2 setting (its README
-# section says why), PARALLEL runs at a time on the one GPU, resumable like the rest.
+# section says why), PARALLEL runs at a time on the one GPU (default 2), resumable like the rest.
+# Measured 2026-12-05 on an H100: 6 ablation runs plus smol_sst2 and smol_nq at once (8 processes, 16
+# cores) spent 4 minutes each on the first 64 items of the evaluation before training (compiling: each
+# evaluation and training shape compiles once per process, and 8 processes compiling share 16 cores), so
+# nothing finished in 500 s. Untested: whether 2 at a time beats 1; run seed 0 of one arm alone first.
 set -uo pipefail
 M=/root/models/qwen.gguf
 S=/root/models/smol.gguf
@@ -74,7 +78,7 @@ for run in "$@"; do
         --config.train.steps=60 --config.train.checkpoint_every=20 ;;
     ablations)  # 8 arms x 3 seeds on the demo's setting with two updates per batch (rl.mu=2: clips act)
       python3 benchmarks/ablations.py --runs ${RUNS:-/root/runs}/ablations --budget_s ${BUDGET:-540} \
-        --parallel ${PARALLEL:-6} --min_start_s 30 --out ${OUT:-/root/runs}/ablations_$card.json \
+        --parallel ${PARALLEL:-2} --min_start_s 30 --out ${OUT:-/root/runs}/ablations_$card.json \
         --archive ${OUT:-/root/runs}/ablation_runs_$card.tgz --base configs/quickstart.py \
         --base_flags --config.model.path=$S --config.data.path=/root/data/sst2 \
         --config.data.eval_limit=174 --config.train.export_hf=False --config.rl.mu=2 \
