@@ -16,7 +16,8 @@
 # (../shared/models); `ablations` is benchmarks/ablations.py on the demo's SST-2 setting (its README
 # section says why), PARALLEL runs at a time on the one GPU (default 2), resumable like the rest.
 # Measured 2026-12-05 on an H100: 6 ablation runs plus smol_sst2 and smol_nq at once (8 processes, 16
-# cores) spent 4 minutes each on the first 64 items of the evaluation before training (compiling: each
+# cores) spent 4 minutes each on the first 64 items of the evaluation before training (not profiled; most
+# likely compiling: each
 # evaluation and training shape compiles once per process, and 8 processes compiling share 16 cores), so
 # nothing finished in 500 s. Untested: whether 2 at a time beats 1; run seed 0 of one arm alone first.
 set -uo pipefail
