@@ -371,7 +371,7 @@ def run_plan(
         f"{len(unfinished) - len(todo)} failed before (--retry_failed runs them again), {len(todo)} to do; "
         f"budget {budget_s:.0f} s" + (f", {parallel} at a time" if parallel > 1 else ""))  # fmt: skip
     queue = list(todo)
-    state = {"stop": False, "left": len(todo)}
+    state = {"stop": False}
 
     def next_run() -> dict[str, Any] | None:
         with lock:
@@ -391,7 +391,7 @@ def run_plan(
                 continue
             left = deadline - time.monotonic()
             if left < min_start_s:
-                say(f"{left:.0f} s left, under --min_start_s: {name} not started; run again to go on")
+                say(f"{left:.0f} s left, under --min_start_s: {name} ({stage}) not started; run again")
                 return False
             step = latest_checkpoint(workdir)
             if stage == "train" and step is None:
