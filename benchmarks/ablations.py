@@ -58,6 +58,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -557,7 +558,14 @@ def versus(baseline: Mapping[int, Any], arm: Mapping[int, Any]) -> dict[str, Any
     """An arm's evaluations against the baseline's on the seeds both finished: the paired comparison
     over (seed, item) pairs (`compare_runs`: exact McNemar, paired bootstrap interval, the same among
     answers finished in both, whether truncation explains a change), and with the seed as the unit the
-    per-seed differences and their exact sign-flip test. None when no seed is finished in both."""
+    per-seed differences, their mean with its t interval and their exact sign-flip test. None when no
+    seed is finished in both.
+
+    The two tests answer different questions. McNemar over (seed, item) pairs asks whether these runs
+    differ on these items; it treats the seeds' evaluations as independent items, so one seed that
+    collapses can make it significant. The seed-level interval asks whether the arm differs from the
+    baseline across training runs, which is the ablation's question; with 3 seeds it is wide and the
+    sign-flip p cannot go below 0.25."""
     from rlvr_jax.evaluation.compare import compare_runs
     from rlvr_jax.evaluation.stats import paired_permutation_test
 
@@ -584,8 +592,25 @@ def versus(baseline: Mapping[int, Any], arm: Mapping[int, Any]) -> dict[str, Any
         "verdict": f"A = {BASELINE}, B = this arm: {c['verdict']}",
         "warnings": c["warnings"],
         "per_seed_difference": {str(s): y - x for s, x, y in zip(seeds, a, b, strict=True)},
+        "seed_difference": over_seeds([y - x for x, y in zip(a, b, strict=True)]),
         "seed_sign_flip_p": paired_permutation_test(a, b),
     }
+
+
+COLLAPSED_SHARE = 0.95  # a run that gives one answer to 95% of the items has stopped reading them
+
+
+def modal_answer(rows: Sequence[Mapping[str, Any]]) -> tuple[float | None, str | None]:
+    """The share of held-out items that got the most common completion (stripped, lower case, quotes
+    dropped), and that completion. A policy that collapsed to one answer (e.g. always "positive" on a
+    two-label task) scores the majority label's share however it was trained; this is how a reader tells
+    such a run from one that learned less. Once every sample of a group gets the same reward the group's
+    advantages are zero and GRPO-style updates stop moving it, so a collapse does not recover."""
+    answers = [str(r["completion"]).strip().strip("\"'").lower() for r in rows if "completion" in r]
+    if not answers:
+        return None, None
+    answer, count = Counter(answers).most_common(1)[0]
+    return count / len(answers), answer[:80]
 
 
 def run_row(seed: int, run: Mapping[str, Any], folder: str, cards: Sequence[str]) -> dict[str, Any]:
@@ -593,6 +618,7 @@ def run_row(seed: int, run: Mapping[str, Any], folder: str, cards: Sequence[str]
     truncated share, step times, the cards it ran on, its command."""
     m, s = run["after"].metrics, run["steps"]
     finished_ = m.get("accuracy_finished") or {}
+    share, answer = modal_answer(run["after"].rows)
     return {
         "seed": seed,
         "folder": folder,
@@ -603,6 +629,9 @@ def run_row(seed: int, run: Mapping[str, Any], folder: str, cards: Sequence[str]
         "accuracy_finished": finished_.get("value"),
         "n_finished": finished_.get("n"),
         "truncation_rate": m.get("truncation_rate"),
+        "modal_answer_share": share,
+        "modal_answer": answer,
+        "collapsed": share is not None and share >= COLLAPSED_SHARE,
         **{k: s.get(k) for k in ("steps", "step_s", "rollout_s", "update_s", "train_wall_s")},
         "cards": list(cards),
         "command": run.get("command"),
@@ -631,6 +660,7 @@ def arm_summary(
         "seeds_finished": sorted(found),
         "seeds_failed": list(failed),
         "complete": set(seeds_asked) <= set(found),
+        "collapsed_seeds": [r["seed"] for r in rows if r["collapsed"]],
         "accuracy": over_seeds([r["accuracy"] for r in rows]),
         "accuracy_finished": over_seeds([r["accuracy_finished"] for r in rows]),
         "truncation_rate": over_seeds([r["truncation_rate"] for r in rows]),
@@ -702,57 +732,62 @@ def strict_json(record: Mapping[str, Any]) -> str:
 
 def plot_ablations(record: Mapping[str, Any], out_png: Path) -> Path:
     """Three panels stacked over one row of arms: held-out accuracy and accuracy among finished answers
-    (the mean over seeds with its 95% t interval, each seed a dot, the base model a dashed line, the p of
-    the paired test against grpo: over all items, and over the items finished in both), and seconds per
-    step. An incomplete arm is hollow and counts its seeds."""
+    (the mean over seeds with its 95% t interval cut to 0-100%, each seed a dot, a seed whose policy
+    collapsed to one answer a cross, the base model a dashed line), and seconds per step. Under each arm:
+    its mean, the seed-level difference from grpo with its interval, and the p of the paired test against
+    grpo over (seed, item) pairs (in the second panel: over the items finished in both). An incomplete
+    arm is hollow and counts its seeds."""
     from rlvr_jax import figures as fg
 
     arms = record["arms"]
     if not any(a["seeds_finished"] for a in arms):
         raise ValueError("no finished run to plot")
-    fig, axes = fg.panels(max(7.0, 1.0 * len(arms) + 2.5), 11.0, 3, 1, sharex=True)
+    fig, axes = fg.panels(max(7.0, 1.2 * len(arms) + 2.5), 12.0, 3, 1, sharex=True)
     titles = {"accuracy": "held-out accuracy", "accuracy_finished": "accuracy among finished answers"}
     for ax, (key, title) in zip(axes[:2], titles.items(), strict=True):
-        top = 0.0
         for i, arm in enumerate(arms):
             color, mean = fg.color_for(i + 1), arm[key]
-            seeds = [r[key] for r in arm["runs"] if fg.finite(r[key]) is not None]
-            ax.scatter([i + 0.12] * len(seeds), seeds, s=16, color=color, alpha=0.6, zorder=3)
-            top = max([top, *seeds])
+            for r in arm["runs"]:
+                if fg.finite(r[key]) is not None:
+                    ax.scatter(i + 0.15, r[key], s=40 if r.get("collapsed") else 16, color=color,
+                               marker="x" if r.get("collapsed") else "o", alpha=0.7, zorder=3)  # fmt: skip
             if fg.finite(mean["value"]) is None:
                 continue
             low, high = fg.finite(mean["low"]), fg.finite(mean["high"])
-            yerr = None if low is None else [[mean["value"] - low], [high - mean["value"]]]
+            yerr = None
+            if low is not None and high is not None:
+                yerr = [[mean["value"] - max(low, 0.0)], [min(high, 1.0) - mean["value"]]]
             ax.errorbar(i, mean["value"], yerr=yerr, fmt="o", markersize=8, capsize=6, color=color,
                         markerfacecolor=color if arm["complete"] else "white", zorder=4)  # fmt: skip
             versus = arm.get("versus_grpo") or {}
+            lines = [fg.percent(mean["value"])]
+            seed_diff = versus.get("seed_difference") or {}
+            if key == "accuracy" and fg.finite(seed_diff.get("value")) is not None:
+                lo, hi = fg.finite(seed_diff.get("low")), fg.finite(seed_diff.get("high"))
+                span = "" if lo is None else f"\n[{100 * lo:+.0f}, {100 * hi:+.0f}]"
+                lines.append(f"{100 * seed_diff['value']:+.1f} pts{span}")
             if key == "accuracy_finished":  # the paired test among the answers finished in both
                 versus = versus.get("finished_in_both") or {}
             p = fg.finite(versus.get("p_value"))
-            text = fg.percent(mean["value"]) + ("" if p is None else f"\np = {fg.format_p(p)}")
-            fg.label(ax, text, (i, high if high is not None else mean["value"]), (-10, 4), ha="right",
-                  fontsize=fg.NOTE_SIZE)  # fmt: skip
-            top = max(top, high if high is not None else mean["value"])
+            if p is not None:
+                lines.append(f"p = {fg.format_p(p)}")
+            ax.text(i, 0.02, "\n".join(lines), ha="center", va="bottom", fontsize=fg.NOTE_SIZE,
+                    transform=ax.get_xaxis_transform(), zorder=5,
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})  # fmt: skip
         base = fg.finite(record["before_training"][key]["value"])
         if base is not None:
             ax.axhline(base, color=fg.color_for(0), linestyle="--", linewidth=1.2, label="before training")
-            ax.legend(fontsize=fg.NOTE_SIZE, frameon=False, loc="lower right")
-        ax.set_ylim(0, min(1.0, 1.25 * max(top, base or 0.0) + 0.05))
+            ax.legend(fontsize=fg.NOTE_SIZE, frameon=False, loc="upper right")
+        ax.set_ylim(0, 1.08)
         fg.percent_axis(ax.yaxis)
         ax.set_title(title, fontsize=fg.LABEL_SIZE)
     ax = axes[2]
     for i, arm in enumerate(arms):
         per_seed = arm["step_s"]["per_seed"]
         if per_seed:
-            ax.bar(
-                i,
-                arm["step_s"]["median_over_seeds"],
-                width=0.5,
-                color=fg.color_for(i + 1),
-                alpha=0.8,
-                zorder=2,
-            )
-            ax.scatter([i + 0.12] * len(per_seed), per_seed, s=16, color="black", zorder=3)
+            ax.bar(i, arm["step_s"]["median_over_seeds"], width=0.5, color=fg.color_for(i + 1), alpha=0.8,
+                   zorder=2)  # fmt: skip
+            ax.scatter([i + 0.15] * len(per_seed), per_seed, s=16, color="black", zorder=3)
     ax.set_title("seconds per training step (median after the first two)", fontsize=fg.LABEL_SIZE)
     ticks = [
         a["name"] + ("" if a["complete"] else f"\n({len(a['seeds_finished'])}/{len(a['seeds_asked'])} seeds)")
@@ -764,8 +799,9 @@ def plot_ablations(record: Mapping[str, Any], out_png: Path) -> Path:
         fg.style(ax)
     card = record["card"] if isinstance(record["card"], str) else " / ".join(record["card"])
     seeds = len(record["seeds"])
-    fg.suptitle(fig, f"Ablations against grpo ({card})\nmean of {seeds} seeds with 95% t intervals; dots: "
-                     "seeds; p: exact McNemar against grpo over (seed, item) pairs")  # fmt: skip
+    fg.suptitle(fig, f"Ablations against grpo ({card})\nmean of {seeds} seeds with 95% t interval; "
+                     "x: a seed collapsed to one answer\nunder each arm: mean, difference from grpo over "
+                     "seeds [95% t], McNemar p over (seed, item)")  # fmt: skip
     return fg.save(fig, out_png)
 
 

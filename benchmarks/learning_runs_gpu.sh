@@ -16,7 +16,9 @@
 # (../shared/models). `ablations` is benchmarks/ablations.py on the demo's SST-2 setting: the base model
 # scores about 51% and 12 steps of 4 x 8 take it to about 88% on a CPU, so an arm's effect can show in a
 # run of about a minute of GPU work; rl.mu=2 so that the clip ranges act. PARALLEL runs at a time on the
-# one GPU (default 2), resumable like the rest. Measured 2026-12-05 on an H100: 6 ablation runs plus
+# one GPU (default 1), resumable like the rest. Measured 2026-12-06 on an H100, one at a time: 40 s per
+# run (231 s for the first, which fills the compilation cache), all 24 in three calls of BUDGET=520-565.
+# Measured 2026-12-05 on an H100: 6 ablation runs plus
 # smol_sst2 and smol_nq at once (8 processes, 16 cores) each spent 4 minutes on the first 64 items of the
 # evaluation before training, and nothing finished in 500 s. Not profiled; most likely compiling (every
 # shape compiles once per process, and 8 processes compiling share 16 cores). Untested: whether 2 at a
@@ -80,7 +82,7 @@ for run in "$@"; do
         --config.train.steps=60 --config.train.checkpoint_every=20 ;;
     ablations)  # 8 arms x 3 seeds on the demo's setting with two updates per batch (rl.mu=2: clips act)
       python3 benchmarks/ablations.py --runs ${RUNS:-/root/runs}/ablations --budget_s ${BUDGET:-540} \
-        --parallel ${PARALLEL:-2} --min_start_s 30 --out ${OUT:-/root/runs}/ablations_$card.json \
+        --parallel ${PARALLEL:-1} --min_start_s 30 --out ${OUT:-/root/runs}/ablations_$card.json \
         --archive ${OUT:-/root/runs}/ablation_runs_$card.tgz --base configs/quickstart.py \
         --base_flags --config.model.path=$S --config.data.path=/root/data/sst2 \
         --config.data.eval_limit=174 --config.train.export_hf=False --config.rl.mu=2 \

@@ -184,6 +184,12 @@ def test_summary_means_over_seeds_pairs_items_with_grpo_and_keeps_incomplete_arm
     assert versus["finished_in_both"]["n"] == 3 * 36 and versus["length_effect"] == "holds"
     assert versus["per_seed_difference"] == {str(s): pytest.approx(0.2) for s in seeds}
     assert versus["seed_sign_flip_p"] == pytest.approx(0.25)  # 3 seeds: the smallest p there is
+    assert (
+        versus["seed_difference"]["value"] == pytest.approx(0.2) and versus["seed_difference"]["n_seeds"] == 3
+    )
+    assert (
+        arms["dr_grpo"]["collapsed_seeds"] == [] and arms["dr_grpo"]["runs"][0]["modal_answer_share"] is None
+    )
     assert arms["grpo"]["versus_grpo"] is None
 
     # An incomplete arm is kept: its seed, no interval from one value, the failed seed named.
@@ -196,6 +202,44 @@ def test_summary_means_over_seeds_pairs_items_with_grpo_and_keeps_incomplete_arm
     assert record["before_training"]["largest_difference_between_arms"] == 0.0  # the same base model
 
     assert json.loads(ab.strict_json(record))["arms"][2]["accuracy"]["low"] is None  # NaN: null
+
+
+def test_a_seed_that_collapsed_to_one_answer_is_flagged_and_the_seed_level_interval_shows_its_spread():
+    def answered(passes: int, labels: list[str]) -> dict:
+        run = _run(passes, 1.0)
+        rows = [
+            {**row, "completion": f' "{label}" '}
+            for row, label in zip(run["after"].rows, labels, strict=True)
+        ]
+        run["after"] = EvalRun(run["after"].path, run["after"].metrics, rows)
+        return run
+
+    mixed = ["positive", "negative"] * 20
+    found = {
+        "grpo": {s: answered(30, mixed) for s in range(3)},
+        # rloo: two seeds as good as grpo, one that says "Positive" to 39 of 40 items and "negative" once
+        "rloo": {
+            0: answered(30, mixed),
+            1: answered(30, mixed),
+            2: answered(20, ["Positive"] * 39 + ["negative"]),
+        },
+    }
+    plan = {"base": "b", "base_flags": [], "arms": ["grpo", "rloo"], "seeds": [0, 1, 2], "arm_flags": {},
+            "rescored": [], "notes": []}  # fmt: skip
+    record = ab.summarise({"plan": plan, "calls": [], "segments": [], "found": found, "failed": {}})
+    rloo = record["arms"][1]
+    assert rloo["collapsed_seeds"] == [2] and record["arms"][0]["collapsed_seeds"] == []
+    collapsed = rloo["runs"][2]
+    assert collapsed["modal_answer"] == "positive" and collapsed["modal_answer_share"] == pytest.approx(
+        39 / 40
+    )
+    assert rloo["runs"][0]["modal_answer_share"] == 0.5 and not rloo["runs"][0]["collapsed"]
+    # Over (seed, item) pairs the one bad seed is 10 discordant items against none: "significant". Over
+    # seeds, differences 0, 0, -0.25: the interval spans zero, which is the ablation's honest answer.
+    versus = rloo["versus_grpo"]
+    assert versus["p_value"] < 0.01
+    seed_diff = versus["seed_difference"]
+    assert seed_diff["value"] == pytest.approx(-0.25 / 3) and seed_diff["low"] < 0 < seed_diff["high"]
 
 
 def test_the_figure_draws_complete_and_incomplete_arms(tmp_path):
