@@ -387,6 +387,16 @@ def _spy_on_steps(monkeypatch) -> list[dict]:
     return steps
 
 
+def test_a_bucket_is_reachable_when_a_batch_of_prompts_fits_in_it():
+    from rlvr_jax.trainer.warmup import reachable_buckets
+
+    buckets = (32, 64, 128)
+    assert reachable_buckets([10] * 7 + [40], buckets, 8) == [64]  # 7 short prompts never fill a batch
+    assert reachable_buckets([10] * 8 + [40, 100], buckets, 8) == [32, 64, 128]
+    assert reachable_buckets([10] * 8 + [200], buckets, 8) == [32, 256]  # beyond the largest: its multiples
+    assert reachable_buckets([10, 20], buckets, 8) == [32]  # fewer prompts than a batch: the largest still
+
+
 STEP_FUNCTIONS = ("jit(generate)", "jit(train_step)", "jit(completion_logprobs)")
 
 

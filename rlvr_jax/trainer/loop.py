@@ -39,7 +39,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     clock_start = time.perf_counter()  # accelerators are billed from here: loading and compiles included
     run = setup_run(config, workdir)  # policy + sampler on the mesh, data, compiled update
     start, meta = resume(run)  # the newest checkpoint's state, if any
-    compile_s = warm_up(run) if config.train.warmup_compile else None  # every reachable bucket, now
+    warm = config.train.warmup_compile and start < config.train.steps  # a finished run has no step left
+    compile_s = warm_up(run) if warm else None  # every prompt bucket the steps can reach, compiled now
     log = RunLog(run, meta, start, clock_start)  # metrics.jsonl, TensorBoard, W&B, Prometheus, cost
     eval_before = meta.get("eval_before") or _first_evaluation(run, log)
     run.console.say(f"held-out accuracy before training: {describe_evaluation(eval_before)}")
