@@ -75,12 +75,17 @@ class CompiledUpdate:
     def _key(batch: dict) -> tuple:
         return tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
 
-    def __call__(self, state: Any, batch: dict) -> Any:
+    def compile(self, state: Any, batch: dict) -> Any:
+        """The executable for this batch shape, compiled now if it is new (nothing runs, nothing is
+        donated): the warm-up compiles each reachable shape before step 1 (`rlvr_jax.trainer.warmup`)."""
         key = self._key(batch)
         if key not in self.compiled:
             self.compiled[key] = self.step_fn.lower(state, batch).compile()
             self._flops[key] = step_flops(self.compiled[key])
-        return self.compiled[key](state, batch)
+        return self.compiled[key]
+
+    def __call__(self, state: Any, batch: dict) -> Any:
+        return self.compile(state, batch)(state, batch)
 
     def flops(self, batch: dict) -> float | None:
         """FLOPs per device of one update on a batch of this shape (None before it ran, or unknown)."""
@@ -121,16 +126,30 @@ class Run:
     advantage_fn: Any = None
     checkpointer: Checkpointer | None = None
     held_out: HeldOutReport | None = None  # what the held-out check removed (rlvr_jax.data.heldout)
+    # The step whose update made the sampler's parameters (0: the initial ones; after a resume, the
+    # checkpoint's step): a rollout records it, so the update knows how far behind its samples are.
+    params_step: int = 0
 
     @property
     def graphdef(self) -> nnx.GraphDef:
         return nnx.graphdef(self.model)
 
-    def hand_params_to_sampler(self) -> None:
-        """The sampler generates with the newest parameters, in the dtypes the model reads them in (a bf16
-        copy of float32 masters: half the bytes each decode step reads). Every step, since the next update
-        donates the state's buffers."""
-        self.sampler.update_params(sampler_params(self.state.params, self.model.cfg))
+    def hand_params_to_sampler(self, step: int) -> None:
+        """The sampler generates with the newest parameters (those `step`'s update made), in the dtypes
+        the model reads them in (a bf16 copy of float32 masters: half the bytes each decode step reads).
+        Every step, since the next update donates the state's buffers.
+
+        With `rl.async_rollouts` the next step's rollout is generated while the next update runs, and the
+        update after it computes old log-probs with the same parameters, so they must outlive that
+        donation: leaves that would be the state's own buffers (no narrowing cast: float32 compute, or
+        bf16 masters) are copied. With bf16 compute over float32 masters nothing is copied (the cast is
+        the copy); either way one extra compute-dtype copy of the weights is alive while a rollout is in
+        flight, since the sampler's newer copy arrives before the update consumes the older one."""
+        params = sampler_params(self.state.params, self.model.cfg)
+        if self.config.rl.async_rollouts:
+            params = jax.tree.map(lambda p, s: jnp.copy(p) if p is s else p, params, self.state.params)
+        self.sampler.update_params(params)
+        self.params_step = step
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
@@ -261,5 +280,5 @@ def resume(run: Run) -> tuple[int, dict[str, Any]]:
         run.state, meta = run.checkpointer.restore(None, run.state)
         start = int(meta["step"])
         run.console.say(f"resumed from {run.workdir / 'checkpoints'} at step {start}")
-    run.hand_params_to_sampler()
+    run.hand_params_to_sampler(start)
     return start, meta
