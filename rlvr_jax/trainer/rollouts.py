@@ -2,7 +2,9 @@
 
 `RolloutSource` owns the prompt iterator (its position is checkpointed) and the reward worker processes.
 With DAPO's dynamic sampling it asks for further generation rounds until the batch holds enough groups
-whose rewards differ (`rlvr_jax.rl.dynamic_sampling.fill_batch`).
+whose rewards differ (`rlvr_jax.rl.dynamic_sampling.fill_batch`). On several processes every host draws the
+same global batch, generates and scores its part (`sharding.host_part`), and the rows are gathered
+(`sharding.gather_host_parts`), so the rest of the step sees the global batch, as one process would.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rlvr_jax import sharding
 from rlvr_jax.data.pipeline import batches
 from rlvr_jax.evaluation.generate_and_score import encode_prompts
 from rlvr_jax.rewards.pool import RewardPool
@@ -74,8 +77,11 @@ class RolloutSource:
     def _round(self, key: jax.Array, timing: dict[str, float]) -> Rollout:
         run, G = self.run, self.run.config.rl.group_size
         t0 = time.perf_counter()
+        # The same global batch on every host (encoded whole, so every host pads to one prompt width);
+        # each host generates and scores its own part, and the parts are gathered at the end.
         prompts = next(self.iterator)
         ids, mask = encode_prompts(run.sampler, run.task, prompts, run.config.data.chat)
+        prompts, ids, mask = (sharding.host_part(x) for x in (prompts, ids, mask))
         t1 = time.perf_counter()
         out = jax.device_get(run.sampler.generate_ids(ids, mask, run.sampling, seed=key, group_size=G))
         t2 = time.perf_counter()
@@ -97,7 +103,7 @@ class RolloutSource:
         ).result()
         for phase, seconds in zip(timing, (t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3), strict=True):
             timing[phase] += seconds
-        return rollout_rows(ids, mask, out, np.asarray(rewards.scores), G)
+        return sharding.gather_host_parts(rollout_rows(ids, mask, out, np.asarray(rewards.scores), G))
 
     def iterator_state(self) -> dict[str, Any]:
         return self.iterator.get_state()
