@@ -2,7 +2,10 @@
 
 `RolloutSource` owns the prompt iterator (its position is checkpointed) and the reward worker processes.
 With DAPO's dynamic sampling it asks for further generation rounds until the batch holds enough groups
-whose rewards differ (`rlvr_jax.rl.dynamic_sampling.fill_batch`).
+whose rewards differ (`rlvr_jax.rl.dynamic_sampling.fill_batch`). On several processes every host draws the
+same global batch, generates and scores its part (`sharding.host_part`), and the rows are gathered
+(`sharding.gather_host_parts`) in the main thread, so the rest of the step sees the global batch, as one
+process would.
 
 With `rl.async_rollouts` (one-step off-policy) the loop calls `start` for step n + 1 before step n's
 update and `take` at step n + 1 instead of `collect`: `start` draws the prompts, encodes them and
@@ -24,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rlvr_jax import sharding
 from rlvr_jax.data.pipeline import batches
 from rlvr_jax.evaluation.generate_and_score import encode_prompts
 from rlvr_jax.rewards.pool import RewardPool
@@ -97,6 +101,8 @@ class RolloutSource:
         the resumed run's next step is on-policy, where the uninterrupted run's was one step behind)."""
         if self._pending is not None:
             raise RuntimeError("a rollout is already in flight: take it before starting another")
+        if jax.process_count() > 1:  # its worker thread would gather the hosts' rows beside the update
+            raise NotImplementedError("rl.async_rollouts runs on one process; turn it off on several")
         run, G = self.run, self.run.config.rl.group_size
         self._state_before_pending = self.iterator.get_state()
         weights, params_step = run.sampler.params, run.params_step
@@ -132,14 +138,18 @@ class RolloutSource:
     def _round(self, key: jax.Array, timing: dict[str, float]) -> Rollout:
         run, G = self.run, self.run.config.rl.group_size
         t0 = time.perf_counter()
+        # The same global batch on every host (encoded whole, so every host pads to one prompt width);
+        # each host generates and scores its own part, and the parts are gathered at the end.
         prompts = next(self.iterator)
         ids, mask = encode_prompts(run.sampler, run.task, prompts, run.config.data.chat)
+        prompts, ids, mask = (sharding.host_part(x) for x in (prompts, ids, mask))
         t1 = time.perf_counter()
         out = jax.device_get(run.sampler.generate_ids(ids, mask, run.sampling, seed=key, group_size=G))
         t2 = time.perf_counter()
         timing["encode"] += t1 - t0
         timing["sample"] += t2 - t1
-        return self._score(prompts, ids, mask, out, timing)
+        # In this (main) thread: a collective on several processes, in the same order as the device's.
+        return sharding.gather_host_parts(self._score(prompts, ids, mask, out, timing))
 
     def _score(self, prompts: list, ids: Any, mask: Any, out: Any, timing: dict[str, float]) -> Rollout:
         """Detokenises a round's completions and scores them (adds to `timing`); its rows."""

@@ -157,14 +157,19 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
     console = Console(config.logging.json_logs)
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:  # one writer per file in a multi-process run's (shared) workdir
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     task, train_samples, eval_samples, held_out = _load_data(config, console)  # data first: no model needed
     model, tokenizer, mesh, sampler = _load_policy(config, console)
     optim = optim_config(config)
     run = Run(
         config=config, workdir=workdir, console=console, model=model, tokenizer=tokenizer, mesh=mesh,
         sampler=sampler, task=task, train_samples=train_samples, eval_samples=eval_samples,
-        pipeline=make_pipeline(train_samples, config.rl.prompts_per_step, seed=config.seed, num_epochs=None),
+        # The global batch, the same on every host: RolloutSource gives each host its part.
+        pipeline=make_pipeline(
+            train_samples, config.rl.prompts_per_step, seed=config.seed, num_epochs=None, process_index=0,
+            process_count=1,
+        ),
         reward_name=config.reward.name or task.reward, optimizer=make_optimizer(optim),
         schedule=make_schedule(optim), loss_config=loss_config(config),
         sampling=SamplingParams(
