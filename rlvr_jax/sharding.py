@@ -453,6 +453,13 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     settings = distributed_settings(os.environ if env is None else env)
     if settings is None:
         return False
+    # XLA:CPU may run two dispatched programs at once, and gloo pairs collectives by arrival order: an
+    # update's all-reduce on one process could meet another program's on the other ("collective
+    # mismatch", seen in about 1 of 3 two-process CPU runs). Synchronous dispatch on the CPU backend keeps
+    # one program at a time, in program order on every process. It is read when the CPU client is made,
+    # so it is set here, before any backend starts; GPU and TPU programs are unaffected (their streams
+    # order them), and the host CPU client of a GPU run hardly computes.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     jax.distributed.initialize(**settings)
     logger.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",

@@ -82,6 +82,7 @@ SLOW_FILES = {
     "test_serve_training_run.py": 60,
     "test_continuous_batching.py": 40,
     "test_ablations.py": 160,
+    "test_multiprocess_training.py": 70,  # measured on the 2-core machine, warm cache
 }
 
 
