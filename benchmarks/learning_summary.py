@@ -73,7 +73,8 @@ RUNS: list[Run] = [
     Run("qwen_sst2_h100", "SST-2", "configs/quickstart.py", QWEN, "SST-2 (80% of 872)",
         "SST-2 held-out 174 (seeded 20%)", "Qwen2.5-Coder-0.5B, SST-2: 60 steps of 16 x 8, lr 3e-6"),
     Run("smol_sst2_h100", "SST-2", "configs/quickstart.py", SMOL, "SST-2 (80% of 872)",
-        "SST-2 held-out 174 (seeded 20%)", "SmolLM2-135M, SST-2: 30 steps of 16 x 8, lr 3e-5 (the demo's task)"),
+        "SST-2 held-out 174 (seeded 20%)",
+        "SmolLM2-135M, SST-2: 30 steps of 16 x 8, lr 3e-5 (the demo's task)"),
 ]  # fmt: skip
 # Extra evaluations inside a run folder (each holds samples.jsonl): (run, before, after, benchmark, label).
 TRANSFER: list[tuple[str, str, str, str, str]] = [

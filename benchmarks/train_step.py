@@ -7,7 +7,8 @@
 Random weights (speed does not depend on their values), bf16 compute with fp32 master weights and Adam
 state, as the trainer runs. For each shape x sequence length x remat policy: the step time (median of
 --repeats after a compiling call), tokens/s, model TFLOP/s and MFU (model FLOPs as the trainer counts
-them: 6 per parameter per token plus attention, remat recomputation not counted) and peak device memory.
+them: 6 per parameter per token plus attention, remat recomputation not counted) and device memory (per
+configuration from the compiled program; the runtime high-water mark is per process).
 Rows per step = --tokens / seq, so every sequence length trains on the same number of tokens. A policy
 that runs out of memory is recorded as such and the sweep goes on.
 
@@ -26,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,6 +63,32 @@ def kernel_breakdown(trace_dir: str, top: int = 15) -> dict:
             {"name": n[:120], "ms": round(t / 1e3, 2), "share": round(t / total, 4), "launches": c}
             for n, t, c in rows[:top]
         ],
+    }
+
+
+def compiled_memory(step: Any, *args: Any) -> dict[str, float] | None:
+    """What XLA plans for one call of the jitted `step` on `args`, in GB: its arguments, outputs,
+    temporaries, the bytes it aliases (donated state written in place), and the peak that implies
+    (arguments + outputs - aliased + temporaries). Per configuration, from the compiled program.
+
+    The runtime counter `peak_bytes_in_use` is the process's high-water mark since it started: in a sweep
+    it keeps the largest configuration's peak for every later one (the 2026-12-04 H200 run reported
+    83.34 GB for every configuration). None where the backend gives no analysis."""
+    try:
+        analysis = step.lower(*args).compile().memory_analysis()
+    except Exception:  # a backend without the analysis, or a step that is not a plain jax.jit
+        return None
+    if analysis is None:
+        return None
+    gb = lambda n: round(n / 1e9, 6)
+    arguments, outputs = analysis.argument_size_in_bytes, analysis.output_size_in_bytes
+    temporaries, aliased = analysis.temp_size_in_bytes, analysis.alias_size_in_bytes
+    return {
+        "arguments_gb": gb(arguments),
+        "outputs_gb": gb(outputs),
+        "temporaries_gb": gb(temporaries),
+        "aliased_gb": gb(aliased),
+        "peak_gb": gb(arguments + outputs - aliased + temporaries),
     }
 
 
@@ -115,6 +143,7 @@ def run_one(
             result["profile"] = kernel_breakdown(str(trace_dir))
         except FileNotFoundError as e:  # no device plane (CPU) or the profiler wrote nothing
             result["profile"] = {"error": str(e)}
+    result["compiled_memory"] = compiled_memory(step, state, batch)  # after the timings: its compile is extra
     seconds = statistics.median(times)
     flops = model_flops(cfg, (rows, seq))
     peak = peak_flops()
@@ -125,7 +154,8 @@ def run_one(
         "tokens_per_s": round(rows * seq / seconds, 1),
         "model_tflops_per_s": round(flops / seconds / 1e12, 2),
         "mfu": round(flops / seconds / peak, 4) if peak else None,
-        "peak_memory_gb": round(peak_bytes / 1e9, 2) if peak_bytes else None,
+        # The process's high-water mark so far (monotone over a sweep); compiled_memory is per configuration.
+        "process_peak_memory_gb": round(peak_bytes / 1e9, 2) if peak_bytes else None,
         "params_m": round(cfg.num_params() / 1e6, 1),
         "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
     }

@@ -68,6 +68,39 @@ FAMILIES = {
         head_dim=24,  # differs from hidden/heads, as in real Qwen3 models
         tie_word_embeddings=False,
     ),
+    # Gemma 2: sandwich norms, (1 + w) norms, scaled embeddings, both soft-caps set low enough to bend the
+    # logits, query_pre_attn_scalar unlike head_dim, sliding and full layers alternating.
+    "gemma2": lambda: transformers.Gemma2Config(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=5,
+        attn_logit_softcapping=3.0,
+        final_logit_softcapping=4.0,
+    ),
+    # Gemma 3: q/k norms instead of soft-capping, 2 sliding layers then a full one, each kind with its own
+    # rotary base, linear rope scaling on the full layers.
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=5,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+            "full_attention": {"rope_type": "linear", "rope_theta": 1000.0, "factor": 4.0},
+        },
+    ),
 }
 
 

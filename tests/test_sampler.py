@@ -293,11 +293,19 @@ GPT2_TINY = ModelConfig.from_hf_config(
 )
 
 
-@pytest.mark.parametrize("cfg", [CFG, GPT2_TINY], ids=["rms", "layernorm"])
+GEMMA2_TINY = ModelConfig.from_hf_config(
+    {"model_type": "gemma2", "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48,
+     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+     "sliding_window": 4}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg", [CFG, GPT2_TINY, GEMMA2_TINY], ids=["rms", "layernorm", "gemma"])
 def test_the_samplers_bf16_copy_of_float32_masters_samples_the_same_tokens(cfg):
     """The trainer keeps float32 masters and hands the sampler a copy in the dtypes the model reads
     (`sampler_params`): half the bytes per decode step, and the same samples, since the model casts each
-    of those weights to bf16 at use anyway. GPT-2's LayerNorm reads its scale and bias in float32: kept."""
+    of those weights to bf16 at use anyway. GPT-2's LayerNorm reads its scale and bias in float32: kept; so
+    does Gemma's (1 + w) RMSNorm."""
     cfg = cfg.replace(dtype="bfloat16")
     model = init_model(cfg, seed=5)
     model.embed[...] = model.embed[...] * 40.0
@@ -306,7 +314,7 @@ def test_the_samplers_bf16_copy_of_float32_masters_samples_the_same_tokens(cfg):
     dtypes = {jax.tree_util.keystr(path): x.dtype for path, x in jax.tree_util.tree_leaves_with_path(copy)}
     kept = {name for name, dtype in dtypes.items() if dtype == jnp.float32}
     assert all(dtype in (jnp.float32, jnp.bfloat16) for dtype in dtypes.values())
-    if cfg.norm_type == "rms":
+    if cfg.norm_type == "rms" and not cfg.norm_offset:
         assert not kept
     else:
         assert kept and all("norm" in name for name in kept)

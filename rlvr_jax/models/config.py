@@ -1,9 +1,10 @@
 """One model configuration for every supported decoder family.
 
-GPT-2, the Llama family (Llama 2/3, SmolLM2, Mistral) and Qwen2/Qwen3 differ in a handful of switches
-(norm type, positional scheme, MLP shape, biases, q/k norms, sliding windows). Keeping them in one frozen
-dataclass lets one decoder implementation serve all of them, and lets the config be a static (hashable)
-argument to jitted functions.
+GPT-2, the Llama family (Llama 2/3, SmolLM2, Mistral), Qwen2/Qwen3 and Gemma 2/3 differ in a handful of
+switches (norm type, positional scheme, MLP shape, biases, q/k norms, sliding windows; Gemma adds norms
+around each sublayer, soft-capped logits, a scaled embedding and per-layer rotary bases). Keeping them in
+one frozen dataclass lets one decoder implementation serve all of them, and lets the config be a static
+(hashable) argument to jitted functions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 
 # The projections LoRA can adapt, by our logical names (attention q, k, v, o; MLP gate, up, down), and
 # how many leading axes of each base weight are its input (o's input is heads x head_dim).
@@ -77,6 +78,20 @@ class ModelConfig:
     rope_scaling: tuple[tuple[str, Any], ...] | None = None  # frozen dict of HF rope parameters
     # Sliding-window attention, per layer (0 = full attention).
     sliding_windows: tuple[int, ...] | None = None
+    # Gemma's switches (the defaults leave every other family as it was).
+    # RMSNorm scale = norm_offset + weight, multiplied in float32 before the cast back (Gemma stores the
+    # weight as an offset from 1, so a zero weight is the identity).
+    norm_offset: float = 0.0
+    # A second norm after each sublayer, before the residual add (Gemma's post-attention and
+    # post-feedforward norms): x + post_norm(sublayer(pre_norm(x))).
+    sandwich_norms: bool = False
+    embed_scale: float = 1.0  # embeddings times this, rounded to the compute dtype (Gemma: sqrt(hidden))
+    attn_scale: float | None = None  # query scaling; None = head_dim ** -0.5 (Gemma: query_pre_attn_scalar)
+    attn_softcap: float | None = None  # attention scores -> cap * tanh(scores / cap) (Gemma 2)
+    logit_softcap: float | None = None  # final logits -> cap * tanh(logits / cap) (Gemma 2)
+    # Rotary base of the sliding-window layers when it differs from the full layers' (Gemma 3: 10k local,
+    # 1M global); those layers use plain rotary frequencies, the full layers `rope_theta` and its scaling.
+    rope_local_theta: float | None = None
     # Token ids.
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -171,7 +186,7 @@ class ModelConfig:
         )
         attn = d * h * hd + 2 * d * kv * hd + h * hd * d
         mlp = (3 if self.mlp_type == "gated" else 2) * d * f
-        per_layer = attn + mlp + 2 * d
+        per_layer = attn + mlp + (4 if self.sandwich_norms else 2) * d
         total = self.num_layers * per_layer + v * d + d
         if not self.tie_word_embeddings:
             total += v * d
@@ -287,6 +302,70 @@ def _sliding_windows(hf: dict[str, Any], family: str, layers: int) -> tuple[int,
     return None
 
 
+def _gemma(hf: dict[str, Any], family: str) -> dict[str, Any]:
+    """Gemma 2 and Gemma 3 (text): Llama's layout plus sandwich norms, (1 + w) norms, a sqrt(hidden)
+    embedding scale, query_pre_attn_scalar, soft-capping (Gemma 2) or q/k norms (Gemma 3), a tied head,
+    and sliding-window layers from `layer_types` (Gemma 3's with their own rotary base)."""
+    if family == "gemma3" and "text_config" in hf:  # the multimodal Gemma3ForConditionalGeneration config
+        raise ValueError(
+            "this is a multimodal Gemma 3 checkpoint (model_type 'gemma3'); load its text model: a "
+            "Gemma3ForCausalLM checkpoint (model_type 'gemma3_text', e.g. google/gemma-3-1b-it)"
+        )
+    heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    window = hf.get("sliding_window")
+    layer_types = hf.get("layer_types")
+    if layer_types is None:  # configs written before transformers listed the layer types
+        every = 2 if family == "gemma2" else int(hf.get("sliding_window_pattern", 6))
+        layer_types = [
+            "full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(layers)
+        ]
+    windows = tuple(int(window) if window and t == "sliding_attention" else 0 for t in layer_types)
+    rope = dict(hf.get("rope_parameters") or {})
+    local_theta = None
+    if "full_attention" in rope:  # transformers 5: one set of rotary parameters per layer type
+        local = rope.get("sliding_attention") or {}
+        local_theta = float(local.get("rope_theta", 10000.0))
+        if local.get("rope_type", "default") != "default":
+            raise ValueError(
+                f"sliding-layer rope_type {local['rope_type']!r} is not supported (only default)"
+            )
+        theta, scaling = _rope({**hf, "rope_parameters": rope["full_attention"], "rope_scaling": None})
+    else:
+        theta, scaling = _rope(hf)
+        if family == "gemma3":
+            local_theta = float(hf.get("rope_local_base_freq", 10000.0))
+    query_scalar = hf.get("query_pre_attn_scalar") or head_dim
+    caps = {k: hf.get(k) for k in ("attn_logit_softcapping", "final_logit_softcapping")}
+    return {
+        "family": family,
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hf["hidden_size"],
+        "num_layers": layers,
+        "num_heads": heads,
+        "num_kv_heads": hf.get("num_key_value_heads") or heads,
+        "head_dim": head_dim,
+        "intermediate_size": hf["intermediate_size"],
+        "max_position_embeddings": hf.get("max_position_embeddings", 8192),
+        "norm_eps": hf.get("rms_norm_eps", 1e-6),
+        "activation": _activation(hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"),
+        "qkv_bias": bool(hf.get("attention_bias", False)),
+        "out_bias": bool(hf.get("attention_bias", False)),
+        "qk_norm": family == "gemma3",
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", True)),
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "sliding_windows": windows if any(windows) else None,
+        "norm_offset": 1.0,
+        "sandwich_norms": True,
+        "embed_scale": float(hf["hidden_size"]) ** 0.5,
+        "attn_scale": float(query_scalar) ** -0.5,
+        "attn_softcap": float(caps["attn_logit_softcapping"]) if caps["attn_logit_softcapping"] else None,
+        "logit_softcap": float(caps["final_logit_softcapping"]) if caps["final_logit_softcapping"] else None,
+        "rope_local_theta": local_theta,
+    }
+
+
 def _gpt2(hf: dict[str, Any]) -> dict[str, Any]:
     hidden = hf.get("n_embd", hf.get("hidden_size"))
     heads = hf.get("n_head", hf.get("num_attention_heads"))
@@ -332,6 +411,9 @@ _HF_BUILDERS = {
     "mistral": lambda hf: _llama_like(hf, "mistral"),
     "qwen2": lambda hf: _llama_like(hf, "qwen2"),
     "qwen3": lambda hf: _llama_like(hf, "qwen3"),
+    "gemma2": lambda hf: _gemma(hf, "gemma2"),
+    "gemma3_text": lambda hf: _gemma(hf, "gemma3"),
+    "gemma3": lambda hf: _gemma(hf, "gemma3"),
 }
 
 _ARCHITECTURES = {
@@ -340,7 +422,10 @@ _ARCHITECTURES = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
 }
+_MODEL_TYPES = {"gemma3": "gemma3_text"}  # our family name -> transformers' model_type where they differ
 
 
 def _to_hf(cfg: ModelConfig) -> dict[str, Any]:
@@ -348,7 +433,7 @@ def _to_hf(cfg: ModelConfig) -> dict[str, Any]:
     eos = eos[0] if len(eos) == 1 else (eos or None)
     common = {
         "architectures": [_ARCHITECTURES[cfg.family]],
-        "model_type": cfg.family,
+        "model_type": _MODEL_TYPES.get(cfg.family, cfg.family),
         "vocab_size": cfg.vocab_size,
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "bos_token_id": cfg.bos_token_id,
@@ -392,6 +477,8 @@ def _to_hf(cfg: ModelConfig) -> dict[str, Any]:
         out["mlp_bias"] = cfg.mlp_bias
     if cfg.family == "qwen3":
         out["attention_bias"] = cfg.qkv_bias
+    if cfg.family in ("gemma2", "gemma3"):
+        return _gemma_to_hf(cfg, out)
     if cfg.sliding_windows and any(cfg.sliding_windows):
         window = max(cfg.sliding_windows)
         out["sliding_window"] = window
@@ -401,10 +488,40 @@ def _to_hf(cfg: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
-    """Inverse rotary frequencies [head_dim // 2], with the checkpoint's scaling rule applied."""
+def _whole(x: float) -> int | float:
+    """x as an int when it is one up to rounding (transformers types query_pre_attn_scalar as int)."""
+    return round(x) if abs(x - round(x)) < 1e-6 * max(1.0, abs(x)) else x
+
+
+def _gemma_to_hf(cfg: ModelConfig, out: dict[str, Any]) -> dict[str, Any]:
+    """Gemma's config.json from the common fields in `out` and Gemma's own switches."""
+    out = {k: v for k, v in out.items() if k not in ("hidden_act", "rope_scaling")}
+    windows = cfg.sliding_windows or (0,) * cfg.num_layers
+    full = {"rope_theta": cfg.rope_theta, **(cfg.rope_parameters or {"rope_type": "default"})}
+    if cfg.family == "gemma3":
+        local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or 10000.0}
+        out["rope_parameters"] = {"full_attention": full, "sliding_attention": local}
+        out.pop("rope_theta")
+    out.update(
+        hidden_activation={"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[cfg.activation],
+        attention_bias=cfg.qkv_bias,
+        query_pre_attn_scalar=_whole((cfg.attn_scale or cfg.head_dim**-0.5) ** -2),
+        attn_logit_softcapping=cfg.attn_softcap,
+        final_logit_softcapping=cfg.logit_softcap,
+        sliding_window=max(windows) or None,
+        layer_types=["sliding_attention" if w else "full_attention" for w in windows],
+    )
+    return out
+
+
+def rope_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+    """Inverse rotary frequencies [head_dim // 2], with the checkpoint's scaling rule applied; `local`:
+    those of the sliding-window layers when they have their own base (`rope_local_theta`, unscaled)."""
     dim = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    theta = cfg.rope_local_theta if local and cfg.rope_local_theta else cfg.rope_theta
+    inv = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    if local and cfg.rope_local_theta:
+        return inv
     params = cfg.rope_parameters
     kind = params.get("rope_type", "default")
     if kind == "linear":

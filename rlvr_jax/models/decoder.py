@@ -1,4 +1,4 @@
-"""One decoder-only transformer for GPT-2, the Llama family and Qwen2/Qwen3.
+"""One decoder-only transformer for GPT-2, the Llama family, Qwen2/Qwen3 and Gemma 2/3.
 
 Design choices, and why:
 - The NNX module is a container of parameters with logical axis names; the computation is pure functions
@@ -110,8 +110,12 @@ class Layers(nnx.Module):
         def p(shape: tuple[int, ...], axes: tuple[str, ...], init: str = "normal") -> nnx.Param:
             return _param(rngs, (L, *shape), ("layers", *axes), dt, init)
 
-        self.attn_norm = p((D,), ("norm",), "ones")
-        self.mlp_norm = p((D,), ("norm",), "ones")
+        norm_init = "zeros" if cfg.norm_offset else "ones"  # Gemma's (1 + w): zero is the identity
+        self.attn_norm = p((D,), ("norm",), norm_init)
+        self.mlp_norm = p((D,), ("norm",), norm_init)
+        if cfg.sandwich_norms:
+            self.attn_post_norm = p((D,), ("norm",), norm_init)
+            self.mlp_post_norm = p((D,), ("norm",), norm_init)
         if cfg.norm_type == "layer":
             self.attn_norm_bias = p((D,), ("norm",), "zeros")
             self.mlp_norm_bias = p((D,), ("norm",), "zeros")
@@ -126,8 +130,8 @@ class Layers(nnx.Module):
         if cfg.out_bias:
             self.o_bias = p((D,), ("embed",), "zeros")
         if cfg.qk_norm:
-            self.q_norm = p((Dh,), ("head_dim",), "ones")
-            self.k_norm = p((Dh,), ("head_dim",), "ones")
+            self.q_norm = p((Dh,), ("head_dim",), norm_init)
+            self.k_norm = p((Dh,), ("head_dim",), norm_init)
         if cfg.mlp_type == "gated":
             self.gate = p((D, F), ("embed", "mlp"))
         self.up = p((D, F), ("embed", "mlp"))
@@ -172,7 +176,9 @@ class Decoder(nnx.Module):
                 rngs, (cfg.max_position_embeddings, cfg.hidden_size), ("positions", "embed"), dt
             )
         self.layers = Layers(cfg, rngs)
-        self.final_norm = _param(rngs, (cfg.hidden_size,), ("norm",), dt, "ones")
+        self.final_norm = _param(
+            rngs, (cfg.hidden_size,), ("norm",), dt, "zeros" if cfg.norm_offset else "ones"
+        )
         if cfg.norm_type == "layer":
             self.final_norm_bias = _param(rngs, (cfg.hidden_size,), ("norm",), dt, "zeros")
         if not cfg.tie_word_embeddings:
@@ -246,11 +252,18 @@ def logits_from_hidden(cfg: ModelConfig, params: dict[str, Any], hidden: Array) 
     """Projects hidden states to float32 logits (tied or separate output head).
 
     The product accumulates in float32 and returns float32 logits (a log-softmax over a 150k vocabulary
-    needs them); its backward pass multiplies in the compute dtype (`_head_bwd`).
+    needs them); its backward pass multiplies in the compute dtype (`_head_bwd`). Gemma 2 soft-caps them
+    (`cfg.logit_softcap`), in float32.
     """
     tied = bool(cfg.tie_word_embeddings)
     w = (params["embed"] if tied else params["lm_head"]).astype(cfg.compute_dtype)
-    return _head(hidden.astype(cfg.compute_dtype), w, tied)
+    logits = _head(hidden.astype(cfg.compute_dtype), w, tied)
+    return _softcap(logits, cfg.logit_softcap)
+
+
+def _softcap(x: Array, cap: float | None) -> Array:
+    """cap * tanh(x / cap): bounded in (-cap, cap), nearly the identity well inside it (Gemma 2)."""
+    return x if not cap else jnp.tanh(x / cap) * cap
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -335,11 +348,15 @@ def forward_hidden(
     """The pure forward pass: embeddings, scanned blocks, final norm."""
     dt = cfg.compute_dtype
     x = jnp.take(params["embed"], tokens, axis=0).astype(dt)
+    if cfg.embed_scale != 1.0:  # Gemma: the scale is rounded to the compute dtype first, as in transformers
+        x = x * jnp.asarray(cfg.embed_scale, dt)
     if cfg.positional == "learned":
         x = x + jnp.take(params["pos_embed"], positions, axis=0).astype(dt)
         rope = None
     else:
         rope = _rope_tables(cfg, positions, _wide(dt))
+        if cfg.rope_local_theta:  # (full layers' table, sliding layers' table), picked per layer
+            rope = (rope, _rope_tables(cfg, positions, _wide(dt), local=True))
 
     T = tokens.shape[1]
     if cache is None:
@@ -381,8 +398,19 @@ def forward_hidden(
     return x, new_cache
 
 
+def _layer_rope(rope: Any, window: Array | int) -> tuple[Array, Array] | None:
+    """This layer's rotary table: the sliding layers' own (window > 0) where the model has two."""
+    if rope is None or not isinstance(rope[0], tuple):
+        return rope
+    (full, local) = rope
+    if isinstance(window, int):
+        return local if window else full
+    return jax.tree.map(lambda f, s: jnp.where(window > 0, s, f), full, local)
+
+
 def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
     dt = cfg.compute_dtype
+    rope = _layer_rope(rope, window)
     h = _norm(cfg, x, p["attn_norm"], p.get("attn_norm_bias"))
     if "qkv" in p:  # fused kernels (fuse_projections)
         qkv = jnp.einsum("btd,dhk->bthk", h, p["qkv"].astype(dt))
@@ -397,8 +425,8 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
         if cfg.qkv_bias:
             q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
     if cfg.qk_norm:
-        q = _rms(q, p["q_norm"], cfg.norm_eps)
-        k = _rms(k, p["k_norm"], cfg.norm_eps)
+        q = _rms(q, p["q_norm"], cfg.norm_eps, cfg.norm_offset)
+        k = _rms(k, p["k_norm"], cfg.norm_eps, cfg.norm_offset)
     if rope is not None:
         q, k = _apply_rope(q, rope), _apply_rope(k, rope)
 
@@ -410,10 +438,13 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
         k_cache, v_cache = _write_cache(k_cache, k, start), _write_cache(v_cache, v, start)
         keys, values = k_cache.astype(dt), v_cache.astype(dt)
 
-    attn = attention(q, keys, values, q_slots, k_valid, window, impl=cfg.attention)
+    attn = attention(q, keys, values, q_slots, k_valid, window, impl=cfg.attention, scale=cfg.attn_scale,
+                     softcap=cfg.attn_softcap)  # fmt: skip
     out = lora.add_delta(cfg, p, "o", attn, jnp.einsum("bthk,hkd->btd", attn, p["o"].astype(dt)))
     if cfg.out_bias:
         out = out + p["o_bias"].astype(dt)
+    if cfg.sandwich_norms:
+        out = _norm(cfg, out, p["attn_post_norm"], None)
     x = x + out
 
     h = _norm(cfg, x, p["mlp_norm"], p.get("mlp_norm_bias"))
@@ -437,6 +468,8 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
     down = lora.add_delta(cfg, p, "down", hidden, hidden @ p["down"].astype(dt))
     if cfg.mlp_bias:
         down = down + p["down_bias"].astype(dt)
+    if cfg.sandwich_norms:
+        down = _norm(cfg, down, p["mlp_post_norm"], None)
     return x + down, k_cache, v_cache
 
 
@@ -458,12 +491,16 @@ def attention(
     window: Array | int,
     *,
     impl: str = "xla",
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> Array:
     """Causal grouped-query attention over cache slots.
 
     q: [B, T, H, Dh]; k, v: [B, K, S, Dh]; q_slots: [T] slot of each query ([B, T] when rows write at
     their own slots, see `KVCache.index`); k_valid: [B, S].
     A query at slot i sees key slot j when j <= i, slot j is valid, and (window == 0 or i - j < window).
+    Scores are q.k times `scale` (default head_dim ** -0.5), soft-capped when `softcap` is set (Gemma 2:
+    cap * tanh(score / cap), before the mask); the fused kernels have no soft-cap, so then it is "xla".
 
     impl "xla" is the reference einsum implementation. "auto" routes to faster kernels where they apply
     and are numerically equivalent (tests compare them with the reference):
@@ -472,18 +509,18 @@ def attention(
     - full sequences (prefill, training) in a 16/32-bit dtype: `jax.nn.dot_product_attention`, cuDNN
       flash attention on GPU in bf16/fp16 and JAX's XLA implementation otherwise.
     """
-    if impl == "auto":
+    if impl == "auto" and not softcap:
         on_gpu = jax.default_backend() == "gpu"
         if q.shape[1] == 1 and on_gpu and _pallas_decode_supported(q, k, window):
-            return _decode_attention_pallas(q, k, v, q_slots, k_valid, window)
+            return _decode_attention_pallas(q, k, v, q_slots, k_valid, window, scale=scale)
         if q.shape[1] > 1 and q.dtype in (jnp.bfloat16, jnp.float16, jnp.float32):
             cudnn = on_gpu and q.dtype != jnp.float32 and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128
-            return _dot_product_attention(q, k, v, q_slots, k_valid, window, cudnn=cudnn)
+            return _dot_product_attention(q, k, v, q_slots, k_valid, window, cudnn=cudnn, scale=scale)
     B, T, H, Dh = q.shape
     K = k.shape[1]
     qg = q.reshape(B, T, K, H // K, Dh)
     scores = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=_wide(q.dtype))
-    scores = scores * (Dh**-0.5)
+    scores = _softcap(scores * (Dh**-0.5 if scale is None else scale), softcap)
     allowed = _allowed(q_slots, k_valid, window)
     scores = jnp.where(allowed[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -500,7 +537,15 @@ def _allowed(q_slots: Array, k_valid: Array, window: Array | int) -> Array:
 
 
 def _dot_product_attention(
-    q: Array, k: Array, v: Array, q_slots: Array, k_valid: Array, window: Array | int, *, cudnn: bool
+    q: Array,
+    k: Array,
+    v: Array,
+    q_slots: Array,
+    k_valid: Array,
+    window: Array | int,
+    *,
+    cudnn: bool,
+    scale: float | None = None,
 ) -> Array:
     """`jax.nn.dot_product_attention` with our mask (left padding, causal, sliding window) as its mask.
 
@@ -510,7 +555,7 @@ def _dot_product_attention(
     keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, S, K, Dh]
     mask = _allowed(q_slots, k_valid, window)[:, None]  # [B, 1, T, S]
     return jax.nn.dot_product_attention(
-        q, keys, values, mask=mask, implementation="cudnn" if cudnn else "xla"
+        q, keys, values, mask=mask, scale=scale, implementation="cudnn" if cudnn else "xla"
     )
 
 
@@ -543,6 +588,7 @@ def _decode_attention_pallas(
     window: int,
     *,
     interpret: bool = False,
+    scale: float | None = None,
 ) -> Array:
     """One decode step with JAX's Pallas flash-decoding kernel (`pallas.ops.gpu.decode_attention.gqa`).
 
@@ -568,7 +614,7 @@ def _decode_attention_pallas(
         v.swapaxes(1, 2),
         start_idx=first,
         kv_seq_len=end,
-        sm_scale=1.0 / math.sqrt(Dh),
+        sm_scale=1.0 / math.sqrt(Dh) if scale is None else scale,
         block_k=split,
         k_splits=S // split,
         interpret=interpret,
@@ -576,8 +622,8 @@ def _decode_attention_pallas(
     return out[:, None].astype(q.dtype)
 
 
-def _rope_tables(cfg: ModelConfig, positions: Array, dtype: Any) -> tuple[Array, Array]:
-    inv = jnp.asarray(rope_frequencies(cfg), dtype)
+def _rope_tables(cfg: ModelConfig, positions: Array, dtype: Any, local: bool = False) -> tuple[Array, Array]:
+    inv = jnp.asarray(rope_frequencies(cfg, local), dtype)
     angles = positions[..., None].astype(dtype) * inv  # [B, T, Dh/2]
     return jnp.cos(angles), jnp.sin(angles)
 
@@ -592,9 +638,13 @@ def _apply_rope(x: Array, rope: tuple[Array, Array]) -> Array:
     return out.astype(x.dtype)
 
 
-def _rms(x: Array, scale: Array, eps: float) -> Array:
+def _rms(x: Array, scale: Array, eps: float, offset: float = 0.0) -> Array:
+    """RMSNorm. Llama-style (offset 0) rounds the normalised x to its dtype, then scales; Gemma-style
+    (offset 1, scale = 1 + w) scales in float32 and rounds once, as each family's reference does."""
     x32 = x.astype(_wide(x.dtype))
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if offset:
+        return (y * (offset + scale.astype(y.dtype))).astype(x.dtype)
     return (y.astype(x.dtype) * scale.astype(x.dtype)).astype(x.dtype)
 
 
@@ -605,18 +655,27 @@ _LAYER_NORM_PARAMS = frozenset(
 )
 
 
+_GEMMA_NORM_PARAMS = frozenset(
+    {"attn_norm", "mlp_norm", "attn_post_norm", "mlp_post_norm", "q_norm", "k_norm", "final_norm"}
+)
+
+
 def float32_params(cfg: ModelConfig) -> frozenset[str]:
     """Names of the parameters this model reads in float32 rather than in its compute dtype.
 
     Storing any other parameter in the compute dtype changes no result (the cast at use is the same cast),
     which is what lets the sampler hold a bf16 copy of float32 masters (`optim.state.sampler_params`).
     """
-    return _LAYER_NORM_PARAMS if cfg.norm_type != "rms" else frozenset()
+    if cfg.norm_type != "rms":
+        return _LAYER_NORM_PARAMS
+    if cfg.norm_offset:  # Gemma reads (1 + w) in float32
+        return _GEMMA_NORM_PARAMS
+    return frozenset()
 
 
 def _norm(cfg: ModelConfig, x: Array, scale: Array, bias: Array | None) -> Array:
     if cfg.norm_type == "rms":
-        return _rms(x, scale, cfg.norm_eps)
+        return _rms(x, scale, cfg.norm_eps, cfg.norm_offset)
     x32 = x.astype(_wide(x.dtype))
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)

@@ -75,7 +75,15 @@ class Tokenizer:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if system is not None:
             messages = [{"role": "system", "content": system}, *messages]
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # jinja2's TemplateError, raised by the template's own raise_exception
+            if messages[0]["role"] != "system" or "system" not in str(e).lower() or len(messages) < 2:
+                raise
+        # Templates without a system role (Gemma 2's raises "System role not supported"): the system text
+        # goes at the top of the first user turn, as Gemma 3's template does with a system message itself.
+        first = {**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+        return self.hf.apply_chat_template([first, *messages[2:]], tokenize=False, add_generation_prompt=True)
 
     def encode(self, text: str, chat_formatted: bool = False) -> list[int]:
         """Token ids; a chat-formatted string already carries its special tokens, so none are added."""

@@ -130,9 +130,19 @@ def _layer_table(cfg: ModelConfig) -> list[tuple[str, str, _Fn, _Fn]]:
         ]
         return rows
 
-    rows = [
-        ("input_layernorm.weight", "attn_norm", same, same),
-        ("post_attention_layernorm.weight", "mlp_norm", same, same),
+    if cfg.sandwich_norms:  # Gemma: a norm before and after each sublayer; "post_attention" is the latter
+        rows = [
+            ("input_layernorm.weight", "attn_norm", same, same),
+            ("post_attention_layernorm.weight", "attn_post_norm", same, same),
+            ("pre_feedforward_layernorm.weight", "mlp_norm", same, same),
+            ("post_feedforward_layernorm.weight", "mlp_post_norm", same, same),
+        ]
+    else:  # Llama's "post_attention_layernorm" is the norm before the MLP
+        rows = [
+            ("input_layernorm.weight", "attn_norm", same, same),
+            ("post_attention_layernorm.weight", "mlp_norm", same, same),
+        ]
+    rows += [
         ("self_attn.q_proj.weight", "q", *proj_in(H)),
         ("self_attn.k_proj.weight", "k", *proj_in(K)),
         ("self_attn.v_proj.weight", "v", *proj_in(K)),
