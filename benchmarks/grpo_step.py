@@ -3,6 +3,7 @@
     python benchmarks/grpo_step.py --shape qwen2.5-0.5b --prompts 32 --group 8 --new_tokens 256 \
         --tokenizer .stage/qwen2.5-tokenizer --data .stage/gsm8k --out benchmarks/results/grpo_step_h200.json
     python benchmarks/grpo_step.py --shape smollm2-135m --prompts 2 --group 2 --new_tokens 8 --steps 3  # CPU
+    python benchmarks/grpo_step.py --task mbpp --async_rollouts ...  # one-step off-policy (rl.async_rollouts)
 
 Random weights of a named shape (`benchmarks/rollout.py` SHAPES; speed does not depend on their values)
 with the real tokenizer of the family (--tokenizer: an HF tokenizer directory or a GGUF file; default the
@@ -18,6 +19,11 @@ component of the step is read back from the run's metrics.jsonl:
   update      the jitted updates until the new state is ready (device)
   handover    the new parameters to the sampler
   overhead    (step - sample - update) / step: everything that is not the device sampling or updating
+  compile     the warm-up before step 1 (`train.warmup_compile`): every reachable bucket's sampler and update
+
+With --async_rollouts (`rl.async_rollouts`) the next step's rollout is sampled and scored while the update
+runs: sample / encode / detokenize / reward then overlap the update, and `rollout_wait` is what the step
+still waited for its rows.
 
 Medians over the steps after the first two (the first compiles the sampler and the update; the second
 can still compile a new prompt bucket); the first steps' times are the compile cost. Random weights rarely
@@ -65,6 +71,7 @@ def run_config(args: argparse.Namespace, model_dir: Path):
     c.rl.prompts_per_step, c.rl.group_size = args.prompts, args.group
     c.sampling.max_new_tokens = args.new_tokens
     c.rl.beta, c.rl.mu = 0.0, 1
+    c.rl.async_rollouts = args.async_rollouts
     if args.micro_batches is not None:  # else the task config's (measured) choice
         c.optim.micro_batches = args.micro_batches
     if args.remat is not None:
@@ -91,6 +98,10 @@ def summarise(rows: list[dict], skip: int) -> dict:
         "rollout_tokens_per_s": round(med("throughput/rollout_tokens_per_s"), 1),
         "train_tokens_per_s": round(med("throughput/train_tokens_per_s"), 1),
     }
+    if all("time/rollout_wait_s" in r for r in steady):  # rl.async_rollouts
+        out["components_s"]["rollout_wait"] = round(med("time/rollout_wait_s"), 4)
+    if "time/compile_s" in rows[0]:
+        out["compile_s"] = round(rows[0]["time/compile_s"], 2)
     if all("throughput/mfu" in r for r in steady):
         out["update_mfu"] = round(med("throughput/mfu"), 4)
     out["host_s"] = round(sum(out["components_s"][p] for p in ("encode", "detokenize", "reward", "batch")), 4)
@@ -115,6 +126,10 @@ def main() -> None:
         "--sampler_params", default="compute", choices=("compute", "master"),
         help="what the sampler is handed: the trainer's bf16 copy (compute) or the float32 masters as "
         "stored (master: the trainer before 2026-12-05), for a before / after in one call",
+    )  # fmt: skip
+    p.add_argument(
+        "--async_rollouts", action="store_true",
+        help="rl.async_rollouts: sample and score step n + 1 while step n updates (one step off-policy)",
     )  # fmt: skip
     p.add_argument("--skip", type=int, default=2, help="first steps left out of the medians (compiles)")
     p.add_argument("--out", default=None, help="write the JSON here too")
@@ -150,6 +165,7 @@ def main() -> None:
         "remat": config.model.remat,
         "param_dtype": config.model.param_dtype,
         "sampler_params": args.sampler_params,
+        "async_rollouts": args.async_rollouts,
         "micro_batches": int(rows[-1]["optim/micro_batches"]),
         **summarise(rows, args.skip),
         "run_wall_s": round(wall, 1),

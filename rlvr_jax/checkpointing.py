@@ -240,6 +240,24 @@ def check_manifest(step_dir: str | Path) -> str | None:
     return None
 
 
+def _use_coordination_barriers() -> None:
+    """Makes orbax's barriers go through jax.distributed's coordination service, not device collectives.
+
+    Why: orbax's default barrier is a tiny all-reduce over the devices (`sync_global_devices`), and an
+    async save runs some of its barriers on orbax's finalize thread while the training thread runs the
+    next step's collectives. The two threads interleave differently on each host, so the hosts' collectives
+    meet out of order: on CPU (gloo) a "collective mismatch" abort, seen in a two-process `train()` run;
+    on GPUs a hang. Coordination-service barriers are matched by name, whatever the thread, and time out.
+    The switch is orbax's absl flag `experimental_orbax_use_distributed_barrier`; it is set as present,
+    since a library user may never parse absl flags (orbax reads an unparsed flag as False).
+    """
+    from absl import flags
+
+    flag = flags.FLAGS["experimental_orbax_use_distributed_barrier"]
+    flag.value = True
+    flag.present = 1
+
+
 def _is_disk_full(error: BaseException) -> bool:
     """Whether `error` (or what it wraps) is ENOSPC: Python's OSError, or tensorstore's message for it."""
     seen: set[int] = set()
@@ -338,6 +356,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
+        if jax.process_count() > 1:
+            _use_coordination_barriers()
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     # --------------------------------------------------------------------------------------------- save

@@ -107,6 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.entropy_coef = 0.0
     c.rl.dynamic_sampling = False  # DAPO: drop zero-variance groups and refill
     c.rl.dynamic_sampling_rounds = 3
+    # One-step off-policy: step n + 1's rollout is sampled (with step n's parameters, before its update)
+    # and scored on the host while step n updates; old log-probs come from the sampling parameters, so the
+    # importance ratio and its clip handle the lag. Hides slow rewards (the code sandbox) behind updates.
+    c.rl.async_rollouts = False
 
     # The reward: None = the task's own; components for a weighted sum, e.g. {"numeric": 1, "format": 0.1}.
     c.reward = ml_collections.ConfigDict()
@@ -154,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.export_hf = True  # write the trained policy as an HF directory at the end
     c.train.export_dtype = "float32"  # float32 (logits exact) | bfloat16 (half the size) | float16
+    # Before step 1, compile the sampler and the update for every prompt bucket the training prompts can
+    # reach (a line per compile; time/compile_s at the first step), so no step stalls on a new bucket.
+    c.train.warmup_compile = True
 
     # Where the step metrics go: TensorBoard, W&B, Prometheus, JSON log lines; and the cost table.
     c.logging = ml_collections.ConfigDict()
@@ -631,6 +638,11 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     """Sampling, learning-rate and logging values within their ranges."""
     if config.rl.group_size < 2:
         raise ConfigError("rl.group_size must be >= 2: group-relative advantages need several samples")
+    if config.rl.async_rollouts and config.rl.dynamic_sampling:
+        raise ConfigError(
+            "rl.async_rollouts does not combine with rl.dynamic_sampling: refill rounds would run the "
+            "sampler from the rollout thread while the update runs; turn one of them off"
+        )
     if config.sampling.temperature <= 0:
         raise ConfigError(
             "sampling.temperature must be > 0 for training rollouts (greedy groups are identical)"

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
 
 import jax
 import numpy as np
@@ -351,6 +353,37 @@ def host_local_to_global(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -
 # ---------------------------------------------------------------------------------------- multi-host
 
 
+def host_part(items: Sequence[Any]) -> Sequence[Any]:
+    """This process's contiguous part of a global batch (`items[i*k:(i+1)*k]`, k = len / processes).
+
+    The trainer draws the same global batch of prompts on every host and each host generates and scores
+    only its part; the parts in process order are the global batch, so a run's prompts, and with them its
+    samples and metrics, do not depend on how many processes share the work.
+    """
+    n, i = jax.process_count(), jax.process_index()
+    if len(items) % n:
+        raise ValueError(
+            f"a batch of {len(items)} does not split over {n} processes; use a multiple of {n} "
+            "(rl.prompts_per_step)"
+        )
+    k = len(items) // n
+    return items[i * k : (i + 1) * k]
+
+
+def gather_host_parts(tree: Any) -> Any:
+    """The global batch on every host: each process's numpy rows (same shapes everywhere), concatenated in
+    process order (the inverse of `host_part`). One process: returned as it is."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    dtypes = jax.tree.map(lambda x: np.asarray(x).dtype, tree)
+    gathered = multihost_utils.process_allgather(tree, tiled=True)
+    # Through the devices and back: 64-bit integers come back as 32-bit (x64 off); keep the host's dtypes.
+    return jax.tree.map(lambda x, dtype: np.asarray(x).astype(dtype, copy=False), gathered, dtypes)
+
+
+
 def _int_env(env: Mapping[str, str], name: str) -> int:
     try:
         return int(env[name])
@@ -430,3 +463,30 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
         jax.device_count(),
     )
     return True
+
+
+def end_failed_process(error: BaseException, workdir: str | os.PathLike[str], code: int = 1) -> NoReturn:
+    """Ends this process of a failed multi-process run at once: one `error:` line on stderr, exit `code`.
+
+    Why not a normal exit: a collective fails when another process is gone (a lost host, an OOM kill), and
+    Python's exit would then wait for the dead: orbax's in-flight checkpoint at its commit barrier and
+    jax.distributed's shutdown at another, until the coordination service's heartbeat timeout (100 s by
+    default) aborts the process with a C++ stack trace. `os._exit` skips both, after flushing the output.
+    Nothing half-written is left for a resume to read: a checkpoint step is renamed into place only after
+    every process passed orbax's commit barrier, so an interrupted one stays a `<step>.orbax-checkpoint-tmp`
+    folder, which is not a step (the next save of that step deletes it); metrics.jsonl is flushed line by
+    line and a resume drops the lines after its checkpoint. Where a collective hangs instead of failing
+    (NCCL can), the heartbeat timeout is the bound.
+    """
+    cause = (str(error).strip().splitlines() or [""])[0][:500]
+    print(
+        f"error: process {jax.process_index()} of {jax.process_count()} stopped: {type(error).__name__}: "
+        f"{cause}\nIn a multi-process run this usually means another process ended (see its log). The "
+        f"newest complete checkpoint in {Path(workdir) / 'checkpoints'} is intact: relaunch every process "
+        "with the same --workdir to resume from it.",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

@@ -13,6 +13,7 @@ Multi-host: launch one process per host with JAX's usual environment (see README
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -52,9 +53,20 @@ def _main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
 
     def run() -> int:
+        import jax
+
+        from rlvr_jax import sharding
+        from rlvr_jax.config import ConfigError
         from rlvr_jax.trainer import print_summary, train
 
-        summary = train(_CONFIG.value, _WORKDIR.value)
+        try:
+            summary = train(_CONFIG.value, _WORKDIR.value)
+        except Exception as e:
+            # One process of several: end now rather than wait at exit for processes that may be gone.
+            several = jax.distributed.is_initialized() and jax.process_count() > 1
+            if several and not os.environ.get("RLVR_DEBUG"):
+                sharding.end_failed_process(e, _WORKDIR.value, code=2 if isinstance(e, ConfigError) else 1)
+            raise
         if not _CONFIG.value.logging.json_logs:  # with JSON logs the run's "end" event says the same
             print_summary(summary)
         return 0

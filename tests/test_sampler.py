@@ -208,6 +208,33 @@ def test_same_seed_same_samples_and_bounded_recompiles(model):
     assert sampler.compile_count == 2  # the 16 bucket
 
 
+def test_a_compiled_bucket_is_not_compiled_again_and_submit_equals_generate(model):
+    """`compile_bucket` (the trainer's warm-up) fills the jitted sampler's own cache: a later call with a
+    prompt of that bucket lowers nothing. `submit_ids` (dispatch now, wait later, possibly in another
+    thread) samples exactly what `generate_ids` does, also with weights given explicitly."""
+    from tests.tiny import lowerings
+
+    tokenizer = _tokenizer(stop_ids=(VOCAB + 5,))
+    sampler = Sampler(model, tokenizer, prompt_buckets=(8, 16), new_token_buckets=(8,))
+    params = SamplingParams(temperature=1.0, max_new_tokens=5)
+    seed = jax.random.key(4)
+    with lowerings() as warm:
+        for width in (8, 16):
+            key, seconds = sampler.compile_bucket(3, width, params, seed=seed, group_size=2)
+            assert key[:4] == (3, width, 8, 2) and seconds > 0
+    assert warm.count("jit(generate)") == 2
+    ids, mask = _prompts()
+    longer = np.concatenate([ids, ids, ids], axis=1)  # 15 tokens: the 16 bucket
+    with lowerings() as later:
+        a = jax.device_get(sampler.generate_ids(longer, longer != PAD, params, seed=seed, group_size=2))
+        b = sampler.submit_ids(ids, mask, params, seed=seed, group_size=2, weights=sampler.params)()
+    assert "jit(generate)" not in later
+    c = jax.device_get(sampler.generate_ids(ids, mask, params, seed=seed, group_size=2))
+    for field in ("tokens", "logprobs", "mask", "lengths", "finished"):
+        np.testing.assert_array_equal(getattr(b, field), getattr(c, field))
+    assert a.tokens.shape == (6, 5) and sampler.compile_count == 2
+
+
 def test_per_row_keys_make_a_row_independent_of_its_batch(model):
     """With one key per row, a row samples the same tokens whatever the other rows are (and wherever it
     sits), which is what lets the server batch requests that each carry their own seed."""

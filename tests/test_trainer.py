@@ -330,3 +330,128 @@ def test_memory_probe_picks_micro_batches_and_bf16_master_weights_halve_the_stat
     half, _ = run("bf16", 100.0, dtype="bfloat16")
     ratio = half["estimates"]["1"]["argument_bytes"] / roomy["estimates"]["1"]["argument_bytes"]
     assert 0.45 < ratio < 0.6
+
+
+def _two_bucket_task(split, path=None, *, chat=True, **_):
+    """The digits task with 8 of its 64 prompts long enough to need a larger prompt bucket: a step's
+    batch is padded to the small bucket or the large one depending on the prompts it draws."""
+    first = 1000 if split == "test" else 0
+    long = " Write them carefully, one after another, in a single line, with no other words at all." * 3
+    return [
+        {"id": f"{split}/{i}", "prompt": f"Write some digits ({first + i}).{long if i % 8 == 0 else ''}"}
+        for i in range(64)
+    ]
+
+
+if "two_buckets_test" not in registered_tasks():
+    register_task(Task("two_buckets_test", _two_bucket_task, reward="digits_test"))
+
+
+def _spy_on_steps(monkeypatch) -> list[dict]:
+    """Records, for every step's update: the rollout, the state's parameters before the update (a
+    copy: the update donates them), the sampler, and the names of the functions JAX lowered while the
+    step generated, scored and updated (`tests.tiny.lowerings`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlvr_jax.trainer import loop
+    from rlvr_jax.trainer.rollouts import RolloutSource
+    from tests.tiny import lowerings
+
+    steps: list[dict] = []
+    lowered: list[str] = []
+
+    def lowering(fn):
+        def wrapped(*args, **kwargs):
+            with lowerings() as names:
+                result = fn(*args, **kwargs)
+            lowered.extend(names)
+            return result
+
+        return wrapped
+
+    update_policy = lowering(loop.update_policy)
+
+    def spy(run, rollouts, step):
+        steps.append({
+            "step": step, "rows": dict(rollouts.rows), "weights": rollouts.weights, "sampler": run.sampler,
+            "params_step": rollouts.params_step, "before": jax.tree.map(jnp.copy, run.state.params),
+            "lowered": lowered.copy(),
+        })  # fmt: skip
+        lowered.clear()
+        return update_policy(run, rollouts, step)
+
+    monkeypatch.setattr(loop, "update_policy", spy)
+    for name in ("collect", "start", "take"):
+        monkeypatch.setattr(RolloutSource, name, lowering(getattr(RolloutSource, name)))
+    return steps
+
+
+def test_a_bucket_is_reachable_when_a_batch_of_prompts_fits_in_it():
+    from rlvr_jax.trainer.warmup import reachable_buckets
+
+    buckets = (32, 64, 128)
+    assert reachable_buckets([10] * 7 + [40], buckets, 8) == [64]  # 7 short prompts never fill a batch
+    assert reachable_buckets([10] * 8 + [40, 100], buckets, 8) == [32, 64, 128]
+    assert reachable_buckets([10] * 8 + [200], buckets, 8) == [32, 256]  # beyond the largest: its multiples
+    assert reachable_buckets([10, 20], buckets, 8) == [32]  # fewer prompts than a batch: the largest still
+
+
+STEP_FUNCTIONS = ("jit(generate)", "jit(train_step)", "jit(completion_logprobs)")
+
+
+def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """rl.async_rollouts: step k's rows were sampled by the parameters step k - 1 started from (the
+    rollout ran during step k - 1's update), and the update's old log-probs come from those parameters:
+    regenerating the rows with them and the step's key gives the same tokens, with the parameters the
+    update starts from it does not. The reward still rises.
+
+    train.warmup_compile (on by default): both prompt buckets the data can reach are compiled before
+    step 1, a line each, and no step lowers the sampler, the log-prob pass or the update, although the
+    steps' batches use both buckets."""
+    import jax
+
+    from rlvr_jax.generate import SamplingParams
+    from rlvr_jax.trainer import train
+
+    steps = _spy_on_steps(monkeypatch)
+    n = 16
+    config = _tiny_config(tiny_model_dir, **{"train.steps": n, "train.export_hf": False})
+    config.rl.async_rollouts = True
+    config.data.task, config.data.eval_limit = "two_buckets_test", 4
+    summary = train(config, tmp_path / "run")
+    out = capsys.readouterr().out
+
+    rows = [r for r in read_metrics(summary.metrics_file) if "reward/mean" in r]
+    assert [r["rollout/policy_lag"] for r in rows] == [0] + [1] * (n - 1)
+    assert [s["params_step"] for s in steps] == [0, *range(n - 1)]
+    assert all(r["train/skipped"] == 0 for r in rows)
+    G, c = config.rl.group_size, config.sampling
+    sampling = SamplingParams(c.temperature, c.top_p, c.top_k, c.max_new_tokens)
+    for s in steps[:3]:
+        k = s["step"]
+        sampled_by = steps[max(k - 2, 0)]["before"]  # the parameters step k - 1 started from
+        for a, b in zip(jax.tree.leaves(s["weights"]), jax.tree.leaves(sampled_by), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        key = jax.random.fold_in(jax.random.key(config.seed), k)
+        prompts, mask = s["rows"]["prompt_ids"][::G], s["rows"]["prompt_mask"][::G]
+        again, newer = (
+            np.asarray(s["sampler"].generate_ids(prompts, mask, sampling, seed=key, group_size=G,
+                                                 weights=weights).tokens)
+            for weights in (s["weights"], s["before"])
+        )  # fmt: skip
+        np.testing.assert_array_equal(again, s["rows"]["tokens"])
+        if k >= 2:  # the parameters the update starts from would have sampled other tokens
+            assert (newer != s["rows"]["tokens"]).any()
+    first = np.mean([r["reward/mean"] for r in rows[:4]])
+    last = np.mean([r["reward/mean"] for r in rows[-4:]])
+    assert last > first + 0.08, f"reward did not rise: {[round(r['reward/mean'], 3) for r in rows]}"
+
+    assert "warm-up: compiling 2 prompt bucket(s) (64, 128 tokens) before step 1" in out
+    assert out.count("compiled the sampler") == out.count("compiled the update") == 2
+    assert {s["rows"]["prompt_ids"].shape[1] for s in steps} == {64, 128}  # the steps reach both
+    for s in steps:
+        assert not set(s["lowered"]) & set(STEP_FUNCTIONS), (s["step"], s["lowered"])
+    assert rows[0]["time/compile_s"] > 0 and all("time/compile_s" not in r for r in rows[1:])

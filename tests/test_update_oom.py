@@ -38,7 +38,7 @@ def test_out_of_memory_names_the_shape_and_the_knobs(monkeypatch):
     monkeypatch.setattr(step, "batch_from_rows", lambda rows, adv: {})
     monkeypatch.setattr(step.sharding, "shard_batch", lambda batch, mesh: batch)
     with pytest.raises(step.UpdateOutOfMemory) as info:
-        step.update_policy(_run(config), types.SimpleNamespace(rows=_rows()))
+        step.update_policy(_run(config), types.SimpleNamespace(rows=_rows(), weights=None), 1)
     message = str(info.value)
     assert "256 rows x 128 tokens in 1 micro-batch(es)" in message
     assert "--config.optim.micro_batches=2" in message and "--config.model.remat=full" in message
@@ -53,7 +53,7 @@ def test_other_runtime_errors_pass_through(monkeypatch):
     monkeypatch.setattr(step, "batch_from_rows", lambda rows, adv: {})
     monkeypatch.setattr(step.sharding, "shard_batch", lambda batch, mesh: batch)
     with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
-        step.update_policy(_run(base_config()), types.SimpleNamespace(rows=_rows()))
+        step.update_policy(_run(base_config()), types.SimpleNamespace(rows=_rows(), weights=None), 1)
 
 
 def test_advice_doubles_the_micro_batches_and_reads_auto():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -25,6 +27,24 @@ TINY = ModelConfig(
     head_dim=8,
     intermediate_size=64,
 )
+
+
+@contextlib.contextmanager
+def lowerings() -> Iterator[list[str]]:
+    """The names of the functions JAX lowers inside the block, through `jax.monitoring`'s public event
+    listeners. A lowering is a miss of a jitted function's in-memory cache: a compile (or a load from the
+    persistent compilation cache) that the call waited for; none means every call found its executable."""
+    names: list[str] = []
+
+    def listener(event: str, seconds: float, **kwargs: object) -> None:
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            names.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def use_compilation_cache() -> None:

@@ -45,14 +45,25 @@ class ScoredSample:
         return {**row, "passed": self.reward >= PASS_THRESHOLD, **extra}
 
 
+def _prompt_texts(tokenizer: Any, task: Task, samples: Sequence[Sample], chat: bool) -> list[str]:
+    return [
+        tokenizer.format(s["prompt"], chat=chat, system=task.system_prompt if chat else None) for s in samples
+    ]
+
+
+def prompt_lengths(sampler: Sampler, task: Task, samples: Sequence[Sample], chat: bool) -> list[int]:
+    """Each prompt's token count as `encode_prompts` tokenises it (template and system prompt included):
+    what decides the prompt bucket (`rlvr_jax.trainer.warmup` compiles the buckets these reach)."""
+    tokenizer = sampler.tokenizer
+    texts = _prompt_texts(tokenizer, task, samples, chat)
+    return [len(tokenizer.encode(t, chat_formatted=chat)) for t in texts]
+
+
 def encode_prompts(sampler: Sampler, task: Task, samples: Sequence[Sample], chat: bool) -> tuple[Any, Any]:
     """Formats (chat template + the task's system prompt) and tokenises, padded to a prompt bucket."""
     tokenizer = sampler.tokenizer
-    texts = [
-        tokenizer.format(s["prompt"], chat=chat, system=task.system_prompt if chat else None) for s in samples
-    ]
-    rows = [tokenizer.encode(t, chat_formatted=chat) for t in texts]
-    length = bucket(max(len(r) for r in rows), sampler.prompt_buckets)
+    texts = _prompt_texts(tokenizer, task, samples, chat)
+    length = bucket(max(len(tokenizer.encode(t, chat_formatted=chat)) for t in texts), sampler.prompt_buckets)
     return tokenizer.encode_batch(texts, chat_formatted=chat, length=length)
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -552,6 +552,7 @@ class Sampler:
         group_size: int = 1,
         row_params: RowParams | None = None,
         top_logprobs: int = 0,
+        weights: Any = None,
     ) -> GenerateOutput:
         """Runs the sampler on already-tokenised, left-padded prompts (padded here up to a bucket).
 
@@ -559,6 +560,10 @@ class Sampler:
         with per-row keys a row's samples depend only on its own key, not on the other rows of the batch.
         top_logprobs: k > 0 also returns every position's k most probable tokens (`GenerateOutput.top_ids`
         / `top_logprobs`); a compiled variant of its own, so rollouts (k = 0) pay nothing for it.
+        weights: the parameters to sample with (same structure and dtypes as the sampler's); None = the
+        sampler's current ones. The trainer's one-step off-policy mode (`rl.async_rollouts`) passes the
+        parameters a rollout started with, so that the hand-over of newer ones while it runs in a worker
+        thread cannot change what it samples from.
         """
         key, ids, mask, row_params, limit = self._prepare(
             prompt_ids, prompt_mask, params, group_size, row_params, top_logprobs
@@ -567,10 +572,78 @@ class Sampler:
         rng = self._rng(seed, len(ids) * group_size)
         t0 = time.perf_counter()
         ids, mask, row_params = self._inputs(ids, mask, row_params)
-        out = fn(self.params, ids, mask, rng, row_params, jnp.asarray(limit, jnp.int32))
+        weights = self.params if weights is None else weights
+        out = fn(weights, ids, mask, rng, row_params, jnp.asarray(limit, jnp.int32))
         out = self._local(jax.block_until_ready(out))
         self.last_timing = {"seconds": time.perf_counter() - t0, "steps": int(out.steps)}
         return self._finish(out, len(prompt_ids) * group_size, params.max_new_tokens)
+
+    def submit_ids(
+        self,
+        prompt_ids: np.ndarray,
+        prompt_mask: np.ndarray,
+        params: SamplingParams,
+        *,
+        seed: int | Array = 0,
+        group_size: int = 1,
+        weights: Any = None,
+    ) -> Callable[[], GenerateOutput]:
+        """`generate_ids` cut in two: dispatches the sampler now (JAX runs it asynchronously) and returns a
+        function that waits for the output and copies it to the host (numpy arrays).
+
+        Every device computation is dispatched here, in the calling thread; the function returned only
+        waits and copies, so another thread may call it. That is what the trainer's one-step off-policy
+        mode needs (`rl.async_rollouts`): the main thread dispatches step n + 1's rollout before step n's
+        update, so the device samples first, and a worker thread waits for the tokens, detokenises and
+        scores them while the device updates. Device work dispatched from two threads could reach the
+        devices of a mesh in different orders. One process only (a multi-host mesh gathers its rows with
+        collectives).
+        """
+        if self.multihost:
+            raise NotImplementedError("submit_ids runs on one host; use generate_ids on a multi-host mesh")
+        key, ids, mask, row_params, limit = self._prepare(prompt_ids, prompt_mask, params, group_size, None)
+        fn = self._fn(key)
+        rng = self._rng(seed, len(ids) * group_size)
+        t0 = time.perf_counter()
+        ids, mask, row_params = self._inputs(ids, mask, row_params)
+        weights = self.params if weights is None else weights
+        out = fn(weights, ids, mask, rng, row_params, jnp.asarray(limit, jnp.int32))
+        out = self._finish(out, len(prompt_ids) * group_size, params.max_new_tokens)
+
+        def wait() -> GenerateOutput:
+            host = jax.device_get(out)
+            self.last_timing = {"seconds": time.perf_counter() - t0, "steps": int(host.steps)}
+            return host
+
+        return wait
+
+    def compile_bucket(
+        self,
+        rows: int,
+        prompt_len: int,
+        params: SamplingParams,
+        *,
+        seed: int | Array = 0,
+        group_size: int = 1,
+    ) -> tuple[tuple, float]:
+        """Compiles (ahead of time, without running it) the executable that `generate_ids` would use for
+        `rows` prompts `prompt_len` tokens wide under `params`; returns (its bucket key, seconds).
+
+        Goes through the same padding, keys and input placement as `generate_ids`, and compiles with
+        `jit(...).lower(...).compile()`, which fills the jitted function's own cache: the later real call
+        with this bucket traces and compiles nothing. A trainer warms every bucket its prompts can reach
+        before the first step, so no step pays for a compile (`rlvr_jax.trainer.warmup`). seed: pass a key
+        of the kind the real calls pass (a typed key, or an integer with `prng_impl`).
+        """
+        ids = np.full((rows, prompt_len), self.tokenizer.pad_id, np.int32)
+        mask = np.ones((rows, prompt_len), bool)
+        key, ids, mask, row_params, limit = self._prepare(ids, mask, params, group_size, None)
+        fn = self._fn(key)
+        rng = self._rng(seed, len(ids) * group_size)
+        t0 = time.perf_counter()
+        ids, mask, row_params = self._inputs(ids, mask, row_params)
+        fn.lower(self.params, ids, mask, rng, row_params, jnp.asarray(limit, jnp.int32)).compile()
+        return key, time.perf_counter() - t0
 
     def stream_ids(
         self,

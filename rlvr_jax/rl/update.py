@@ -193,6 +193,7 @@ def update_on_rollout(
     ref_params: Any = None,
     mesh: Mesh | None = None,
     rules: sharding.Rules = sharding.DEFAULT_RULES,
+    behaviour_params: Any = None,
 ) -> tuple[TrainState, list[dict[str, Array]]]:
     """`epochs` (PPO's mu) passes over one rollout batch, `minibatches` optimizer updates per pass.
 
@@ -201,10 +202,22 @@ def update_on_rollout(
     needed: the loss uses the current log-probs, ratio 1). Reference log-probs are computed once when
     `ref_params` are given. Minibatch k takes rows k, k + minibatches, ... (strided, as micro-batches).
     Returns the new state and one metrics dict per update.
+
+    behaviour_params: the parameters that sampled the batch when they are not `state.params` (one-step
+    off-policy rollouts: the trainer's `rl.async_rollouts` samples step n + 1 while step n updates). The
+    old log-probs then come from them, also with a single update, so that the importance ratio is
+    pi_current / pi_sampling and PPO's clip bounds how far the stale samples move the policy; with
+    `state.params` instead the ratio would start at 1 and ignore the lag. They may be the sampler's
+    compute-dtype copy (`rlvr_jax.optim.sampler_params`): the model casts its weights to the compute
+    dtype at every use, so the log-probs equal those of the masters they were cast from.
     """
     if epochs < 1 or minibatches < 1:
         raise ValueError(f"epochs and minibatches must be >= 1, got {epochs}, {minibatches}")
     batch = dict(batch)
+    if behaviour_params is not None and "old_logprobs" not in batch:
+        if logprob_fn is None:
+            raise ValueError("behaviour_params need logprob_fn (make_logprob_fn) for their old log-probs")
+        batch["old_logprobs"] = logprob_fn(behaviour_params, batch)
     needs_old = epochs * minibatches > 1 and "old_logprobs" not in batch
     needs_ref = ref_params is not None and "ref_logprobs" not in batch
     if (needs_old or needs_ref) and logprob_fn is None:

@@ -2,8 +2,10 @@
 
     set up     setup.py      the policy and its sampler on the mesh, data, optimizer, compiled update
     resume     setup.py      the newest checkpoint's train state, data position, run id and cost so far
+    warm up    warmup.py     compile the sampler and the update for every reachable prompt bucket
     each step  rollouts.py   prompts (grain, per-host shard) -> sampler (jit, on the mesh) -> rewards
-                             (host processes), dynamic sampling's refill rounds
+                             (host processes), dynamic sampling's refill rounds; with rl.async_rollouts
+                             the next step's rollout, scored in a worker thread during this update
                step.py       advantages -> update (jit, donated, on the mesh) -> parameters to the sampler;
                              the step's metrics, built in one place
                reporting.py  log (metrics.jsonl, TensorBoard, W&B, Prometheus, cost), periodic held-out

@@ -11,7 +11,7 @@ import ml_collections
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import PreemptionHandler
-from rlvr_jax.config import validate, with_hub_fallback
+from rlvr_jax.config import ConfigError, validate, with_hub_fallback
 from rlvr_jax.trainer.reporting import (
     RunLog,
     RunSummary,
@@ -23,27 +23,45 @@ from rlvr_jax.trainer.reporting import (
 from rlvr_jax.trainer.rollouts import RolloutSource
 from rlvr_jax.trainer.setup import Run, resume, setup_run
 from rlvr_jax.trainer.step import step_metrics, update_policy
+from rlvr_jax.trainer.warmup import warm_up
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     """Runs (or resumes) the experiment described by `config` in `workdir`."""
     sharding.initialize_distributed()
     validate(config, jax.device_count())
+    if config.rl.async_rollouts and jax.process_count() > 1:
+        raise ConfigError(
+            f"rl.async_rollouts runs on one process, this run has {jax.process_count()}: a multi-host "
+            "mesh gathers the sampler's rows in a collective that the rollout's own thread cannot join"
+        )
     config = with_hub_fallback(config)  # a model.path missing here: its model.hub_id, said in one line
     clock_start = time.perf_counter()  # accelerators are billed from here: loading and compiles included
     run = setup_run(config, workdir)  # policy + sampler on the mesh, data, compiled update
     start, meta = resume(run)  # the newest checkpoint's state, if any
+    warm = config.train.warmup_compile and start < config.train.steps  # a finished run has no step left
+    compile_s = warm_up(run) if warm else None  # every prompt bucket the steps can reach, compiled now
     log = RunLog(run, meta, start, clock_start)  # metrics.jsonl, TensorBoard, W&B, Prometheus, cost
     eval_before = meta.get("eval_before") or _first_evaluation(run, log)
     run.console.say(f"held-out accuracy before training: {describe_evaluation(eval_before)}")
     rollouts = RolloutSource(run, meta.get("data_iterator"))  # prompts -> sampler -> rewards
     preemption, key, step = PreemptionHandler(), jax.random.key(config.seed), start
+    off_policy = config.rl.async_rollouts  # step n + 1 samples (with step n's parameters) while n updates
     try:
+        if off_policy and start < config.train.steps:
+            rollouts.start(jax.random.fold_in(key, start + 1))
         for step in range(start + 1, config.train.steps + 1):
             t0 = time.perf_counter()
-            collected = rollouts.collect(jax.random.fold_in(key, step))  # rollout -> rewards
-            update = update_policy(run, collected)  # advantages -> update -> parameters to the sampler
+            if off_policy:
+                collected = rollouts.take()  # started during the previous step's update
+                if step < config.train.steps:  # dispatched before this update: the device samples first
+                    rollouts.start(jax.random.fold_in(key, step + 1))
+            else:
+                collected = rollouts.collect(jax.random.fold_in(key, step))  # rollout -> rewards
+            update = update_policy(run, collected, step)  # advantages -> update -> parameters to sampler
             metrics = step_metrics(run, collected, update, time.perf_counter() - t0)
+            if compile_s is not None:  # the warm-up's compile time, with the first step of this process
+                metrics["time/compile_s"], compile_s = compile_s, None
             evaluated = _periodic_evaluation(run, log, step)
             metrics.update({f"eval/{k}": v for k, v in (evaluated or {}).items()})
             log.step(step, metrics, update.tokens)

@@ -148,11 +148,13 @@ def finish(
     run.checkpointer.wait()
     run.checkpointer.close()
     plot = report = verdict = export_dir = None
+    primary = jax.process_index() == 0  # the one writer of the workdir's files (the others only checkpoint)
     if not preempted:
         plot = str(workdir / "reward_curve.png")
-        plot_rewards(workdir / "metrics.jsonl", plot)
+        if primary:
+            plot_rewards(workdir / "metrics.jsonl", plot)
         report, verdict = _compare_before_after(run, log, step)
-        if config.train.export_hf and jax.process_index() == 0:
+        if config.train.export_hf and primary:
             model = nnx.merge(run.graphdef, run.state.params)
             export_dir = str(
                 export_hf(model, workdir / "hf_export", run.tokenizer, dtype=config.train.export_dtype)
@@ -171,7 +173,8 @@ def finish(
         metrics_file=str(workdir / "metrics.jsonl"), reward_plot=plot, export_dir=export_dir,
         preempted=preempted, eval_report=report, eval_verdict=verdict, cost=run_cost,
     )  # fmt: skip
-    (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
+    if primary:
+        (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
     if run.console.events is not None:
         run.console.events.event("end", step, preempted=preempted, eval_before=eval_before,
                                  eval_after=eval_after, verdict=verdict, cost=run_cost)  # fmt: skip

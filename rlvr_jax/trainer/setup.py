@@ -76,12 +76,17 @@ class CompiledUpdate:
     def _key(batch: dict) -> tuple:
         return tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
 
-    def __call__(self, state: Any, batch: dict) -> Any:
+    def compile(self, state: Any, batch: dict) -> Any:
+        """The executable for this batch shape, compiled now if it is new (nothing runs, nothing is
+        donated): the warm-up compiles each reachable shape before step 1 (`rlvr_jax.trainer.warmup`)."""
         key = self._key(batch)
         if key not in self.compiled:
             self.compiled[key] = self.step_fn.lower(state, batch).compile()
             self._flops[key] = step_flops(self.compiled[key])
-        return self.compiled[key](state, batch)
+        return self.compiled[key]
+
+    def __call__(self, state: Any, batch: dict) -> Any:
+        return self.compile(state, batch)(state, batch)
 
     def flops(self, batch: dict) -> float | None:
         """FLOPs per device of one update on a batch of this shape (None before it ran, or unknown)."""
@@ -122,16 +127,30 @@ class Run:
     advantage_fn: Any = None
     checkpointer: Checkpointer | None = None
     held_out: HeldOutReport | None = None  # what the held-out check removed (rlvr_jax.data.heldout)
+    # The step whose update made the sampler's parameters (0: the initial ones; after a resume, the
+    # checkpoint's step): a rollout records it, so the update knows how far behind its samples are.
+    params_step: int = 0
 
     @property
     def graphdef(self) -> nnx.GraphDef:
         return nnx.graphdef(self.model)
 
-    def hand_params_to_sampler(self) -> None:
-        """The sampler generates with the newest parameters, in the dtypes the model reads them in (a bf16
-        copy of float32 masters: half the bytes each decode step reads). Every step, since the next update
-        donates the state's buffers."""
-        self.sampler.update_params(sampler_params(self.state.params, self.model.cfg))
+    def hand_params_to_sampler(self, step: int) -> None:
+        """The sampler generates with the newest parameters (those `step`'s update made), in the dtypes
+        the model reads them in (a bf16 copy of float32 masters: half the bytes each decode step reads).
+        Every step, since the next update donates the state's buffers.
+
+        With `rl.async_rollouts` the next step's rollout is generated while the next update runs, and the
+        update after it computes old log-probs with the same parameters, so they must outlive that
+        donation: leaves that would be the state's own buffers (no narrowing cast: float32 compute, or
+        bf16 masters) are copied. With bf16 compute over float32 masters nothing is copied (the cast is
+        the copy); either way one extra compute-dtype copy of the weights is alive while a rollout is in
+        flight, since the sampler's newer copy arrives before the update consumes the older one."""
+        params = sampler_params(self.state.params, self.model.cfg)
+        if self.config.rl.async_rollouts:
+            params = jax.tree.map(lambda p, s: jnp.copy(p) if p is s else p, params, self.state.params)
+        self.sampler.update_params(params)
+        self.params_step = step
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
@@ -139,14 +158,19 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
     console = Console(config.logging.json_logs)
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:  # one writer per file in a multi-process run's (shared) workdir
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     task, train_samples, eval_samples, held_out = _load_data(config, console)  # data first: no model needed
     model, tokenizer, mesh, sampler = _load_policy(config, console)
     optim = optim_config(config)
     run = Run(
         config=config, workdir=workdir, console=console, model=model, tokenizer=tokenizer, mesh=mesh,
         sampler=sampler, task=task, train_samples=train_samples, eval_samples=eval_samples,
-        pipeline=make_pipeline(train_samples, config.rl.prompts_per_step, seed=config.seed, num_epochs=None),
+        # The global batch, the same on every host: RolloutSource gives each host its part.
+        pipeline=make_pipeline(
+            train_samples, config.rl.prompts_per_step, seed=config.seed, num_epochs=None, process_index=0,
+            process_count=1,
+        ),
         reward_name=config.reward.name or task.reward, optimizer=make_optimizer(optim),
         schedule=make_schedule(optim), loss_config=loss_config(config),
         sampling=SamplingParams(
@@ -264,5 +288,5 @@ def resume(run: Run) -> tuple[int, dict[str, Any]]:
         run.state = from_checkpoint(run.state, restored)
         start = int(meta["step"])
         run.console.say(f"resumed from {run.workdir / 'checkpoints'} at step {start}")
-    run.hand_params_to_sampler()
+    run.hand_params_to_sampler(start)
     return start, meta
