@@ -57,6 +57,7 @@ EXTRAS = {
         "ruff>=0.6",
         "torch==2.13.0",
         "accelerate>=1.0",
+        "peft>=0.17",  # tests/test_lora.py: PEFT loads our LoRA adapter export onto the transformers base
         "scipy>=1.11",
         "statsmodels>=0.14",  # reference values for the evaluation statistics
         # serving tests: the real OpenAI client, FastAPI's TestClient

@@ -53,6 +53,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype
     c.model.param_dtype = "float32"  # master weights and Adam moments; "bfloat16" halves that memory
     c.model.remat = "none"  # none | full | dots
+    # LoRA: train low-rank adapters on the projections instead of the whole model. rank 0 = off. With rank
+    # r, each target W computes x @ W + (alpha / r) * (x @ A) @ B; only A and B train and have Adam moments,
+    # the frozen base is held in model.dtype, checkpoints hold the adapters (the base reloads from
+    # model.path), and the run exports merged weights (hf_export) and a PEFT adapter (peft_adapter).
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0  # adapter rank r; 0 = off (full fine-tuning)
+    c.model.lora.alpha = 16.0  # the adapters' product is scaled by alpha / rank (PEFT's lora_alpha)
+    # Projections that get adapters, by logical name: q k v o (attention), gate up down (MLP).
+    c.model.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")
 
     # Which task, from where. data.path None = the Hugging Face hub.
     c.data = ml_collections.ConfigDict()
@@ -262,6 +271,7 @@ _INTEGERS = {
     "data.eval_limit": 1,
     "sampling.top_k": 0,
     "sampling.max_new_tokens": 1,
+    "model.lora.rank": 0,
     "rl.prompts_per_step": 1,
     "rl.group_size": 1,
     "rl.mu": 1,
@@ -277,6 +287,7 @@ _INTEGERS = {
     "logging.log_samples": 0,
 }
 _ZERO_MEANS = {
+    "model.lora.rank": "off",
     "sampling.top_k": "off",
     "optim.micro_batches": "auto",
     "optim.micro_batch_tokens": "off",
@@ -611,6 +622,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         if value != -1 and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{key} must be an integer >= 1 or -1 (the devices left), got {value!r}")
     _check_ranges(config)
+    _check_lora(config)
     _check_batch(config, num_devices)
     _check_task(config)
     _check_reward(config)
@@ -660,6 +672,25 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"logging.wandb_tags must be non-empty strings, got {tags!r}")
     if config.logging.price_per_hour is not None and config.logging.price_per_hour < 0:
         raise ConfigError(f"logging.price_per_hour must be >= 0, got {config.logging.price_per_hour}")
+
+
+def lora_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """`model.lora` as `lora.with_adapters`' keyword arguments; None when LoRA is off."""
+    section = config.model.get("lora")
+    if section is None or not section.rank:
+        return None
+    return {"rank": int(section.rank), "alpha": float(section.alpha), "targets": tuple(section.targets)}
+
+
+def _check_lora(config: ml_collections.ConfigDict) -> None:
+    """`model.lora.*`: rank >= 0, alpha > 0, targets among the projection names."""
+    from rlvr_jax.models.config import check_lora
+
+    section = config.model.lora
+    try:
+        check_lora(section.rank, section.alpha, section.targets)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.lora: {e}") from None
 
 
 def _check_batch(config: ml_collections.ConfigDict, num_devices: int | None) -> None:

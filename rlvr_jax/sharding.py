@@ -50,6 +50,7 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("layers", None),
     ("norm", None),
     ("positions", None),
+    ("lora_rank", None),  # LoRA adapters' rank axis: A and B shard along their base weight's other axes
 )
 
 

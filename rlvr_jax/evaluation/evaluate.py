@@ -22,7 +22,7 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer, CheckpointError, abstract_like
-from rlvr_jax.config import eval_max_new_tokens, eval_reward
+from rlvr_jax.config import eval_max_new_tokens, eval_reward, lora_options
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import load_samples
 from rlvr_jax.data.heldout import HeldOutReport, held_out_split
@@ -30,6 +30,8 @@ from rlvr_jax.evaluation.generate_and_score import ScoredSample, generate_and_sc
 from rlvr_jax.evaluation.metrics import EXTRA_REWARDS, PASS_THRESHOLD, VARIANTS, eval_metrics
 from rlvr_jax.evaluation.runs import write_run
 from rlvr_jax.generate import Sampler, SamplingParams
+from rlvr_jax.models.lora import combine
+from rlvr_jax.optim.state import partition_trainable
 from rlvr_jax.progress import Progress
 
 
@@ -81,16 +83,17 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
 
     model, tokenizer = load_policy(
         config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-        remat=config.model.remat,
+        remat=config.model.remat, lora_options=lora_options(config), seed=config.seed,
     )  # fmt: skip
     source = str(config.model.path)
     if checkpoint is None:
         return model, tokenizer, {"model": source}
     folder, chosen = resolve_checkpoint(checkpoint, step)
     graphdef, params = nnx.split(model)
+    trainable, frozen = partition_trainable(params)  # a LoRA run's checkpoint holds the adapters alone
     ckpt = Checkpointer(folder)
     try:
-        params = ckpt.restore_params(chosen, abstract_like(params))
+        params = combine(ckpt.restore_params(chosen, abstract_like(trainable)), frozen)
     except CheckpointError:
         raise  # damaged files: its message names them
     except ValueError as e:

@@ -18,6 +18,11 @@ import numpy as np
 
 FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 
+# The projections LoRA can adapt, by our logical names (attention q, k, v, o; MLP gate, up, down), and
+# how many leading axes of each base weight are its input (o's input is heads x head_dim).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_INPUT_DIMS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
+
 _DTYPES = {
     "float32": jnp.float32,
     "fp32": jnp.float32,
@@ -104,6 +109,11 @@ class ModelConfig:
     #   kernel on GPU, which reads only the filled part of the KV cache; plain XLA einsums elsewhere.
     # "xla": the plain einsum implementation everywhere (the reference the others are tested against).
     attention: str = "auto"
+    # LoRA (`rlvr_jax.models.lora`): rank 0 = off. With rank r > 0 every target projection W gets adapters
+    # A [in, r] and B [r, out], and computes x @ W + (lora_alpha / r) * (x @ A) @ B; only A and B train.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -118,6 +128,30 @@ class ModelConfig:
             raise ValueError(f"remat must be one of none, full, dots; got {self.remat!r}")
         if self.attention not in ("auto", "xla"):
             raise ValueError(f"attention must be 'auto' or 'xla'; got {self.attention!r}")
+        check_lora(self.lora_rank, self.lora_alpha, self.lora_targets)
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # hashable: a static jit argument
+        if self.lora_rank and not self.lora_projections:
+            raise ValueError(
+                f"LoRA targets {self.lora_targets} name no projection of a model with a {self.mlp_type} MLP"
+            )
+
+    @property
+    def lora_projections(self) -> tuple[str, ...]:
+        """The projections that carry adapters: none when LoRA is off; the targets this model has
+        otherwise (a plain MLP, GPT-2's, has no `gate`: the default targets name it for gated ones)."""
+        if not self.lora_rank:
+            return ()
+        present = LORA_TARGETS if self.mlp_type == "gated" else tuple(t for t in LORA_TARGETS if t != "gate")
+        return tuple(t for t in present if t in self.lora_targets)
+
+    @property
+    def lora_scale(self) -> float:
+        """alpha / r, the factor on the adapters' product (PEFT's `scaling` without rsLoRA)."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+    def without_lora(self) -> ModelConfig:
+        """The base model's config: what a merged export describes."""
+        return self.replace(lora_rank=0)
 
     @property
     def compute_dtype(self) -> Any:
@@ -180,6 +214,23 @@ class ModelConfig:
     def to_hf_config(self) -> dict[str, Any]:
         """The inverse of `from_hf_config`: a config.json dict that transformers loads."""
         return _to_hf(self)
+
+
+def check_lora(rank: Any, alpha: Any, targets: Any) -> None:
+    """Raises ValueError naming what is wrong with LoRA options (shared by ModelConfig and the config
+    validation, so a bad `model.lora.*` fails before any weight is loaded)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"LoRA rank must be an integer >= 0 (0 = off), got {rank!r}")
+    number = isinstance(alpha, int | float) and not isinstance(alpha, bool)
+    if not number or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"LoRA alpha must be a number > 0, got {alpha!r}")
+    if isinstance(targets, str) or not isinstance(targets, tuple | list):
+        raise ValueError(f"LoRA targets must be a tuple of projection names, got {targets!r}")
+    unknown = [t for t in targets if t not in LORA_TARGETS]
+    if unknown:
+        raise ValueError(f"unknown LoRA targets {unknown}; choose among {', '.join(LORA_TARGETS)}")
+    if rank and not targets:
+        raise ValueError("LoRA is on (rank > 0) but targets is empty: name at least one projection")
 
 
 def _token_ids(hf: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ Design choices, and why:
   through `jax.nn.dot_product_attention` for full sequences on GPU, a Pallas flash-decoding kernel for
   one-token decode steps on GPU (it reads only the filled slots of the cache), and plain XLA einsums
   elsewhere.
+- LoRA (`ModelConfig.lora_rank`, `rlvr_jax.models.lora`): adapters are more stacked parameters of
+  `Layers`; `_block` adds each one's low-rank product to its projection, the sampler's fused weights
+  have them merged in.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlvr_jax.models import lora
 from rlvr_jax.models.config import ModelConfig, rope_frequencies
 
 Array = jax.Array
@@ -138,6 +142,23 @@ class Layers(nnx.Module):
             self.up_bias = p((F,), ("mlp",), "zeros")
             self.down_bias = p((D,), ("embed",), "zeros")
 
+    def add_adapters(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
+        """LoRA adapters next to each targeted weight (`rlvr_jax.models.lora`): A drawn, B zero.
+
+        Called by `Decoder` after every base weight is drawn, so a seed gives the same base weights with
+        LoRA on or off.
+        """
+        dt = cfg.weight_dtype
+        for target in cfg.lora_projections:
+            base = getattr(self, target)
+            (a_shape, a_axes), (b_shape, b_axes) = lora.adapter_layout(
+                target, base.shape, base.get_metadata()["axes"], cfg.lora_rank
+            )
+            a_name, b_name = lora.adapter_names(target)
+            fan_in = math.prod(a_shape[1:-1])
+            setattr(self, a_name, nnx.Param(lora.init_a(rngs.params(), a_shape, fan_in, dt), axes=a_axes))
+            setattr(self, b_name, nnx.Param(jnp.zeros(b_shape, dt), axes=b_axes))
+
     def arrays(self) -> dict[str, Array]:
         """The stacked parameters as a plain dict, the form `lax.scan` slices per layer."""
         return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
@@ -162,6 +183,7 @@ class Decoder(nnx.Module):
             self.final_norm_bias = _param(rngs, (cfg.hidden_size,), ("norm",), dt, "zeros")
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dt)
+        self.layers.add_adapters(cfg, rngs)
 
     def __call__(
         self,
@@ -285,8 +307,14 @@ def fuse_projections(cfg: ModelConfig, layer: dict[str, Array]) -> dict[str, Arr
     Decoding multiplies a few hundred rows by each kernel: one larger matmul instead of three (or two) cuts
     kernel launches and lets each read more weight bytes per launch. Done once per sampler call, outside
     the decode loop; `_block` uses whichever form it is given.
+
+    LoRA adapters are merged into their base weights here (`lora.merge_layer`): this already builds a new
+    copy of q/k/v and gate/up once per generate call, from parameters the sampler is handed fresh after
+    every train step (`optim.state.sampler_params`), so folding in W + s * A @ B costs one small matmul per
+    weight per call, and every decode step then reads exactly the base model's bytes instead of adding two
+    rank-r products per projection per token. Training never merges (`lora.add_delta`).
     """
-    out = dict(layer)
+    out = lora.merge_layer(cfg, dict(layer))
     out["qkv"] = jnp.concatenate([out.pop("q"), out.pop("k"), out.pop("v")], axis=1)
     if cfg.qkv_bias:
         out["qkv_bias"] = jnp.concatenate([out.pop("q_bias"), out.pop("k_bias"), out.pop("v_bias")], axis=0)
@@ -391,9 +419,9 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
         H, K = cfg.num_heads, cfg.num_kv_heads
         q, k, v = qkv[:, :, :H], qkv[:, :, H : H + K], qkv[:, :, H + K :]
     else:
-        q = jnp.einsum("btd,dhk->bthk", h, p["q"].astype(dt))
-        k = jnp.einsum("btd,dhk->bthk", h, p["k"].astype(dt))
-        v = jnp.einsum("btd,dhk->bthk", h, p["v"].astype(dt))
+        q = lora.add_delta(cfg, p, "q", h, jnp.einsum("btd,dhk->bthk", h, p["q"].astype(dt)))
+        k = lora.add_delta(cfg, p, "k", h, jnp.einsum("btd,dhk->bthk", h, p["k"].astype(dt)))
+        v = lora.add_delta(cfg, p, "v", h, jnp.einsum("btd,dhk->bthk", h, p["v"].astype(dt)))
         if cfg.qkv_bias:
             q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
     if cfg.qk_norm:
@@ -412,7 +440,7 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
 
     attn = attention(q, keys, values, q_slots, k_valid, window, impl=cfg.attention, scale=cfg.attn_scale,
                      softcap=cfg.attn_softcap)  # fmt: skip
-    out = jnp.einsum("bthk,hkd->btd", attn, p["o"].astype(dt))
+    out = lora.add_delta(cfg, p, "o", attn, jnp.einsum("bthk,hkd->btd", attn, p["o"].astype(dt)))
     if cfg.out_bias:
         out = out + p["o_bias"].astype(dt)
     if cfg.sandwich_norms:
@@ -427,17 +455,17 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
         gate, up = jnp.split(gate_up, 2, axis=-1)
         hidden = _activate(cfg.activation, gate) * up
     elif cfg.mlp_type == "gated":
-        up = h @ p["up"].astype(dt)
-        gate = h @ p["gate"].astype(dt)
+        up = lora.add_delta(cfg, p, "up", h, h @ p["up"].astype(dt))
+        gate = lora.add_delta(cfg, p, "gate", h, h @ p["gate"].astype(dt))
         if cfg.mlp_bias:
             up, gate = up + p["up_bias"].astype(dt), gate + p["gate_bias"].astype(dt)
         hidden = _activate(cfg.activation, gate) * up
     else:
-        up = h @ p["up"].astype(dt)
+        up = lora.add_delta(cfg, p, "up", h, h @ p["up"].astype(dt))
         if cfg.mlp_bias:
             up = up + p["up_bias"].astype(dt)
         hidden = _activate(cfg.activation, up)
-    down = hidden @ p["down"].astype(dt)
+    down = lora.add_delta(cfg, p, "down", hidden, hidden @ p["down"].astype(dt))
     if cfg.mlp_bias:
         down = down + p["down_bias"].astype(dt)
     if cfg.sandwich_norms:

@@ -25,7 +25,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlvr_jax import sharding
-from rlvr_jax.optim.state import TrainState, train_state_shardings
+from rlvr_jax.models.lora import combine
+from rlvr_jax.optim.state import TrainState, partition_trainable, train_state_shardings
 
 Array = jax.Array
 Batch = dict[str, Any]
@@ -77,16 +78,20 @@ def apply_gradients(
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer update, skipped when the loss or the gradient norm is non-finite.
 
+    `grads` are those of the trainable parameters (`partition_trainable`: all of them, or the LoRA
+    adapters alone); the frozen ones pass through unchanged.
+
     Returns the new state and {"grad_norm" (before clipping), "skipped" (1.0 when skipped)}.
     """
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    trainable, frozen = partition_trainable(state.params)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+    params = optax.apply_updates(trainable, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = TrainState(
-        params=keep(params, state.params),
+        params=combine(keep(params, trainable), frozen),
         opt_state=keep(opt_state, state.opt_state),
         step=state.step + 1,
         skipped=state.skipped + (~ok).astype(jnp.int32),

@@ -55,9 +55,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from rlvr_jax import sharding
-from rlvr_jax.models.config import ModelConfig, resolve_dtype
+from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.decoder import abstract_model
-from rlvr_jax.optim.state import TrainState
+from rlvr_jax.optim.state import TrainState, partition_trainable, stored_params
 from rlvr_jax.rl.losses import LossConfig
 from rlvr_jax.rl.update import make_train_step
 
@@ -453,17 +453,10 @@ def abstract_train_state(
     optax's Adam moments follow the parameters' dtype.
     """
     params = nnx.state(abstract_model(cfg))
-    if master_dtype is not None:
-        target = resolve_dtype(master_dtype)
-
-        def widen(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-            if not jnp.issubdtype(x.dtype, jnp.floating):
-                return x
-            return jax.ShapeDtypeStruct(x.shape, jnp.promote_types(x.dtype, target))
-
-        params = jax.tree.map(widen, params)
+    params = jax.eval_shape(lambda p: stored_params(p, master_dtype, cfg), params)
     counter = jax.ShapeDtypeStruct((), jnp.int32)
-    return TrainState(params, jax.eval_shape(optimizer.init, params), counter, counter)
+    opt_state = jax.eval_shape(optimizer.init, partition_trainable(params)[0])  # LoRA: adapters only
+    return TrainState(params, opt_state, counter, counter)
 
 
 def train_batch_spec(

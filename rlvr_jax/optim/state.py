@@ -10,6 +10,12 @@ parameters' logical axes.
   storage dtype, and the model casts each weight to its compute dtype at use; `sampler_params` hands the
   sampler a copy in the dtypes the model reads (bf16 where it computes in bf16), `export_params` casts
   to a storage dtype.
+- LoRA (`rlvr_jax.models.lora`): when the parameters hold adapters, only they train. `partition_trainable`
+  splits (adapters, frozen base) by name; the optimizer state is built over the adapters alone (Adam's
+  moments are adapter-sized), the update differentiates and changes only them, and a checkpoint holds
+  them without the base (`checkpoint_view`, `from_checkpoint`). The frozen base is stored in the dtypes
+  the model reads it in (bf16 under bf16 compute: the same rule as `sampler_params`, so the same logits),
+  since float32 masters are only needed for weights that receive updates.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlvr_jax import sharding
+from rlvr_jax.models import lora
 from rlvr_jax.models.config import ModelConfig, resolve_dtype
 from rlvr_jax.models.decoder import float32_params
 
@@ -36,8 +43,10 @@ Array = jax.Array
 class TrainState(NamedTuple):
     """What one update reads and writes (a pytree; donated to the jitted step).
 
-    params: the nnx parameter state (`nnx.split(model)[1]`), in the master dtype.
-    opt_state: the optax state; its parameter-shaped parts are sharded like the parameters.
+    params: the nnx parameter state (`nnx.split(model)[1]`), in the master dtype (with LoRA: the adapters
+      in the master dtype, the frozen base in the dtypes the model reads it in).
+    opt_state: the optax state of the trainable parameters (all of them, or the LoRA adapters alone); its
+      parameter-shaped parts are sharded like the parameters they mirror.
     step: int32, train-step calls so far (skipped ones included).
     skipped: int32, calls whose update was skipped for a non-finite loss or gradient.
     """
@@ -46,6 +55,43 @@ class TrainState(NamedTuple):
     opt_state: Any
     step: Array
     skipped: Array
+
+def partition_trainable(params: Any) -> tuple[Any, Any]:
+    """(trainable, frozen) parameters: (LoRA adapters, base) when the tree holds adapters, else
+    (params, None). `lora.combine` joins them back; the optimizer only ever sees the first part."""
+    return lora.partition(params)
+
+
+def checkpoint_view(state: TrainState) -> TrainState:
+    """What a checkpoint stores of `state`: all of it, except that with LoRA the parameters are the
+    adapters alone; the frozen base comes back from model.path on resume (`from_checkpoint`), so a
+    checkpoint of a 7B run is megabytes of adapters and their moments, not the 7B weights again."""
+    return state._replace(params=partition_trainable(state.params)[0])
+
+
+def from_checkpoint(state: TrainState, restored: TrainState) -> TrainState:
+    """`restored` (a restored `checkpoint_view`) with `state`'s frozen base put back under its parameters."""
+    return restored._replace(params=lora.combine(restored.params, partition_trainable(state.params)[1]))
+
+
+def stored_params(params: Any, master_dtype: str | Any | None, cfg: ModelConfig | None = None) -> Any:
+    """The parameters as the train state keeps them: trainable floating leaves widened to `master_dtype`
+    (never narrowed; None keeps them), and with LoRA and a `cfg` the frozen base in the dtypes the model
+    reads it in. Works on arrays and, under `jax.eval_shape`, on shapes."""
+    trainable, frozen = partition_trainable(params)
+    if master_dtype is not None:
+        target = resolve_dtype(master_dtype)
+
+        def widen(x: Any) -> Any:
+            if not jnp.issubdtype(x.dtype, jnp.floating):
+                return x
+            return x.astype(jnp.promote_types(x.dtype, target))
+
+        trainable = jax.tree.map(widen, trainable)
+    if frozen is not None and cfg is not None:
+        frozen = sampler_params(frozen, cfg)
+    return lora.combine(trainable, frozen)
+
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
     def cast(x: Any) -> Any:
@@ -81,8 +127,10 @@ def train_state_shardings(
     """A TrainState of NamedShardings for `params` (a State or its `jax.eval_shape`) on `mesh`."""
     param_shards = sharding.param_shardings(params, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
-    abstract_opt = jax.eval_shape(optimizer.init, params)
-    opt_shards = _follow_params(abstract_opt, params, param_shards, replicated)
+    trainable = partition_trainable(params)[0]
+    abstract_opt = jax.eval_shape(optimizer.init, trainable)
+    trainable_shards = partition_trainable(param_shards)[0]
+    opt_shards = _follow_params(abstract_opt, trainable, trainable_shards, replicated)
     return TrainState(param_shards, opt_shards, replicated, replicated)
 
 def init_train_state(
@@ -92,23 +140,20 @@ def init_train_state(
     rules: sharding.Rules = sharding.DEFAULT_RULES,
     *,
     master_dtype: str | Any | None = "float32",
+    cfg: ModelConfig | None = None,
 ) -> TrainState:
     """The initial state, placed on `mesh` by the logical-axis rules (or on the default device).
 
-    model: a Decoder or its parameter state. master_dtype: dtype the trainer keeps floating parameters in
-    (None keeps the storage dtype); float64 parameters are never narrowed. On several processes every
-    process passes the same values (same seed or checkpoint); each copies in only its own shards.
+    model: a Decoder or its parameter state. master_dtype: dtype the trainer keeps trainable floating
+    parameters in (None keeps the storage dtype); float64 parameters are never narrowed. cfg: the model's
+    config (default: the Decoder's), which with LoRA sets the frozen base's dtypes (`stored_params`); the
+    optimizer state covers the trainable parameters only (`partition_trainable`). On several processes
+    every process passes the same values (same seed or checkpoint); each copies in only its own shards.
     """
     params = nnx.state(model) if isinstance(model, nnx.Module) else model
-    if master_dtype is not None:
-        target = resolve_dtype(master_dtype)
-
-        def widen(x: Any) -> Any:
-            if not jnp.issubdtype(x.dtype, jnp.floating):
-                return x
-            return x.astype(jnp.promote_types(x.dtype, target))
-
-        params = jax.tree.map(widen, params)
+    cfg = cfg or getattr(model, "cfg", None)
+    params = stored_params(params, master_dtype, cfg)
+    init_opt = lambda p: optimizer.init(partition_trainable(p)[0])
     counters = (np.zeros((), np.int32), np.zeros((), np.int32))
     # The state owns fresh buffers: the step donates them, and the model passed in (often also the
     # sampler's or the frozen reference's parameters) must stay valid. A placement or a same-dtype cast can
@@ -116,10 +161,10 @@ def init_train_state(
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
     if mesh is None:
         params = jax.jit(copy)(params)
-        return TrainState(params, jax.jit(optimizer.init)(params), *map(jnp.asarray, counters))
+        return TrainState(params, jax.jit(init_opt)(params), *map(jnp.asarray, counters))
     shards = train_state_shardings(params, optimizer, mesh, rules)
     params = jax.jit(copy, out_shardings=shards.params)(sharding.put_on_mesh(params, shards.params))
-    opt_state = jax.jit(optimizer.init, out_shardings=shards.opt_state)(params)
+    opt_state = jax.jit(init_opt, out_shardings=shards.opt_state)(params)
     step, skipped = (sharding.put_on_mesh(c, shards.step) for c in counters)
     return TrainState(params, opt_state, step, skipped)
 

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from rlvr_jax import sharding
 from rlvr_jax.models.logprobs import token_logprobs
+from rlvr_jax.models.lora import combine
 from rlvr_jax.optim.accumulate import (
     accumulate_gradients,
     apply_gradients,
@@ -29,7 +30,7 @@ from rlvr_jax.optim.accumulate import (
     jit_update,
     split_micro_batches,
 )
-from rlvr_jax.optim.state import TrainState
+from rlvr_jax.optim.state import TrainState, partition_trainable
 from rlvr_jax.rl.batch import Batch, check_batch
 from rlvr_jax.rl.losses import LossConfig, aggregation_denominator, policy_loss
 
@@ -113,6 +114,8 @@ def train_step(
       schedule, for the `learning_rate` metric. mesh / rules: keep micro-batches split over the batch axes
       and the gradient sum sharded like the parameters.
 
+    With LoRA adapters in the parameters only they are differentiated and updated (`partition_trainable`).
+
     Metrics: policy_loss's (losses summed over micro-batches, means token-weighted), grad_norm (before
     clipping), skipped (1.0 when the update was skipped), tokens, learning_rate (with a schedule).
     """
@@ -133,13 +136,19 @@ def train_step(
             entropy=ent, normalizer=normalizer,
         )  # fmt: skip
 
-    def grad_fn(params: Any, mb: Batch) -> tuple[Any, tuple[dict[str, Array], Array]]:
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, mb)
+    # Gradients of the trainable parameters only: with LoRA the adapters, the frozen base a constant.
+    trainable, frozen = partition_trainable(state.params)
+
+    def grad_fn(trainable: Any, mb: Batch) -> tuple[Any, tuple[dict[str, Array], Array]]:
+        with_frozen = lambda t, mb: loss_fn(combine(t, frozen), mb)
+        grads, metrics = jax.grad(with_frozen, has_aux=True)(trainable, mb)
         return grads, (metrics, jnp.sum(mb["completion_mask"].astype(jnp.float32)))
 
-    param_shards = None if mesh is None else sharding.param_shardings(state.params, mesh, rules)
+    param_shards = None
+    if mesh is not None:
+        param_shards = partition_trainable(sharding.param_shardings(state.params, mesh, rules))[0]
     micro = split_micro_batches(batch, micro_batches, mesh, rules)
-    grads, (per_micro, tokens) = accumulate_gradients(grad_fn, state.params, micro, param_shards)
+    grads, (per_micro, tokens) = accumulate_gradients(grad_fn, trainable, micro, param_shards)
     metrics = _combine(per_micro, tokens)
     new_state, update_metrics = apply_gradients(state, grads, metrics["loss"], optimizer)
     metrics |= update_metrics | {"tokens": jnp.sum(tokens)}

@@ -20,9 +20,10 @@ from rlvr_jax.monitoring.cost import CostTracker, device_price
 from rlvr_jax.monitoring.exporters import JsonLogSink, PrometheusSink
 from rlvr_jax.monitoring.media import figure_tags
 from rlvr_jax.monitoring.metrics import MetricsWriter, new_run_id, plot_rewards
+from rlvr_jax.optim.state import checkpoint_view
 from rlvr_jax.progress import Progress
 from rlvr_jax.trainer.setup import Run
-from rlvr_jax.weights import export_hf
+from rlvr_jax.weights import export_hf, export_peft
 
 
 @dataclasses.dataclass
@@ -127,7 +128,7 @@ def save_checkpoint(
         "cost": log.cost.state() if log.cost is not None else None,
     }
     metrics = {"eval_accuracy": evaluated["accuracy"]} if evaluated else None
-    if not run.checkpointer.save(step, run.state, meta, metrics=metrics):
+    if not run.checkpointer.save(step, checkpoint_view(run.state), meta, metrics=metrics):
         run.console.say(
             f"warning: no checkpoint written at step {step} (non-finite state or step already saved)"
         )
@@ -158,6 +159,8 @@ def finish(
             export_dir = str(
                 export_hf(model, workdir / "hf_export", run.tokenizer, dtype=config.train.export_dtype)
             )
+            if model.cfg.lora_rank and model.cfg.family != "gpt2":  # the adapters alone, for PEFT
+                export_peft(model, workdir / "peft_adapter", base_model=str(config.model.path))
     log.writer.close()
     run_cost = None
     if log.cost is not None:

@@ -21,7 +21,7 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer
-from rlvr_jax.config import loss_config, optim_config
+from rlvr_jax.config import lora_options, loss_config, optim_config
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import Sample, Task, load_samples
 from rlvr_jax.data.heldout import HeldOutReport, held_out_split
@@ -31,6 +31,7 @@ from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.monitoring.exporters import JsonLogSink
 from rlvr_jax.monitoring.metrics import step_flops
 from rlvr_jax.optim import TrainState, init_train_state, make_optimizer, make_schedule, sampler_params
+from rlvr_jax.optim.state import checkpoint_view, from_checkpoint
 from rlvr_jax.rl import LossConfig, get_advantage_fn
 from rlvr_jax.rl.update import make_logprob_fn, make_train_step
 from rlvr_jax.weights import load_policy
@@ -186,7 +187,7 @@ def _load_policy(config: ml_collections.ConfigDict, console: Console) -> tuple[A
     t_load = time.perf_counter()
     model, tokenizer = load_policy(
         config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-        remat=config.model.remat,
+        remat=config.model.remat, lora_options=lora_options(config), seed=config.seed,
     )  # fmt: skip
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     console.say(
@@ -282,7 +283,9 @@ def resume(run: Run) -> tuple[int, dict[str, Any]]:
     latest = run.checkpointer.latest_step()
     if latest is not None:
         # The newest intact step: a damaged newer one is named in a warning and skipped.
-        run.state, meta = run.checkpointer.restore(None, run.state)
+        # With LoRA a checkpoint holds the adapters; the frozen base is the one just loaded from model.path.
+        restored, meta = run.checkpointer.restore(None, checkpoint_view(run.state))
+        run.state = from_checkpoint(run.state, restored)
         start = int(meta["step"])
         run.console.say(f"resumed from {run.workdir / 'checkpoints'} at step {start}")
     run.hand_params_to_sampler(start)

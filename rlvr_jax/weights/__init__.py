@@ -12,11 +12,13 @@ from rlvr_jax.weights.loader import (
     load_tokenizer,
     source_kind,
 )
+from rlvr_jax.weights.peft_export import export_peft
 
 __all__ = [
     "CheckpointError",
     "LoadedModel",
     "export_hf",
+    "export_peft",
     "load_model",
     "load_policy",
     "load_tokenizer",

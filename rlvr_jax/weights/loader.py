@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlvr_jax.models import lora
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.decoder import Decoder, abstract_model
 from rlvr_jax.models.tokenizer import Tokenizer, generation_eos
@@ -144,7 +145,11 @@ def export_hf(
     An export is handed to other users and tools (a server running as another uid, a shared model store),
     so its files are made readable by all (0644) and the directory enterable by all (0755), whatever the
     umask: safetensors writes its file private (0600). Paths owned by another user are left as they are.
+
+    A model with LoRA adapters is exported merged (W + alpha / r * A @ B, `lora.merged_model`): a plain
+    base-architecture checkpoint that needs no PEFT to load; `export_peft` writes the adapters alone.
     """
+    model = lora.merged_model(model)
     cfg = model.cfg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,12 +206,22 @@ def load_tokenizer(
 
 
 def load_policy(
-    src: str | os.PathLike, *, dtype: str = "bfloat16", param_dtype: str = "float32", remat: str = "none"
+    src: str | os.PathLike,
+    *,
+    dtype: str = "bfloat16",
+    param_dtype: str = "float32",
+    remat: str = "none",
+    lora_options: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> tuple[Decoder, Tokenizer]:
     """A model to train or evaluate and its tokenizer: `load_model`, with the compute / storage dtypes and
     the remat policy of the run (remat changes only the graph, so it is set on the abstract model and the
-    loaded weights are merged into it)."""
+    loaded weights are merged into it). lora_options: `lora.with_adapters`' rank, alpha and targets (rank
+    0 or None: no adapters); the adapters' A is drawn from `seed`, B starts at zero."""
     loaded = load_model(src, dtype=dtype, param_dtype=param_dtype)
     cfg = loaded.config.replace(remat=remat)
     graphdef, _ = nnx.split(abstract_model(cfg))
-    return nnx.merge(graphdef, nnx.state(loaded.model)), loaded.tokenizer
+    model = nnx.merge(graphdef, nnx.state(loaded.model))
+    if lora_options and lora_options.get("rank"):
+        model = lora.with_adapters(model, **lora_options, seed=seed)
+    return model, loaded.tokenizer
