@@ -214,9 +214,9 @@ def test_merged_export_loads_in_transformers_with_the_adapter_models_logits(hf_p
 
 
 def test_peft_loads_the_adapter_export_onto_the_transformers_base(hf_pair, tmp_path):
-    peft = pytest.importorskip("peft")
     import json
 
+    import peft  # a dev dependency (setup.py): missing, this test fails rather than skips
     import transformers
 
     from rlvr_jax.weights import export_peft
