@@ -70,13 +70,18 @@ def base_config_fields(source: str | None = None) -> list[tuple[str, str, bool]]
                 line -= 1
             comment = " ".join(block)
         value = stmt.value
-        is_section = (
-            "." not in key
-            and isinstance(value, ast.Call)
+        is_dict = (
+            isinstance(value, ast.Call)
             and getattr(value.func, "attr", getattr(value.func, "id", "")) == "ConfigDict"
         )
-        fields.append((key, comment, is_section))
-    return fields
+        fields.append((key, comment, is_dict))
+    # A ConfigDict() is a section when keys below it follow (`c.model.lora` and `c.model.lora.rank`);
+    # one without (an empty options dict such as `c.reward.options`) is a leaf whose value is {}.
+    keys = [key for key, _, _ in fields]
+    return [
+        (key, comment, is_dict and ("." not in key or any(k.startswith(key + ".") for k in keys)))
+        for key, comment, is_dict in fields
+    ]
 
 
 def meanings() -> dict[str, str]:

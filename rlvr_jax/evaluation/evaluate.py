@@ -83,7 +83,7 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
 
     model, tokenizer = load_policy(
         config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-        remat=config.model.remat, lora_options=lora_options(config), seed=config.seed,
+        remat=config.model.remat, lora_options=lora_options(config), seed=config.get("seed", 0),
     )  # fmt: skip
     source = str(config.model.path)
     if checkpoint is None:
@@ -145,9 +145,12 @@ def load_training_run(
             f"the run's base model {model['path']!r} (model.path in {config_file}) is not there from "
             f"{Path.cwd()}: start from the directory the training ran in, or make that path exist ({e})"
         ) from None
-    config = ml_collections.ConfigDict(
-        {"model": {"path": model["path"], "dtype": dtype, "param_dtype": dtype, "remat": "none"}}
-    )
+    # The run's LoRA settings come along: its checkpoint then holds the adapters alone, over model.path.
+    lora = dict(model.get("lora") or {"rank": 0})
+    config = ml_collections.ConfigDict({
+        "seed": saved.get("seed", 0),
+        "model": {"path": model["path"], "dtype": dtype, "param_dtype": dtype, "remat": "none", "lora": lora},
+    })  # fmt: skip
     return load_for_eval(config, folder, chosen)
 
 
