@@ -30,6 +30,7 @@ from transformers.initialization import no_init_weights
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
 from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.models.tokenizer import Tokenizer
 from rlvr_jax.weights import gguf as gguf_module
 from rlvr_jax.weights import load_model
 from rlvr_jax.weights.gguf import GGUFCheckpoint, load_gguf, load_gguf_tokenizer
@@ -696,6 +697,33 @@ def test_gemma3_keys_llama_cpp_would_ignore_are_refused(
         key, lambda w: w.add_rope_freq_base_swa(10000.0)
     )
     assert load_gguf(_gemma_config_file(tmp_path / "ok.gguf", "gemma3", 26, agreeing)).hf_config
+
+
+@pytest.mark.parametrize("reader", ["transformers", "metadata"])
+def test_synthetic_gemma_tokenizer(reader: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Gemma file's sentencepiece vocabulary, through transformers' GGUF reader (torch installs) and
+    ours (no torch): BOS added as the file says, no prefix space, byte fallback, turn markers kept whole
+    and stopping generation, the chat template's own <bos> not doubled."""
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    if reader == "metadata":
+        monkeypatch.setattr(gguf_module, "_transformers_reads_gguf", lambda: False)
+    path = _gemma_config_file(tmp_path / "gemma2.gguf", "gemma2", 2, _write_gemma_vocabulary)
+    tokenizer = Tokenizer(load_gguf_tokenizer(path))
+
+    def pieces(text: str, chat_formatted: bool = False) -> list[str]:
+        return tokenizer.hf.convert_ids_to_tokens(tokenizer.encode(text, chat_formatted))
+
+    assert pieces("hello world") == ["<bos>", "hello", "▁world"]
+    assert pieces(" hello\nworld?") == ["<bos>", "▁hello", "\n", "w", "or", "ld", "?"]
+    assert pieces("café") == ["<bos>", "c", "a", "f", "<0xC3>", "<0xA9>"]
+    assert tokenizer.decode(tokenizer.encode("café hello")) == "café hello"
+    prompt = tokenizer.format("hi")
+    assert prompt == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+    turn = ["<start_of_turn>", "user", "\n", "hi", "<end_of_turn>", "\n"]
+    assert pieces(prompt, chat_formatted=True) == ["<bos>", *turn, "<start_of_turn>", "model", "\n"]
+    assert tokenizer.stop_ids == (1, 6)  # <eos>, <end_of_turn>
+    assert tokenizer.pad_id == 0 and tokenizer.vocab_size == GEMMA_VOCAB
+    assert sorted(tokenizer.hf.all_special_ids) == [0, 1, 2, 3, 4]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -249,7 +249,8 @@ def load_gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase
     (``AutoTokenizer.from_pretrained(..., gguf_file=...)``) imports torch since 5.2x, and the base
     package does not depend on torch: without it, the same converter runs on metadata read by our
     reader (``_tokenizer_from_metadata``). ``tests/test_gguf.py`` checks that both give the same tokens,
-    template and special tokens for the SmolLM2 and Qwen2.5 files.
+    template and special tokens for the SmolLM2 and Qwen2.5 files, and for a Gemma-style sentencepiece
+    vocabulary (BOS added as the file says, no prefix space, byte fallback, turn markers kept whole).
     """
     path = _existing_file(path)
     cached = _tokenizer_cache_dir(path)
@@ -302,7 +303,6 @@ def _tokenizer_from_metadata(path: pathlib.Path) -> PreTrainedTokenizerBase:
     ("llama") vocabularies that do not say otherwise (llama.cpp's rule), and the special tokens named
     by their ids. The vocabulary itself, merges, pre-tokenizer and added tokens are transformers' work.
     """
-    from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
         GGUF_TOKENIZER_MAPPING,
         convert_gguf_tokenizer,
@@ -326,8 +326,21 @@ def _tokenizer_from_metadata(path: pathlib.Path) -> PreTrainedTokenizerBase:
     for name, key in _SPECIAL_TOKEN_IDS.items():
         token_id = value(f"tokenizer.ggml.{key}")
         tokenizer_config[name] = vocabulary["tokens"][token_id] if token_id is not None else None
-    backend, extra = convert_gguf_tokenizer(value(Keys.General.ARCHITECTURE), vocabulary)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
+    architecture = value(Keys.General.ARCHITECTURE)
+    backend, extra = convert_gguf_tokenizer(architecture, vocabulary)
+    return _tokenizer_class(architecture)(tokenizer_object=backend, **tokenizer_config, **extra)
+
+
+def _tokenizer_class(architecture: str) -> type[PreTrainedTokenizerBase]:
+    """The class transformers' own GGUF path wraps the tokenizer in: its AutoTokenizer class for the model
+    type (GemmaTokenizer for Gemma, whose defaults name ``<mask>`` a special token), else the plain fast one.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES, tokenizer_class_from_name
+
+    arch = _ARCHS.get(architecture)
+    name = TOKENIZER_MAPPING_NAMES.get(arch.model_type) if arch is not None else None
+    return (tokenizer_class_from_name(name) if name else None) or PreTrainedTokenizerFast
 
 
 def _tokenizer_cache_dir(path: pathlib.Path) -> pathlib.Path | None:
@@ -348,7 +361,8 @@ def _tokenizer_cache_dir(path: pathlib.Path) -> pathlib.Path | None:
         return None
     stat = path.stat()
     ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
-    ident += "" if _transformers_reads_gguf() else "|metadata"
+    # The metadata reader wraps the tokenizer in transformers' class for the model type since Gemma support.
+    ident += "" if _transformers_reads_gguf() else "|metadata|model-class"
     return pathlib.Path(root) / "gguf-tokenizers" / hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
