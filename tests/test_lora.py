@@ -86,6 +86,25 @@ def test_the_samplers_merged_fused_weights_give_the_adapter_models_logits():
     np.testing.assert_allclose(np.asarray(merged), np.asarray(full), atol=1e-5)
 
 
+def test_adapter_count_and_the_model_flops_of_a_lora_update():
+    """`num_adapter_params` counts the adapters `with_adapters` makes; a LoRA update's model FLOPs charge
+    the frozen base 4 per parameter per token (no weight gradient) and the adapters 6."""
+    from rlvr_jax.models.decoder import abstract_model
+    from rlvr_jax.monitoring.metrics import model_flops
+
+    gpt2 = ModelConfig(family="gpt2", vocab_size=8, hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2,
+                       head_dim=4, intermediate_size=16, mlp_type="plain")  # fmt: skip
+    for cfg in (TINY.replace(lora_rank=RANK), TINY.replace(lora_rank=3, lora_targets=("q", "o", "down")),
+                gpt2.replace(lora_rank=2)):  # fmt: skip
+        adapters = partition_trainable(nnx.state(abstract_model(cfg)))[0]
+        assert cfg.num_adapter_params() == sum(x.size for x in jax.tree.leaves(adapters)) > 0
+    cfg = TINY.replace(lora_rank=RANK)
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 10
+    assert TINY.num_adapter_params() == 0
+    assert model_flops(TINY, (4, 10)) == (6 * TINY.num_params() + attention) * 40
+    assert model_flops(cfg, (4, 10)) == (4 * cfg.num_params() + 6 * cfg.num_adapter_params() + attention) * 40
+
+
 def test_lora_options_are_validated():
     with pytest.raises(ValueError, match=r"unknown LoRA targets \['qkv'\]"):
         TINY.replace(lora_rank=2, lora_targets=("q", "qkv"))
