@@ -329,7 +329,9 @@ def _safetensors(folder) -> dict[str, np.ndarray]:
     return out
 
 
-def test_the_trainer_runs_lora_with_the_probe_the_warm_up_and_finite_metrics(trained_lora_run):
+def test_the_trainer_runs_lora_with_the_probe_the_warm_up_and_finite_metrics(trained_lora_run, capsys):
+    from rlvr_jax.trainer import print_summary
+
     run = trained_lora_run
     rows, out = run["rows"], run["out"]
     assert [r["step"] for r in rows] == list(range(1, TRAIN_STEPS + 1))
@@ -344,7 +346,12 @@ def test_the_trainer_runs_lora_with_the_probe_the_warm_up_and_finite_metrics(tra
     assert probe["micro_batches"] >= 1 and not probe["from_cache"] and "memory probe: micro-batches" in out
     assert "warm-up: compiling 1 prompt bucket(s)" in out and "compiled the update" in out
     assert "compiled the reference log-probs" in out
-    assert run["summary"].steps == TRAIN_STEPS and run["summary"].eval_after
+    summary = run["summary"]
+    assert summary.steps == TRAIN_STEPS and summary.eval_after
+    assert (summary.export_dir, summary.peft_dir) == (str(run["workdir"] / "hf_export"),
+                                                      str(run["workdir"] / "peft_adapter"))  # fmt: skip
+    print_summary(summary)
+    assert f"PEFT adapter:  {summary.peft_dir}" in capsys.readouterr().out
 
 
 def test_lora_checkpoints_hold_the_adapters_alone(trained_lora_run):
