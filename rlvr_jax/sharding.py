@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -332,10 +332,17 @@ def shard_batch(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
 
     Rows that do not divide are an error rather than a silent replication: a replicated batch would do
     every row's work on every device.
+
+    On several processes each one copies in only its own devices' rows, with no collective: jax.device_put
+    would all-gather every array to check that the hosts agree, and on CPU (gloo) those checks, several
+    small collectives per batch, were where two-process runs aborted with a "collective mismatch" (about
+    1 launch in 6 on a loaded 2-core machine). The trainer gathers the rows on every host first, so they
+    agree by construction.
     """
     shards = batch_shards(mesh, rules)
     jax.tree.map(lambda x: _check_rows(x, shards, "batch array"), batch)
-    return jax.device_put(batch, batch_sharding(mesh, rules))
+    target = batch_sharding(mesh, rules)
+    return jax.tree.map(lambda x: _put(x, target), batch)
 
 
 def host_local_to_global(batch: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
@@ -381,7 +388,6 @@ def gather_host_parts(tree: Any) -> Any:
     gathered = multihost_utils.process_allgather(tree, tiled=True)
     # Through the devices and back: 64-bit integers come back as 32-bit (x64 off); keep the host's dtypes.
     return jax.tree.map(lambda x, dtype: np.asarray(x).astype(dtype, copy=False), gathered, dtypes)
-
 
 
 def _int_env(env: Mapping[str, str], name: str) -> int:
@@ -442,6 +448,37 @@ def distributed_settings(env: Mapping[str, str]) -> dict[str, Any] | None:
     return {} if _cluster_processes(env) > 1 else None
 
 
+CPU_COLLECTIVE_PASSES = (
+    "cpu-all-reduce-combiner",
+    "all-reduce-combiner",
+    "all-gather-combiner",
+    "reduce-scatter-combiner",
+)
+
+
+def _separate_cpu_collectives(
+    platforms: str | None = None, env: MutableMapping[str, str] = os.environ
+) -> None:
+    """On a CPU-only multi-process run, keeps XLA from combining collectives into multi-operand ones.
+
+    Why: XLA:CPU starts one gloo operation per operand of a combined all-reduce at once, and gloo matches
+    messages by arrival order, so a combined gradient all-reduce (a few vectors and a dozen scalar
+    metrics) could pair one process's scalar with the other's vector: "Received data size doesn't match
+    expected size ... collective mismatch", an abort in about 1 of 6 two-process CPU launches on a loaded
+    2-core machine, always inside the update. Single-operand collectives run one at a time, in program
+    order. XLA_FLAGS is read when the first backend starts, so this runs before that; GPU and TPU runs
+    (NCCL, ICI) keep the combiners, which they need for speed.
+    """
+    if platforms is None:
+        platforms = jax.config.jax_platforms or env.get("JAX_PLATFORMS", "")
+    if str(platforms).lower().split(",") != ["cpu"]:
+        return
+    flags = env.get("XLA_FLAGS", "")
+    if "--xla_disable_hlo_passes" in flags:  # the user's own choice of passes wins
+        return
+    env["XLA_FLAGS"] = f"{flags} --xla_disable_hlo_passes={','.join(CPU_COLLECTIVE_PASSES)}".strip()
+
+
 def initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     """Joins this process to a multi-process JAX run when launched as one; returns True when it did.
 
@@ -461,6 +498,7 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     # so it is set here, before any backend starts; GPU and TPU programs are unaffected (their streams
     # order them), and the host CPU client of a GPU run hardly computes.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
+    _separate_cpu_collectives()
     jax.distributed.initialize(**settings)
     logger.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -168,6 +169,7 @@ def check_distributed() -> dict[str, Any]:
         "alone_logprobs": np.asarray(alone.logprobs).tolist(),
         "rows_per_host": per_host,
         "initialized": [first, again],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "process": [pid, nproc],
         "devices": [jax.local_device_count(), jax.device_count()],
         "mesh": dict(mesh.shape),

@@ -163,6 +163,25 @@ def test_distributed_settings_reject_incomplete_explicit_settings():
         sharding.distributed_settings({"JAX_NUM_PROCESSES": "two"})
 
 
+def test_only_a_cpu_only_run_has_its_collective_combiners_turned_off():
+    """XLA:CPU runs the operands of a combined collective as concurrent gloo operations, which two
+    processes can pair wrongly; GPU and TPU runs keep the combiners, and a user's own pass list wins."""
+    passes = "--xla_disable_hlo_passes=" + ",".join(sharding.CPU_COLLECTIVE_PASSES)
+    devices = "--xla_force_host_platform_device_count=2"
+    gpu = "--xla_gpu_enable_latency_hiding_scheduler=true"
+    for platforms, flags, expected in [
+        ("cpu", devices, f"{devices} {passes}"),
+        ("CPU", None, passes),
+        ("cuda", gpu, gpu),
+        ("cuda,cpu", None, None),
+        ("", None, None),  # no choice made: an accelerator may be found
+        ("cpu", "--xla_disable_hlo_passes=foo", "--xla_disable_hlo_passes=foo"),
+    ]:
+        env = {} if flags is None else {"XLA_FLAGS": flags}
+        sharding._separate_cpu_collectives(platforms, env)
+        assert env.get("XLA_FLAGS") == expected, (platforms, flags)
+
+
 def test_initialize_distributed_is_a_no_op_for_one_process():
     assert sharding.initialize_distributed({}) is False
     assert sharding.initialize_distributed({}) is False
@@ -206,6 +225,9 @@ def test_two_processes_share_one_mesh():
     results = run_processes(CHECKS, ["distributed"], n=n, devices=2)
     for i, r in enumerate(results):
         assert r["initialized"] == [True, True]
+        # A CPU-only run keeps its collectives single-operand (see _separate_cpu_collectives).
+        assert "--xla_disable_hlo_passes=" + ",".join(sharding.CPU_COLLECTIVE_PASSES) in r["xla_flags"]
+        assert "--xla_force_host_platform_device_count=2" in r["xla_flags"]
         assert r["process"] == [i, n] and r["devices"] == [2, 4]
         assert r["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
         assert r["ids_shape"] == [4, 5] and not r["ids_fully_addressable"]
