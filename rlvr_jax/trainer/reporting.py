@@ -160,7 +160,7 @@ def finish(
             export_dir = str(
                 export_hf(model, workdir / "hf_export", run.tokenizer, dtype=config.train.export_dtype)
             )
-            if model.cfg.lora_rank and model.cfg.family != "gpt2":  # the adapters alone, for PEFT
+            if model.cfg.lora_rank:  # the adapters alone, for PEFT
                 peft = export_peft(model, workdir / "peft_adapter", base_model=str(config.model.path))
                 peft_dir = str(peft)
     log.writer.close()
