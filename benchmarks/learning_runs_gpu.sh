@@ -3,7 +3,7 @@
 #
 #   source benchmarks/gpu_setup.sh
 #   BUDGET=540 bash benchmarks/learning_runs_gpu.sh RUN [RUN...]
-#   # RUN: gsm8k | sst2 | nq | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
+#   # RUN: gsm8k | gsm8k_lora | sst2 | nq | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
 #
 # Each RUN is benchmarks/learning_run.sh with the flags below (the same call again resumes it from its
 # last checkpoint; a finished run only re-packs its results). Model: Qwen2.5-Coder-0.5B-Instruct, the
@@ -37,6 +37,14 @@ for run in "$@"; do
         --config.sampling.max_new_tokens=512 --config.sampling.eval_max_new_tokens=${GSM8K_EVAL:-1024} \
         --config.rl.prompts_per_step=32 --config.optim.micro_batches=8 --config.optim.learning_rate=3e-6 \
         --config.train.steps=${GSM8K_STEPS:-120} --config.train.checkpoint_every=20 ;;
+    gsm8k_lora)  # the gsm8k run with rank-64 LoRA adapters on every projection (only they train) at a
+      # LoRA learning rate: checkpoints hold the adapters alone; export_hf stays off as in `common`
+      bash benchmarks/learning_run.sh qwen_gsm8k_lora_$card --config=configs/gsm8k.py "${common[@]}" \
+        --config.data.path=/root/data/gsm8k --config.data.eval_limit=1319 \
+        --config.sampling.max_new_tokens=512 --config.sampling.eval_max_new_tokens=${GSM8K_EVAL:-1024} \
+        --config.rl.prompts_per_step=32 --config.optim.micro_batches=8 --config.optim.learning_rate=2e-5 \
+        --config.model.lora.rank=64 --config.model.lora.alpha=64 \
+        --config.train.steps=${GSM8K_LORA_STEPS:-60} --config.train.checkpoint_every=20 ;;
     sst2)  # SST-2 (the local IMDb sample is too small to hold out enough): 20% of 872 held out
       bash benchmarks/learning_run.sh qwen_sst2_$card --config=configs/quickstart.py "${common[@]}" \
         --config.model.dtype=bfloat16 --config.data.path=/root/data/sst2 --config.data.eval_limit=1000 \
@@ -88,6 +96,6 @@ for run in "$@"; do
         --config.data.eval_limit=174 --config.train.export_hf=False --config.rl.mu=2 \
         --config.rl.prompts_per_step=8 --config.optim.micro_batches=1 --config.optim.learning_rate=3e-5 \
         2>&1 | grep -v "^[IW][0-9]" ;;
-    *) echo "unknown run $run (gsm8k | sst2 | nq | mbpp | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
+    *) echo "unknown run $run (gsm8k | gsm8k_lora | sst2 | nq | mbpp | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
   esac
 done

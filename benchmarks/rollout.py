@@ -46,6 +46,12 @@ SHAPES = {
         "tie_word_embeddings": True, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
         "max_position_embeddings": 32768,
     },
+    "qwen2.5-7b": {  # Qwen2.5-7B-Instruct's config.json
+        "model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
+        "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+        "tie_word_embeddings": False, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 32768,
+    },
     "llama-3.2-1b": {
         "model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
         "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,

@@ -1,8 +1,11 @@
 """LoRA (`model.lora.*`): a fresh adapter is the base model, the adapter model equals its merged export and
 PEFT's reading of its adapter export in transformers, only adapters train and hold Adam moments, and a
-checkpoint of adapters alone resumes exactly."""
+checkpoint of adapters alone resumes exactly; and the real trainer (`train()`) with LoRA end to end: memory
+probe, warm-up, KL reference, adapter-only checkpoints, both exports, and an exact resume."""
 
 from __future__ import annotations
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +84,25 @@ def test_the_samplers_merged_fused_weights_give_the_adapter_models_logits():
     fused, _ = apply(model.cfg, arrays, tokens, cache=KVCache.init(model.cfg, 2, 8))
     np.testing.assert_allclose(np.asarray(fused), np.asarray(full), atol=1e-5)
     np.testing.assert_allclose(np.asarray(merged), np.asarray(full), atol=1e-5)
+
+
+def test_adapter_count_and_the_model_flops_of_a_lora_update():
+    """`num_adapter_params` counts the adapters `with_adapters` makes; a LoRA update's model FLOPs charge
+    the frozen base 4 per parameter per token (no weight gradient) and the adapters 6."""
+    from rlvr_jax.models.decoder import abstract_model
+    from rlvr_jax.monitoring.metrics import model_flops
+
+    gpt2 = ModelConfig(family="gpt2", vocab_size=8, hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2,
+                       head_dim=4, intermediate_size=16, mlp_type="plain")  # fmt: skip
+    for cfg in (TINY.replace(lora_rank=RANK), TINY.replace(lora_rank=3, lora_targets=("q", "o", "down")),
+                gpt2.replace(lora_rank=2)):  # fmt: skip
+        adapters = partition_trainable(nnx.state(abstract_model(cfg)))[0]
+        assert cfg.num_adapter_params() == sum(x.size for x in jax.tree.leaves(adapters)) > 0
+    cfg = TINY.replace(lora_rank=RANK)
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 10
+    assert TINY.num_adapter_params() == 0
+    assert model_flops(TINY, (4, 10)) == (6 * TINY.num_params() + attention) * 40
+    assert model_flops(cfg, (4, 10)) == (4 * cfg.num_params() + 6 * cfg.num_adapter_params() + attention) * 40
 
 
 def test_lora_options_are_validated():
@@ -232,3 +254,179 @@ def test_peft_loads_the_adapter_export_onto_the_transformers_base(hf_pair, tmp_p
     ours = np.asarray(model(jnp.asarray(ids), mask=jnp.asarray(mask))[0])
     diff = np.abs(_hf_logits(peft_model, ids, mask) - ours)[mask].max()
     assert diff < TOL, f"PEFT's adapter model differs from ours by {diff}"
+
+
+# ------------------------------------------------------------------------- the real trainer, end to end
+
+from tests.test_trainer import _deterministic, _tiny_config, tiny_model_dir  # noqa: E402, F401
+
+TRAIN_STEPS = 3
+
+
+def _lora_config(model_dir):
+    """The tiny trainer config with rank-4 adapters, a checkpoint every step, the memory probe choosing the
+    micro-batches, the KL term on (a frozen reference), and both exports (merged HF and PEFT adapter)."""
+    c = _tiny_config(model_dir, **{"train.steps": TRAIN_STEPS, "train.checkpoint_every": 1,
+                                   "train.export_hf": True})  # fmt: skip
+    c.model.lora.rank, c.model.lora.alpha = RANK, ALPHA
+    c.data.eval_limit = 4
+    c.rl.prompts_per_step, c.rl.group_size = 2, 4
+    c.rl.beta = 0.05  # a reference model: with LoRA the initial adapters over the frozen base
+    c.sampling.max_new_tokens = 4
+    c.optim.micro_batches = 0  # the memory probe compiles the step with the LoRA train state
+    return c
+
+
+def _train_quietly(config, workdir) -> tuple[object, str]:
+    import contextlib
+    import io
+
+    from rlvr_jax.trainer import train
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        summary = train(config, workdir)
+    return summary, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained_lora_run(tiny_model_dir, tmp_path_factory):  # noqa: F811
+    """`train()` with LoRA for 3 steps; then its step-3 checkpoint is set aside (as if the run had died
+    before writing it) and the same command resumes from step 2 and redoes step 3. Returns what both
+    runs left, so that every test reads one pair of runs."""
+    import shutil
+
+    from rlvr_jax.monitoring.metrics import read_metrics
+    from tests.tiny import use_compilation_cache
+
+    use_compilation_cache()  # the resumed run compiles the very programs the first one did
+    root = tmp_path_factory.mktemp("lora_run")
+    workdir, first = root / "run", root / "first"
+    config = _lora_config(tiny_model_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RLVR_CACHE_DIR", str(root / "cache"))  # the probe's estimate cache, this run's own
+        summary, out = _train_quietly(config, workdir)
+        (first / "checkpoints").mkdir(parents=True)
+        for name in ("metrics.jsonl", "memory_probe.json", "hf_export", "peft_adapter"):
+            copy = shutil.copytree if (workdir / name).is_dir() else shutil.copy
+            copy(workdir / name, first / name)
+        shutil.move(workdir / "checkpoints" / str(TRAIN_STEPS), first / "checkpoints" / str(TRAIN_STEPS))
+        resumed, resumed_out = _train_quietly(config, workdir)
+    return {
+        "config": config, "workdir": workdir, "first": first, "summary": summary, "out": out,
+        "resumed": resumed, "resumed_out": resumed_out, "model_dir": tiny_model_dir,
+        "rows": [r for r in read_metrics(first / "metrics.jsonl") if "train/loss" in r],
+        "resumed_rows": [r for r in read_metrics(workdir / "metrics.jsonl") if "train/loss" in r],
+    }  # fmt: skip
+
+
+def _safetensors(folder) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        out |= load_file(str(path))
+    return out
+
+
+def test_the_trainer_runs_lora_with_the_probe_the_warm_up_and_finite_metrics(trained_lora_run, capsys):
+    from rlvr_jax.trainer import print_summary
+
+    run = trained_lora_run
+    rows, out = run["rows"], run["out"]
+    assert [r["step"] for r in rows] == list(range(1, TRAIN_STEPS + 1))
+    for r in rows:
+        train = {k: v for k, v in r.items() if k.startswith(("train/", "reward/"))}
+        assert np.isfinite(list(train.values())).all(), train
+        assert r["train/skipped"] == 0 and r["train/grad_norm"] > 0
+    assert any(abs(r["train/kl"]) > 0 for r in rows[1:])  # the adapters moved away from the reference
+    # The probe compiled the step on the LoRA state: its arguments are the frozen base (float32 here)
+    # plus adapter-sized moments, far below a full fine-tune's params + two Adam moments.
+    probe = json.loads((run["first"] / "memory_probe.json").read_text())
+    assert probe["micro_batches"] >= 1 and not probe["from_cache"] and "memory probe: micro-batches" in out
+    assert "warm-up: compiling 1 prompt bucket(s)" in out and "compiled the update" in out
+    assert "compiled the reference log-probs" in out
+    summary = run["summary"]
+    assert summary.steps == TRAIN_STEPS and summary.eval_after
+    assert (summary.export_dir, summary.peft_dir) == (str(run["workdir"] / "hf_export"),
+                                                      str(run["workdir"] / "peft_adapter"))  # fmt: skip
+    print_summary(summary)
+    assert f"PEFT adapter:  {summary.peft_dir}" in capsys.readouterr().out
+
+
+def test_lora_checkpoints_hold_the_adapters_alone(trained_lora_run):
+    ckpt_dir = trained_lora_run["first"] / "checkpoints"
+    with Checkpointer(ckpt_dir) as ckpt:
+        raw, meta = ckpt.restore(TRAIN_STEPS)
+    assert meta["step"] == TRAIN_STEPS
+    names = set(raw["params"]["layers"])
+    assert set(raw["params"]) == {"layers"}  # no embedding, no norms: the base is not in a checkpoint
+    assert names == {f"{t}_lora_{ab}" for t in ("q", "k", "v", "o", "gate", "up", "down") for ab in "ab"}
+    moments = [x for x in jax.tree.leaves(raw["opt_state"]) if np.ndim(x)]
+    assert sum(x.size for x in moments) == 2 * sum(x.size for x in jax.tree.leaves(raw["params"]))
+
+
+def test_only_the_adapters_trained_the_exports_agree_and_the_base_is_the_initial_one(trained_lora_run):
+    """The final model (checkpoint adapters over model.path, as scripts/evaluate.py loads it) has the
+    initial base weights and trained adapters; the merged HF export is exactly base + alpha / r * B @ A of
+    the PEFT export's tensors, and every other tensor of it is the initial one."""
+    from rlvr_jax.evaluation.evaluate import load_for_eval
+
+    run = trained_lora_run
+    config, first = run["config"], run["first"]
+    initial, _, _ = load_for_eval(config)  # model.path with the run's fresh adapters
+    final, _, where = load_for_eval(config, checkpoint=run["workdir"])
+    assert where["checkpoint_step"] == TRAIN_STEPS
+    before, after = _leaves(nnx.state(initial)), _leaves(nnx.state(final))
+    assert before.keys() == after.keys()
+    for name, value in after.items():
+        if "_lora_b" in name:
+            assert np.abs(value).max() > 0 and not np.array_equal(value, before[name]), name
+        elif "_lora_a" in name:
+            assert not np.array_equal(value, before[name]), name
+        else:
+            np.testing.assert_array_equal(value, before[name], err_msg=f"base weight {name} changed")
+
+    base = _safetensors(run["model_dir"])
+    merged = _safetensors(first / "hf_export")
+    adapter = _safetensors(first / "peft_adapter")
+    peft_config = json.loads((first / "peft_adapter" / "adapter_config.json").read_text())
+    assert (peft_config["r"], peft_config["lora_alpha"]) == (RANK, ALPHA)
+    assert peft_config["base_model_name_or_path"] == str(config.model.path)
+    assert merged.keys() == base.keys()
+    targets = {k.removesuffix(".lora_A.weight").removeprefix("base_model.model.") for k in adapter
+               if k.endswith(".lora_A.weight")}  # fmt: skip
+    assert len(targets) == 7 * 2  # seven projections in each of the two layers
+    for name, w in base.items():
+        module = name.removesuffix(".weight")
+        if module in targets:
+            a = adapter[f"base_model.model.{module}.lora_A.weight"]  # [r, in]
+            b = adapter[f"base_model.model.{module}.lora_B.weight"]  # [out, r]
+            assert np.abs(b).max() > 0
+            np.testing.assert_allclose(merged[name], w + ALPHA / RANK * (b @ a), atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(merged[name], w, err_msg=name)
+
+
+def test_a_lora_run_resumes_from_its_checkpoint_exactly(trained_lora_run):
+    run = trained_lora_run
+    assert "resumed from" in run["resumed_out"] and "at step 2" in run["resumed_out"].split("resumed from")[1]
+    assert run["resumed"].steps == TRAIN_STEPS
+    again = [_deterministic(r) for r in run["resumed_rows"]]
+    assert [r["step"] for r in again] == list(range(1, TRAIN_STEPS + 1))  # step 3 logged once, anew
+    for a, b in zip([_deterministic(r) for r in run["rows"]], again, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k, a[k], b[k])
+    # The redone step 3 wrote the same adapters as the first run's step 3, so the same exports.
+    with Checkpointer(run["first"] / "checkpoints") as ckpt:
+        first = _leaves(ckpt.restore(TRAIN_STEPS)[0])
+    with Checkpointer(run["workdir"] / "checkpoints") as ckpt:
+        second = _leaves(ckpt.restore(TRAIN_STEPS)[0])
+    assert first.keys() == second.keys()
+    for name, value in second.items():
+        np.testing.assert_array_equal(value, first[name], err_msg=name)
+    for folder in ("peft_adapter", "hf_export"):
+        a, b = _safetensors(run["first"] / folder), _safetensors(run["workdir"] / folder)
+        for name, value in b.items():
+            np.testing.assert_array_equal(value, a[name], err_msg=f"{folder}: {name}")

@@ -194,6 +194,15 @@ class ModelConfig:
             total += self.max_position_embeddings * d
         return total
 
+    def num_adapter_params(self) -> int:
+        """LoRA adapter parameters (A and B of every adapted projection in every layer); 0 when LoRA is
+        off. The base's `num_params` leaves them out: they are what a LoRA run trains."""
+        d, f, r = self.hidden_size, self.intermediate_size, self.lora_rank
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        sizes = {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, f), "up": (d, f),
+                 "down": (f, d)}  # fmt: skip
+        return self.num_layers * sum(r * sum(sizes[t]) for t in self.lora_projections)
+
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> ModelConfig:
         """Builds a config from a transformers `config.json` dict (or a GGUF-derived equivalent)."""

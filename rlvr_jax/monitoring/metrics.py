@@ -451,9 +451,16 @@ def mfu(
 def model_flops(cfg: Any, shape: tuple[int, int]) -> float:
     """Model FLOPs of one update (forward + backward) on a [rows, seq] batch, PaLM-style: 6 per parameter
     per token plus 12 * layers * heads * head_dim * seq per token for attention. Remat's recomputation is
-    not counted (it is hardware work, not model work), so MFU is comparable across remat policies."""
+    not counted (it is hardware work, not model work), so MFU is comparable across remat policies.
+
+    With LoRA (`cfg.lora_rank`) the base weights are frozen: their weight gradients are never computed,
+    so each base parameter costs 4 per token (forward, and the backward pass to the activations), and each
+    adapter parameter 6; counting 6 for the base would overstate a LoRA step's MFU by about 1.5x."""
     rows, seq = shape
-    per_token = 6 * cfg.num_params() + 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq
+    adapters = cfg.num_adapter_params() if getattr(cfg, "lora_rank", 0) else 0
+    per_param = 4 if adapters else 6
+    per_token = per_param * cfg.num_params() + 6 * adapters
+    per_token += 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq
     return float(per_token * rows * seq)
 
 

@@ -41,6 +41,7 @@ class RunSummary:
     eval_report: str | None = None  # before vs after: paired test, plots (WORKDIR/eval/compare/report.md)
     eval_verdict: str | None = None
     cost: dict[str, Any] | None = None  # accelerator hours x price (rlvr_jax/monitoring/cost.py)
+    peft_dir: str | None = None  # a LoRA run's adapters alone, as a PEFT adapter directory (with export_dir)
 
 
 class RunLog:
@@ -147,7 +148,7 @@ def finish(
             save_checkpoint(run, log, step, iterator_state, eval_before, eval_after)
     run.checkpointer.wait()
     run.checkpointer.close()
-    plot = report = verdict = export_dir = None
+    plot = report = verdict = export_dir = peft_dir = None
     primary = jax.process_index() == 0  # the one writer of the workdir's files (the others only checkpoint)
     if not preempted:
         plot = str(workdir / "reward_curve.png")
@@ -159,8 +160,9 @@ def finish(
             export_dir = str(
                 export_hf(model, workdir / "hf_export", run.tokenizer, dtype=config.train.export_dtype)
             )
-            if model.cfg.lora_rank and model.cfg.family != "gpt2":  # the adapters alone, for PEFT
-                export_peft(model, workdir / "peft_adapter", base_model=str(config.model.path))
+            if model.cfg.lora_rank:  # the adapters alone, for PEFT
+                peft = export_peft(model, workdir / "peft_adapter", base_model=str(config.model.path))
+                peft_dir = str(peft)
     log.writer.close()
     run_cost = None
     if log.cost is not None:
@@ -171,7 +173,7 @@ def finish(
         checkpoint_dir=str(workdir / "checkpoints"),
         tensorboard_dir=str(workdir / "tensorboard") if config.logging.tensorboard else None,
         metrics_file=str(workdir / "metrics.jsonl"), reward_plot=plot, export_dir=export_dir,
-        preempted=preempted, eval_report=report, eval_verdict=verdict, cost=run_cost,
+        preempted=preempted, eval_report=report, eval_verdict=verdict, cost=run_cost, peft_dir=peft_dir,
     )  # fmt: skip
     if primary:
         (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
@@ -260,5 +262,7 @@ def print_summary(summary: RunSummary) -> None:
         lines.append(f"eval report:   {summary.eval_report}")
     if summary.export_dir:
         lines.append(f"HF export:     {summary.export_dir}")
+    if summary.peft_dir:
+        lines.append(f"PEFT adapter:  {summary.peft_dir}")
     if jax.process_index() == 0:
         print("\n".join(lines), flush=True)
