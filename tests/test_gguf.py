@@ -4,7 +4,9 @@ and clear errors for files we cannot use.
 transformers (torch) is the reference: it dequantises with the same gguf package and undoes llama.cpp's
 Q/K row permutation itself, so equal tensors under equal names prove our names, layouts and
 permutation.  Real files cover llama (SmolLM2) and qwen2 (Qwen2.5-Coder); tiny synthetic files written
-the way llama.cpp's converter writes them cover qwen3, gpt2, biased Q/K and Llama 3 RoPE scaling.
+the way llama.cpp's converter writes them cover qwen3, gpt2, biased Q/K, Llama 3 RoPE scaling, and
+Gemma 2 / Gemma 3, whose files are also run through our decoder against transformers' logits (no real
+Gemma GGUF is at hand; what llama.cpp fixes instead of storing is checked on metadata-only files).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -26,7 +29,10 @@ import transformers
 from transformers.initialization import no_init_weights
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.models.tokenizer import Tokenizer
 from rlvr_jax.weights import gguf as gguf_module
+from rlvr_jax.weights import load_model
 from rlvr_jax.weights.gguf import GGUFCheckpoint, load_gguf, load_gguf_tokenizer
 from rlvr_jax.weights.hf import CheckpointError
 
@@ -454,6 +460,273 @@ def test_synthetic_gpt2_matches_transformers(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Gemma 2 / Gemma 3, written as llama.cpp's Gemma2Model / Gemma3Model converters write them: every
+# "*norm.weight" stored as 1 + w, no lm_head, no Q/K permutation, a sentencepiece vocabulary. Loaded into
+# our decoder, the logits must match transformers' on the HF model the file was written from.
+
+# A sentencepiece vocabulary in Gemma's layout: <pad> <eos> <bos> <unk> <mask> first, the turn markers as
+# control tokens, byte fallback, then pieces (merges are derived from their order, as for real Gemma files).
+_T = gguf.TokenType
+GEMMA_SPECIALS = [
+    ("<pad>", _T.CONTROL),
+    ("<eos>", _T.CONTROL),
+    ("<bos>", _T.CONTROL),
+    ("<unk>", _T.UNKNOWN),
+    ("<mask>", _T.CONTROL),
+    ("<start_of_turn>", _T.CONTROL),
+    ("<end_of_turn>", _T.CONTROL),
+]
+GEMMA_PIECES = [
+    "▁", "\n", "h", "e", "l", "o", "w", "r", "d", "u", "s", "m", "c", "a", "f", "i", "?", "he", "ll", "llo",
+    "hello", "▁w", "or", "▁wor", "ld", "▁world", "us", "er", "user", "mo", "de", "mode", "model", "▁h",
+    "▁he", "▁hello", "hi",
+]  # fmt: skip
+GEMMA_TOKENS = [token for token, _ in GEMMA_SPECIALS] + [f"<0x{b:02X}>" for b in range(256)] + GEMMA_PIECES
+GEMMA_TOKEN_TYPES = [kind for _, kind in GEMMA_SPECIALS] + [_T.BYTE] * 256 + [_T.NORMAL] * len(GEMMA_PIECES)
+GEMMA_VOCAB = len(GEMMA_TOKENS)
+# Gemma's chat template in miniature: the template writes <bos>, the system role is refused.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _write_gemma_vocabulary(writer: gguf.GGUFWriter) -> None:
+    """What the converter's _set_vocab_sentencepiece and Gemma's add_add_space_prefix(False) write."""
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(GEMMA_TOKENS)
+    writer.add_token_scores(
+        [0.0] * len(GEMMA_SPECIALS) + [-float(i) for i in range(GEMMA_VOCAB - len(GEMMA_SPECIALS))]
+    )
+    writer.add_token_types(GEMMA_TOKEN_TYPES)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
+    writer.add_chat_template(GEMMA_TEMPLATE)
+
+
+def _describe_gemma(config: transformers.PretrainedConfig) -> Callable[[gguf.GGUFWriter], None]:
+    """The metadata convert_hf_to_gguf.py writes for Gemma 2 (its own list) and Gemma 3 (the generic list
+    plus its own): no rope base for Gemma 2; no query_pre_attn_scalar, layer pattern or local base."""
+
+    def describe(writer: gguf.GGUFWriter) -> None:
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(config.num_attention_heads)
+        writer.add_head_count_kv(config.num_key_value_heads)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+        writer.add_sliding_window(config.sliding_window)
+        if config.model_type == "gemma2":
+            writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+            writer.add_final_logit_softcapping(config.final_logit_softcapping)
+        else:
+            full = config.rope_parameters["full_attention"]
+            writer.add_rope_freq_base(full["rope_theta"])
+            if full["rope_type"] == "linear":
+                writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+                writer.add_rope_scaling_factor(full["factor"])
+        _write_gemma_vocabulary(writer)
+
+    return describe
+
+
+def _gemma_norms(name: str, weights: np.ndarray) -> np.ndarray:
+    """The converter's modify_tensors: transformers computes x * (1 + w), llama.cpp x * w."""
+    return weights + 1 if name.endswith("norm.weight") else weights
+
+
+def _gemma_file(
+    tmp_path: Path, config: transformers.PretrainedConfig
+) -> tuple[Path, transformers.PreTrainedModel]:
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():  # weights large enough that a wrong norm, scale or cap shows in the logits
+        for name, param in model.named_parameters():
+            param.copy_((0.2 if name.endswith("norm.weight") else 0.15) * torch.randn_like(param))
+    arch = {"gemma2": gguf.MODEL_ARCH.GEMMA2, "gemma3_text": gguf.MODEL_ARCH.GEMMA3}[config.model_type]
+    path = tmp_path / f"tiny-{config.model_type}.gguf"
+    write_gguf(path, model, arch, _describe_gemma(config), _gemma_norms)
+    return path, model
+
+
+def _gemma_logits_diff(path: Path, model: transformers.PreTrainedModel) -> float:
+    """Largest |logit difference| between our decoder loaded from `path` and transformers on `model`,
+    over three left-padded rows of 12 tokens (longer than the sliding window)."""
+    loaded = load_model(path)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(len(GEMMA_SPECIALS), GEMMA_VOCAB, size=(3, 12)).astype(np.int32)
+    mask = np.ones_like(ids, dtype=bool)
+    mask[1, :3] = mask[2, :7] = False
+    ids[~mask] = 0
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    with torch.no_grad():
+        expected = model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            position_ids=torch.tensor(positions, dtype=torch.long),
+        ).logits.numpy()
+    got, _ = loaded.model(jnp.asarray(ids), mask=jnp.asarray(mask))
+    assert np.abs(expected).max() > 0.5, "weights too small for a meaningful comparison"
+    return float(np.abs(np.asarray(got) - expected)[mask].max())
+
+
+def _check_gemma_tensors(path: Path, model: transformers.PreTrainedModel) -> GGUFCheckpoint:
+    """Tensors: equal to transformers' own GGUF loader, and to the HF model's up to the +1/-1 rounding."""
+    ckpt = load_gguf(path)
+    _, reference = transformers_reference(path, ckpt.hf_config)
+    assert max_tensor_diff(ckpt.tensors, reference) == 0.0
+    assert max_tensor_diff(ckpt.tensors, _state(model)) < 1e-7
+    assert "lm_head.weight" not in ckpt.tensors and ckpt.hf_config["tie_word_embeddings"] is True
+    return ckpt
+
+
+def test_synthetic_gemma2_logits_match_transformers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma 2: both soft-caps set low enough to bend the logits, sliding and full layers alternating with a
+    window shorter than the rows, sandwich norms, GQA."""
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    config = transformers.Gemma2Config(
+        vocab_size=GEMMA_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=5, attn_logit_softcapping=3.0, final_logit_softcapping=4.0,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0,
+    )  # fmt: skip
+    path, model = _gemma_file(tmp_path, config)
+    ckpt = _check_gemma_tensors(path, model)
+    hf_config = ckpt.hf_config
+    assert hf_config["layer_types"] == ["sliding_attention", "full_attention"] * 2
+    expected = {"sliding_window": 5, "attn_logit_softcapping": 3.0, "final_logit_softcapping": 4.0}
+    assert {key: hf_config[key] for key in expected} == expected
+    assert hf_config["query_pre_attn_scalar"] == 16 and hf_config["rope_theta"] == 10000.0
+    assert _gemma_logits_diff(path, model) < 1e-5
+
+
+def test_synthetic_gemma3_logits_match_transformers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma 3: q/k norms (also stored + 1), five sliding layers then a full one (llama.cpp's fixed
+    pattern), the sliding layers at base 10000 (llama.cpp's fixed local base), the full ones at their own
+    base with linear scaling."""
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    config = transformers.Gemma3TextConfig(
+        vocab_size=GEMMA_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=5, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "rope_theta": 1000.0, "factor": 4.0},
+        },
+    )  # fmt: skip
+    assert config.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    path, model = _gemma_file(tmp_path, config)
+    ckpt = _check_gemma_tensors(path, model)
+    hf_config = ckpt.hf_config
+    assert hf_config["model_type"] == "gemma3_text" and hf_config["layer_types"] == config.layer_types
+    assert hf_config["rope_theta"] == 1000.0 and hf_config["rope_local_base_freq"] == 10000.0
+    assert hf_config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+    assert hf_config["attn_logit_softcapping"] is None and hf_config["final_logit_softcapping"] is None
+    assert "model.layers.0.self_attn.q_norm.weight" in ckpt.tensors
+    assert _gemma_logits_diff(path, model) < 1e-5
+
+
+def _gemma_config_file(path: Path, arch: str, layers: int, extra: Callable[[gguf.GGUFWriter], None]) -> Path:
+    """Metadata and the two tensors the config is read from (hidden 32, 2 heads of 8): enough for
+    `load_gguf`'s config, not for a model."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    for add, value in [
+        (writer.add_context_length, 64), (writer.add_embedding_length, 32), (writer.add_block_count, layers),
+        (writer.add_feed_forward_length, 48), (writer.add_head_count, 2), (writer.add_head_count_kv, 1),
+        (writer.add_layer_norm_rms_eps, 1e-6), (writer.add_key_length, 8), (writer.add_value_length, 8),
+        (writer.add_sliding_window, 4),
+    ]:  # fmt: skip
+        add(value)
+    extra(writer)
+    writer.add_tensor("token_embd.weight", np.zeros((GEMMA_VOCAB, 32), np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((16, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arch", "layers", "scalar"),
+    [("gemma2", 46, 16), ("gemma2", 26, 8), ("gemma3", 62, 16), ("gemma3", 34, 8)],
+    ids=["gemma2-27b", "gemma2-2b", "gemma3-27b", "gemma3-4b"],
+)
+def test_gemma_attention_scale_and_layer_pattern_as_llama_cpp(
+    arch: str, layers: int, scalar: int, tmp_path: Path
+) -> None:
+    """Not in the file, fixed by llama.cpp: the 27B models (46 / 62 layers) scale queries by
+    (hidden / heads) ** -0.5 (here 32 / 2 = 16), the others by head_dim ** -0.5 (8); every 2nd (Gemma 2)
+    or 6th (Gemma 3) layer attends fully."""
+    path = _gemma_config_file(tmp_path / f"{arch}.gguf", arch, layers, lambda writer: None)
+    config = ModelConfig.from_hf_config(load_gguf(path).hf_config)
+    assert config.attn_scale == pytest.approx(scalar**-0.5)
+    every = 2 if arch == "gemma2" else 6
+    assert config.sliding_windows == tuple(0 if (i + 1) % every == 0 else 4 for i in range(layers))
+    assert config.rope_local_theta == (10000.0 if arch == "gemma3" else None)
+
+
+@pytest.mark.parametrize(
+    ("key", "write"),
+    [
+        ("attention.sliding_window_pattern", lambda writer: writer.add_sliding_window_pattern(4)),
+        ("rope.freq_base_swa", lambda writer: writer.add_rope_freq_base_swa(20000.0)),
+    ],
+)
+def test_gemma3_keys_llama_cpp_would_ignore_are_refused(
+    key: str, write: Callable[[gguf.GGUFWriter], None], tmp_path: Path
+) -> None:
+    """llama.cpp runs Gemma 3 with its fixed pattern and local base whatever such keys say; one that
+    disagrees is an error, one that agrees is fine."""
+    path = _gemma_config_file(tmp_path / "gemma3.gguf", "gemma3", 26, write)
+    with pytest.raises(CheckpointError, match=rf"gemma3\.{re.escape(key)} is .* llama\.cpp runs gemma3 with"):
+        load_gguf(path)
+    agreeing = {"attention.sliding_window_pattern": lambda w: w.add_sliding_window_pattern(6)}.get(
+        key, lambda w: w.add_rope_freq_base_swa(10000.0)
+    )
+    assert load_gguf(_gemma_config_file(tmp_path / "ok.gguf", "gemma3", 26, agreeing)).hf_config
+
+
+@pytest.mark.parametrize("reader", ["transformers", "metadata"])
+def test_synthetic_gemma_tokenizer(reader: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Gemma file's sentencepiece vocabulary, through transformers' GGUF reader (torch installs) and
+    ours (no torch): BOS added as the file says, no prefix space, byte fallback, turn markers kept whole
+    and stopping generation, the chat template's own <bos> not doubled."""
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    if reader == "metadata":
+        monkeypatch.setattr(gguf_module, "_transformers_reads_gguf", lambda: False)
+    path = _gemma_config_file(tmp_path / "gemma2.gguf", "gemma2", 2, _write_gemma_vocabulary)
+    tokenizer = Tokenizer(load_gguf_tokenizer(path))
+
+    def pieces(text: str, chat_formatted: bool = False) -> list[str]:
+        return tokenizer.hf.convert_ids_to_tokens(tokenizer.encode(text, chat_formatted))
+
+    assert pieces("hello world") == ["<bos>", "hello", "▁world"]
+    assert pieces(" hello\nworld?") == ["<bos>", "▁hello", "\n", "w", "or", "ld", "?"]
+    assert pieces("café") == ["<bos>", "c", "a", "f", "<0xC3>", "<0xA9>"]
+    assert tokenizer.decode(tokenizer.encode("café hello")) == "café hello"
+    prompt = tokenizer.format("hi")
+    assert prompt == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+    turn = ["<start_of_turn>", "user", "\n", "hi", "<end_of_turn>", "\n"]
+    assert pieces(prompt, chat_formatted=True) == ["<bos>", *turn, "<start_of_turn>", "model", "\n"]
+    assert tokenizer.stop_ids == (1, 6)  # <eos>, <end_of_turn>
+    assert tokenizer.pad_id == 0 and tokenizer.vocab_size == GEMMA_VOCAB
+    assert sorted(tokenizer.hf.all_special_ids) == [0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------------------------------
 # Files we cannot use: one clear error each, never a numpy/struct traceback.
 
 
@@ -529,6 +802,7 @@ def test_unknown_architecture(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"architecture 'mamba' is not supported.*Hugging Face") as info:
         load_gguf(path)
     assert str(path) in str(info.value)
+    assert "(supported: gemma2, gemma3, gpt2, llama, qwen2, qwen3)" in str(info.value)
 
 
 def test_quantisation_without_dequantiser(tmp_path: Path) -> None:

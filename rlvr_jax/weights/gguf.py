@@ -19,7 +19,14 @@ What has to be undone on the way:
   stored unchanged.  The gguf package carries no per-architecture rope-type table, so this rule
   lives in ``_ARCHS`` and is checked numerically against transformers in ``tests/test_gguf.py``;
 * Llama 3.x "llama3" RoPE scaling, which the converter stores only as a ``rope_freqs`` tensor of
-  per-frequency divisors; the HF ``rope_scaling`` dict is recovered from it.
+  per-frequency divisors; the HF ``rope_scaling`` dict is recovered from it;
+* Gemma 2 / Gemma 3 (architectures ``gemma2`` / ``gemma3``, see ``_gemma_config``): the converter
+  stores every RMSNorm weight as ``1 + w`` (llama.cpp multiplies by the stored weight, transformers
+  by ``1 + w``), so 1 is subtracted again here and the decoder's ``norm_offset`` is applied once.
+  Q/K rows are not permuted (llama.cpp runs Gemma with NeoX-style RoPE, HF's layout), and the head
+  is tied to the embeddings (the converter drops ``lm_head``). Several hyperparameters are not in
+  the file at all but fixed in llama.cpp's loader, and are reproduced as it sets them: the
+  attention scale, Gemma 3's sliding-window pattern and its sliding layers' rotary base.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ class _Arch:
     layer_modules: dict[str, str]  # GGUF per-block module name -> HF module name
     permuted_qk: bool = False  # Q/K rows reordered for llama.cpp's "normal" RoPE
     transposed: frozenset[str] = frozenset()  # per-block modules stored [out, in] but HF Conv1D
+    norm_plus_one: bool = False  # RMSNorm weights stored as 1 + w (Gemma); HF keeps w
 
 
 _DECODER_GLOBALS = {
@@ -95,6 +103,15 @@ _DECODER_LAYERS = {
     "ffn_down": "mlp.down_proj",
 }
 _QK_NORM_LAYERS = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+# Gemma's norms around each sublayer: llama.cpp's "ffn_norm" is the norm *before* the MLP here
+# (transformers' pre_feedforward_layernorm), while Llama's post_attention_layernorm plays that role.
+_GEMMA_LAYERS = {
+    **{k: v for k, v in _DECODER_LAYERS.items() if not k.endswith("norm")},
+    "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
 
 _ARCHS: dict[str, _Arch] = {
     "llama": _Arch(
@@ -103,6 +120,17 @@ _ARCHS: dict[str, _Arch] = {
     "qwen2": _Arch("qwen2", "Qwen2ForCausalLM", _DECODER_GLOBALS, "model.layers.", _DECODER_LAYERS),
     "qwen3": _Arch(
         "qwen3", "Qwen3ForCausalLM", _DECODER_GLOBALS, "model.layers.", _DECODER_LAYERS | _QK_NORM_LAYERS
+    ),
+    "gemma2": _Arch(
+        "gemma2", "Gemma2ForCausalLM", _DECODER_GLOBALS, "model.layers.", _GEMMA_LAYERS, norm_plus_one=True
+    ),
+    "gemma3": _Arch(
+        "gemma3_text",
+        "Gemma3ForCausalLM",
+        _DECODER_GLOBALS,
+        "model.layers.",
+        _GEMMA_LAYERS | _QK_NORM_LAYERS,
+        norm_plus_one=True,
     ),
     "gpt2": _Arch(
         "gpt2",
@@ -201,6 +229,8 @@ def load_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
     shapes = {name: array.shape for name, array in raw.items()}
     if arch.model_type == "gpt2":
         config = _gpt2_config(meta, shapes)
+    elif arch.norm_plus_one:
+        config = _gemma_config(meta, arch, shapes)
     else:
         config = _decoder_config(meta, arch, shapes, rope_freqs)
     tensors = _hf_tensors(arch, raw, config, path)
@@ -219,7 +249,8 @@ def load_gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase
     (``AutoTokenizer.from_pretrained(..., gguf_file=...)``) imports torch since 5.2x, and the base
     package does not depend on torch: without it, the same converter runs on metadata read by our
     reader (``_tokenizer_from_metadata``). ``tests/test_gguf.py`` checks that both give the same tokens,
-    template and special tokens for the SmolLM2 and Qwen2.5 files.
+    template and special tokens for the SmolLM2 and Qwen2.5 files, and for a Gemma-style sentencepiece
+    vocabulary (BOS added as the file says, no prefix space, byte fallback, turn markers kept whole).
     """
     path = _existing_file(path)
     cached = _tokenizer_cache_dir(path)
@@ -272,7 +303,6 @@ def _tokenizer_from_metadata(path: pathlib.Path) -> PreTrainedTokenizerBase:
     ("llama") vocabularies that do not say otherwise (llama.cpp's rule), and the special tokens named
     by their ids. The vocabulary itself, merges, pre-tokenizer and added tokens are transformers' work.
     """
-    from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
         GGUF_TOKENIZER_MAPPING,
         convert_gguf_tokenizer,
@@ -296,8 +326,21 @@ def _tokenizer_from_metadata(path: pathlib.Path) -> PreTrainedTokenizerBase:
     for name, key in _SPECIAL_TOKEN_IDS.items():
         token_id = value(f"tokenizer.ggml.{key}")
         tokenizer_config[name] = vocabulary["tokens"][token_id] if token_id is not None else None
-    backend, extra = convert_gguf_tokenizer(value(Keys.General.ARCHITECTURE), vocabulary)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
+    architecture = value(Keys.General.ARCHITECTURE)
+    backend, extra = convert_gguf_tokenizer(architecture, vocabulary)
+    return _tokenizer_class(architecture)(tokenizer_object=backend, **tokenizer_config, **extra)
+
+
+def _tokenizer_class(architecture: str) -> type[PreTrainedTokenizerBase]:
+    """The class transformers' own GGUF path wraps the tokenizer in: its AutoTokenizer class for the model
+    type (GemmaTokenizer for Gemma, whose defaults name ``<mask>`` a special token), else the plain fast one.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES, tokenizer_class_from_name
+
+    arch = _ARCHS.get(architecture)
+    name = TOKENIZER_MAPPING_NAMES.get(arch.model_type) if arch is not None else None
+    return (tokenizer_class_from_name(name) if name else None) or PreTrainedTokenizerFast
 
 
 def _tokenizer_cache_dir(path: pathlib.Path) -> pathlib.Path | None:
@@ -318,7 +361,8 @@ def _tokenizer_cache_dir(path: pathlib.Path) -> pathlib.Path | None:
         return None
     stat = path.stat()
     ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
-    ident += "" if _transformers_reads_gguf() else "|metadata"
+    # The metadata reader wraps the tokenizer in transformers' class for the model type since Gemma support.
+    ident += "" if _transformers_reads_gguf() else "|metadata|model-class"
     return pathlib.Path(root) / "gguf-tokenizers" / hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
@@ -433,6 +477,10 @@ def _hf_tensors(
             array = _unpermute_rotary_rows(array, heads)
         elif module in arch.transposed and array.ndim == 2:
             array = array.T
+        elif arch.norm_plus_one and hf_name.endswith("norm.weight"):
+            # The converter's rule, on the same names: every "*norm.weight" got + 1. F32 subtraction is
+            # exact for stored values >= 0.5, i.e. for every w >= -0.5.
+            array = np.asarray(array, np.float32) - np.float32(1.0)
         tensors[hf_name] = _owned(array)
     if unknown:
         raise CheckpointError(
@@ -512,6 +560,100 @@ def _decoder_config(
     if rope_scaling is not None:
         config["rope_scaling"] = rope_scaling
     return config | _common_config(meta)
+
+
+# What llama.cpp's loader (llama-model.cpp, load_hparams) fixes for Gemma instead of reading it from the
+# file: every 2nd (Gemma 2) / 6th (Gemma 3) layer attends fully, the others within the sliding window;
+# Gemma 3's sliding layers rotate with base 10000, unscaled. Gemma 2's window and soft-caps have defaults
+# for files that leave them out (the converter writes all three).
+_GEMMA_FULL_EVERY = {"gemma2": 2, "gemma3_text": 6}
+_GEMMA3_LOCAL_THETA = 10000.0
+_GEMMA2_DEFAULTS = {"sliding_window": 4096, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+# Layer counts of the 27B models, the one size whose attention scale is not head_dim ** -0.5.
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3_text": 62}
+
+
+def _gemma_config(meta: _Metadata, arch: _Arch, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """config.json for Gemma 2 / Gemma 3 text models, with the hyperparameters llama.cpp runs them with.
+
+    query_pre_attn_scalar is not in the file: llama.cpp derives the attention scale from the model
+    size, after gemma_pytorch's configs. The 27B models (told apart by their layer count: 46 for
+    Gemma 2, 62 for Gemma 3) scale queries by (hidden / heads) ** -0.5, every other size by
+    head_dim ** -0.5. That is query_pre_attn_scalar = hidden // heads or head_dim, the value of every
+    released Gemma 2 / 3 checkpoint (27B: 4608 / 32 = 144 and 5376 / 32 = 168; the others: head_dim,
+    256); a fine-tune with another value runs with this one in llama.cpp too, and here.
+    """
+    model_type = arch.model_type
+    gemma3 = model_type == "gemma3_text"
+    heads = meta.get_int(Keys.Attention.HEAD_COUNT)
+    hidden = meta.get_int(Keys.LLM.EMBEDDING_LENGTH)
+    layers = meta.get_int(Keys.LLM.BLOCK_COUNT)
+    q_rows = shapes["blk.0.attn_q.weight"][0]
+    head_dim = meta.get_int(Keys.Attention.KEY_LENGTH, q_rows // heads)
+    if q_rows != heads * head_dim:
+        raise CheckpointError(
+            f"{meta.path}: the Q projection has {q_rows} rows, not {heads} heads of key_length "
+            f"{head_dim}; the file is inconsistent"
+        )
+    defaults = {} if gemma3 else _GEMMA2_DEFAULTS
+    window = meta.get_int(Keys.Attention.SLIDING_WINDOW, defaults.get("sliding_window")) or None
+    every = _GEMMA_FULL_EVERY[model_type]
+    sliding = [bool(window) and i % every < every - 1 for i in range(layers)]
+    _check_fixed(meta, Keys.Attention.SLIDING_WINDOW_PATTERN, (every, sliding))
+    theta = meta.get(Keys.Rope.FREQ_BASE, 10000.0)
+    config: dict[str, Any] = {
+        "model_type": model_type,
+        "architectures": [arch.hf_class],
+        "vocab_size": shapes["token_embd.weight"][0],
+        "hidden_size": hidden,
+        "intermediate_size": meta.get_int(Keys.LLM.FEED_FORWARD_LENGTH),
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": meta.get_int(Keys.Attention.HEAD_COUNT_KV, heads),
+        "head_dim": head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": meta.get(Keys.Attention.LAYERNORM_RMS_EPS),
+        "rope_theta": theta,
+        "max_position_embeddings": meta.get_int(Keys.LLM.CONTEXT_LENGTH),
+        "tie_word_embeddings": "output.weight" not in shapes,
+        "attention_bias": "blk.0.attn_q.bias" in shapes,
+        "query_pre_attn_scalar": hidden // heads if layers == _GEMMA_27B_LAYERS[model_type] else head_dim,
+        # Gemma 3 has no attention soft-capping (llama.cpp does not read the key for it).
+        "attn_logit_softcapping": None
+        if gemma3
+        else meta.get(Keys.LLM.ATTN_LOGIT_SOFTCAPPING, defaults["attn_logit_softcapping"]),
+        "final_logit_softcapping": meta.get(
+            Keys.LLM.FINAL_LOGIT_SOFTCAPPING, defaults.get("final_logit_softcapping")
+        ),
+        "sliding_window": window,
+        "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding],
+    }
+    if gemma3:
+        _check_fixed(meta, Keys.Rope.FREQ_BASE_SWA, (_GEMMA3_LOCAL_THETA,))
+        config["rope_local_base_freq"] = _GEMMA3_LOCAL_THETA
+    rope_scaling = _rope_scaling(meta, None, theta, head_dim)
+    if rope_scaling is not None:  # Gemma 3 4B and up: linear, on the full-attention layers only
+        config["rope_scaling"] = rope_scaling
+    return config | _common_config(meta)
+
+
+def _check_fixed(meta: _Metadata, key: str, llama_cpp: tuple[Any, ...]) -> None:
+    """A key llama.cpp does not read for Gemma must not contradict the value it uses instead.
+
+    Either way of loading such a file would be wrong for someone (llama.cpp, or whoever wrote the
+    key), so it is refused rather than guessed. ``llama_cpp`` lists the spellings of llama.cpp's
+    value (a sliding-window pattern may be a period or a per-layer list).
+    """
+    if not meta.has(key):
+        return
+    value = meta.get(key)
+    if value in llama_cpp:
+        return
+    raise CheckpointError(
+        f"{meta.path}: {key.format(arch=meta.arch)} is {value!r}, but llama.cpp runs {meta.arch} with "
+        f"{llama_cpp[0]!r} whatever the file says; convert the Hugging Face checkpoint again with "
+        "llama.cpp's convert_hf_to_gguf.py, or pass the Hugging Face checkpoint directory instead"
+    )
 
 
 def _model_type(meta: _Metadata, arch: _Arch) -> tuple[str, str]:
