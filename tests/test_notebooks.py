@@ -232,6 +232,7 @@ def test_evaluate_and_compare_gives_a_paired_test_and_plots(tmp_path, kernel_dir
     for run in ("chat", "plain"):
         metrics = json.loads((out / run / "metrics.json").read_text())
         assert metrics["task"] == "gsm8k" and metrics["num_items"] == 8
+        assert metrics["max_new_tokens"] == 32  # the notebook's small budget, not the gsm8k config's 512
     comparison = json.loads((out / "compare" / "comparison.json").read_text())
     assert comparison["test"] == "mcnemar_exact" and 0.0 <= comparison["mcnemar"]["p_value"] <= 1.0
     assert comparison["paired_items"] == 8
