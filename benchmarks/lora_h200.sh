@@ -7,13 +7,13 @@
 # so the 7B full fine-tune, which cannot fit (float32 masters + Adam: 16 bytes x 7.6B parameters), is
 # recorded as out of memory and the sweep goes on. Writes
 # benchmarks/results/lora_train_step_$CARD.json (CARD: h100 or h200, from nvidia-smi unless set), and a
-# copy to $OUT when set (what the device call brings back). About 5 minutes of device time (estimated, not
-# measured yet); BUDGET (default 540 s, inside a device call's 10 minutes) bounds the whole sweep and
-# TIMEOUT (default 300 s) each configuration: what runs out of time is recorded as such. The memory a
-# configuration may use is the allocator's limit (device_memory_limit_gb in each result): 0.75 of the card
-# unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise, as in the trainer's runs. Not run yet: this
-# session had no device time left. XLA's CPU estimate of the 7B rank-16 step is 60.3 GB (1.5B: 22.2 GB
-# rank 16, 43.3 GB full); CPU estimates ran 1.4-3.1x above the H100's (benchmarks/memory_options.py).
+# copy to $OUT when set (what the device call brings back). The memory a configuration may use is the
+# allocator's limit (device_memory_limit_gb in each result): 0.75 of the card unless
+# XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise, as in the trainer's runs. BUDGET (default 540 s) bounds
+# the sweep and TIMEOUT (default 300 s) each configuration. Measured 2026-12-06 on an H100 80GB (the H200
+# was not lent): 86 s for the call; 1.5B full 31.1 GB / 0.402 s, rank 16 12.3 GB / 0.366 s; 7B full out
+# of memory at init (30 GB masters + 61 GB Adam > 63.8 GB), rank 16 26.8 GB / 1.238 s
+# (benchmarks/results/lora_train_step_h100.json). XLA's CPU estimates had been 43.3 / 22.2 / 60.3 GB.
 set -uo pipefail
 card=${CARD:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9][0-9]*' | head -1 | tr H h)}
 card=${card:-cpu}
