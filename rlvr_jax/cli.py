@@ -27,12 +27,12 @@ from typing import Any, NoReturn
 
 from absl import flags
 
-from rlvr_jax.config import ConfigError, configs_dir, unknown_key
+from rlvr_jax.config import ConfigError, RunStopped, configs_dir, unknown_key
 
 # Errors that carry a message written for the user: print it, not a traceback. MemoryError: the trainer's
 # out-of-device-memory error says which knobs make the update fit (rlvr_jax/trainer/step.py).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, FileNotFoundError, KeyError, PermissionError, MemoryError,
+    ValueError, FileNotFoundError, KeyError, PermissionError, MemoryError, RunStopped,
 )  # fmt: skip
 
 

@@ -161,6 +161,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Before step 1, compile the sampler and the update for every prompt bucket the training prompts can
     # reach (a line per compile; time/compile_s at the first step), so no step stalls on a new bucket.
     c.train.warmup_compile = True
+    # Stop with an error after this many updates in a row were skipped for a non-finite loss or gradient
+    # (the parameters are unchanged by a skipped update, so a run that skips them all trains nothing);
+    # 0 = never stop. The first skipped update is reported on the console either way.
+    c.train.max_skipped_in_a_row = 10
 
     # Where the step metrics go: TensorBoard, W&B, Prometheus, JSON log lines; and the cost table.
     c.logging = ml_collections.ConfigDict()
@@ -220,6 +224,7 @@ KEY_HELP: dict[str, str] = {
     "train.steps": "GRPO steps (one rollout batch and its updates each)",
     "train.checkpoint_every": "orbax checkpoint every N steps (and on SIGTERM)",
     "train.keep_checkpoints": "checkpoints kept (plus the best by held-out accuracy)",
+    "train.max_skipped_in_a_row": "stop after this many updates in a row skipped for NaN / inf; 0 = never",
     "logging.tensorboard": "write TensorBoard event files under WORKDIR/tensorboard",
     "logging.wandb_project": "Weights & Biases project; None = off",
 }
@@ -227,6 +232,11 @@ KEY_HELP: dict[str, str] = {
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and what to change."""
+
+
+class RunStopped(RuntimeError):
+    """A run that stopped itself for a reason its message explains, with what to change (the command
+    line prints it as `error: ...`, no traceback): e.g. every update skipped for a non-finite gradient."""
 
 
 def saved_config_path(workdir: str | os.PathLike) -> Path | None:
@@ -283,6 +293,7 @@ _INTEGERS = {
     "train.eval_every": 0,
     "train.checkpoint_every": 1,
     "train.keep_checkpoints": 1,
+    "train.max_skipped_in_a_row": 0,
     "logging.prometheus_port": 0,
     "logging.log_samples": 0,
 }
@@ -292,6 +303,7 @@ _ZERO_MEANS = {
     "optim.micro_batches": "auto",
     "optim.micro_batch_tokens": "off",
     "train.eval_every": "only before and after training",
+    "train.max_skipped_in_a_row": "never stop",
     "logging.prometheus_port": "off",
     "logging.log_samples": "none",
 }

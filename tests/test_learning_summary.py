@@ -18,8 +18,10 @@ def test_summary_of_the_committed_runs(tmp_path):
     assert ls.main(["--results", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "learning_runs_h100.json").read_text())
     runs = {r["name"]: r for r in record["runs"]}
-    assert set(runs) == {run.name for run in ls.RUNS if not run.pending}
-    assert set(record["not_run"]) == {run.name for run in ls.RUNS if run.pending}  # not brought back yet
+    back = {run.name for run in ls.RUNS if (results / "learning" / run.name).is_dir()}
+    assert {run.name for run in ls.RUNS if not run.pending} <= back  # a run that is not pending is committed
+    assert set(runs) == back
+    assert set(record["not_run"]) == {run.name for run in ls.RUNS} - back  # pending, not brought back yet
     assert all("H100" in r["device"] and r["versions"]["jax"] for r in runs.values())
     gsm8k = runs["qwen_coder_gsm8k"]
     assert gsm8k["evaluation"]["n"] == 1319 and gsm8k["evaluation"]["test"] == "mcnemar_exact"
@@ -99,3 +101,29 @@ def test_a_pending_lora_run_is_summarised_once_its_folder_is_back(tmp_path):
     assert "--config.optim.learning_rate=2e-05" in flags and "--config.train.steps=60" in flags
     assert not [f for f in flags if "targets" in f or "wandb_tags" in f], flags
     assert summary["evaluation"]["n"] == 1319 and summary["step_split"]["steps"] > 0
+
+
+def test_a_run_whose_updates_were_all_skipped_is_marked(tmp_path):
+    """The NQ runs of 2026-12-06 skipped every update (non-finite gradient): before == after, and a table
+    that showed only "+0.0, p = 1" would read as "RL does not help here" instead of "nothing was trained"."""
+    rows = [{"step": 0, "eval/accuracy": 0.1}]
+    rows += [{"step": s, "train/skipped_updates": s} for s in range(1, 5)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert ls.updates_applied(path) == {"steps": 4, "skipped": 4}
+    (tmp_path / "old.jsonl").write_text(json.dumps({"step": 1, "time/step_s": 1.0}))
+    assert ls.updates_applied(tmp_path / "old.jsonl") is None  # runs from before the counter
+
+    def row(updates):
+        return {"benchmark": "b", "label": "run", "n": 10, "before": 0.5, "after": 0.5, "difference": None,
+                "p_value": 1.0, "truncated_before": 0.0, "truncated_after": 0.0, "finished_in_both": None,
+                "minutes": 1, "usd": 0.1, "status": "done", "updates": updates}  # fmt: skip
+
+    table = ls.markdown([row({"steps": 4, "skipped": 4}), row({"steps": 4, "skipped": 1}), row(None)])
+    lines = table.splitlines()[2:]
+    assert "all 4 updates skipped: the policy never changed" in lines[0]
+    assert "(1 of 4 updates skipped)" in lines[1]
+    assert "skipped" not in lines[2]
+    committed = json.loads((REPO / "benchmarks" / "results" / "learning_runs_h100.json").read_text())
+    nq = {r["name"]: r for r in committed["runs"] if r["benchmark"] == "Natural Questions"}
+    assert nq["qwen_nq_h100"]["updates"] == {"steps": 100, "skipped": 100}

@@ -481,3 +481,23 @@ def test_rounds_padded_to_different_prompt_buckets_concatenate_without_per_row_c
     np.testing.assert_array_equal(tokens[:, -3:], np.concatenate([narrow["tokens"][:2], wide["tokens"]]))
     # One round: the same batch as batch_from_rollout builds from the prompts and the sampler's output.
     assert np.asarray(rl.batch_from_rows(narrow, np.zeros(4))["tokens"]).shape == (4, 4 + 3)
+
+
+def test_skipped_updates_count_steps_in_a_row_and_reset_on_an_applied_update():
+    from rlvr_jax.config import RunStopped
+    from rlvr_jax.trainer.step import SkippedUpdates
+
+    said = []
+    watch = SkippedUpdates(limit=3, start_count=5, say=said.append)  # a resumed run had skipped 5
+    watch.check(1, {"train/skipped_updates": 5}, updates=2)
+    watch.check(2, {"train/skipped_updates": 6}, updates=2)  # one of two skipped: the policy moved
+    assert watch.in_a_row == 0 and len(said) == 1 and "step 2: 1 of 2 update(s) skipped" in said[0]
+    watch.check(3, {"train/skipped_updates": 8}, updates=2)
+    watch.check(4, {"train/skipped_updates": 10}, updates=2)
+    with pytest.raises(RunStopped, match=r"last 3 steps \(to step 5\) .* not changed since step 2"):
+        watch.check(5, {"train/skipped_updates": 12, "train/grad_norm": float("nan")}, updates=2)
+    assert len(said) == 1  # said once, not every step
+    never = SkippedUpdates(limit=0, start_count=0, say=said.append)
+    for step in range(1, 50):
+        never.check(step, {"train/skipped_updates": step}, updates=1)
+    assert never.in_a_row == 49

@@ -455,3 +455,29 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
     for s in steps:
         assert not set(s["lowered"]) & set(STEP_FUNCTIONS), (s["step"], s["lowered"])
     assert rows[0]["time/compile_s"] > 0 and all("time/compile_s" not in r for r in rows[1:])
+
+
+def test_a_run_whose_updates_are_all_skipped_stops_and_says_why(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """Non-finite gradients skip updates (parameters unchanged); a run that skips every one trains nothing,
+    so after train.max_skipped_in_a_row such steps it stops with RunStopped (the command line's
+    `error: ...`) instead of finishing with an "after" evaluation of the unchanged base model."""
+    import rlvr_jax.rl.update as update
+    from rlvr_jax.config import RunStopped
+    from rlvr_jax.trainer import train
+
+    apply = update.apply_gradients
+    monkeypatch.setattr(update, "apply_gradients", lambda s, g, loss, o: apply(s, g, loss * float("nan"), o))
+    config = _tiny_config(tiny_model_dir, **{"train.steps": 6, "train.export_hf": False})
+    config.train.max_skipped_in_a_row = 2
+    config.rl.prompts_per_step, config.rl.group_size, config.sampling.max_new_tokens = 2, 2, 2
+    config.data.eval_limit, config.train.checkpoint_every = 2, 1
+    with pytest.raises(
+        RunStopped, match=r"last 2 steps \(to step 2\) were all skipped .* not changed since the start"
+    ):
+        train(config, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "step 1: 1 of 1 update(s) skipped for a non-finite loss or gradient" in out
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/skipped_updates" in r]
+    assert [r["train/skipped_updates"] for r in rows] == [1, 2]

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import sharding
+from rlvr_jax.config import RunStopped
 from rlvr_jax.evaluation.metrics import PASS_THRESHOLD, truncation_rate
 from rlvr_jax.monitoring.metrics import flops_metrics, model_flops
 from rlvr_jax.rl.batch import Rollout, batch_from_rows
@@ -40,6 +41,47 @@ class Update:
 class UpdateOutOfMemory(MemoryError):
     """The policy update did not fit on the device; the message says which knobs make it fit (the command
     line prints it as `error: ...`; XLA's allocator report is the exception's cause)."""
+
+
+class SkippedUpdates:
+    """Watches the updates skipped for a non-finite loss or gradient (`rlvr_jax.optim.accumulate` leaves the
+    parameters unchanged and counts them in `train/skipped_updates`).
+
+    A skipped update is said on the console the first time; after `limit` steps in a row whose updates
+    were all skipped (0 = never) the run stops with `RunStopped`: such a run trains nothing, and finishing
+    it anyway would end in an "after" evaluation that is the base model again (the NQ runs of 2026-12-06
+    ran 100 steps that way). The checkpoints hold the parameters of the last applied update.
+    """
+
+    def __init__(self, limit: int, start_count: int, say: Any) -> None:
+        self.limit, self.count, self.say = limit, start_count, say
+        self.in_a_row, self.last_applied, self.warned = 0, None, False
+
+    def check(self, step: int, metrics: dict[str, Any], updates: int) -> None:
+        count = int(metrics.get("train/skipped_updates", self.count))
+        new, self.count = count - self.count, count
+        loss, norm = metrics.get("train/loss"), metrics.get("train/grad_norm")
+        if new and not self.warned:
+            self.warned = True
+            self.say(
+                f"step {step}: {new} of {updates} update(s) skipped for a non-finite loss or gradient (loss "
+                f"{loss}, grad norm {norm}); the parameters are unchanged. train/skipped_updates counts them."
+            )
+        if new < updates:
+            self.in_a_row, self.last_applied = 0, step
+            return
+        self.in_a_row += 1
+        if self.limit and self.in_a_row >= self.limit:
+            since = "the start of this process" if self.last_applied is None else f"step {self.last_applied}"
+            raise RunStopped(
+                f"the updates of the last {self.in_a_row} steps (to step {step}) were all skipped for a "
+                f"non-finite loss or gradient (last: loss {loss}, grad norm {norm}), so the policy has not "
+                f"changed since {since}. What usually helps: a lower optim.learning_rate, float32 compute "
+                "(model.dtype=float32) to rule out a bf16 overflow, another model.remat or "
+                "optim.micro_batches; JAX_DEBUG_NANS=True stops at the first NaN and shows where. The "
+                "checkpoints hold the last applied update (resume with the same --workdir); "
+                "train.max_skipped_in_a_row=0 runs on anyway."
+            )
 
 
 def out_of_memory_advice(config: Any, rows: dict[str, Any]) -> str:

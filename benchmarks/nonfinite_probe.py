@@ -1,0 +1,111 @@
+"""Which update configurations give a non-finite gradient on this device (diagnosis of the NQ runs whose
+every update was skipped on an H100, 2026-12-06): random Qwen2.5-0.5B-shaped weights, a batch laid out as
+the trainer's (left-padded prompts, right-padded completions), the grad norm per configuration.
+
+    python benchmarks/nonfinite_probe.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks.rollout import SHAPES
+from rlvr_jax.models import ModelConfig, init_model
+from rlvr_jax.optim import OptimConfig, init_train_state, make_optimizer
+from rlvr_jax.optim.memory import random_train_batch
+from rlvr_jax.rl import LossConfig
+from rlvr_jax.rl.update import make_train_step
+
+
+def padded_batch(rows: int, P: int, N: int, vocab: int, pad: bool, seed: int = 0) -> dict:
+    b = random_train_batch(rows, P, N, vocab, seed)
+    if not pad:
+        return b
+    rng = np.random.default_rng(seed + 1)
+    for r in range(rows):
+        left = int(rng.integers(0, P - 4))
+        n = int(rng.integers(1, N + 1))
+        b["attn_mask"][r, :left] = False
+        b["tokens"][r, :left] = 0
+        b["completion_mask"][r, n:] = False
+        b["attn_mask"][r, P + n :] = False
+        b["tokens"][r, P + n :] = 0
+    return b
+
+
+def attention_check() -> dict:
+    """jax.nn.dot_product_attention (cuDNN on GPU) with fully masked query rows: forward and gradient."""
+    rng = np.random.default_rng(0)
+    B, T, H, D = 2, 64, 4, 64
+    q, k, v = (jnp.asarray(rng.standard_normal((B, T, H, D)), jnp.bfloat16) for _ in range(3))
+    valid = np.ones((B, T), bool)
+    valid[:, :10] = False  # left padding: queries 0..9 see no valid key
+    causal = np.tril(np.ones((T, T), bool))
+    mask = jnp.asarray(causal[None] & valid[:, None, :])[:, None]
+    w = jnp.asarray(valid, jnp.float32)[:, :, None, None]  # the loss reads only valid positions
+
+    def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+    def loss(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
+        return jnp.sum(attend(q, k, v, impl).astype(jnp.float32) * w)
+
+    out = {}
+    for impl in ("xla", "cudnn"):
+        try:
+            o = attend(q, k, v, impl)
+            g = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, impl)
+            out[impl] = {
+                "forward_finite_valid_rows": bool(jnp.isfinite(o[:, 10:]).all()),
+                "forward_finite_masked_rows": bool(jnp.isfinite(o[:, :10]).all()),
+                "grad_finite": [bool(jnp.isfinite(x).all()) for x in g],
+            }
+        except Exception as e:
+            out[impl] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    return out
+
+
+def main() -> None:
+    print(json.dumps({"device": str(jax.devices()[0]), "attention": attention_check()}), flush=True)
+    hf = SHAPES[os.environ.get("PROBE_SHAPE", "qwen2.5-0.5b")]
+    optimizer = make_optimizer(OptimConfig(learning_rate=1e-6, total_steps=1000))
+    variants = [  # the NQ runs' update first (remat none, 4 micro-batches), then one switch changed at a time
+        # remat, attention, micro, pad, rows, P, N
+        ("none", "auto", 4, True, 256, 64, 64),
+        ("full", "auto", 4, True, 256, 64, 64),
+        ("none", "xla", 4, True, 256, 64, 64),
+        ("none", "auto", 1, True, 128, 64, 64),
+        ("none", "auto", 4, False, 256, 64, 64),
+        ("none", "auto", 1, True, 32, 256, 512),
+    ]
+    for remat, attn, micro, pad, rows, P, N in variants[: int(os.environ.get("PROBE_N", len(variants)))]:
+        t0 = time.perf_counter()
+        cfg = ModelConfig.from_hf_config(hf, dtype="bfloat16", param_dtype="float32", remat=remat)
+        cfg = cfg.replace(attention=attn)
+        model = init_model(cfg, seed=0)
+        state = init_train_state(model, optimizer, master_dtype="float32", cfg=cfg)
+        step = make_train_step(
+            nnx.graphdef(model), optimizer, LossConfig(), temperature=1.0, micro_batches=micro
+        )
+        del model
+        rows //= int(os.environ.get("PROBE_ROWS_DIV", 1))  # smaller on a CPU check
+        batch = jax.tree.map(jnp.asarray, padded_batch(rows, P, N, cfg.vocab_size, pad))
+        state, m = step(state, batch)
+        m = jax.device_get(m)
+        print(json.dumps({
+            "remat": remat, "attention": attn, "micro": micro, "pad": pad, "rows": rows, "P": P, "N": N,
+            "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]), "skipped": float(m["skipped"]),
+            "s": round(time.perf_counter() - t0, 1),
+        }), flush=True)
+        del state
+
+
+if __name__ == "__main__":
+    main()
