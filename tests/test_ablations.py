@@ -256,7 +256,8 @@ def test_the_figure_draws_complete_and_incomplete_arms(tmp_path):
 
 # ------------------------------------------------------------------------------------------ end to end
 
-# The base: the quickstart config with the tiny random model, 3 steps of 2 prompts x 4 rollouts. In the
+# The base: the quickstart config with the tiny random model, 3 steps of 2 prompts x 4 rollouts, without
+# the warm-up compile of every prompt bucket (each of the five train.py processes would compile both). In the
 # train.py processes of the first call, SIGTERM stays blocked (the test blocks it; children inherit the
 # mask) until the first step has ended: the budget's signal, sent half a second after the start, then
 # lands exactly there, as if the budget had run out during step 1, whatever the speed of the machine.
@@ -301,7 +302,7 @@ def test_runs_stop_at_the_budget_resume_from_their_checkpoint_and_are_skipped_on
     base = [f"--base={config}:tiny", "--base_flags", f"--config.model.path={tiny_model_dir}",
             f"--config.data.path={shared_dir / 'data' / 'sst2'}", "--config.rl.prompts_per_step=2",
             "--config.rl.group_size=4", "--config.train.steps=3",
-            "--config.logging.tensorboard=False"]  # fmt: skip
+            "--config.logging.tensorboard=False", "--config.train.warmup_compile=False"]  # fmt: skip
     common = ["--runs", str(runs), "--out", str(out), "--arms", "grpo", "dapo", "--min_start_s", "0"]
 
     # Call 1: seed 1 first; the budget stops grpo seed 1 in step 1, and nothing else starts.

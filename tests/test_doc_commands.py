@@ -520,7 +520,8 @@ def test_gpu_requirements_pin_the_jax_that_setup_accepts():
 
 
 def test_the_gsm8k_tutorial_trains_on_the_local_copies(layout, tiny_qwen):
-    """docs/tutorials.md's first command with one short step appended, and the small random model in place
+    """docs/tutorials.md's first command with one short step appended (without the warm-up compile of every
+    prompt bucket GSM8K's prompts reach: the one step compiles its own), and the small random model in place
     of SmolLM2 (whose loading through the same flag tests/test_evaluation.py runs): the gsm8k config, the
     local GSM8K copy and its numeric reward train, evaluate before and after, and leave a checkpoint."""
     (command,) = _documented(r"python scripts/train\.py --config=configs/gsm8k\.py:small .*")
@@ -529,6 +530,7 @@ def test_the_gsm8k_tutorial_trains_on_the_local_copies(layout, tiny_qwen):
         " --config.sampling.max_new_tokens=8 --config.sampling.eval_max_new_tokens=8"
         " --config.data.eval_limit=2 --config.train.export_hf=False"
         f" --config.model.dtype=float32 --config.optim.micro_batches=1 --config.model.path={tiny_qwen}"
+        " --config.train.warmup_compile=False"
     )
     proc = subprocess.run(
         ["bash", "-c", command.text + smaller], cwd=layout, env=_env(), capture_output=True, text=True,

@@ -1,5 +1,6 @@
 """scripts/score.py end to end (subprocess): every HumanEval canonical solution and MBPP reference, run in
-the sandbox, plus the input errors it must name."""
+the sandbox, plus the input errors it must name (through its main() in this process; one case as a process,
+for the exit status and the one-line stderr without a traceback)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,25 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def data_dir(shared_dir: Path) -> Path:
     return shared_dir / "data"
+
+
+@pytest.fixture(scope="module")
+def score_script():
+    """scripts/score.py as a module: its main() runs the input-error cases in this process (a process start
+    each costs seconds); the exit status and stderr of the process itself are checked by one case below."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("score_script", SCORE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def score_in_process(score_script, capsys, *args: object) -> tuple[int, str]:
+    """(main's return value, what it printed to stderr) for the command line `args`."""
+    capsys.readouterr()
+    status = score_script.main(list(map(str, args)))
+    return status, capsys.readouterr().err
 
 
 @needs_bwrap
@@ -98,7 +118,7 @@ def test_text_tasks_score_through_the_same_cli(data_dir: Path, tmp_path: Path) -
     assert [r["reward"] for r in results].count(0.0) == 1 and results[3]["reward"] == 0.0
 
 
-def test_input_errors_are_named(data_dir: Path, tmp_path: Path) -> None:
+def test_input_errors_are_named(data_dir: Path, tmp_path: Path, score_script, capsys) -> None:
     good = write_jsonl(tmp_path / "good.jsonl", [{"task_id": "HumanEval/0", "completion": "    return 1\n"}])
     cases = {
         "unknown task": (["--task", "no_such_task", "--samples", good], "unknown task 'no_such_task'"),
@@ -147,10 +167,10 @@ def test_input_errors_are_named(data_dir: Path, tmp_path: Path) -> None:
         ),
     }
     for name, (args, message) in cases.items():
-        proc = run_score(*args, timeout=120)
-        assert proc.returncode == 2, f"{name}: {proc.returncode} {proc.stderr}"
-        assert message in proc.stderr, f"{name}: {proc.stderr!r}"
-        assert "Traceback" not in proc.stderr, name
+        status, err = score_in_process(score_script, capsys, *args)
+        assert status == 2, f"{name}: {status} {err}"
+        assert message in err, f"{name}: {err!r}"
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, f"{name}: {err!r}"
 
 
 def _text(path: Path, text: str) -> Path:
@@ -159,7 +179,7 @@ def _text(path: Path, text: str) -> Path:
 
 
 def test_unencodable_text_and_bad_timeouts_stop_with_one_line_and_no_results_file(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, score_script, capsys
 ) -> None:
     rows = [{"task_id": f"HumanEval/{i}", "completion": "    return 1\n"} for i in range(3)]
     rows[1]["completion"] = "    return '\ud800'\n"  # json.dumps writes the lone surrogate as "\ud800"
@@ -173,26 +193,20 @@ def test_unencodable_text_and_bad_timeouts_stop_with_one_line_and_no_results_fil
     assert not out.exists()
     good = write_jsonl(tmp_path / "good.jsonl", rows[:1])
     for bad in ("-5", "0", "nan"):
-        proc = run_score(
-            "--task", "humaneval", "--samples", good, "--timeout", bad, "--out", out, timeout=120
+        status, err = score_in_process(
+            score_script, capsys, "--task", "humaneval", "--samples", good, "--timeout", bad, "--out", out
         )
-        assert proc.returncode == 2, (bad, proc.stderr)
-        assert f"error: --timeout must be a number of seconds > 0 and at most 86400, got {float(bad)}" in (
-            proc.stderr
-        )
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert status == 2, (bad, err)
+        assert f"error: --timeout must be a number of seconds > 0 and at most 86400, got {float(bad)}" in err
+        assert len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl", "samples.jsonl"]
 
 
-def test_results_are_written_whole_or_not_at_all(tmp_path: Path) -> None:
+def test_results_are_written_whole_or_not_at_all(tmp_path: Path, score_script) -> None:
     """A row that cannot be written leaves the earlier results file as it was, and no temporary file."""
-    import importlib.util
-
     from rlvr_jax.rewards import RewardResult
 
-    spec = importlib.util.spec_from_file_location("score_script", SCORE)
-    score = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(score)
+    score = score_script
     out = tmp_path / "results.jsonl"
     out.write_text("an earlier run's results\n")
     rows = [{"id": "a", "completion": "1"}, {"id": "b", "completion": "\ud800"}]
