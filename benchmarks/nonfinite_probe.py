@@ -2,13 +2,17 @@
 every update was skipped on an H100, 2026-12-06): random Qwen2.5-0.5B-shaped weights, a batch laid out as
 the trainer's (left-padded prompts, right-padded completions), the grad norm per configuration.
 
-    python benchmarks/nonfinite_probe.py
+    python benchmarks/nonfinite_probe.py [OUT.json]
+
+One JSON line per result on stdout; with OUT.json also all of them in one file (with the device and the
+versions), e.g. benchmarks/results/nonfinite_probe_h100.json. PROBE_N runs only the first N variants.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -73,7 +77,13 @@ def attention_check() -> dict:
 
 
 def main() -> None:
-    print(json.dumps({"device": str(jax.devices()[0]), "attention": attention_check()}), flush=True)
+    out = sys.argv[1] if len(sys.argv) > 1 else None
+    record = {
+        "benchmark": "nonfinite_probe", "device": jax.devices()[0].device_kind,
+        "versions": {"jax": jax.__version__}, "command": " ".join(["python", *sys.argv]),
+        "attention": attention_check(), "updates": [],
+    }  # fmt: skip
+    print(json.dumps({"device": record["device"], "attention": record["attention"]}), flush=True)
     hf = SHAPES[os.environ.get("PROBE_SHAPE", "qwen2.5-0.5b")]
     optimizer = make_optimizer(OptimConfig(learning_rate=1e-6, total_steps=1000))
     variants = [  # the NQ runs' update first (remat none, 4 micro-batches), then one switch changed at a time
@@ -99,11 +109,16 @@ def main() -> None:
         batch = jax.tree.map(jnp.asarray, padded_batch(rows, P, N, cfg.vocab_size, pad))
         state, m = step(state, batch)
         m = jax.device_get(m)
-        print(json.dumps({
+        result = {
             "remat": remat, "attention": attn, "micro": micro, "pad": pad, "rows": rows, "P": P, "N": N,
             "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]), "skipped": float(m["skipped"]),
             "s": round(time.perf_counter() - t0, 1),
-        }), flush=True)
+        }  # fmt: skip
+        print(json.dumps(result), flush=True)
+        record["updates"].append(result)
+        if out:  # after every variant: what ran survives a timeout
+            with open(out, "w") as f:
+                json.dump(record, f, indent=1, default=str)
         del state
 
 
