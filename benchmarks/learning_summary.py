@@ -320,6 +320,15 @@ def table_row(run: dict[str, Any], label: str, ev: dict[str, Any]) -> dict[str, 
     }
 
 
+def skipped_note(row: dict[str, Any]) -> str | None:
+    """What a reader must know when a run skipped updates (non-finite gradients), else None."""
+    updates = row.get("updates") or {}
+    n, k = updates.get("steps"), updates.get("skipped")
+    if not k:
+        return None
+    return f"all {n} updates skipped: the policy never changed" if k >= n else f"{k} of {n} updates skipped"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The table as README / docs show it."""
 
@@ -342,14 +351,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         fin = "-" if not both else f"{pct(both['before'])} / {pct(both['after'])} ({both['p_value']:.2g})"
         p = "-" if r["p_value"] is None else f"{r['p_value']:.2g}"
         label = r["label"] + (" **(incomplete)**" if r["status"] != "done" else "")
-        updates = r.get("updates") or {}
-        if updates.get("skipped"):
-            n, k = updates["steps"], updates["skipped"]
-            label += (
-                f" **(all {n} updates skipped: the policy never changed)**"
-                if k >= n
-                else (f" ({k} of {n} updates skipped)")
-            )
+        note = skipped_note(r)
+        label += "" if note is None else f" **({note})**" if note.startswith("all") else f" ({note})"
         cut = f"{pct(r['truncated_before'])} / {pct(r['truncated_after'])}"
         lines.append(
             f"| {r['benchmark']} | {label} | {r['n']} | {pct(r['before'])} | {pct(r['after'])} | {diff} "
@@ -388,7 +391,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlvr_jax.evaluation.plots import plot_before_after
 
-    plotted = [{**r, "test": "McNemar"} for r in table if r["after"] is not None]
+    plotted = [
+        {
+            **r,
+            "test": "McNemar",
+            "label": r["label"] + ("" if skipped_note(r) is None else f" [{skipped_note(r)}]"),
+        }
+        for r in table
+        if r["after"] is not None
+    ]
     title = "GRPO on one H100: held-out accuracy before and after"
     png = plot_before_after(plotted, results / "learning_runs_h100.png", title=title)
     print(markdown(table))
