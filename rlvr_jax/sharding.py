@@ -517,11 +517,13 @@ def end_failed_process(error: BaseException, workdir: str | os.PathLike[str], co
     Python's exit would then wait for the dead: orbax's in-flight checkpoint at its commit barrier and
     jax.distributed's shutdown at another, until the coordination service's heartbeat timeout (100 s by
     default) aborts the process with a C++ stack trace. `os._exit` skips both, after flushing the output.
-    Nothing half-written is left for a resume to read: a checkpoint step is renamed into place only after
-    every process passed orbax's commit barrier, so an interrupted one stays a `<step>.orbax-checkpoint-tmp`
-    folder, which is not a step (the next save of that step deletes it); metrics.jsonl is flushed line by
-    line and a resume drops the lines after its checkpoint. Where a collective hangs instead of failing
-    (NCCL can), the heartbeat timeout is the bound.
+    Nothing half-written is read by a resume: a checkpoint step is renamed into place only after every
+    process passed orbax's commit barrier, so an interrupted one stays a `<step>.orbax-checkpoint-tmp`
+    folder, which is not a step (the next save of that step deletes it); a step orbax committed just before
+    the end, whose `integrity.json` this exit cut short, counts as incomplete (`rlvr_jax.checkpointing`):
+    the resume starts from the step before it and moves it to `checkpoints/damaged/`. metrics.jsonl is
+    flushed line by line and a resume drops the lines after its checkpoint. Where a collective hangs
+    instead of failing (NCCL can), the heartbeat timeout is the bound.
     """
     cause = (str(error).strip().splitlines() or [""])[0][:500]
     print(
