@@ -329,6 +329,17 @@ def skipped_note(row: dict[str, Any]) -> str | None:
     return f"all {n} updates skipped: the policy never changed" if k >= n else f"{k} of {n} updates skipped"
 
 
+def marked_label(row: dict[str, Any], bold: bool) -> str:
+    """The row's label with its skipped-update note: bold "(...)" in the table when no update applied,
+    "[...]" in the figure."""
+    note = skipped_note(row)
+    if note is None:
+        return row["label"]
+    if not bold:
+        return f"{row['label']} [{note}]"
+    return f"{row['label']} **({note})**" if note.startswith("all") else f"{row['label']} ({note})"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The table as README / docs show it."""
 
@@ -350,9 +361,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         both = r["finished_in_both"]
         fin = "-" if not both else f"{pct(both['before'])} / {pct(both['after'])} ({both['p_value']:.2g})"
         p = "-" if r["p_value"] is None else f"{r['p_value']:.2g}"
-        label = r["label"] + (" **(incomplete)**" if r["status"] != "done" else "")
-        note = skipped_note(r)
-        label += "" if note is None else f" **({note})**" if note.startswith("all") else f" ({note})"
+        label = marked_label(r, bold=True) + (" **(incomplete)**" if r["status"] != "done" else "")
         cut = f"{pct(r['truncated_before'])} / {pct(r['truncated_after'])}"
         lines.append(
             f"| {r['benchmark']} | {label} | {r['n']} | {pct(r['before'])} | {pct(r['after'])} | {diff} "
@@ -392,11 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlvr_jax.evaluation.plots import plot_before_after
 
     plotted = [
-        {
-            **r,
-            "test": "McNemar",
-            "label": r["label"] + ("" if skipped_note(r) is None else f" [{skipped_note(r)}]"),
-        }
+        {**r, "test": "McNemar", "label": marked_label(r, bold=False)}
         for r in table
         if r["after"] is not None
     ]
