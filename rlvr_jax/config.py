@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype
     c.model.param_dtype = "float32"  # master weights and Adam moments; "bfloat16" halves that memory
     c.model.remat = "none"  # none | full | dots
+    c.model.attention = "auto"  # auto (cuDNN / Pallas kernels on GPU) | xla (plain einsums everywhere)
     # LoRA: train low-rank adapters on the projections instead of the whole model. rank 0 = off. With rank
     # r, each target W computes x @ W + (alpha / r) * (x @ A) @ B; only A and B train and have Adam moments,
     # the frozen base is held in model.dtype, checkpoints hold the adapters (the base reloads from
@@ -312,6 +313,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
+    "model.attention": ("auto", "xla"),
     "rl.ratio_type": ("token", "sequence"),
     "optim.schedule": ("constant", "cosine"),
     "reward.on_error": ("fail", "zero"),

@@ -119,3 +119,20 @@ def test_library_checks_run_at_validation_before_any_model_loads():
     c.optim.end_lr_ratio = 2.0
     with pytest.raises(ConfigError, match="end_lr_ratio must be in"):
         validate(c)
+
+
+def test_the_attention_kernel_choice_reaches_the_model_and_a_wrong_one_is_named(tmp_path):
+    """model.attention: "xla" swaps the GPU kernels for the reference einsums (a workaround when a fused
+    kernel misbehaves); the loaded model carries it, and an unknown value fails at validation."""
+    from rlvr_jax.weights import load_policy
+    from tests.test_model_parity import _make_hf_model
+
+    c = base_config()
+    c.model.attention = "cudnn"
+    with pytest.raises(ConfigError, match=r"model\.attention='cudnn' is not one of auto, xla"):
+        validate(c)
+    path = tmp_path / "qwen2"
+    _make_hf_model("qwen2", path)
+    for choice in ("auto", "xla"):
+        model, _ = load_policy(path, dtype="float32", attention=choice)
+        assert model.cfg.attention == choice

@@ -83,7 +83,8 @@ def load_for_eval(config: ml_collections.ConfigDict, checkpoint: str | Path | No
 
     model, tokenizer = load_policy(
         config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-        remat=config.model.remat, lora_options=lora_options(config), seed=config.get("seed", 0),
+        remat=config.model.remat, attention=config.model.get("attention", "auto"),
+        lora_options=lora_options(config), seed=config.get("seed", 0),
     )  # fmt: skip
     source = str(config.model.path)
     if checkpoint is None:

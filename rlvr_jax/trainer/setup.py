@@ -187,7 +187,8 @@ def _load_policy(config: ml_collections.ConfigDict, console: Console) -> tuple[A
     t_load = time.perf_counter()
     model, tokenizer = load_policy(
         config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-        remat=config.model.remat, lora_options=lora_options(config), seed=config.seed,
+        remat=config.model.remat, attention=config.model.get("attention", "auto"),
+        lora_options=lora_options(config), seed=config.seed,
     )  # fmt: skip
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     console.say(

@@ -211,15 +211,17 @@ def load_policy(
     dtype: str = "bfloat16",
     param_dtype: str = "float32",
     remat: str = "none",
+    attention: str = "auto",
     lora_options: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> tuple[Decoder, Tokenizer]:
     """A model to train or evaluate and its tokenizer: `load_model`, with the compute / storage dtypes and
-    the remat policy of the run (remat changes only the graph, so it is set on the abstract model and the
-    loaded weights are merged into it). lora_options: `lora.with_adapters`' rank, alpha and targets (rank
-    0 or None: no adapters); the adapters' A is drawn from `seed`, B starts at zero."""
+    the remat policy and attention kernels of the run (both change only the graph, so they are set on the
+    abstract model and the loaded weights are merged into it). lora_options: `lora.with_adapters`' rank,
+    alpha and targets (rank 0 or None: no adapters); the adapters' A is drawn from `seed`, B starts at
+    zero."""
     loaded = load_model(src, dtype=dtype, param_dtype=param_dtype)
-    cfg = loaded.config.replace(remat=remat)
+    cfg = loaded.config.replace(remat=remat, attention=attention)
     graphdef, _ = nnx.split(abstract_model(cfg))
     model = nnx.merge(graphdef, nnx.state(loaded.model))
     if lora_options and lora_options.get("rank"):
