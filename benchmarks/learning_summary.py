@@ -82,8 +82,11 @@ RUNS: list[Run] = [
         "Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 8, lr 2e-5"),
     Run("qwen_nq_g16_h100", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
         "Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 16, lr 1e-5"),
-    Run("qwen_nq_remat_h100", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
-        "Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 8, lr 1e-5, remat full", pending=True),
+    # benchmarks/learning_runs_gpu.sh nq_remat / nq_xla, on whichever card they run.
+    *(Run(f"qwen_nq_{arm}_{card}", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
+          f"Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 8, lr 1e-5, {what}", pending=True)
+      for arm, what in (("remat", "remat full"), ("xla", "einsum attention (model.attention=xla)"))
+      for card in ("h100", "h200")),
     Run("qwen_sst2_h100", "SST-2", "configs/quickstart.py", QWEN, "SST-2 (80% of 872)",
         "SST-2 held-out 174 (seeded 20%)", "Qwen2.5-Coder-0.5B, SST-2: 60 steps of 16 x 8, lr 3e-6"),
     Run("smol_sst2_h100", "SST-2", "configs/quickstart.py", SMOL, "SST-2 (80% of 872)",
