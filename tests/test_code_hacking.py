@@ -116,7 +116,10 @@ def test_canonical_solutions_pass_and_the_liar_fails_on_every_humaneval_problem(
 def test_reference_solutions_pass_and_the_liar_fails_on_every_mbpp_problem(mbpp: list[dict]) -> None:
     """All 500 MBPP references pass (task 126 defines `sum`, 367 needs its setup code); liars pass none."""
     completions = [s["code"] for s in mbpp] + [mbpp_liar(s) for s in mbpp]
-    result = get_reward("code_mbpp")(completions, mbpp + mbpp)
+    # Task 123's reference (amicable numbers up to 9,999) takes 8-9 s of wall time on a 2-core machine
+    # under the test suite's load (measured 2026-12-07), close to the 10 s default: this test is about
+    # what passes, not about the time limit, so it gives every program 30 s.
+    result = get_reward("code_mbpp")(completions, mbpp + mbpp, timeout_s=30.0)
     reference, liar = result.scores[:500], result.scores[500:]
     failures = {s["id"]: why for s, x, why in zip(mbpp, reference, result.reasons, strict=False) if x != 1}
     assert failures == {}
