@@ -11,12 +11,10 @@ Gemma GGUF is at hand; what llama.cpp fixes instead of storing is checked on met
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from rlvr_jax.weights import gguf as gguf_module
 from rlvr_jax.weights import load_model
 from rlvr_jax.weights.gguf import GGUFCheckpoint, load_gguf, load_gguf_tokenizer
 from rlvr_jax.weights.hf import CheckpointError
+from tests.hf_reference import faster_transformers_gguf, transformers_gguf_tokenizer
 
 QWEN_CODER_DEFAULT = "~/.cache/rlvr-models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 CORE_CONFIG_KEYS = {
@@ -56,35 +55,6 @@ CORE_CONFIG_KEYS = {
 
 # --------------------------------------------------------------------------------------------------
 # The reference and the comparison.
-
-
-class _PlainArrayReader(gguf.GGUFReader):
-    """gguf's reader parsing a plain ndarray view of its memory map instead of the np.memmap.
-
-    Same bytes, same parser; it only skips np.memmap's per-slice Python hooks, which made
-    transformers' reads of these files 3x slower (Qwen2.5-Coder: 30 s -> 12 s).
-    """
-
-    @property
-    def data(self) -> np.ndarray:
-        return self._plain
-
-    @data.setter
-    def data(self, value: np.ndarray) -> None:
-        self._plain = value.view(np.ndarray)
-
-
-@contextlib.contextmanager
-def faster_transformers_gguf() -> Iterator[None]:
-    """Speed-ups for the reference that leave its results unchanged.
-
-    transformers imports the reader and the (pure) name-map factory from `gguf` at call time; it
-    rebuilds the name map once per module of the model, ~400 times for SmolLM2.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gguf, "GGUFReader", _PlainArrayReader)
-        patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
-        yield
 
 
 def transformers_reference(path: Path, hf_config: dict[str, Any]) -> tuple[dict[str, Any], dict]:
@@ -194,10 +164,7 @@ def smollm_tokenizer(smollm_gguf: Path) -> transformers.PreTrainedTokenizerBase:
 
 
 def test_smollm2_tokenizer(smollm: GGUFCheckpoint, smollm_tokenizer, smollm_gguf: Path) -> None:
-    with faster_transformers_gguf():
-        reference = transformers.AutoTokenizer.from_pretrained(
-            str(smollm_gguf.parent), gguf_file=smollm_gguf.name
-        )
+    reference = transformers_gguf_tokenizer(smollm_gguf)
     text = "Hello world! GGUF files keep the tokenizer: 12 + 30 = 42, naïve café."
     ids = smollm_tokenizer.encode(text, add_special_tokens=False)
     assert ids == reference.encode(text, add_special_tokens=False)
@@ -267,7 +234,7 @@ def test_tokenizer_without_torch_equals_transformers_own(
     monkeypatch.setattr(gguf_module, "_transformers_reads_gguf", lambda: False)
     ours = load_gguf_tokenizer(path)
     assert len(list(tmp_path.glob("gguf-tokenizers/*/tokenizer.json"))) == 1  # cached under its own key
-    reference = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    reference = transformers_gguf_tokenizer(path)
     for text in TOKENIZER_PROBES:
         ids = ours(text)["input_ids"]
         assert ids == reference(text)["input_ids"], text
