@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import pytest
 
 from tests.doc_commands import REPO, Command, documented_commands, normalize
@@ -394,6 +395,10 @@ def layout(tmp_path, shared_dir):
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env["JAX_PLATFORMS"] = "cpu"
+    # The tests' persistent compilation cache (docs/best-practices.md: JAX_COMPILATION_CACHE_DIR): the
+    # commands run as written, and skip compiling the programs other tests already compiled.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(jax.config.jax_compilation_cache_dir)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     return {**env, **extra}
 
 

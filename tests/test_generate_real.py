@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from rlvr_jax.generate import Sampler, SamplingParams
 from rlvr_jax.weights import load_model
+from tests.hf_reference import transformers_gguf_model, transformers_gguf_tokenizer
 
 PROMPTS = [
     "What is the capital of France?",
@@ -29,12 +29,8 @@ def ours(smollm_gguf):
 
 @pytest.fixture(scope="module")
 def reference(smollm_gguf):
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        smollm_gguf.parent, gguf_file=smollm_gguf.name, dtype=torch.float32
-    )
-    model.eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name)
-    return model, tokenizer
+    """transformers' own GGUF loader: its float32 model and its tokenizer."""
+    return transformers_gguf_model(smollm_gguf), transformers_gguf_tokenizer(smollm_gguf)
 
 
 def _hf_greedy(reference, prompt: str, n: int, stop_ids) -> list[int]:

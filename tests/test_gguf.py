@@ -11,12 +11,13 @@ Gemma GGUF is at hand; what llama.cpp fixes instead of storing is checked on met
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from rlvr_jax.weights import gguf as gguf_module
 from rlvr_jax.weights import load_model
 from rlvr_jax.weights.gguf import GGUFCheckpoint, load_gguf, load_gguf_tokenizer
 from rlvr_jax.weights.hf import CheckpointError
+from tests.conftest import REPO
+from tests.hf_reference import faster_transformers_gguf, transformers_gguf_tokenizer
 
 QWEN_CODER_DEFAULT = "~/.cache/rlvr-models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 CORE_CONFIG_KEYS = {
@@ -56,35 +59,6 @@ CORE_CONFIG_KEYS = {
 
 # --------------------------------------------------------------------------------------------------
 # The reference and the comparison.
-
-
-class _PlainArrayReader(gguf.GGUFReader):
-    """gguf's reader parsing a plain ndarray view of its memory map instead of the np.memmap.
-
-    Same bytes, same parser; it only skips np.memmap's per-slice Python hooks, which made
-    transformers' reads of these files 3x slower (Qwen2.5-Coder: 30 s -> 12 s).
-    """
-
-    @property
-    def data(self) -> np.ndarray:
-        return self._plain
-
-    @data.setter
-    def data(self, value: np.ndarray) -> None:
-        self._plain = value.view(np.ndarray)
-
-
-@contextlib.contextmanager
-def faster_transformers_gguf() -> Iterator[None]:
-    """Speed-ups for the reference that leave its results unchanged.
-
-    transformers imports the reader and the (pure) name-map factory from `gguf` at call time; it
-    rebuilds the name map once per module of the model, ~400 times for SmolLM2.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gguf, "GGUFReader", _PlainArrayReader)
-        patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
-        yield
 
 
 def transformers_reference(path: Path, hf_config: dict[str, Any]) -> tuple[dict[str, Any], dict]:
@@ -194,10 +168,7 @@ def smollm_tokenizer(smollm_gguf: Path) -> transformers.PreTrainedTokenizerBase:
 
 
 def test_smollm2_tokenizer(smollm: GGUFCheckpoint, smollm_tokenizer, smollm_gguf: Path) -> None:
-    with faster_transformers_gguf():
-        reference = transformers.AutoTokenizer.from_pretrained(
-            str(smollm_gguf.parent), gguf_file=smollm_gguf.name
-        )
+    reference = transformers_gguf_tokenizer(smollm_gguf)
     text = "Hello world! GGUF files keep the tokenizer: 12 + 30 = 42, naïve café."
     ids = smollm_tokenizer.encode(text, add_special_tokens=False)
     assert ids == reference.encode(text, add_special_tokens=False)
@@ -267,7 +238,7 @@ def test_tokenizer_without_torch_equals_transformers_own(
     monkeypatch.setattr(gguf_module, "_transformers_reads_gguf", lambda: False)
     ours = load_gguf_tokenizer(path)
     assert len(list(tmp_path.glob("gguf-tokenizers/*/tokenizer.json"))) == 1  # cached under its own key
-    reference = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    reference = transformers_gguf_tokenizer(path)
     for text in TOKENIZER_PROBES:
         ids = ours(text)["input_ids"]
         assert ids == reference(text)["input_ids"], text
@@ -282,6 +253,42 @@ def test_tokenizer_without_torch_equals_transformers_own(
     # The cached copy loads back as the same tokenizer.
     again = load_gguf_tokenizer(path)
     assert again(TOKENIZER_PROBES[0])["input_ids"] == ours(TOKENIZER_PROBES[0])["input_ids"]
+
+
+def test_a_cached_tokenizer_loads_back_without_torch_as_autotokenizer_does(
+    smollm_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The converted tokenizer is kept under RLVR_CACHE_DIR. Loading it back, as every script and server
+    start does, must not import torch (AutoTokenizer's module does: 4-5 s) and must give what AutoTokenizer
+    gives for the same folder: class, ids, text, template and special tokens."""
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path))
+    with faster_transformers_gguf():
+        load_gguf_tokenizer(smollm_gguf)  # converts (transformers' own GGUF path) and caches
+    (cached,) = [p.parent for p in tmp_path.glob("gguf-tokenizers/*/tokenizer_config.json")]
+    code = (
+        "import json, sys\n"
+        "from rlvr_jax.weights.gguf import load_gguf_tokenizer\n"
+        f"tok = load_gguf_tokenizer({str(smollm_gguf)!r})\n"
+        f"ids = [tok(text)['input_ids'] for text in {TOKENIZER_PROBES!r}]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'class': type(tok).__name__, 'ids': ids,\n"
+        "    'text': [tok.decode(i) for i in ids], 'template': tok.chat_template, 'size': len(tok),\n"
+        "    'special': [getattr(tok, n) for n in ('bos_token_id', 'eos_token_id', 'pad_token_id',\n"
+        "                                           'unk_token_id', 'all_special_ids')]}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "RLVR_CACHE_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["torch"] is False, "loading the cached tokenizer imported torch"
+    reference = transformers.AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+    assert got["class"] == type(reference).__name__
+    assert got["ids"] == [reference(text)["input_ids"] for text in TOKENIZER_PROBES]
+    assert got["text"] == [reference.decode(ids) for ids in got["ids"]]
+    assert got["template"] == reference.chat_template and got["size"] == len(reference)
+    names = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "all_special_ids")
+    assert got["special"] == [getattr(reference, name) for name in names]
 
 
 @pytest.mark.qwen_coder

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import ClassVar
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from rlvr_jax.models import ModelConfig, abstract_model, init_model
 from rlvr_jax.weights import CheckpointError, load_model, source_kind
 from rlvr_jax.weights.loader import params_to_model
 from tests.conftest import REPO
+from tests.hf_reference import transformers_gguf_model
 
 TINY = {
     "model_type": "llama",
@@ -31,12 +34,20 @@ TINY = {
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    # The tests' persistent compilation cache: the CLI's sampler for the Paris prompt is the program
+    # tests/test_generate_real.py compiles, so whichever runs second loads it instead of compiling (~35 s).
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(jax.config.jax_compilation_cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    }
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=REPO,
+        env=env,
     )
 
 
@@ -181,11 +192,9 @@ def test_gguf_to_hf_round_trip_through_convert_cli(tmp_path, smollm_gguf):
     with torch.no_grad():
         expected = reference(ids).logits.numpy()
     # The round trip is lossless: transformers on our export equals transformers on the GGUF itself.
-    original = transformers.AutoModelForCausalLM.from_pretrained(
-        smollm_gguf.parent, gguf_file=smollm_gguf.name, dtype=torch.float32
-    )
+    original = transformers_gguf_model(smollm_gguf)
     with torch.no_grad():
-        np.testing.assert_array_equal(original.eval()(ids).logits.numpy(), expected)
+        np.testing.assert_array_equal(original(ids).logits.numpy(), expected)
     # Ours against transformers. This real model's residual stream reaches |h| ~ 2.5e4 and its logits
     # ~38, so both fp32 implementations carry ~1e-4 of rounding noise: measured against a float64 run of
     # our model, our fp32 logits are off by 1.1e-4 and transformers' by 0.7e-4 (docs/numerics notes).

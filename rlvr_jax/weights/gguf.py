@@ -35,6 +35,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -255,9 +256,7 @@ def load_gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase
     path = _existing_file(path)
     cached = _tokenizer_cache_dir(path)
     if cached is not None and (cached / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+        return _load_cached_tokenizer(cached)
     try:
         if not _transformers_reads_gguf():
             tokenizer = _tokenizer_from_metadata(path)
@@ -279,6 +278,28 @@ def load_gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase
     if cached is not None:
         _save_tokenizer_cache(tokenizer, cached)
     return tokenizer
+
+
+def _load_cached_tokenizer(cached: pathlib.Path) -> PreTrainedTokenizerBase:
+    """The converted tokenizer kept by ``_save_tokenizer_cache``, loaded back.
+
+    ``AutoTokenizer`` picks the class that ``tokenizer_config.json`` names. When that is the generic
+    ``TokenizersBackend`` (what the GGUF converter gives llama-style vocabularies such as SmolLM2's), the
+    class is loaded directly: the same object, without ``AutoTokenizer``'s module, which imports torch
+    where it is installed (4-5 s at every start of a script or server). Other classes go through
+    ``AutoTokenizer``. ``tests/test_gguf.py`` checks that both routes give the same tokenizer.
+    """
+    try:
+        declared = json.loads((cached / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        declared = None
+    if declared == "TokenizersBackend":
+        from transformers import TokenizersBackend
+
+        return TokenizersBackend.from_pretrained(str(cached), local_files_only=True)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
 
 
 def _transformers_reads_gguf() -> bool:
