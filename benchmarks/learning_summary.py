@@ -87,6 +87,9 @@ RUNS: list[Run] = [
           f"Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 8, lr 1e-5, {what}", pending=True)
       for arm, what in (("remat", "remat full"), ("xla", "einsum attention (model.attention=xla)"))
       for card in ("h100", "h200")),
+    *(Run(f"smol_nq_{card}", "Natural Questions", "configs/nq.py", SMOL, NQ_TRAIN, NQ_HELD_OUT,
+          "SmolLM2-135M, NQ-open: 60 steps of 32 x 8, lr 2e-5, float32", pending=True)
+      for card in ("h100", "h200")),
     Run("qwen_sst2_h100", "SST-2", "configs/quickstart.py", QWEN, "SST-2 (80% of 872)",
         "SST-2 held-out 174 (seeded 20%)", "Qwen2.5-Coder-0.5B, SST-2: 60 steps of 16 x 8, lr 3e-6"),
     Run("smol_sst2_h100", "SST-2", "configs/quickstart.py", SMOL, "SST-2 (80% of 872)",
