@@ -16,30 +16,11 @@ import pytest
 from rlvr_jax.data.base import Task, register_task, registered_tasks
 from rlvr_jax.models import ModelConfig, init_model
 from rlvr_jax.monitoring.metrics import read_metrics
-from rlvr_jax.rewards.base import RewardResult, register_reward, registered_rewards
 from rlvr_jax.weights import export_hf
 from tests.conftest import REPO
+from tests.digits_task import _digits_task, vowel_fraction  # noqa: F401 (registers the digits_test task)
 
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
-
-
-def vowel_fraction(completions, samples, **_):
-    """Reward: the fraction of characters that are vowels. Random tokens score ~0.2 with spread, so every
-    group has a learning signal from the first step, and a policy can push it towards 1."""
-    scores = [sum(ch in "aeiouAEIOU" for ch in c) / max(len(c), 1) for c in completions]
-    return RewardResult(np.asarray(scores, np.float32), ["vowel fraction"] * len(completions))
-
-
-def _digits_task(split, path=None, *, chat=True, **_):
-    """64 prompts per split; the test split's are other numbers, so that they are held out."""
-    first = 1000 if split == "test" else 0
-    return [{"id": f"{split}/{i}", "prompt": f"Write some digits ({first + i})."} for i in range(64)]
-
-
-if "digits_test" not in registered_rewards():
-    register_reward("digits_test")(vowel_fraction)
-if "digits_test" not in registered_tasks():
-    register_task(Task("digits_test", _digits_task, reward="digits_test"))
 
 
 @pytest.fixture(scope="module")
