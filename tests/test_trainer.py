@@ -167,6 +167,8 @@ def test_sigkill_and_resume_rewrites_identical_metrics(tiny_model_dir, tmp_path)
         "import os, signal, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from tests.test_trainer import _tiny_config\n"
+        "from tests.tiny import use_compilation_cache\n"
+        "use_compilation_cache()  # small compiles too: the later launches find every program\n"
         "from pathlib import Path\n"
         "from rlvr_jax import checkpointing\n"
         "write_manifest = checkpointing.write_manifest\n"
@@ -180,10 +182,13 @@ def test_sigkill_and_resume_rewrites_identical_metrics(tiny_model_dir, tmp_path)
         "        **{'train.steps': 6, 'train.checkpoint_every': 1, 'train.export_hf': False})\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # The uninterrupted run in this process (what is compared is its metrics; the killed run and the
+    # resume go through the command line).
+    from rlvr_jax.trainer import train
+
     whole = tmp_path / "whole"
-    done = subprocess.run([*TRAIN, f"--config={config_file}", f"--workdir={whole}"], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    train(_tiny_config(tiny_model_dir, **{"train.steps": 6, "train.checkpoint_every": 1,
+                                          "train.export_hf": False}), whole)  # fmt: skip
 
     killed = tmp_path / "killed"
     proc = subprocess.run([*TRAIN, f"--config={config_file}", f"--workdir={killed}"],
