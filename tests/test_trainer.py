@@ -288,6 +288,7 @@ def test_memory_probe_picks_micro_batches_and_bf16_master_weights_halve_the_stat
     """optim.micro_batches=0: the probe's choice follows the memory budget and the update runs with it;
     model.param_dtype=bfloat16 keeps master weights and Adam moments in bf16 (half the update's inputs)."""
     from rlvr_jax.trainer import train
+    from tests.tiny import lowerings
 
     monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
 
@@ -296,10 +297,13 @@ def test_memory_probe_picks_micro_batches_and_bf16_master_weights_halve_the_stat
         config.model.param_dtype = dtype
         config.optim.micro_batches = 0
         config.optim.memory_budget_gb = budget_gb
-        train(config, tmp_path / name)
+        with lowerings() as lowered:
+            train(config, tmp_path / name)
         probe = json.loads((tmp_path / name / "memory_probe.json").read_text())
         rows = read_metrics(tmp_path / name / "metrics.jsonl")
         assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+        # The run's update is the executable the probe compiled for the chosen count, not a second one.
+        assert lowered.count("jit(train_step)") == probe["compiles"], (lowered, probe["compiles"])
         return probe, rows
 
     roomy, rows = run("roomy", 100.0)
