@@ -16,30 +16,11 @@ import pytest
 from rlvr_jax.data.base import Task, register_task, registered_tasks
 from rlvr_jax.models import ModelConfig, init_model
 from rlvr_jax.monitoring.metrics import read_metrics
-from rlvr_jax.rewards.base import RewardResult, register_reward, registered_rewards
 from rlvr_jax.weights import export_hf
 from tests.conftest import REPO
+from tests.digits_task import _digits_task, vowel_fraction  # noqa: F401 (registers the digits_test task)
 
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
-
-
-def vowel_fraction(completions, samples, **_):
-    """Reward: the fraction of characters that are vowels. Random tokens score ~0.2 with spread, so every
-    group has a learning signal from the first step, and a policy can push it towards 1."""
-    scores = [sum(ch in "aeiouAEIOU" for ch in c) / max(len(c), 1) for c in completions]
-    return RewardResult(np.asarray(scores, np.float32), ["vowel fraction"] * len(completions))
-
-
-def _digits_task(split, path=None, *, chat=True, **_):
-    """64 prompts per split; the test split's are other numbers, so that they are held out."""
-    first = 1000 if split == "test" else 0
-    return [{"id": f"{split}/{i}", "prompt": f"Write some digits ({first + i})."} for i in range(64)]
-
-
-if "digits_test" not in registered_rewards():
-    register_reward("digits_test")(vowel_fraction)
-if "digits_test" not in registered_tasks():
-    register_task(Task("digits_test", _digits_task, reward="digits_test"))
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +167,8 @@ def test_sigkill_and_resume_rewrites_identical_metrics(tiny_model_dir, tmp_path)
         "import os, signal, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from tests.test_trainer import _tiny_config\n"
+        "from tests.tiny import use_compilation_cache\n"
+        "use_compilation_cache()  # small compiles too: the later launches find every program\n"
         "from pathlib import Path\n"
         "from rlvr_jax import checkpointing\n"
         "write_manifest = checkpointing.write_manifest\n"
@@ -199,10 +182,13 @@ def test_sigkill_and_resume_rewrites_identical_metrics(tiny_model_dir, tmp_path)
         "        **{'train.steps': 6, 'train.checkpoint_every': 1, 'train.export_hf': False})\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # The uninterrupted run in this process (what is compared is its metrics; the killed run and the
+    # resume go through the command line).
+    from rlvr_jax.trainer import train
+
     whole = tmp_path / "whole"
-    done = subprocess.run([*TRAIN, f"--config={config_file}", f"--workdir={whole}"], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    train(_tiny_config(tiny_model_dir, **{"train.steps": 6, "train.checkpoint_every": 1,
+                                          "train.export_hf": False}), whole)  # fmt: skip
 
     killed = tmp_path / "killed"
     proc = subprocess.run([*TRAIN, f"--config={config_file}", f"--workdir={killed}"],
@@ -302,6 +288,7 @@ def test_memory_probe_picks_micro_batches_and_bf16_master_weights_halve_the_stat
     """optim.micro_batches=0: the probe's choice follows the memory budget and the update runs with it;
     model.param_dtype=bfloat16 keeps master weights and Adam moments in bf16 (half the update's inputs)."""
     from rlvr_jax.trainer import train
+    from tests.tiny import lowerings
 
     monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
 
@@ -310,10 +297,13 @@ def test_memory_probe_picks_micro_batches_and_bf16_master_weights_halve_the_stat
         config.model.param_dtype = dtype
         config.optim.micro_batches = 0
         config.optim.memory_budget_gb = budget_gb
-        train(config, tmp_path / name)
+        with lowerings() as lowered:
+            train(config, tmp_path / name)
         probe = json.loads((tmp_path / name / "memory_probe.json").read_text())
         rows = read_metrics(tmp_path / name / "metrics.jsonl")
         assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+        # The run's update is the executable the probe compiled for the chosen count, not a second one.
+        assert lowered.count("jit(train_step)") == probe["compiles"], (lowered, probe["compiles"])
         return probe, rows
 
     roomy, rows = run("roomy", 100.0)
@@ -471,8 +461,9 @@ def test_a_run_whose_updates_are_all_skipped_stops_and_says_why(
     monkeypatch.setattr(update, "apply_gradients", lambda s, g, loss, o: apply(s, g, loss * float("nan"), o))
     config = _tiny_config(tiny_model_dir, **{"train.steps": 6, "train.export_hf": False})
     config.train.max_skipped_in_a_row = 2
-    config.rl.prompts_per_step, config.rl.group_size, config.sampling.max_new_tokens = 2, 2, 2
-    config.data.eval_limit, config.train.checkpoint_every = 2, 1
+    # The tiny config's shapes: its sampler and held-out evaluation are the programs the tests above
+    # compiled (the persistent compilation cache has them); only the patched update compiles anew.
+    config.train.checkpoint_every = 1
     with pytest.raises(
         RunStopped, match=r"last 2 steps \(to step 2\) were all skipped .* not changed since the start"
     ):

@@ -61,6 +61,11 @@ if os.environ.get("DIE_AT_UPDATE"):
 
 def get_config(arg: str | None = None):
     from tests.test_trainer import _tiny_config  # also registers the digits_test task and reward
+    from tests.tiny import use_compilation_cache
+
+    # The test suite's persistent cache, small compiles included (importing test_trainer set the suite's
+    # 0.5 s floor): the launches after the first find every program the first process 0 compiled.
+    use_compilation_cache()
 
     c = _tiny_config(Path("set-by---config.model.path"), **{"train.steps": 3, "train.checkpoint_every": 1})
     c.train.export_hf = False

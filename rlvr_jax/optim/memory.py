@@ -598,6 +598,7 @@ def probe_train_step_micro_batches(
     budget_bytes: int | None = None,
     headroom: float = DEFAULT_HEADROOM,
     cache: EstimateCache | bool = True,
+    compiled: dict[int, Any] | None = None,
     **step_options: Any,
 ) -> MicroBatchChoice:
     """The micro-batch count for `make_train_step(graphdef, optimizer, loss_config, ...)` at the worst
@@ -612,6 +613,8 @@ def probe_train_step_micro_batches(
     budget_bytes: per device, used as given; None = `default_budget_bytes(headroom, step_arguments=state)`
       (device statistics, or physical RAM on CPU).
     cache: True = the default file (`cache_path()`), False = none, or an EstimateCache.
+    compiled: a dict that receives each executable the probe compiled, by micro-batch count (a caller
+      running the same step at that shape can use it instead of compiling it again).
     step_options: the other keyword arguments given to `make_train_step` (chunk, remat, log_entropy,
       schedule): the probe must compile the same program the run will.
     On several processes every process runs the probe (the compiles are collective-free) and process 0's
@@ -637,7 +640,10 @@ def probe_train_step_micro_batches(
             rules=rules,
             **step_options,
         )
-        return step.lower(abstract_state, batch).compile()
+        executable = step.lower(abstract_state, batch).compile()
+        if compiled is not None:
+            compiled[m] = executable
+        return executable
 
     source = "given"
     if budget_bytes is None:

@@ -71,17 +71,27 @@ class CompiledUpdate:
         self.step_fn = step_fn
         self.compiled: dict[Any, Any] = {}
         self._flops: dict[Any, float | None] = {}
+        self._adopted: list[Any] = []
 
     @staticmethod
     def _key(batch: dict) -> tuple:
         return tuple(sorted((k, np.shape(v)) for k, v in batch.items()))
+
+    def adopt(self, compiled: Any) -> None:
+        """An executable of this very step compiled elsewhere (the memory probe compiles the run's update
+        at the worst-case batch shape): the first batch it exactly fits (argument structure, shapes,
+        dtypes, shardings) uses it instead of compiling the same program again."""
+        self._adopted.append(compiled)
 
     def compile(self, state: Any, batch: dict) -> Any:
         """The executable for this batch shape, compiled now if it is new (nothing runs, nothing is
         donated): the warm-up compiles each reachable shape before step 1 (`rlvr_jax.trainer.warmup`)."""
         key = self._key(batch)
         if key not in self.compiled:
-            self.compiled[key] = self.step_fn.lower(state, batch).compile()
+            fits = [c for c in self._adopted if _accepts(c, (state, batch))]
+            if fits:
+                self._adopted.remove(fits[0])
+            self.compiled[key] = fits[0] if fits else self.step_fn.lower(state, batch).compile()
             self._flops[key] = step_flops(self.compiled[key])
         return self.compiled[key]
 
@@ -91,6 +101,34 @@ class CompiledUpdate:
     def flops(self, batch: dict) -> float | None:
         """FLOPs per device of one update on a batch of this shape (None before it ran, or unknown)."""
         return self._flops.get(self._key(batch))
+
+
+def _accepts(compiled: Any, args: tuple) -> bool:
+    """Whether a `jax.stages.Compiled` takes exactly these positional arguments: the same tree, and per
+    leaf the same shape, dtype and weak type, and (for a jax.Array) the sharding it was compiled for.
+    Anything it cannot tell counts as no (the step is then compiled as usual)."""
+    try:
+        return _same_signature(compiled, args)
+    except Exception:  # an executable that cannot be checked is not used
+        return False
+
+
+def _same_signature(compiled: Any, args: tuple) -> bool:
+    leaves, tree = jax.tree.flatten((args, {}))
+    if tree != compiled.in_tree:
+        return False
+    avals = jax.tree.leaves(compiled.in_avals)
+    shardings = jax.tree.leaves(compiled.input_shardings)
+    if not len(leaves) == len(avals) == len(shardings):
+        return False
+    for x, aval, want in zip(leaves, avals, shardings, strict=True):
+        if np.shape(x) != aval.shape or jnp.dtype(x.dtype) != aval.dtype:
+            return False
+        if bool(getattr(x, "weak_type", False)) != bool(getattr(aval, "weak_type", False)):
+            return False
+        if isinstance(x, jax.Array) and not x.sharding.is_equivalent_to(want, np.ndim(x)):
+            return False
+    return True
 
 
 @dataclasses.dataclass
@@ -228,21 +266,25 @@ def _build_update(run: Run) -> None:
     # The frozen reference: a copy of the initial policy, held only when the KL term is on. Made before
     # the memory probe, which must count it as resident.
     run.ref_params = jax.tree.map(jnp.copy, run.state.params) if config.rl.beta > 0 else None
-    run.micro_batches = resolve_micro_batches(run)
+    probed: dict[int, Any] = {}  # the update executables the memory probe compiled, by micro-batch count
+    run.micro_batches = resolve_micro_batches(run, probed)
     run.train_step = CompiledUpdate(make_train_step(
         run.graphdef, run.optimizer, run.loss_config, temperature=config.sampling.temperature,
         micro_batches=run.micro_batches, schedule=run.schedule, mesh=run.mesh,
     ))  # fmt: skip
+    if run.micro_batches in probed:  # the probe compiled this very update: not compiled a second time
+        run.train_step.adopt(probed[run.micro_batches])
     # Old log-probs (mu > 1) and reference log-probs (beta > 0) at the sampling temperature.
     run.logprob_fn = make_logprob_fn(run.graphdef, temperature=config.sampling.temperature, mesh=run.mesh)
     run.advantage_fn = get_advantage_fn(config.rl.advantage)
 
 
-def resolve_micro_batches(run: Run) -> int:
+def resolve_micro_batches(run: Run, compiled: dict[int, Any] | None = None) -> int:
     """`optim.micro_batches`, or the count the memory probe / token budget picks for the worst-case batch.
 
     Worst case: every row at the longest training prompt's bucket plus the whole generation budget. The
-    choice and every estimate behind it go to WORKDIR/memory_probe.json.
+    choice and every estimate behind it go to WORKDIR/memory_probe.json. The probe compiles the run's own
+    update (same options, schedule included); `compiled` receives those executables by count.
     """
     from rlvr_jax.optim.memory import micro_batches_for_tokens, probe_train_step_micro_batches
 
@@ -266,6 +308,7 @@ def resolve_micro_batches(run: Run) -> int:
         completion_len=completion_len, temperature=config.sampling.temperature, mesh=run.mesh,
         old_logprobs=config.rl.mu > 1,
         budget_bytes=int(o.memory_budget_gb * 1e9) if o.memory_budget_gb else None,
+        schedule=run.schedule, compiled=compiled,
     )  # fmt: skip
     run.console.say(f"memory probe: {choice.summary()}", micro_batches=choice.micro_batches)
     if jax.process_index() == 0:
