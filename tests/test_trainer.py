@@ -466,8 +466,11 @@ def test_a_run_whose_updates_are_all_skipped_stops_and_says_why(
     config.train.checkpoint_every = 1
     with pytest.raises(
         RunStopped, match=r"last 2 steps \(to step 2\) were all skipped .* not changed since the start"
-    ):
+    ) as stopped:
         train(config, tmp_path / "run")
+    # The advice names the switches that rule causes out, each as the config key to set.
+    for switch in ("optim.learning_rate", "model.dtype=float32", "model.attention=xla", "model.remat"):
+        assert switch in str(stopped.value), switch
     out = capsys.readouterr().out
     assert "step 1: 1 of 1 update(s) skipped for a non-finite loss or gradient" in out
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/skipped_updates" in r]
