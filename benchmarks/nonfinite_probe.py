@@ -45,34 +45,38 @@ def padded_batch(rows: int, P: int, N: int, vocab: int, pad: bool, seed: int = 0
 
 
 def attention_check() -> dict:
-    """jax.nn.dot_product_attention (cuDNN on GPU) with fully masked query rows: forward and gradient."""
+    """jax.nn.dot_product_attention (cuDNN on GPU) with fully masked query rows, forward and gradient; and
+    the same with each query allowed its own slot (the product's mask since 2026-12-07)."""
     rng = np.random.default_rng(0)
     B, T, H, D = 2, 64, 4, 64
     q, k, v = (jnp.asarray(rng.standard_normal((B, T, H, D)), jnp.bfloat16) for _ in range(3))
     valid = np.ones((B, T), bool)
     valid[:, :10] = False  # left padding: queries 0..9 see no valid key
     causal = np.tril(np.ones((T, T), bool))
-    mask = jnp.asarray(causal[None] & valid[:, None, :])[:, None]
+    masks = {  # the raw mask, and the product's (rlvr_jax.models.decoder._allowed: own slot always seen)
+        "": jnp.asarray(causal[None] & valid[:, None, :])[:, None],
+        "_self": jnp.asarray((causal[None] & valid[:, None, :]) | np.eye(T, dtype=bool)[None])[:, None],
+    }
     w = jnp.asarray(valid, jnp.float32)[:, :, None, None]  # the loss reads only valid positions
 
-    def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
+    def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str, mask: jax.Array) -> jax.Array:
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
 
-    def loss(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
-        return jnp.sum(attend(q, k, v, impl).astype(jnp.float32) * w)
+    def loss(q: jax.Array, k: jax.Array, v: jax.Array, impl: str, mask: jax.Array) -> jax.Array:
+        return jnp.sum(attend(q, k, v, impl, mask).astype(jnp.float32) * w)
 
     out = {}
-    for impl in ("xla", "cudnn"):
+    for impl, name in [(i, n) for i in ("xla", "cudnn") for n in masks]:
         try:
-            o = attend(q, k, v, impl)
-            g = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, impl)
-            out[impl] = {
+            o = attend(q, k, v, impl, masks[name])
+            g = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, impl, masks[name])
+            out[impl + name] = {
                 "forward_finite_valid_rows": bool(jnp.isfinite(o[:, 10:]).all()),
                 "forward_finite_masked_rows": bool(jnp.isfinite(o[:, :10]).all()),
                 "grad_finite": [bool(jnp.isfinite(x).all()) for x in g],
             }
         except Exception as e:
-            out[impl] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            out[impl + name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     return out
 
 

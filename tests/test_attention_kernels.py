@@ -54,6 +54,32 @@ def test_dot_product_attention_path_equals_reference(window):
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-6)
 
 
+def test_no_query_row_is_fully_masked_and_real_rows_keep_their_mask(monkeypatch):
+    """Left-padding queries see no valid key; a fully masked row is what cuDNN's flash backward turns into
+    NaN (a log-sum-exp near the mask value overflows), so each query is given its own slot. Rows of real
+    queries must keep exactly the causal, valid mask."""
+    seen = {}
+    real = jax.nn.dot_product_attention
+
+    def spy(*args, mask=None, **kw):
+        seen["mask"] = np.asarray(mask)
+        return real(*args, mask=mask, **kw)
+
+    monkeypatch.setattr(dec.jax.nn, "dot_product_attention", spy)
+    q, k, v = _qkv(S, seed=2)
+    valid = np.ones((B, S), bool)
+    valid[1, :30] = False  # a left-padded prompt
+    valid[2, 80:] = False  # a right-padded completion
+    slots = jnp.arange(S, dtype=jnp.int32)
+    out = dec.attention(q, k, v, slots, jnp.asarray(valid), 0, impl="auto")
+    mask = seen["mask"][:, 0]  # [B, T, S]
+    assert mask.any(-1).all(), "a query row with no key allowed"
+    raw = np.tril(np.ones((S, S), bool))[None] & valid[:, None, :]
+    np.testing.assert_array_equal(mask[valid], raw[valid])  # real queries: unchanged
+    assert not raw[1, :30].any() and mask[1, :30].sum(-1).tolist() == [1] * 30  # padding: own slot only
+    assert np.isfinite(np.asarray(out)).all()
+
+
 def test_decode_split_sizes():
     assert dec._decode_split(384) == 128 and dec._decode_split(48) == 16 and dec._decode_split(40) == 8
     q = jnp.zeros((1, 1, 4, 64))

@@ -529,11 +529,20 @@ def attention(
 
 
 def _allowed(q_slots: Array, k_valid: Array, window: Array | int) -> Array:
-    """[B, T, S] bool: which key slots each query may attend to (causal, valid, inside the window)."""
+    """[B, T, S] bool: which key slots each query may attend to (causal, valid, inside the window).
+
+    A query always sees its own slot, even a padding query whose slot holds no valid key. Otherwise a
+    left-padding query's row is fully masked, and fused kernels treat such rows badly: cuDNN's flash
+    attention keeps a log-sum-exp of about the mask value for them, and its backward pass can overflow
+    to inf * 0 = NaN in dQ, which the loss mask does not stop (the NaN reaches the shared projection
+    weights through the matmul). Padding outputs are never read, and for a real query its own slot is
+    already allowed, so this changes no output a caller uses.
+    """
     k_slots = jnp.arange(k_valid.shape[1], dtype=jnp.int32)
     diff = q_slots[..., :, None] - k_slots  # [T, S], or [B, T, S] for per-row query slots
     allowed = (diff >= 0) & ((window == 0) | (diff < window))
-    return (allowed if allowed.ndim == 3 else allowed[None]) & k_valid[:, None, :]
+    allowed = (allowed if allowed.ndim == 3 else allowed[None]) & k_valid[:, None, :]
+    return allowed | (diff == 0)
 
 
 def _dot_product_attention(
