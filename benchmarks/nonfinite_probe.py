@@ -81,6 +81,37 @@ def attention_check() -> dict:
     return out
 
 
+def product_attention_check(scale: float = 8.0) -> dict:
+    """The product's attention (`rlvr_jax.models.decoder.attention`, "xla" and "auto" = cuDNN on a GPU) at
+    64, 192 and 256 slots with large scores (q and k scaled by 8, as real models' outlier heads give): is
+    the gradient finite, and how far apart are the two outputs on real (valid) rows."""
+    from rlvr_jax.models import decoder as dec
+
+    out = {}
+    for T in (64, 192, 256):
+        rng = np.random.default_rng(T)
+        B, H, K, D = 4, 14, 2, 64
+        q = jnp.asarray(rng.standard_normal((B, T, H, D)) * scale, jnp.bfloat16)
+        k = jnp.asarray(rng.standard_normal((B, K, T, D)) * scale, jnp.bfloat16)
+        v = jnp.asarray(rng.standard_normal((B, K, T, D)), jnp.bfloat16)
+        valid = np.ones((B, T), bool)
+        valid[:, :40] = False  # left-padded prompt
+        valid[:, T - 20 :] = False  # right-padded completion
+        slots, kv = jnp.arange(T, dtype=jnp.int32), jnp.asarray(valid)
+        w = jnp.asarray(valid, jnp.float32)[:, :, None, None]
+        outs = {}
+        for impl in ("xla", "auto"):
+
+            def f(q: jax.Array, k: jax.Array, v: jax.Array, impl=impl, slots=slots, kv=kv, w=w) -> jax.Array:
+                return jnp.sum(dec.attention(q, k, v, slots, kv, 0, impl=impl).astype(jnp.float32) * w)
+
+            g = jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+            out[f"{impl}_T{T}"] = [bool(jnp.isfinite(x).all()) for x in g]
+            outs[impl] = dec.attention(q, k, v, slots, kv, 0, impl=impl).astype(jnp.float32)
+        out[f"max_abs_diff_valid_rows_T{T}"] = float(jnp.max(jnp.abs(outs["xla"] - outs["auto"]) * w))
+    return out
+
+
 def raw_allowed(q_slots: jax.Array, k_valid: jax.Array, window: jax.Array | int) -> jax.Array:
     """The mask before 2026-12-07: left-padding queries' rows fully masked (for the "raw" variants)."""
     k_slots = jnp.arange(k_valid.shape[1], dtype=jnp.int32)
@@ -94,9 +125,9 @@ def main() -> None:
     record = {
         "benchmark": "nonfinite_probe", "device": jax.devices()[0].device_kind,
         "versions": {"jax": jax.__version__}, "command": " ".join(["python", *sys.argv]),
-        "attention": attention_check(), "updates": [],
+        "attention": attention_check(), "product_attention": product_attention_check(), "updates": [],
     }  # fmt: skip
-    print(json.dumps({"device": record["device"], "attention": record["attention"]}), flush=True)
+    print(json.dumps({k: record[k] for k in ("device", "attention", "product_attention")}), flush=True)
     hf = SHAPES[os.environ.get("PROBE_SHAPE", "qwen2.5-0.5b")]
     optimizer = make_optimizer(OptimConfig(learning_rate=1e-6, total_steps=1000))
     variants = [  # the NQ runs' update first (remat none, 4 micro-batches, 128 + 64 slots, the old mask),

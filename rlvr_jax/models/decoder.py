@@ -38,6 +38,7 @@ from rlvr_jax.models import lora
 from rlvr_jax.models.config import ModelConfig, rope_frequencies
 
 Array = jax.Array
+_CUDNN_TILE = 128  # cuDNN flash attention's key tile: full-sequence attention is padded to whole tiles
 _NEG = -1e30  # finite mask value: a fully masked (padding) row gives a uniform softmax, not NaN.
 
 
@@ -536,7 +537,9 @@ def _allowed(q_slots: Array, k_valid: Array, window: Array | int) -> Array:
     attention keeps a log-sum-exp of about the mask value for them, and its backward pass can overflow
     to inf * 0 = NaN in dQ, which the loss mask does not stop (the NaN reaches the shared projection
     weights through the matmul). Padding outputs are never read, and for a real query its own slot is
-    already allowed, so this changes no output a caller uses.
+    already allowed, so this changes no output a caller uses. On its own this did not stop the NaN of
+    a real model's update on an H100 (large scores trigger it too); the whole-tile padding in
+    `_dot_product_attention` did (benchmarks/results/nonfinite/).
     """
     k_slots = jnp.arange(k_valid.shape[1], dtype=jnp.int32)
     diff = q_slots[..., :, None] - k_slots  # [T, S], or [B, T, S] for per-row query slots
@@ -563,9 +566,21 @@ def _dot_product_attention(
     """
     keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, S, K, Dh]
     mask = _allowed(q_slots, k_valid, window)[:, None]  # [B, 1, T, S]
-    return jax.nn.dot_product_attention(
+    T, S = q.shape[1], keys.shape[1]
+    pad_t, pad_s = (-T) % _CUDNN_TILE if cudnn else 0, (-S) % _CUDNN_TILE if cudnn else 0
+    if pad_t or pad_s:
+        # cuDNN's flash backward gives NaN in dQ when the sequence ends inside a 128-wide tile and a row's
+        # scores are large (measured on an H100: lengths 64 and 192 fail, 128 and 256 pass, with the same
+        # inputs; the real Qwen2.5 NQ update at 128 + 64 slots skipped every step). Whole tiles of padding,
+        # masked, avoid the kernel's own tile padding; the extra query rows see every key and are dropped.
+        q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
+        keys, values = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0))) for x in (keys, values))
+        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, pad_s)))
+        mask = mask.at[:, :, T:, :].set(True)
+    out = jax.nn.dot_product_attention(
         q, keys, values, mask=mask, scale=scale, implementation="cudnn" if cudnn else "xla"
     )
+    return out[:, :T]
 
 
 def _decode_split(slots: int) -> int:
