@@ -3,7 +3,7 @@
 #
 #   source benchmarks/gpu_setup.sh
 #   BUDGET=540 bash benchmarks/learning_runs_gpu.sh RUN [RUN...]
-#   # RUN: gsm8k | gsm8k_lora | sst2 | nq | nq_lr2e5 | nq_g16 | nq_remat | nq_xla | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
+#   # RUN: gsm8k | gsm8k_lora | sst2 | nq | nq_lr2e5 | nq_g16 | nq_fixed | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
 #
 # Each RUN is benchmarks/learning_run.sh with the flags below (the same call again resumes it from its
 # last checkpoint; a finished run only re-packs its results). Model: Qwen2.5-Coder-0.5B-Instruct, the
@@ -69,19 +69,13 @@ for run in "$@"; do
         --config.sampling.eval_max_new_tokens=${NQ_EVAL:-128} --config.rl.group_size=16 \
         --config.rl.prompts_per_step=32 --config.optim.micro_batches=8 --config.optim.learning_rate=1e-5 \
         --config.train.steps=100 --config.train.checkpoint_every=25 ;;
-    nq_remat)  # the nq run with remat full: every update of nq / nq_lr2e5 / nq_g16 (remat none) was skipped
-      # for a non-finite gradient on the H100 (2026-12-06; benchmarks/nonfinite_probe.py)
-      bash benchmarks/learning_run.sh qwen_nq_remat_$card --config=configs/nq.py "${common[@]}" \
-        --config.data.path=/root/data/nq_open --config.data.eval_limit=1000 --config.model.remat=full \
+    nq_fixed)  # the nq run after the fix of its non-finite gradients: every update of nq / nq_lr2e5 / nq_g16
+      # was skipped (cuDNN's flash backward at 128 + 64 slots; the cuDNN path now pads to whole 128-slot
+      # tiles, benchmarks/results/nonfinite/). remat none, lr 1e-5 (NQ_LR to change it)
+      bash benchmarks/learning_run.sh qwen_nq_fixed_$card --config=configs/nq.py "${common[@]}" \
+        --config.data.path=/root/data/nq_open --config.data.eval_limit=1000 \
         --config.sampling.eval_max_new_tokens=${NQ_EVAL:-128} \
-        --config.rl.prompts_per_step=32 --config.optim.micro_batches=4 --config.optim.learning_rate=1e-5 \
-        --config.train.steps=100 --config.train.checkpoint_every=25 ;;
-    nq_xla)  # the nq run with the reference einsum attention instead of cuDNN's (model.attention=xla), remat
-      # none as in nq / nq_lr2e5 / nq_g16, lr 1e-5: tells the fused attention kernel in or out
-      bash benchmarks/learning_run.sh qwen_nq_xla_$card --config=configs/nq.py "${common[@]}" \
-        --config.data.path=/root/data/nq_open --config.data.eval_limit=1000 --config.model.attention=xla \
-        --config.sampling.eval_max_new_tokens=${NQ_EVAL:-128} \
-        --config.rl.prompts_per_step=32 --config.optim.micro_batches=4 --config.optim.learning_rate=1e-5 \
+        --config.rl.prompts_per_step=32 --config.optim.micro_batches=4 --config.optim.learning_rate=${NQ_LR:-1e-5} \
         --config.train.steps=100 --config.train.checkpoint_every=25 ;;
     mbpp)
       bash benchmarks/learning_run.sh qwen_mbpp_$card --config=configs/mbpp.py "${common[@]}" \
