@@ -36,6 +36,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "qwen_coder: needs the Qwen2.5-Coder GGUF ($RLVR_QWEN_CODER_GGUF; ../shared/tools/fetch-qwen-coder)",
     )
+    # pytest-xdist (3.x) hands out --dist loadfile's files in order of their number of tests unless told
+    # not to (--loadscope-reorder is its default), which undid SLOW_FILES' longest-first order: in the
+    # junit reports the 3-test test_multiprocess_training (150-200 s) started among the last files. The
+    # files are handed out in collection order instead, which pytest_collection_modifyitems sets.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 # The sandbox's security tests skip themselves when bubblewrap is missing; on a machine set up by hand
@@ -61,41 +67,49 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
         )
 
 
-# Seconds each of the slowest test files took in a cold-cache CI run (2 cores, two xdist workers; the sum
-# over a file's tests in the junit report of the CI run of a36b929, scaled by the measured saving for the
-# files changed since: test_notebooks, test_evaluation, test_score_cli, test_ablations, test_doc_commands;
-# a saving measured alone on the 2 cores counts 1.4 times). The files run longest first, so
-# that `make test`'s two workers (each takes whole files) finish together instead of one waiting on a long
-# file picked up last. Only the order depends on these numbers.
+# Seconds each of the slowest test files took, summed over its tests in the junit reports of two full
+# `-n 2 --dist loadfile` runs on the 2-core machine with a cold compilation cache (CI of 2026-12-06 22:08,
+# and a run of 2026-12-07 03:20 beside another user's load), averaged and rounded to 5 s. The files run
+# longest first, so that `make test`'s two workers (each takes whole files) finish together instead of
+# one waiting on a long file picked up last (pytest_configure below keeps xdist from reordering them).
+# Only the order depends on these numbers.
 SLOW_FILES = {
-    "test_trainer.py": 330,
-    "test_notebooks.py": 312,
-    "test_doc_commands.py": 200,
-    "test_export.py": 165,
-    "test_multiprocess_training.py": 145,
-    "test_generate_real.py": 140,
+    "test_notebooks.py": 375,
+    "test_trainer.py": 350,
+    "test_doc_commands.py": 310,
+    "test_multiprocess_training.py": 175,
+    "test_export.py": 170,
+    "test_generate_real.py": 155,
+    "test_serving.py": 145,
+    "test_train_step.py": 135,
     "test_ablations.py": 130,
     "test_sampler.py": 125,
-    "test_train_step.py": 125,
-    "test_weights.py": 115,
-    "test_serving.py": 100,
-    "test_lora.py": 80,
-    "test_gguf.py": 80,
-    "test_model_parity.py": 65,
-    "test_evaluation.py": 60,
-    "test_code_hacking.py": 50,
-    "test_docs_build.py": 50,
-    "test_python_api.py": 50,
-    "test_sharding.py": 45,
+    "test_weights.py": 110,
+    "test_gguf.py": 110,
+    "test_lora.py": 100,
+    "test_model_parity.py": 85,
+    "test_docs_build.py": 80,
+    "test_code_hacking.py": 75,
+    "test_evaluation.py": 70,
+    "test_python_api.py": 60,
+    "test_config_cli.py": 50,
+    "test_sharding.py": 50,
+    "test_run_outputs.py": 50,
     "test_lm_eval.py": 45,
+    "test_drift.py": 45,
+    "test_train_step_memory.py": 40,
     "test_continuous_batching.py": 40,
-    "test_train_step_memory.py": 35,
-    "test_run_outputs.py": 35,
-    "test_drift.py": 35,
+    "test_score_cli.py": 40,
     "test_memory_probe.py": 35,
-    "test_config_cli.py": 30,
     "test_serve_training_run.py": 30,
-    "test_score_cli.py": 30,
+    "test_serving_units.py": 25,
+    "test_reward_pool.py": 25,
+    "test_serving_logprobs.py": 25,
+    "test_rl_core.py": 25,
+    "test_serving_limits.py": 25,
+    "test_checkpoint_integrity.py": 25,
+    "test_attention_kernels.py": 25,
+    "test_checkpointing.py": 20,
 }
 
 

@@ -10,6 +10,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -297,7 +298,8 @@ def test_runs_stop_at_the_budget_resume_from_their_checkpoint_and_are_skipped_on
     config = tmp_path / "base.py"
     config.write_text(CONFIG.format(repo=str(REPO)))
     runs, out = tmp_path / "runs", tmp_path / "out" / "ablations_cpu.json"
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
+    # The suite's persistent compilation cache (tests/conftest.py; $RLVR_JAX_CACHE when set).
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(jax.config.jax_compilation_cache_dir))
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     base = [f"--base={config}:tiny", "--base_flags", f"--config.model.path={tiny_model_dir}",
             f"--config.data.path={shared_dir / 'data' / 'sst2'}", "--config.rl.prompts_per_step=2",

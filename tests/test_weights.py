@@ -213,6 +213,54 @@ def test_gguf_to_hf_round_trip_through_convert_cli(tmp_path, smollm_gguf):
     assert proc.returncode == 2 and "not empty" in proc.stderr
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_an_exported_folder_s_tokenizer_is_the_one_autotokenizer_loads(tmp_path, smollm_gguf, family):
+    """A model folder our exporter wrote (a run's export, the tests' tiny models) names the generic
+    TokenizersBackend class. For a llama folder load_tokenizer loads that class without AutoTokenizer's
+    module, which imports torch (4-5 s at every start of train.py or a server on such a folder);
+    AutoTokenizer gives a qwen2 folder Qwen2Tokenizer instead, so that one goes through AutoTokenizer.
+    Either way it is what AutoTokenizer gives for the folder: class, ids, text, chat template, special
+    tokens and stop ids."""
+    from rlvr_jax.weights import export_hf
+    from rlvr_jax.weights.loader import load_tokenizer
+
+    cfg = ModelConfig(family=family, vocab_size=49152, hidden_size=16, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=8, intermediate_size=32, tie_word_embeddings=True,
+                      qkv_bias=family == "qwen2")  # fmt: skip
+    folder = export_hf(init_model(cfg, seed=0), tmp_path / "export", load_tokenizer(smollm_gguf))
+    declared = json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"]
+    assert declared == "TokenizersBackend"
+    probes = ["Hello world! 12 + 30 = 42, naïve café.", "  two  spaces\n\n\tand a tab", "日本語 🙂",
+              "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>", ""]  # fmt: skip
+    code = (
+        "import json, sys\n"
+        "from rlvr_jax.weights.loader import load_tokenizer\n"
+        f"wrapped = load_tokenizer({str(folder)!r})\n"
+        "tok = wrapped.hf\n"
+        f"ids = [tok(text)['input_ids'] for text in {probes!r}]\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'class': type(tok).__name__, 'ids': ids,\n"
+        "    'text': [tok.decode(i) for i in ids], 'template': tok.chat_template, 'size': len(tok),\n"
+        "    'stop': list(wrapped.stop_ids),\n"
+        "    'special': [getattr(tok, n) for n in ('bos_token_id', 'eos_token_id', 'pad_token_id',\n"
+        "                                           'unk_token_id', 'all_special_ids')]}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    reference = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert got["class"] == type(reference).__name__ == {"llama": declared, "qwen2": "Qwen2Tokenizer"}[family]
+    if family == "llama":
+        assert got["torch"] is False, "loading an exported llama folder's tokenizer imported torch"
+    assert got["ids"] == [reference(text)["input_ids"] for text in probes]
+    assert got["text"] == [reference.decode(ids) for ids in got["ids"]]
+    assert got["template"] == reference.chat_template and got["size"] == len(reference)
+    names = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "all_special_ids")
+    assert got["special"] == [getattr(reference, name) for name in names]
+    from rlvr_jax.models.tokenizer import Tokenizer, generation_eos
+
+    assert got["stop"] == list(Tokenizer(reference, None, extra_eos=generation_eos(folder)).stop_ids)
+
+
 def test_generate_cli_answers_paris(smollm_gguf):
     proc = _run(
         "generate.py",

@@ -256,7 +256,7 @@ def load_gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase
     path = _existing_file(path)
     cached = _tokenizer_cache_dir(path)
     if cached is not None and (cached / "tokenizer_config.json").is_file():
-        return _load_cached_tokenizer(cached)
+        return load_tokenizer_folder(cached)
     try:
         if not _transformers_reads_gguf():
             tokenizer = _tokenizer_from_metadata(path)
@@ -280,26 +280,47 @@ def load_gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase
     return tokenizer
 
 
-def _load_cached_tokenizer(cached: pathlib.Path) -> PreTrainedTokenizerBase:
-    """The converted tokenizer kept by ``_save_tokenizer_cache``, loaded back.
+# Model types for which AutoTokenizer keeps a declared TokenizersBackend (others, e.g. qwen2, are mapped
+# to their own class by transformers' list of hub configs it distrusts): checked by tests/test_weights.py.
+_BACKEND_MODEL_TYPES = frozenset({"llama"})
+
+
+def load_tokenizer_folder(folder: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a folder (tokenizer.json, tokenizer_config.json), as AutoTokenizer loads it.
 
     ``AutoTokenizer`` picks the class that ``tokenizer_config.json`` names. When that is the generic
-    ``TokenizersBackend`` (what the GGUF converter gives llama-style vocabularies such as SmolLM2's), the
-    class is loaded directly: the same object, without ``AutoTokenizer``'s module, which imports torch
-    where it is installed (4-5 s at every start of a script or server). Other classes go through
-    ``AutoTokenizer``. ``tests/test_gguf.py`` checks that both routes give the same tokenizer.
+    ``TokenizersBackend`` (what the GGUF converter gives llama-style vocabularies such as SmolLM2's, and
+    what ``export_hf`` writes for such a tokenizer), and the folder has no ``config.json`` (the GGUF
+    tokenizer cache) or a model type AutoTokenizer keeps that class for, the class is loaded directly:
+    the same object, without ``AutoTokenizer``'s module, which imports torch where it is installed
+    (4-5 s at every start of a script or server). Everything else goes through ``AutoTokenizer``.
+    ``tests/test_gguf.py`` (the GGUF tokenizer cache) and ``tests/test_weights.py`` (exported llama and
+    qwen2 folders) check that both routes give the same tokenizer.
     """
-    try:
-        declared = json.loads((cached / "tokenizer_config.json").read_text()).get("tokenizer_class")
-    except (OSError, ValueError):
-        declared = None
-    if declared == "TokenizersBackend":
+    folder = pathlib.Path(folder)
+    declared, model_type = _json_object(folder / "tokenizer_config.json"), None
+    if (folder / "config.json").exists():
+        model_type = _json_object(folder / "config.json").get("model_type", "")
+    if (
+        declared.get("tokenizer_class") == "TokenizersBackend"
+        and "auto_map" not in declared
+        and (model_type is None or model_type in _BACKEND_MODEL_TYPES)
+    ):
         from transformers import TokenizersBackend
 
-        return TokenizersBackend.from_pretrained(str(cached), local_files_only=True)
+        return TokenizersBackend.from_pretrained(str(folder), local_files_only=True)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def _json_object(path: pathlib.Path) -> dict[str, Any]:
+    """A JSON file's object; {} if it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _transformers_reads_gguf() -> bool:

@@ -186,16 +186,24 @@ def export_hf(
 def load_tokenizer(
     src: str | os.PathLike, config: ModelConfig | None = None, kind: str | None = None
 ) -> Tokenizer:
-    """The tokenizer of a model source: a GGUF file's embedded one, or AutoTokenizer for a dir / hub id."""
+    """The tokenizer of a model source: a GGUF file's embedded one, or AutoTokenizer for a dir / hub id
+    (a folder whose tokenizer_config.json names the generic TokenizersBackend, as our exports of
+    SmolLM2-style tokenizers do, loads that class directly: `load_tokenizer_folder`, no torch import)."""
     text = os.fspath(src)
     if kind == "gguf" or text.endswith(".gguf"):
         from rlvr_jax.weights.gguf import load_gguf_tokenizer
 
         return Tokenizer(load_gguf_tokenizer(text), config)
-    from transformers import AutoTokenizer
 
     try:
-        hf_tok = AutoTokenizer.from_pretrained(text)
+        if Path(text).is_dir():
+            from rlvr_jax.weights.gguf import load_tokenizer_folder
+
+            hf_tok = load_tokenizer_folder(text)
+        else:
+            from transformers import AutoTokenizer
+
+            hf_tok = AutoTokenizer.from_pretrained(text)
     except Exception as e:
         raise ValueError(
             f"could not load a tokenizer from {text!r} ({type(e).__name__}: {e}); the directory needs "
