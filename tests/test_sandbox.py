@@ -479,3 +479,33 @@ def test_the_checker_rejects_anything_but_plain_literals(text: str) -> None:
     with pytest.raises(harness.Malformed):
         harness.decode_value(text)
     assert not Path("/tmp/pwned-by-answer").exists()
+
+
+def test_parse_is_retried_after_cpythons_spurious_recursion_depth_error(monkeypatch):
+    """CPython 3.11's AST constructor can raise "recursion depth mismatch" when another compile in the
+    process races a parse (python/cpython#106905; seen once in the suite): the parse is tried again, at
+    most three times in all, and any other SystemError stands."""
+    import ast
+
+    from rlvr_jax.rewards import sandbox
+
+    real, calls = ast.parse, []
+
+    def flaky(source, *a, failures=2, message="AST constructor recursion depth mismatch (before=9, after=4)"):
+        calls.append(source)
+        if len(calls) <= failures:
+            raise SystemError(message)
+        return real(source, *a)
+
+    monkeypatch.setattr(sandbox.ast, "parse", flaky)
+    assert isinstance(sandbox.parse_quietly("x = 1"), ast.Module) and len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(sandbox.ast, "parse", lambda s, *a: flaky(s, *a, failures=3))
+    with pytest.raises(SystemError, match="mismatch"):
+        sandbox.parse_quietly("x = 1")
+    assert len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(sandbox.ast, "parse", lambda s, *a: flaky(s, *a, failures=1, message="other"))
+    with pytest.raises(SystemError, match="other"):
+        sandbox.parse_quietly("x = 1")
+    assert len(calls) == 1
