@@ -10,6 +10,7 @@ versions), e.g. benchmarks/results/nonfinite_probe_h100.json. PROBE_N runs only 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -85,8 +86,6 @@ def product_attention_check(scale: float = 8.0) -> dict:
     """The product's attention (`rlvr_jax.models.decoder.attention`, "xla" and "auto" = cuDNN on a GPU) at
     64, 192 and 256 slots with large scores (q and k scaled by 8, as real models' outlier heads give): is
     the gradient finite, and how far apart are the two outputs on real (valid) rows."""
-    from rlvr_jax.models import decoder as dec
-
     out = {}
     for T in (64, 192, 256):
         rng = np.random.default_rng(T)
@@ -103,21 +102,13 @@ def product_attention_check(scale: float = 8.0) -> dict:
         for impl in ("xla", "auto"):
 
             def f(q: jax.Array, k: jax.Array, v: jax.Array, impl=impl, slots=slots, kv=kv, w=w) -> jax.Array:
-                return jnp.sum(dec.attention(q, k, v, slots, kv, 0, impl=impl).astype(jnp.float32) * w)
+                return jnp.sum(decoder.attention(q, k, v, slots, kv, 0, impl=impl).astype(jnp.float32) * w)
 
             g = jax.grad(f, argnums=(0, 1, 2))(q, k, v)
             out[f"{impl}_T{T}"] = [bool(jnp.isfinite(x).all()) for x in g]
-            outs[impl] = dec.attention(q, k, v, slots, kv, 0, impl=impl).astype(jnp.float32)
+            outs[impl] = decoder.attention(q, k, v, slots, kv, 0, impl=impl).astype(jnp.float32)
         out[f"max_abs_diff_valid_rows_T{T}"] = float(jnp.max(jnp.abs(outs["xla"] - outs["auto"]) * w))
     return out
-
-
-def raw_allowed(q_slots: jax.Array, k_valid: jax.Array, window: jax.Array | int) -> jax.Array:
-    """The mask before 2026-12-07: left-padding queries' rows fully masked (for the "raw" variants)."""
-    k_slots = jnp.arange(k_valid.shape[1], dtype=jnp.int32)
-    diff = q_slots[..., :, None] - k_slots
-    allowed = (diff >= 0) & ((window == 0) | (diff < window))
-    return (allowed if allowed.ndim == 3 else allowed[None]) & k_valid[:, None, :]
 
 
 def main() -> None:
@@ -144,7 +135,8 @@ def main() -> None:
     product_allowed = decoder._allowed
     todo = variants[: int(os.environ.get("PROBE_N", len(variants)))]
     for mask, remat, attn, micro, pad, rows, P, N in todo:
-        decoder._allowed = raw_allowed if mask == "raw" else product_allowed
+        # "raw": the mask before 2026-12-07, left-padding queries' rows fully masked
+        decoder._allowed = functools.partial(product_allowed, own_slot=mask != "raw")
         t0 = time.perf_counter()
         cfg = ModelConfig.from_hf_config(hf, dtype="bfloat16", param_dtype="float32", remat=remat)
         cfg = cfg.replace(attention=attn)

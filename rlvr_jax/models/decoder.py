@@ -529,7 +529,7 @@ def attention(
     return out.reshape(B, T, H, Dh)
 
 
-def _allowed(q_slots: Array, k_valid: Array, window: Array | int) -> Array:
+def _allowed(q_slots: Array, k_valid: Array, window: Array | int, own_slot: bool = True) -> Array:
     """[B, T, S] bool: which key slots each query may attend to (causal, valid, inside the window).
 
     A query always sees its own slot, even a padding query whose slot holds no valid key. Otherwise a
@@ -539,13 +539,14 @@ def _allowed(q_slots: Array, k_valid: Array, window: Array | int) -> Array:
     weights through the matmul). Padding outputs are never read, and for a real query its own slot is
     already allowed, so this changes no output a caller uses. On its own this did not stop the NaN of
     a real model's update on an H100 (large scores trigger it too); the whole-tile padding in
-    `_dot_product_attention` did (benchmarks/results/nonfinite/).
+    `_dot_product_attention` did (benchmarks/results/nonfinite/). `own_slot=False` gives the mask without
+    it (benchmarks/nonfinite_probe.py compares the two).
     """
     k_slots = jnp.arange(k_valid.shape[1], dtype=jnp.int32)
     diff = q_slots[..., :, None] - k_slots  # [T, S], or [B, T, S] for per-row query slots
     allowed = (diff >= 0) & ((window == 0) | (diff < window))
     allowed = (allowed if allowed.ndim == 3 else allowed[None]) & k_valid[:, None, :]
-    return allowed | (diff == 0)
+    return allowed | (diff == 0) if own_slot else allowed
 
 
 def _dot_product_attention(
@@ -567,7 +568,8 @@ def _dot_product_attention(
     keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, S, K, Dh]
     mask = _allowed(q_slots, k_valid, window)[:, None]  # [B, 1, T, S]
     T, S = q.shape[1], keys.shape[1]
-    pad_t, pad_s = (-T) % _CUDNN_TILE if cudnn else 0, (-S) % _CUDNN_TILE if cudnn else 0
+    tile = _CUDNN_TILE if cudnn else 1
+    pad_t, pad_s = -T % tile, -S % tile
     if pad_t or pad_s:
         # cuDNN's flash backward gives NaN in dQ when the sequence ends inside a 128-wide tile and a row's
         # scores are large (measured on an H100: lengths 64 and 192 fail, 128 and 256 pass, with the same
