@@ -53,6 +53,9 @@ def get_config(arg: str | None = None):
     c.sampling.temperature = 1.0
     c.sampling.max_new_tokens = 16  # the base's "The sentiment of this movie review is X." is 10 tokens
     c.sampling.eval_max_new_tokens = 48  # the base model finishes 95% of held-out answers within 35 tokens
+    # The chat-formatted prompts are 60-117 tokens (median 80): with the default powers of two nearly every
+    # step pads to 128. These widths cut the update's mean width from 144 to 117 slots for one more compile.
+    c.sampling.prompt_buckets = (96, 112, 128)
     c.rl.prompts_per_step = 4
     c.rl.group_size = 8
     c.optim.learning_rate = 5e-5
@@ -67,6 +70,7 @@ def get_config(arg: str | None = None):
         c.rl.prompts_per_step = 2
         c.rl.group_size = 2
         c.optim.micro_batches = 1
+        c.sampling.prompt_buckets = ()  # the default widths: one compile fewer in the tests
         c.train.steps = 2
         c.train.checkpoint_every = 1
         c.train.export_hf = False

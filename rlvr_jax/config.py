@@ -90,6 +90,11 @@ def base_config() -> ml_collections.ConfigDict:
     # so the base model finishes >= 95% of held-out answers (metrics.json: tokens_for_95_finished): a cut-off
     # answer scores 0, and a short budget turns shorter answers into accuracy.
     c.sampling.eval_max_new_tokens = ml_collections.FieldReference(None, field_type=int)
+    # Prompt widths the sampler pads a batch to (its longest prompt's bucket); the update is that width plus
+    # max_new_tokens wide. () = DEFAULT_PROMPT_BUCKETS (powers of two). Finer buckets where the prompts
+    # cluster just above a power of two cut padded work (the update's cost grows with its width) at the price
+    # of one more compile of the sampler and the update per bucket the prompts reach.
+    c.sampling.prompt_buckets = ()
 
     # The RL algorithm: advantages, loss, KL, dynamic sampling.
     c.rl = ml_collections.ConfigDict()
@@ -201,6 +206,7 @@ KEY_HELP: dict[str, str] = {
     "sampling.top_k": "top-k sampling for rollouts; 0 = off",
     "sampling.max_new_tokens": "generation budget per completion; also the Dr.GRPO normaliser `max_len`",
     "sampling.eval_temperature": "temperature of the held-out evaluation; 0 = greedy",
+    "sampling.prompt_buckets": "increasing prompt widths the sampler pads to; () = 32, 64, ..., 2048",
     "rl.prompts_per_step": "prompts per step; the batch has prompts_per_step * group_size rollouts",
     "rl.group_size": "G, completions sampled per prompt (>= 2: the group is the baseline)",
     "rl.clip_low": "eps_low: the ratio is clipped to [1 - clip_low, 1 + clip_high]",
@@ -363,6 +369,13 @@ def eval_reward(config: ml_collections.ConfigDict, task_reward: str | None) -> t
         per_component = config.reward.options.get("component_options") or {}
         return task_reward, dict(per_component.get(task_reward) or {})
     return config.reward.name or task_reward, dict(config.reward.options)
+
+
+def prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The sampler's prompt widths: `sampling.prompt_buckets`, or the sampler's default when empty."""
+    from rlvr_jax.generate.sampler import DEFAULT_PROMPT_BUCKETS
+
+    return tuple(int(b) for b in config.sampling.get("prompt_buckets") or ()) or DEFAULT_PROMPT_BUCKETS
 
 
 def eval_max_new_tokens(config: ml_collections.ConfigDict) -> int:
@@ -670,6 +683,17 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"sampling.eval_max_new_tokens must be a whole number of tokens >= 1, or None for "
             f"sampling.max_new_tokens; got {budget!r}"
+        )
+    widths = config.sampling.get("prompt_buckets") or ()
+    if (
+        isinstance(widths, str | bytes)
+        or not all(isinstance(b, int) and not isinstance(b, bool) for b in widths)
+        or any(b < 1 for b in widths)
+        or list(widths) != sorted(set(widths))
+    ):
+        raise ConfigError(
+            f"sampling.prompt_buckets must be strictly increasing whole numbers of tokens >= 1 (e.g. "
+            f"(96, 112, 128)), or () for the default powers of two; got {widths!r}"
         )
     if not 0 < config.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p must be in (0, 1], got {config.sampling.top_p}")

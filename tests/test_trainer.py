@@ -387,6 +387,38 @@ def test_a_bucket_is_reachable_when_a_batch_of_prompts_fits_in_it():
     assert reachable_buckets([10, 20], buckets, 8) == [32]  # fewer prompts than a batch: the largest still
 
 
+def test_configured_prompt_buckets_reach_the_sampler_and_a_wrong_list_is_named(tiny_model_dir):
+    """sampling.prompt_buckets replaces the powers of two: the trainer's sampler pads each batch of prompts
+    to the configured width its longest prompt needs, and the warm-up compiles exactly those widths."""
+    from rlvr_jax.config import ConfigError, validate
+    from rlvr_jax.data.base import get_task, load_samples
+    from rlvr_jax.evaluation.generate_and_score import encode_prompts, prompt_lengths
+    from rlvr_jax.trainer.setup import Console, _load_policy
+    from rlvr_jax.trainer.warmup import reachable_buckets
+
+    for wrong in ((128, 96), (0, 64), (64, 64), (64.0, 96)):
+        config = _tiny_config(tiny_model_dir)
+        config.sampling.prompt_buckets = wrong
+        with pytest.raises(ConfigError, match=r"sampling\.prompt_buckets must be strictly increasing"):
+            validate(config)
+
+    config = _tiny_config(tiny_model_dir)
+    config.data.task = "two_buckets_test"
+    config.sampling.prompt_buckets = (24, 40, 100)
+    validate(config)
+    *_, sampler = _load_policy(config, Console(json_logs=False))
+    assert sampler.prompt_buckets == (24, 40, 100)
+    task = get_task("two_buckets_test")
+    samples = load_samples(task, config, "train")
+    lengths = prompt_lengths(sampler, task, samples, chat=True)
+    assert min(lengths) > 24 and 64 < max(lengths) <= 100  # short ones pad to 40 (not 64), long ones 100
+    widths = reachable_buckets(lengths, sampler.prompt_buckets, config.rl.prompts_per_step)
+    assert widths == [40, 100]
+    short = [s for s, n in zip(samples, lengths, strict=True) if n <= 40]
+    assert encode_prompts(sampler, task, short[:4], chat=True)[0].shape == (4, 40)
+    assert encode_prompts(sampler, task, samples[:4], chat=True)[0].shape == (4, 100)
+
+
 STEP_FUNCTIONS = ("jit(generate)", "jit(train_step)", "jit(completion_logprobs)")
 
 

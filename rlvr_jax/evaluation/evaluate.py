@@ -22,7 +22,7 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer, CheckpointError, abstract_like
-from rlvr_jax.config import eval_max_new_tokens, eval_reward, lora_options
+from rlvr_jax.config import eval_max_new_tokens, eval_reward, lora_options, prompt_buckets
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import load_samples
 from rlvr_jax.data.heldout import HeldOutReport, held_out_split
@@ -327,7 +327,7 @@ def evaluate(
     t0 = time.perf_counter()
     model, tokenizer, source = load_for_eval(config, checkpoint, checkpoint_step)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    sampler = Sampler(model, tokenizer, mesh=mesh)
+    sampler = Sampler(model, tokenizer, mesh=mesh, prompt_buckets=prompt_buckets(config))
     load_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     rows, metrics, params = score_held_out(

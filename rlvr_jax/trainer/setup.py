@@ -21,7 +21,7 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer
-from rlvr_jax.config import lora_options, loss_config, optim_config
+from rlvr_jax.config import lora_options, loss_config, optim_config, prompt_buckets
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import Sample, Task, load_samples
 from rlvr_jax.data.heldout import HeldOutReport, held_out_split
@@ -234,7 +234,7 @@ def _load_policy(config: ml_collections.ConfigDict, console: Console) -> tuple[A
         f"{time.perf_counter() - t_load:.1f}s; mesh {dict(mesh.shape)} on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)"
     )
-    return model, tokenizer, mesh, Sampler(model, tokenizer, mesh=mesh)
+    return model, tokenizer, mesh, Sampler(model, tokenizer, mesh=mesh, prompt_buckets=prompt_buckets(config))
 
 
 def _load_data(config: ml_collections.ConfigDict, console: Console) -> tuple[Task, list, list, HeldOutReport]:
