@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
 from rlvr_jax.checkpointing import check_manifest
@@ -32,7 +33,16 @@ TIMEOUT_S = 240  # each launch; a cold compilation cache on the 2-core CI machin
 def launch(
     workdir: Path, model_dir: Path, processes: int, devices: int, **env: str
 ) -> list[subprocess.Popen]:
-    """scripts/train.py as `processes` jax.distributed processes of `devices` CPU devices each."""
+    """scripts/train.py as `processes` jax.distributed processes of `devices` CPU devices each.
+
+    They use the suite's persistent compilation cache (`subprocess_env` drops inherited JAX_* variables), so
+    the relaunch that resumes loads the programs the killed launch compiled instead of compiling them again.
+    """
+    cache = {
+        "JAX_COMPILATION_CACHE_DIR": str(jax.config.jax_compilation_cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    }
+    env = {**cache, **env}
     port = free_port()
     cluster = lambda i: (
         {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes),
