@@ -46,7 +46,7 @@ system-deps:
 	fi
 
 # The main job: GRPO on SST-2 sentiment with the real SmolLM2 weights and data, from ../shared where they
-# are (offline), else from the Hugging Face hub; on this machine's CPU (about 9 minutes on 2 cores).
+# are (offline), else from the Hugging Face hub; on this machine's CPU (about 10 minutes on 2 cores).
 # It needs the package alone, none of the extras.
 WORKDIR ?= runs/quickstart
 demo: install-base
