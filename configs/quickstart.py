@@ -57,8 +57,11 @@ def get_config(arg: str | None = None):
     c.sampling.max_new_tokens = 16  # the base's "The sentiment of this movie review is X." is 10 tokens
     c.sampling.eval_max_new_tokens = 48  # the base model finishes 95% of held-out answers within 35 tokens
     # The chat-formatted prompts are 60-117 tokens (median 80): with the default powers of two nearly every
-    # step pads to 128. These widths cut the update's mean width from 144 to 117 slots for one more compile.
-    c.sampling.prompt_buckets = (96, 112, 128)
+    # step pads to 128. The sampler keeps that one width (each width is a ~12-20 s compile of its unrolled
+    # layers), and the update trims each batch to 96, 112 or 128 (cutting its mean width from 144 to 117
+    # slots; a compile of the scanned update is ~5 s).
+    c.sampling.prompt_buckets = (128,)
+    c.rl.update_prompt_buckets = (96, 112, 128)
     c.rl.prompts_per_step = 4
     c.rl.group_size = 8
     c.optim.learning_rate = 5e-5
@@ -73,7 +76,8 @@ def get_config(arg: str | None = None):
         c.rl.prompts_per_step = 2
         c.rl.group_size = 2
         c.optim.micro_batches = 1
-        c.sampling.prompt_buckets = ()  # the default widths: one compile fewer in the tests
+        c.sampling.prompt_buckets = ()  # the default widths, one for the update too: fewer compiles in tests
+        c.rl.update_prompt_buckets = ()
         c.train.steps = 2
         c.train.checkpoint_every = 1
         c.train.export_hf = False

@@ -117,6 +117,12 @@ def base_config() -> ml_collections.ConfigDict:
     # and scored on the host while step n updates; old log-probs come from the sampling parameters, so the
     # importance ratio and its clip handle the lag. Hides slow rewards (the code sandbox) behind updates.
     c.rl.async_rollouts = False
+    # Prompt widths the update's batch is trimmed (or left padded) to: its longest real prompt's bucket,
+    # whatever width the sampler padded to. () = the sampler's own widths (no trimming). The sampler unrolls
+    # its layers and compiles several times slower than the (scanned) update, so a run can keep one coarse
+    # sampler width (sampling.prompt_buckets) and still train on fine ones: exact, since positions come
+    # from the attention mask and the dropped columns are padding.
+    c.rl.update_prompt_buckets = ()
 
     # The reward: None = the task's own; components for a weighted sum, e.g. {"numeric": 1, "format": 0.1}.
     c.reward = ml_collections.ConfigDict()
@@ -207,6 +213,7 @@ KEY_HELP: dict[str, str] = {
     "sampling.max_new_tokens": "generation budget per completion; also the Dr.GRPO normaliser `max_len`",
     "sampling.eval_temperature": "temperature of the held-out evaluation; 0 = greedy",
     "sampling.prompt_buckets": "increasing prompt widths the sampler pads to; () = 32, 64, ..., 2048",
+    "rl.update_prompt_buckets": "prompt widths the update trims its batch to; () = the sampler's widths",
     "rl.prompts_per_step": "prompts per step; the batch has prompts_per_step * group_size rollouts",
     "rl.group_size": "G, completions sampled per prompt (>= 2: the group is the baseline)",
     "rl.clip_low": "eps_low: the ratio is clipped to [1 - clip_low, 1 + clip_high]",
@@ -376,6 +383,12 @@ def prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
     from rlvr_jax.generate.sampler import DEFAULT_PROMPT_BUCKETS
 
     return tuple(int(b) for b in config.sampling.get("prompt_buckets") or ()) or DEFAULT_PROMPT_BUCKETS
+
+
+def update_prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+    """The widths the update trims its prompt columns to (`rl.update_prompt_buckets`); None when unset (the
+    update then takes the sampler's width as it is)."""
+    return tuple(int(b) for b in config.rl.get("update_prompt_buckets") or ()) or None
 
 
 def eval_max_new_tokens(config: ml_collections.ConfigDict) -> int:
@@ -684,17 +697,20 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
             f"sampling.eval_max_new_tokens must be a whole number of tokens >= 1, or None for "
             f"sampling.max_new_tokens; got {budget!r}"
         )
-    widths = config.sampling.get("prompt_buckets") or ()
-    if (
-        isinstance(widths, str | bytes)
-        or not all(isinstance(b, int) and not isinstance(b, bool) for b in widths)
-        or any(b < 1 for b in widths)
-        or list(widths) != sorted(set(widths))
-    ):
-        raise ConfigError(
-            f"sampling.prompt_buckets must be strictly increasing whole numbers of tokens >= 1 (e.g. "
-            f"(96, 112, 128)), or () for the default powers of two; got {widths!r}"
-        )
+    for key, empty in (("sampling.prompt_buckets", "the default powers of two"),
+                       ("rl.update_prompt_buckets", "the sampler's widths")):  # fmt: skip
+        section, name = key.split(".")
+        widths = config[section].get(name) or ()
+        if (
+            isinstance(widths, str | bytes)
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in widths)
+            or any(b < 1 for b in widths)
+            or list(widths) != sorted(set(widths))
+        ):
+            raise ConfigError(
+                f"{key} must be strictly increasing whole numbers of tokens >= 1 (e.g. (96, 112, 128)), "
+                f"or () for {empty}; got {widths!r}"
+            )
     if not 0 < config.sampling.top_p <= 1:
         raise ConfigError(f"sampling.top_p must be in (0, 1], got {config.sampling.top_p}")
     if not config.reward.timeout_s > 0:

@@ -23,7 +23,7 @@ from rlvr_jax.models import abstract_model
 from rlvr_jax.models.logprobs import token_entropy, token_logprobs
 from rlvr_jax.optim.optimizer import OptimConfig, decay_mask, make_optimizer, make_schedule
 from rlvr_jax.optim.state import TrainState, export_params, init_train_state
-from rlvr_jax.rl.batch import batch_from_rollout
+from rlvr_jax.rl.batch import batch_from_rollout, batch_from_rows, fit_prompt_width, rollout_rows
 from rlvr_jax.rl.losses import LossConfig
 from rlvr_jax.rl.update import make_logprob_fn, make_train_step, update_on_rollout
 from tests import train_step_checks as checks
@@ -186,6 +186,38 @@ def test_micro_batches_give_the_full_batch_gradient(model, aggregation, micro):
             assert metrics[name] == pytest.approx(ref_metrics[name], rel=1e-5, abs=1e-6), name
     with pytest.raises(ValueError, match="8 rows do not split into 3 micro-batches"):
         _step("sgd", config, 3, graphdef)(init_train_state(model, OPTIMIZERS["sgd"]), batch)
+
+
+def test_the_update_trims_or_pads_prompt_columns_to_its_own_buckets_without_changing_a_thing(model):
+    """rl.update_prompt_buckets: rows the sampler padded to 8 prompt columns, trimmed to the longest real
+    prompt's bucket (5) or padded out to a wider one (7), give the same update, loss and ratios: the
+    columns dropped or added are padding, and positions come from the mask. Real tokens are never cut."""
+    out, adv = _rollout()
+    wide = np.pad(PROMPTS, ((0, 0), (3, 0)))  # the sampler's coarser bucket: 3 more padding columns
+    rows = rollout_rows(wide, wide != PAD, out, adv, group_size=2)
+    trimmed, padded = fit_prompt_width(rows, (5, 8)), fit_prompt_width(rows, (7, 16))
+    assert trimmed["prompt_ids"].shape == (8, 5) and padded["prompt_ids"].shape == (8, 7)
+    np.testing.assert_array_equal(trimmed["prompt_ids"], np.repeat(PROMPTS, 2, axis=0))
+    assert fit_prompt_width(rows, (8,))["prompt_ids"].shape == (8, 8)
+    for key in ("tokens", "mask", "logprobs", "rewards"):
+        assert trimmed[key] is rows[key]
+
+    graphdef = nnx.graphdef(model)
+    results = []
+    for fitted in (rows, trimmed, padded):
+        state = init_train_state(model, OPTIMIZERS["sgd"])
+        new, metrics = _step("sgd", LossConfig(beta=0.0), 1, graphdef)(state, batch_from_rows(fitted, adv))
+        results.append((_params(new), {k: float(v) for k, v in metrics.items()}))
+    (ref, ref_metrics), *others = results
+    for params, metrics in others:
+        for a, b in zip(params, ref, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+        for name in ("loss", "grad_norm", "ratio_mean", "tokens"):
+            assert metrics[name] == pytest.approx(ref_metrics[name], rel=1e-5, abs=1e-6), name
+
+    right_padded = {**rows, "prompt_mask": rows["prompt_mask"][:, ::-1]}  # real tokens in the first columns
+    with pytest.raises(ValueError, match="hold real tokens; rows must be left padded"):
+        fit_prompt_width(right_padded, (5,))
 
 
 # ------------------------------------------------------------------------------------------- NaN guard

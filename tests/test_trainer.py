@@ -369,7 +369,9 @@ def _spy_on_steps(monkeypatch) -> list[dict]:
             "lowered": lowered.copy(),
         })  # fmt: skip
         lowered.clear()
-        return update_policy(run, rollouts, step)
+        update = update_policy(run, rollouts, step)
+        steps[-1]["update_tokens"] = update.batch["tokens"].shape  # after rl.update_prompt_buckets
+        return update
 
     monkeypatch.setattr(loop, "update_policy", spy)
     for name in ("collect", "start", "take"):
@@ -430,9 +432,11 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
     regenerating the rows with them and the step's key gives the same tokens, with the parameters the
     update starts from it does not. The reward still rises.
 
-    train.warmup_compile (on by default): both prompt buckets the data can reach are compiled before
-    step 1, a line each, and no step lowers the sampler, the log-prob pass or the update, although the
-    steps' batches use both buckets."""
+    train.warmup_compile (on by default) with one sampler width (128) and two update widths
+    (rl.update_prompt_buckets 64, 128): the sampler's bucket and both update buckets the data can reach
+    are compiled before step 1, a line each, and no step lowers the sampler, the log-prob pass or the
+    update, although the steps' updates use both widths (their rows, all 128 wide, trimmed to 64 where
+    the prompts are short)."""
     import jax
 
     from rlvr_jax.generate import SamplingParams
@@ -443,6 +447,7 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
     config = _tiny_config(tiny_model_dir, **{"train.steps": n, "train.export_hf": False})
     config.rl.async_rollouts = True
     config.data.task, config.data.eval_limit = "two_buckets_test", 4
+    config.sampling.prompt_buckets, config.rl.update_prompt_buckets = (128,), (64, 128)
     summary = train(config, tmp_path / "run")
     out = capsys.readouterr().out
 
@@ -471,9 +476,13 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
     last = np.mean([r["reward/mean"] for r in rows[-4:]])
     assert last > first + 0.08, f"reward did not rise: {[round(r['reward/mean'], 3) for r in rows]}"
 
-    assert "warm-up: compiling 2 prompt bucket(s) (64, 128 tokens) before step 1" in out
-    assert out.count("compiled the sampler") == out.count("compiled the update") == 2
-    assert {s["rows"]["prompt_ids"].shape[1] for s in steps} == {64, 128}  # the steps reach both
+    assert (
+        "warm-up: compiling the sampler for 1 prompt bucket(s) (128 tokens) and the update for 2 (64, 128)"
+        in out
+    )
+    assert out.count("compiled the sampler") == 1 and out.count("compiled the update") == 2
+    assert {s["rows"]["prompt_ids"].shape[1] for s in steps} == {128}
+    assert {s["update_tokens"][1] - c.max_new_tokens for s in steps} == {64, 128}  # the updates reach both
     for s in steps:
         assert not set(s["lowered"]) & set(STEP_FUNCTIONS), (s["step"], s["lowered"])
     assert rows[0]["time/compile_s"] > 0 and all("time/compile_s" not in r for r in rows[1:])

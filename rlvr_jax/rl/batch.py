@@ -13,13 +13,13 @@ per-token arrays' width) is the generation budget N, not the prompt-inclusive le
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax.generate.sampler import GenerateOutput
+from rlvr_jax.generate.sampler import GenerateOutput, bucket
 
 Batch = dict[str, Any]
 Rollout = dict[str, np.ndarray]
@@ -53,6 +53,28 @@ def rollout_rows(
         "finished": np.asarray(out.finished),
         "rewards": np.zeros(rows, np.float32) if rewards is None else np.asarray(rewards, np.float32),
     }
+
+
+def fit_prompt_width(rows: Rollout, buckets: Sequence[int]) -> Rollout:
+    """The rows with their prompt columns trimmed or left padded to the bucket of the longest real prompt
+    (`rl.update_prompt_buckets`): the sampler may pad to a coarser width than the update needs.
+
+    Exact for the update: rows are left padded and positions come from the mask, so the columns dropped
+    are padding (checked) and the columns added are masked out; the completion columns are untouched.
+    """
+    mask = np.asarray(rows["prompt_mask"], bool)
+    P = mask.shape[1]
+    width = bucket(int(mask.sum(axis=1).max(initial=0)), buckets)
+    if width == P:
+        return dict(rows)
+    if width < P:
+        if mask[:, : P - width].any():  # a prompt not right-aligned: trimming would cut real tokens
+            raise ValueError(f"prompt columns 0..{P - width - 1} hold real tokens; rows must be left padded")
+        ids, mask = np.asarray(rows["prompt_ids"])[:, P - width :], mask[:, P - width :]
+    else:
+        pad = ((0, 0), (width - P, 0))
+        ids, mask = np.pad(np.asarray(rows["prompt_ids"]), pad), np.pad(mask, pad)
+    return {**rows, "prompt_ids": ids, "prompt_mask": mask}
 
 
 def batch_from_rows(rows: Mapping[str, Any], advantages: Any) -> Batch:

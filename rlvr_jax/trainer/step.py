@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import sharding
-from rlvr_jax.config import RunStopped
+from rlvr_jax.config import RunStopped, update_prompt_buckets
 from rlvr_jax.evaluation.metrics import PASS_THRESHOLD, truncation_rate
 from rlvr_jax.monitoring.metrics import flops_metrics, model_flops
-from rlvr_jax.rl.batch import Rollout, batch_from_rows
+from rlvr_jax.rl.batch import Rollout, batch_from_rows, fit_prompt_width
 from rlvr_jax.rl.update import update_on_rollout
 from rlvr_jax.trainer.rollouts import Rollouts
 from rlvr_jax.trainer.setup import Run
@@ -103,7 +103,13 @@ def out_of_memory_advice(config: Any, rows: dict[str, Any]) -> str:
 
 def make_batch(run: Run, rows: Rollout, advantages: Any) -> dict[str, Any]:
     """The update's batch from a step's rows and advantages, on the mesh (the warm-up builds its
-    compile-time batch with this very function, so the shapes and placements it compiles are the step's)."""
+    compile-time batch with this very function, so the shapes and placements it compiles are the step's).
+
+    With `rl.update_prompt_buckets` the prompt columns are first trimmed to the finer width the rows need
+    (the rows are the same on every host, so every host picks the same width)."""
+    widths = update_prompt_buckets(run.config)
+    if widths:
+        rows = fit_prompt_width(rows, widths)
     return sharding.shard_batch(batch_from_rows(rows, advantages), run.mesh)
 
 

@@ -3,10 +3,11 @@
 The sampler pads a step's prompts to the bucket of its longest prompt (`Sampler.prompt_buckets`), and the
 update's batch is prompt bucket + generation budget wide, so each prompt bucket a step can reach is one
 sampler executable and one update executable (plus the log-prob pass where old or reference log-probs are
-needed). Compiled lazily, a step whose prompts first reach a new bucket pays for both in the middle of
-the run, which shows up as a slow step and, on a busy machine, as a stall of minutes. Here every reachable
-bucket is compiled up front, one progress line per compile, and the total goes to the first step's
-metrics as `time/compile_s`.
+needed); with `rl.update_prompt_buckets` the update has widths of its own (the sampler's batch trimmed to
+the longest real prompt's bucket), and each reachable width of either kind is compiled. Compiled lazily,
+a step whose prompts first reach a new bucket pays for both in the middle of the run, which shows up as a
+slow step and, on a busy machine, as a stall of minutes. Here every reachable bucket is compiled up
+front, one progress line per compile, and the total goes to the first step's metrics as `time/compile_s`.
 
 Nothing runs on the device: the sampler and the log-prob pass are compiled ahead of time through
 `jit(...).lower(...).compile()`, which fills the jitted functions' own caches (the later real call with
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlvr_jax.config import update_prompt_buckets
 from rlvr_jax.generate.sampler import bucket
 from rlvr_jax.rl.batch import rollout_rows
 from rlvr_jax.trainer.setup import Run
@@ -56,14 +58,23 @@ def warm_up(run: Run) -> float:
     G, prompts, N = config.rl.group_size, config.rl.prompts_per_step, config.sampling.max_new_tokens
     lengths = prompt_lengths(sampler, run.task, run.train_samples, config.data.chat)
     widths = reachable_buckets(lengths, sampler.prompt_buckets, prompts)
-    buckets = ", ".join(map(str, widths))
-    say(f"warm-up: compiling {len(widths)} prompt bucket(s) ({buckets} tokens) before step 1")
-    for width in widths:
+    # rl.update_prompt_buckets: the update trims the sampler's width to its own buckets (step.make_batch).
+    own = update_prompt_buckets(config) or sampler.prompt_buckets
+    update_widths = reachable_buckets(lengths, own, prompts)
+    if update_widths == widths:
+        say(f"warm-up: compiling {len(widths)} prompt bucket(s) ({_join(widths)} tokens) before step 1")
+    else:
+        say(f"warm-up: compiling the sampler for {len(widths)} prompt bucket(s) ({_join(widths)} tokens) and "
+            f"the update for {len(update_widths)} ({_join(update_widths)}) before step 1")  # fmt: skip
+    for width in sorted({*widths, *update_widths}):
         shape = f"{prompts * G} rows x {width} + {N} tokens"
-        _, seconds = sampler.compile_bucket(
-            prompts, width, run.sampling, seed=jax.random.key(config.seed), group_size=G
-        )
-        say(f"  compiled the sampler ({shape}): {seconds:.1f}s")
+        if width in widths:
+            _, seconds = sampler.compile_bucket(
+                prompts, width, run.sampling, seed=jax.random.key(config.seed), group_size=G
+            )
+            say(f"  compiled the sampler ({shape}): {seconds:.1f}s")
+        if width not in update_widths:
+            continue
         t0 = time.perf_counter()
         zero_rows = _zero_rows(prompts, width, N, G)
         batch = make_batch(run, zero_rows, run.advantage_fn(jnp.asarray(zero_rows["rewards"]), G))
@@ -79,6 +90,10 @@ def warm_up(run: Run) -> float:
     total = time.perf_counter() - t_start
     say(f"warm-up done in {total:.1f}s", compile_s=total)
     return total
+
+
+def _join(widths: Sequence[int]) -> str:
+    return ", ".join(map(str, widths))
 
 
 def _logprob_params(run: Run) -> dict[str, tuple[str, Any]]:
