@@ -24,6 +24,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # 1, while the other core was busy. JAX's own thread pool (XLA) is not OpenMP and is left as it is.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# XLA's CPU backend without LLVM's optimisation passes: the suite is mostly compiling small programs, and at
+# level 0 a cold compile costs about half the CPU time (tests/test_sampler.py: 143 -> 77 s of user time on
+# the 2-core machine). What runs is the same XLA program (same fusions, same library matmuls), only its
+# elementwise loops unvectorised. Set before jax creates its CPU client; subprocesses get it through the
+# environment (tests.multiprocess.subprocess_env keeps it beside its device count). Users' runs are untouched;
+# XLA_FLAGS=--xla_backend_optimization_level=3 runs the suite at XLA's default level (3) instead.
+_LEVEL = re.search(r"--xla_backend_optimization_level=\S+", os.environ.get("XLA_FLAGS", ""))
+TEST_XLA_FLAGS = _LEVEL.group(0) if _LEVEL else "--xla_backend_optimization_level=0"
+if not _LEVEL:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
 import jax  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", os.environ.get("RLVR_JAX_CACHE", str(REPO / ".jax_cache")))
@@ -67,49 +78,44 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
         )
 
 
-# Seconds each of the slowest test files took, summed over its tests in the junit reports of two full
-# `-n 2 --dist loadfile` runs on the 2-core machine with a cold compilation cache (CI of 2026-12-06 22:08,
-# and a run of 2026-12-07 03:20 beside another user's load), averaged and rounded to 5 s. The files run
-# longest first, so that `make test`'s two workers (each takes whole files) finish together instead of
-# one waiting on a long file picked up last (pytest_configure below keeps xdist from reordering them).
-# Only the order depends on these numbers.
+# Seconds each of the slowest test files took, summed over its tests in the junit report of a full
+# `-n 2 --dist loadfile` run on the 2-core machine with a cold compilation cache and the suite's XLA flags
+# (2026-12-07 13:16 UTC: 17 min 56 s; the same run at XLA's default optimisation level took 21 min 36 s),
+# rounded to 5 s. The files run longest first, so that `make test`'s two workers (each takes whole files)
+# finish together instead of one waiting on a long file picked up last (pytest_configure below keeps xdist
+# from reordering them). Only the order depends on these numbers.
 SLOW_FILES = {
-    "test_notebooks.py": 375,
-    "test_trainer.py": 350,
-    "test_doc_commands.py": 310,
-    "test_multiprocess_training.py": 175,
-    "test_export.py": 170,
-    "test_generate_real.py": 155,
-    "test_serving.py": 145,
-    "test_train_step.py": 135,
-    "test_ablations.py": 130,
-    "test_sampler.py": 125,
-    "test_weights.py": 110,
-    "test_gguf.py": 110,
-    "test_lora.py": 100,
-    "test_model_parity.py": 85,
+    "test_notebooks.py": 265,
+    "test_trainer.py": 180,
+    "test_doc_commands.py": 175,
+    "test_export.py": 100,
     "test_docs_build.py": 80,
-    "test_code_hacking.py": 75,
-    "test_evaluation.py": 70,
-    "test_python_api.py": 60,
-    "test_config_cli.py": 50,
-    "test_sharding.py": 50,
-    "test_run_outputs.py": 50,
-    "test_lm_eval.py": 45,
-    "test_drift.py": 45,
-    "test_train_step_memory.py": 40,
-    "test_continuous_batching.py": 40,
-    "test_score_cli.py": 40,
-    "test_memory_probe.py": 35,
-    "test_serve_training_run.py": 30,
-    "test_serving_units.py": 25,
-    "test_reward_pool.py": 25,
-    "test_serving_logprobs.py": 25,
-    "test_rl_core.py": 25,
-    "test_serving_limits.py": 25,
-    "test_checkpoint_integrity.py": 25,
+    "test_sampler.py": 80,
+    "test_train_step.py": 80,
+    "test_multiprocess_training.py": 80,
+    "test_ablations.py": 80,
+    "test_serving.py": 70,
+    "test_gguf.py": 60,
+    "test_weights.py": 60,
+    "test_generate_real.py": 55,
+    "test_code_hacking.py": 55,
+    "test_model_parity.py": 50,
+    "test_lora.py": 50,
+    "test_python_api.py": 50,
+    "test_lm_eval.py": 50,
+    "test_evaluation.py": 50,
+    "test_score_cli.py": 30,
+    "test_config_cli.py": 30,
+    "test_sharding.py": 25,
+    "test_drift.py": 25,
+    "test_run_outputs.py": 25,
+    "test_serve_training_run.py": 25,
+    "test_train_step_memory.py": 25,
     "test_attention_kernels.py": 25,
-    "test_checkpointing.py": 20,
+    "test_reward_pool.py": 20,
+    "test_continuous_batching.py": 20,
+    "test_serving_units.py": 20,
+    "test_serving_logprobs.py": 20,
 }
 
 

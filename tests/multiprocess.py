@@ -14,11 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import TEST_XLA_FLAGS
+
 
 def subprocess_env(devices: int, **extra: str) -> dict[str, str]:
     """This environment with `devices` fake CPU devices and no inherited cluster variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_", "TPU_"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **extra)
+    flags = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"  # the suite's (conftest)
+    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
     return env
 
 

@@ -216,7 +216,11 @@ def test_a_seed_gives_the_same_samples_and_logprobs_whatever_shares_the_slots(en
     finally:
         assert batcher.stop(timeout=60)
     assert late_job[1].rows == alone
-    assert late_job[1].updates[-1].rows[0].logprobs == alone_job[1].updates[-1].rows[0].logprobs
+    # The same log-probs up to float32 rounding: in another slot, the row's attention sums its cache slots
+    # in another grouping (the padding's zeros sit elsewhere), which may move the last bit.
+    np.testing.assert_allclose(
+        late_job[1].updates[-1].rows[0].logprobs, alone_job[1].updates[-1].rows[0].logprobs, rtol=1e-6
+    )
     # Choice 0 of an n=2 request with that seed is the same sample; choice 1 is another one.
     [pair] = _sampled(engine, [_job([5, 6, 7], 12, rows=2, **sampled)])
     assert pair[0] == alone[0] and pair[1] != alone[0]

@@ -75,7 +75,8 @@ def test_top_logprobs_are_the_best_alternatives_of_the_same_distribution(model):
     plain = jax.device_get(sampler.generate_ids(ids, mask, sampled, seed=3))
     assert plain.top_ids is None and plain.top_logprobs is None
     np.testing.assert_array_equal(out.tokens, plain.tokens)  # asking for alternatives changes no sample
-    np.testing.assert_array_equal(out.logprobs, plain.logprobs)
+    # The same numbers from another compiled program (one with the top-k outputs): equal up to rounding.
+    np.testing.assert_allclose(out.logprobs, plain.logprobs, rtol=0, atol=1e-6)
     assert out.top_ids.shape == out.top_logprobs.shape == (3, 6, k)
     full_ids = np.concatenate([ids, out.tokens], axis=1)
     full_mask = np.concatenate([mask, out.mask], axis=1)
