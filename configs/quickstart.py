@@ -19,7 +19,9 @@ at an evaluation budget of 16 tokens (22% of the base model's answers cut off). 
 95% finish within 35): 0.516 -> 0.883 (p = 2.05e-9), 0% cut off; 8 min 5 s in a fresh clone (make demo).
 The same command took 8.3 to 14.3 minutes on later days (the machine's speed varies); with the prompt
 buckets below (2026-12-07) the update does 19% fewer FLOPs for the same result: about 9.8 minutes at the
-speed of the 11.1-minute day (README, "The two commands").
+speed of the 11.1-minute day, 7.9 minutes (train.py's own clock) on the fast machine of 2026-12-07 13:00
+UTC. Since then the sampler keeps one width and only the update uses the finer ones (two compiles fewer,
+the same run step for step; README, "The two commands").
 
 Why this task: the base model answers "The sentiment of this movie review is positive." to 95% of the
 sentences (greedy), so it scores about 50% on a balanced set, yet the log-probability of " positive"
