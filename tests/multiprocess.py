@@ -17,11 +17,15 @@ from pathlib import Path
 from tests.conftest import TEST_XLA_FLAGS
 
 
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a subprocess of `devices` fake CPU devices, with the suite's own flags (conftest)."""
+    return f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+
+
 def subprocess_env(devices: int, **extra: str) -> dict[str, str]:
     """This environment with `devices` fake CPU devices and no inherited cluster variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_", "TPU_"))}
-    flags = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"  # the suite's (conftest)
-    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
+    env.update(XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu", **extra)
     return env
 
 

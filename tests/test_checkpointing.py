@@ -30,6 +30,7 @@ from rlvr_jax.checkpointing import (
 )
 from rlvr_jax.data.pipeline import batches, make_pipeline, take
 from rlvr_jax.models import ModelConfig, abstract_model, init_model
+from tests.multiprocess import subprocess_env, xla_flags
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = ModelConfig(
@@ -205,7 +206,7 @@ print("sharded ok")
 
 
 def test_sharded_restore_onto_another_mesh(tmp_path: Path) -> None:
-    result = run_python(SHARDED.format(dir=tmp_path), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = run_python(SHARDED.format(dir=tmp_path), XLA_FLAGS=xla_flags(4))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sharded ok" in result.stdout
 
@@ -318,13 +319,7 @@ def test_two_processes_stop_and_save_at_the_same_step(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_", "TPU_"))}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        PYTHONPATH=str(REPO),
-        COORDINATOR=f"127.0.0.1:{port}",
-    )
+    env = subprocess_env(2, PYTHONPATH=str(REPO), COORDINATOR=f"127.0.0.1:{port}")
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", MULTIHOST_LOOP, str(tmp_path)],
