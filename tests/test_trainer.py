@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -398,11 +399,13 @@ def test_configured_prompt_buckets_reach_the_sampler_and_a_wrong_list_is_named(t
     from rlvr_jax.trainer.setup import Console, _load_policy
     from rlvr_jax.trainer.warmup import reachable_buckets
 
-    for wrong in ((128, 96), (0, 64), (64, 64), (64.0, 96)):
-        config = _tiny_config(tiny_model_dir)
-        config.sampling.prompt_buckets = wrong
-        with pytest.raises(ConfigError, match=r"sampling\.prompt_buckets must be strictly increasing"):
-            validate(config)
+    for key in ("sampling.prompt_buckets", "rl.update_prompt_buckets"):
+        section, name = key.split(".")
+        for wrong in ((128, 96), (0, 64), (64, 64), (64.0, 96)):
+            config = _tiny_config(tiny_model_dir)
+            config[section][name] = wrong
+            with pytest.raises(ConfigError, match=rf"{re.escape(key)} must be strictly increasing"):
+                validate(config)
 
     config = _tiny_config(tiny_model_dir)
     config.data.task = "two_buckets_test"
