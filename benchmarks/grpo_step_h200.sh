@@ -2,7 +2,9 @@
 # The whole-step benchmark's arms in one device call (see benchmarks/README.md, "The whole GRPO step"):
 #   bash benchmarks/grpo_step_h200.sh OUT_DIR [ARM ...]
 # Arms: before (the sampler reads the float32 masters), after (the trainer's bf16 copy for the sampler),
-# probe (after, with the memory probe's fewest micro-batches and remat dots), 1.5b (after, qwen2.5-1.5b).
+# probe (after, with the memory probe's fewest micro-batches and remat dots), 1.5b (after, qwen2.5-1.5b),
+# none2 / dots2 / full2 (after, remat none / dots / full at 2 micro-batches of 128 rows: the H200's 141 GB
+# holds what the H100's 80 needed 4 for), none1 (no remat, one pass of 256 rows).
 # Expects benchmarks/gpu_setup.sh's carried .whl, .stage/gsm8k and .stage/qwen2.5-tokenizer.
 set -euo pipefail
 out=${1:?usage: grpo_step_h200.sh OUT_DIR [ARM ...]}; shift
@@ -14,6 +16,7 @@ for arm in ${arms[@]}; do
     after) extra=(--shape qwen2.5-0.5b) ;;
     probe) extra=(--shape qwen2.5-0.5b --micro_batches 0 --remat dots) ;;
     1.5b) extra=(--shape qwen2.5-1.5b) ;;
+    none2|dots2|full2|none1) extra=(--shape qwen2.5-0.5b --remat ${arm%?} --micro_batches ${arm: -1}) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
   echo "== $arm: ${extra[*]}"

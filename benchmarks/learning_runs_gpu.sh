@@ -3,7 +3,7 @@
 #
 #   source benchmarks/gpu_setup.sh
 #   BUDGET=540 bash benchmarks/learning_runs_gpu.sh RUN [RUN...]
-#   # RUN: gsm8k | gsm8k_lora | sst2 | nq | nq_lr2e5 | nq_g16 | nq_fixed | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
+#   # RUN: gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_lr2e5 | nq_g16 | nq_fixed | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
 #
 # Each RUN is benchmarks/learning_run.sh with the flags below (the same call again resumes it from its
 # last checkpoint; a finished run only re-packs its results). Model: Qwen2.5-Coder-0.5B-Instruct, the
@@ -83,21 +83,37 @@ for run in "$@"; do
         --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
         --config.rl.prompts_per_step=16 --config.optim.micro_batches=4 --config.optim.learning_rate=2e-6 \
         --config.train.steps=120 --config.train.checkpoint_every=20 ;;
-    humaneval)
+    humaneval)  # HE_WHICH="before after" (before needs no MBPP run: start it beside the training); each side
+      # greedy (pass@1) and HE_SAMPLES samples at temperature 0.8 (pass@k), then both comparisons
       runs=${RUNS:-/root/runs}
-      for which in before after; do
+      mkdir -p $runs/qwen_mbpp_$card/humaneval
+      for which in ${HE_WHICH:-before after}; do
         ck=(--train_config=configs/mbpp.py)
         [[ $which == after ]] && ck=(--checkpoint=$runs/qwen_mbpp_$card)
-        python3 scripts/evaluate.py --config=configs/humaneval.py --config.model.path=$M \
-          --config.data.path=/root/data/humaneval --split=test "${ck[@]}" \
-          --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
-          --exclude=benchmarks/results/mbpp_humaneval_near_duplicates.json \
-          --out=$runs/qwen_mbpp_$card/humaneval/$which 2>&1 | grep -v "^[IW][0-9]" | tail -8
+        for mode in greedy sampled; do
+          extra=(); suffix=""
+          [[ $mode == sampled ]] && extra=(--num_samples=${HE_SAMPLES:-10} --temperature=0.8) && suffix=_k${HE_SAMPLES:-10}
+          python3 scripts/evaluate.py --config=configs/humaneval.py --config.model.path=$M \
+            --config.data.path=/root/data/humaneval --split=test "${ck[@]}" "${extra[@]}" --batch_size=256 \
+            --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
+            --exclude=benchmarks/results/mbpp_humaneval_near_duplicates.json \
+            --out=$runs/qwen_mbpp_$card/humaneval/$which$suffix 2>&1 | grep -v "^[IW][0-9]" | tail -8
+        done
       done
-      python3 scripts/compare.py $runs/qwen_mbpp_$card/humaneval/before $runs/qwen_mbpp_$card/humaneval/after \
-        --out=$runs/qwen_mbpp_$card/humaneval/compare 2>&1 | tail -12
+      h=$runs/qwen_mbpp_$card/humaneval
+      for suffix in "" _k${HE_SAMPLES:-10}; do
+        [[ -f $h/before$suffix/metrics.json && -f $h/after$suffix/metrics.json ]] || continue
+        python3 scripts/compare.py $h/before$suffix $h/after$suffix --out=$h/compare$suffix 2>&1 | tail -12
+      done
       [[ -n ${OUT:-} ]] && tar czf "$OUT/qwen_mbpp_$card.tgz" -C "$runs" --exclude=checkpoints \
         --exclude=tensorboard qwen_mbpp_$card ;;
+    gsm8k_lr1e5)  # the gsm8k run at 3.3x its learning rate: at 3e-6 the training reward flattened at about
+      # 0.36 from step 60 on (benchmarks/results/learning/qwen_gsm8k_h100/metrics.jsonl)
+      bash benchmarks/learning_run.sh qwen_gsm8k_lr1e5_$card --config=configs/gsm8k.py "${common[@]}" \
+        --config.data.path=/root/data/gsm8k --config.data.eval_limit=1319 \
+        --config.sampling.max_new_tokens=512 --config.sampling.eval_max_new_tokens=${GSM8K_EVAL:-1024} \
+        --config.rl.prompts_per_step=32 --config.optim.micro_batches=8 --config.optim.learning_rate=1e-5 \
+        --config.train.steps=${GSM8K_STEPS:-120} --config.train.checkpoint_every=20 ;;
     smol_sst2)  # the demo's task and model at 4x the prompts per step and 2.5x the steps, all 174 held out
       bash benchmarks/learning_run.sh smol_sst2_$card --config=configs/quickstart.py "${common[@]/$M/$S}" \
         --config.data.path=/root/data/sst2 --config.data.eval_limit=174 \
@@ -116,6 +132,6 @@ for run in "$@"; do
         --config.data.eval_limit=174 --config.train.export_hf=False --config.rl.mu=2 \
         --config.rl.prompts_per_step=8 --config.optim.micro_batches=1 --config.optim.learning_rate=3e-5 \
         2>&1 | grep -v "^[IW][0-9]" ;;
-    *) echo "unknown run $run (gsm8k | gsm8k_lora | sst2 | nq | mbpp | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
+    *) echo "unknown run $run (gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_fixed | mbpp | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
   esac
 done

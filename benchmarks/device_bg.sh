@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Background jobs on the lent GPU machine: work that outlasts one device call (10 minutes) and runs while
+# later calls stage model chunks. A warm machine keeps a process that started its own session (setsid)
+# until the machine goes back (30 minutes after its start at most), so each job runs from a private copy
+# of the checkout (/root/src: the next call's copy of the working tree does not change its scripts under
+# it) and leaves its log and exit status in /root/bg.
+#
+#   source benchmarks/gpu_setup.sh
+#   bash benchmarks/device_bg.sh start NAME 'COMMAND'   # COMMAND runs in /root/src with gpu_setup's env
+#   bash benchmarks/device_bg.sh wait NAME [SECONDS]     # until NAME ends (or SECONDS pass)
+#   bash benchmarks/device_bg.sh status                  # each job: running / exit code, last log lines
+#   bash benchmarks/device_bg.sh collect [PATTERN]       # /root/out_bg files (and logs) into $OUT
+#
+# A job writes what should come back under /root/out_bg (at most 8 files per call come back: pack them).
+set -uo pipefail
+bg=/root/bg
+mkdir -p $bg /root/out_bg
+cmd=${1:?usage: device_bg.sh start NAME COMMAND | wait NAME [S] | status | collect [PATTERN]}; shift
+case $cmd in
+  start)
+    name=${1:?job name}; shift
+    if [[ ! -f /root/src/.copied ]]; then
+      mkdir -p /root/src && cp -r . /root/src/ && touch /root/src/.copied
+    fi
+    rm -f $bg/$name.rc
+    (cd /root/src && PYTHONUNBUFFERED=1 setsid nohup bash -c "export PYTHONPATH=/tmp/site:/root/src; $*; echo \$? > $bg/$name.rc" \
+      > $bg/$name.log 2>&1 < /dev/null & echo $! > $bg/$name.pid)
+    echo "started $name (pid $(cat $bg/$name.pid)) at $(date -u +%T)" ;;
+  wait)
+    name=${1:?job name}; limit=${2:-100000}; t=0
+    while [[ ! -f $bg/$name.rc && $t -lt $limit ]]; do sleep 5; t=$((t + 5)); done
+    [[ -f $bg/$name.rc ]] && echo "$name ended: exit $(cat $bg/$name.rc)" || echo "$name still running after ${limit}s" ;;
+  status)
+    for log in $bg/*.log; do
+      [[ -f $log ]] || continue
+      name=$(basename "$log" .log)
+      state=running; [[ -f $bg/$name.rc ]] && state="exit $(cat $bg/$name.rc)"
+      echo "== $name: $state"
+      grep -v "^[IW][0-9]" "$log" | tail -${LINES_PER_JOB:-3}
+    done
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null ;;
+  collect)
+    : "${OUT:?collect needs OUT}"
+    tar czf "$OUT/bg_logs.tgz" -C $bg . 2>/dev/null
+    n=0
+    for f in /root/out_bg/${1:-*}; do
+      [[ -f $f && $n -lt 7 ]] || continue
+      cp "$f" "$OUT/" && n=$((n + 1))
+    done
+    ls -la "$OUT" ;;
+  *) echo "unknown command $cmd (start | wait | status | collect)" >&2; exit 2 ;;
+esac
