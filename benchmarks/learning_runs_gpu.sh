@@ -3,7 +3,7 @@
 #
 #   source benchmarks/gpu_setup.sh
 #   BUDGET=540 bash benchmarks/learning_runs_gpu.sh RUN [RUN...]
-#   # RUN: gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_lr2e5 | nq_g16 | nq_fixed | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
+#   # RUN: gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_lr2e5 | nq_g16 | nq_fixed | nq_lr3e6 | nq_drgrpo | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
 #
 # Each RUN is benchmarks/learning_run.sh with the flags below (the same call again resumes it from its
 # last checkpoint; a finished run only re-packs its results). Model: Qwen2.5-Coder-0.5B-Instruct, the
@@ -77,12 +77,23 @@ for run in "$@"; do
         --config.sampling.eval_max_new_tokens=${NQ_EVAL:-128} \
         --config.rl.prompts_per_step=32 --config.optim.micro_batches=4 --config.optim.learning_rate=${NQ_LR:-1e-5} \
         --config.train.steps=100 --config.train.checkpoint_every=25 ;;
+    nq_lr3e6|nq_drgrpo)  # after nq_fixed degenerated at lr 1e-5 (2026-12-07, H100: entropy 1.9 -> 0.2 in
+      # 10 steps, every answer 64 tokens of junk from step 33): the config's own lr 3e-6, which never applied
+      # before (every update of qwen_nq_h100 was skipped), and with it Dr.GRPO's unscaled advantages: with
+      # 84-97% of groups all zero, GRPO's division by the group std turns one answer's F1 of 0.1 into an
+      # advantage as large as a right answer's
+      adv=grpo; [[ $run == nq_drgrpo ]] && adv=dr_grpo
+      bash benchmarks/learning_run.sh qwen_${run}_$card --config=configs/nq.py "${common[@]}" \
+        --config.data.path=/root/data/nq_open --config.data.eval_limit=1000 \
+        --config.sampling.eval_max_new_tokens=${NQ_EVAL:-128} --config.rl.advantage=$adv \
+        --config.rl.prompts_per_step=32 --config.optim.micro_batches=4 --config.optim.learning_rate=3e-6 \
+        --config.train.steps=100 --config.train.checkpoint_every=25 ;;
     mbpp)
       bash benchmarks/learning_run.sh qwen_mbpp_$card --config=configs/mbpp.py "${common[@]}" \
         --config.data.path=/root/data/mbpp --config.data.eval_limit=500 \
         --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
         --config.rl.prompts_per_step=16 --config.optim.micro_batches=4 --config.optim.learning_rate=2e-6 \
-        --config.train.steps=120 --config.train.checkpoint_every=20 ;;
+        --config.train.steps=${MBPP_STEPS:-120} --config.train.checkpoint_every=20 ;;
     humaneval)  # HE_WHICH="before after" (before needs no MBPP run: start it beside the training); each side
       # greedy (pass@1) and HE_SAMPLES samples at temperature 0.8 (pass@k), then both comparisons
       runs=${RUNS:-/root/runs}
@@ -132,6 +143,6 @@ for run in "$@"; do
         --config.data.eval_limit=174 --config.train.export_hf=False --config.rl.mu=2 \
         --config.rl.prompts_per_step=8 --config.optim.micro_batches=1 --config.optim.learning_rate=3e-5 \
         2>&1 | grep -v "^[IW][0-9]" ;;
-    *) echo "unknown run $run (gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_fixed | mbpp | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
+    *) echo "unknown run $run (gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_fixed | nq_lr3e6 | nq_drgrpo | mbpp | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
   esac
 done

@@ -27,6 +27,7 @@ import dataclasses
 import datetime
 import importlib.util
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -70,6 +71,17 @@ RUNS: list[Run] = [
         "Qwen2.5-Coder-0.5B, MBPP: 16 x 8 rollouts, extracted scoring, eval budget 768",
         incomplete="stopped at step 9 of 120 when the device call's budget ran out; the machine was given "
         "back before the next call, so its checkpoint is gone (two new prompt-length compiles took 55 s)"),
+    # 2026-12-07, H100 (ran as qwen_mbpp_h100: commands.txt): the run above again from step 0. The first
+    # try shared the card with three other runs and ran out of its memory at the first update; the second
+    # ran alone, at 40 steps (the 7,680 rollouts of 120 steps of 8 x 8 would not fit the device time left).
+    Run("qwen_mbpp_shared_oom_h100", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)",
+        "MBPP held-out 50",
+        "Qwen2.5-Coder-0.5B, MBPP: 60 steps of 16 x 8, extracted scoring, beside 3 other runs",
+        incomplete="out of device memory at the first update: the H100 was shared with three other runs "
+        "(NQ training, two HumanEval evaluations; 71.5 of 80 GB in use); the run alone fitted"),
+    Run("qwen_mbpp_extracted_h100", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)",
+        "MBPP held-out 50",
+        "Qwen2.5-Coder-0.5B, MBPP: 40 steps of 16 x 8, extracted scoring, eval budget 768"),
     Run("qwen_nq_oom_h100", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
         "Qwen2.5-Coder-0.5B, NQ-open: 32 x 8 rollouts, qa_f1",
         incomplete="out of memory at the first update: 256 rows x the 152k vocabulary in one pass asked for "
@@ -88,6 +100,10 @@ RUNS: list[Run] = [
           "Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 8, lr 1e-5, cuDNN attention padded to whole tiles",
           pending=True)
       for card in ("h100", "h200")),
+    # benchmarks/learning_runs_gpu.sh nq_lr3e6 / nq_drgrpo: the next two settings after nq_fixed degenerated
+    *(Run(f"qwen_nq_{kind}_{card}", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
+          f"Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 8, lr 3e-6, {adv} advantages", pending=True)
+      for kind, adv in (("lr3e6", "GRPO"), ("drgrpo", "Dr.GRPO")) for card in ("h100", "h200")),
     *(Run(f"smol_nq_{card}", "Natural Questions", "configs/nq.py", SMOL, NQ_TRAIN, NQ_HELD_OUT,
           "SmolLM2-135M, NQ-open: 60 steps of 32 x 8, lr 2e-5, float32", pending=True)
       for card in ("h100", "h200")),
@@ -100,6 +116,8 @@ RUNS: list[Run] = [
     *(Run(f"qwen_gsm8k_lora_{card}", "GSM8K", "configs/gsm8k.py", QWEN, "GSM8K train", "GSM8K test (1,319)",
           "Qwen2.5-Coder-0.5B, GSM8K test: LoRA rank 64 (alpha 64, lr 2e-5), 60 steps of 32 x 8, eval "
           "budget 1024", pending=True) for card in ("h100", "h200")),
+    Run("qwen_gsm8k_lr1e5_h200", "GSM8K", "configs/gsm8k.py", QWEN, "GSM8K train", "GSM8K test (1,319)",
+        "Qwen2.5-Coder-0.5B, GSM8K test: 120 steps of 32 x 8, lr 1e-5, eval budget 1024", pending=True),
 ]  # fmt: skip
 # Extra evaluations inside a run folder (each holds samples.jsonl): (run, before, after, benchmark, label).
 TRANSFER: list[tuple[str, str, str, str, str]] = [
@@ -107,6 +125,10 @@ TRANSFER: list[tuple[str, str, str, str, str]] = [
      "HumanEval (164) after 78 MBPP steps"),
     ("qwen_coder_mbpp", "humaneval/before", "humaneval/after_step120", "code",
      "HumanEval (164) after 120 MBPP steps"),
+    ("qwen_mbpp_extracted_h100", "humaneval/before", "humaneval/after", "code",
+     "HumanEval (164) after 40 MBPP steps of 16 x 8, extracted scoring, greedy"),
+    ("qwen_mbpp_extracted_h100", "humaneval/before_k10", "humaneval/after_k10", "code",
+     "HumanEval (164) after 40 MBPP steps of 16 x 8, 10 samples at T 0.8 (mean pass@1)"),
 ]  # fmt: skip
 # Versions of the runs that did not record theirs (2026-11-26/27): the train-step benchmark of that session.
 SESSION_HARDWARE = "train_step_h100.json"
@@ -180,6 +202,11 @@ def _interval(stat: dict[str, Any]) -> dict[str, Any]:
     return {"value": stat["value"], "low": stat["ci_low"], "high": stat["ci_high"], "method": stat["method"]}
 
 
+def _number(x: float | None) -> float | None:
+    """None for a missing or undefined (NaN: no finished answer) value, so the JSON stays valid."""
+    return None if x is None or math.isnan(x) else x
+
+
 def comparison(before: Path, after: Path, results: Path) -> dict[str, Any]:
     """Before / after of one run, recomputed from the two evaluations' samples with the comparison
     scripts/compare.py makes (older runs' own comparison.json predates the length-aware part)."""
@@ -199,9 +226,20 @@ def comparison(before: Path, after: Path, results: Path) -> dict[str, Any]:
         "truncation": {"before": c["truncation"]["a"], "after": c["truncation"]["b"]},
         "finished_in_both": {
             "n": both["n"],
-            "before": both["accuracy_a"],
-            "after": both["accuracy_b"],
+            "before": _number(both["accuracy_a"]),
+            "after": _number(both["accuracy_b"]),
             "p_value": both["p_value"],
+        },
+        "accuracy_finished": {
+            "before": _number((c["a"].get("accuracy_finished") or {}).get("value")),
+            "after": _number((c["b"].get("accuracy_finished") or {}).get("value")),
+        },
+        # the task's own reward (token F1 for NQ; equal to accuracy for pass / fail rewards)
+        "mean_reward": {
+            "before": c["a"]["mean_reward"]["value"],
+            "after": c["b"]["mean_reward"]["value"],
+            "difference": _interval(c["reward_difference"]),
+            "p_value": c["reward_permutation_p"],
         },
         "length_effect": c["length_effect"],
         "verdict": c["verdict"],
@@ -336,15 +374,25 @@ def skipped_note(row: dict[str, Any]) -> str | None:
     return f"all {n} updates skipped: the policy never changed" if k >= n else f"{k} of {n} updates skipped"
 
 
+def degenerate_note(row: dict[str, Any]) -> str | None:
+    """A run whose answers went from mostly finished to mostly cut off by the budget: the policy
+    degenerated (repetition or junk until the budget), whatever its accuracy says. None otherwise."""
+    before, after = row.get("truncated_before"), row.get("truncated_after")
+    if before is None or after is None or not (after >= 0.9 and before < 0.5):
+        return None
+    return f"degenerated: {100 * after:.0f}% of answers cut off after training"
+
+
 def marked_label(row: dict[str, Any], bold: bool) -> str:
-    """The row's label with its skipped-update note: bold "(...)" in the table when no update applied,
-    "[...]" in the figure."""
-    note = skipped_note(row)
+    """The row's label with its skipped-update or degenerate-policy note: bold "(...)" in the table when
+    no update applied or the policy degenerated, "[...]" in the figure."""
+    note = skipped_note(row) or degenerate_note(row)
     if note is None:
         return row["label"]
     if not bold:
         return f"{row['label']} [{note}]"
-    return f"{row['label']} **({note})**" if note.startswith("all") else f"{row['label']} ({note})"
+    strong = note.startswith(("all", "degenerated"))
+    return f"{row['label']} **({note})**" if strong else f"{row['label']} ({note})"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -366,7 +414,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         d = r["difference"]
         diff = "-" if not d else f"{100 * d['value']:+.1f} ({100 * d['low']:+.1f}, {100 * d['high']:+.1f})"
         both = r["finished_in_both"]
-        fin = "-" if not both else f"{pct(both['before'])} / {pct(both['after'])} ({both['p_value']:.2g})"
+        if both and not both.get("n"):
+            fin = "none finished in both"
+        else:
+            fin = "-" if not both else f"{pct(both['before'])} / {pct(both['after'])} ({both['p_value']:.2g})"
         p = "-" if r["p_value"] is None else f"{r['p_value']:.2g}"
         label = marked_label(r, bold=True) + (" **(incomplete)**" if r["status"] != "done" else "")
         cut = f"{pct(r['truncated_before'])} / {pct(r['truncated_after'])}"
@@ -388,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {r["name"]: r for r in runs}
     table = [table_row(r, r["label"], r["evaluation"]) for r in runs]
     for name, before, after, benchmark, label in TRANSFER:
+        if name not in by_name:  # a pending run not brought back yet (listed under not_run)
+            continue
         folder = results / "learning" / name
         ev = comparison(folder / before, folder / after, results)
         by_name[name].setdefault("transfer", []).append({"label": label, **ev})

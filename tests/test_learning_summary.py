@@ -127,3 +127,27 @@ def test_a_run_whose_updates_were_all_skipped_is_marked(tmp_path):
     committed = json.loads((REPO / "benchmarks" / "results" / "learning_runs_h100.json").read_text())
     nq = {r["name"]: r for r in committed["runs"] if r["benchmark"] == "Natural Questions"}
     assert nq["qwen_nq_h100"]["updates"] == {"steps": 100, "skipped": 100}
+
+
+def test_a_run_whose_answers_degenerated_is_marked_and_its_json_stays_valid(tmp_path):
+    """The NQ run of 2026-12-07 (lr 1e-5) went from 0.3% to 100% of answers cut off: junk until the budget.
+    Its accuracy fell only 0.6 points, which a table of accuracies alone would show as "no change"."""
+
+    def row(before, after, both=None):
+        return {"benchmark": "b", "label": "run", "n": 10, "before": 0.5, "after": 0.4, "difference": None,
+                "p_value": 0.5, "truncated_before": before, "truncated_after": after, "finished_in_both": both,
+                "minutes": 1, "usd": 0.1, "status": "done", "updates": {"steps": 4, "skipped": 0}}  # fmt: skip
+
+    lines = ls.markdown([row(0.003, 1.0, {"n": 0}), row(0.0, 0.5), row(0.95, 0.97)]).splitlines()[2:]
+    assert "**(degenerated: 100% of answers cut off after training)**" in lines[0]
+    assert "none finished in both" in lines[0]
+    assert "degenerated" not in lines[1] and "degenerated" not in lines[2]  # cut off before too: not new
+    assert ls._number(float("nan")) is None and ls._number(0.25) == 0.25
+
+    results = REPO / "benchmarks" / "results"
+    record = json.loads((results / "learning_runs_h100.json").read_text(), parse_constant=pytest.fail)
+    runs = {r["name"]: r for r in record["runs"]}
+    nq = runs["qwen_nq_fixed_h100"]["evaluation"]
+    assert nq["truncation"]["after"] == 1.0 and nq["accuracy_finished"]["after"] is None
+    assert nq["mean_reward"]["after"] < nq["mean_reward"]["before"] and nq["mean_reward"]["p_value"] < 0.01
+    assert runs["qwen_nq_fixed_h100"]["updates"] == {"steps": 100, "skipped": 0}  # updates did apply
