@@ -2,12 +2,13 @@
 # Background jobs on the lent GPU machine: work that outlasts one device call (10 minutes) and runs while
 # later calls stage model chunks. A warm machine keeps a process that started its own session (setsid)
 # until the machine goes back (30 minutes after its start at most), so each job runs from a private copy
-# of the checkout (/root/src: the next call's copy of the working tree does not change its scripts under
-# it) and leaves its log and exit status in /root/bg.
+# of the checkout made when it starts (/root/src/NAME: the next call's copy of the working tree does not
+# change its scripts under it) and leaves its log and exit status in /root/bg.
 #
 #   source benchmarks/gpu_setup.sh
-#   bash benchmarks/device_bg.sh start NAME 'COMMAND'   # COMMAND runs in /root/src with gpu_setup's env
+#   bash benchmarks/device_bg.sh start NAME 'COMMAND'   # COMMAND runs in /root/src/NAME with gpu_setup's env
 #   bash benchmarks/device_bg.sh wait NAME [SECONDS]     # until NAME ends (or SECONDS pass)
+#   bash benchmarks/device_bg.sh stop NAME [SECONDS]     # SIGTERM to its process group, SIGKILL after SECONDS
 #   bash benchmarks/device_bg.sh status                  # each job: running / exit code, last log lines
 #   bash benchmarks/device_bg.sh collect [PATTERN]       # /root/out_bg files (and logs) into $OUT
 #
@@ -15,21 +16,30 @@
 set -uo pipefail
 bg=/root/bg
 mkdir -p $bg /root/out_bg
-cmd=${1:?usage: device_bg.sh start NAME COMMAND | wait NAME [S] | status | collect [PATTERN]}; shift
+cmd=${1:?usage: device_bg.sh start NAME COMMAND | wait NAME [S] | stop NAME [S] | status | collect [PATTERN]}; shift
 case $cmd in
   start)
     name=${1:?job name}; shift
-    if [[ ! -f /root/src/.copied ]]; then
-      mkdir -p /root/src && cp -r . /root/src/ && touch /root/src/.copied
+    src=/root/src/$name  # the job's own copy: nothing a later call does to the checkout reaches it
+    if [[ -f $bg/$name.pid ]] && kill -0 "$(cat $bg/$name.pid)" 2>/dev/null; then
+      echo "$name is still running: 'device_bg.sh stop $name' first" >&2; exit 1
     fi
+    rm -rf "$src" && mkdir -p "$src" && cp -r . "$src/"
     rm -f $bg/$name.rc
-    (cd /root/src && PYTHONUNBUFFERED=1 setsid nohup bash -c "export PYTHONPATH=/tmp/site:/root/src; $*; echo \$? > $bg/$name.rc" \
+    (cd "$src" && PYTHONUNBUFFERED=1 setsid nohup bash -c "export PYTHONPATH=/tmp/site:$src; $*; echo \$? > $bg/$name.rc" \
       > $bg/$name.log 2>&1 < /dev/null & echo $! > $bg/$name.pid)
     echo "started $name (pid $(cat $bg/$name.pid)) at $(date -u +%T)" ;;
   wait)
     name=${1:?job name}; limit=${2:-100000}; t=0
     while [[ ! -f $bg/$name.rc && $t -lt $limit ]]; do sleep 5; t=$((t + 5)); done
     [[ -f $bg/$name.rc ]] && echo "$name ended: exit $(cat $bg/$name.rc)" || echo "$name still running after ${limit}s" ;;
+  stop)  # SIGTERM to the job's process group (train.py then checkpoints at the end of its step), SIGKILL
+    # after SECONDS (default 60)
+    name=${1:?job name}; limit=${2:-60}; pid=$(cat $bg/$name.pid)
+    kill -TERM -- -"$pid" 2>/dev/null; t=0
+    while kill -0 -- -"$pid" 2>/dev/null && [[ $t -lt $limit ]]; do sleep 2; t=$((t + 2)); done
+    kill -KILL -- -"$pid" 2>/dev/null; [[ -f $bg/$name.rc ]] || echo stopped > $bg/$name.rc
+    echo "$name stopped after ${t}s" ;;
   status)
     for log in $bg/*.log; do
       [[ -f $log ]] || continue
@@ -48,5 +58,5 @@ case $cmd in
       cp "$f" "$OUT/" && n=$((n + 1))
     done
     ls -la "$OUT" ;;
-  *) echo "unknown command $cmd (start | wait | status | collect)" >&2; exit 2 ;;
+  *) echo "unknown command $cmd (start | wait | stop | status | collect)" >&2; exit 2 ;;
 esac
