@@ -177,6 +177,10 @@ def base_config() -> ml_collections.ConfigDict:
     # (the parameters are unchanged by a skipped update, so a run that skips them all trains nothing);
     # 0 = never stop. The first skipped update is reported on the console either way.
     c.train.max_skipped_in_a_row = 10
+    # Stop with an error after this many steps in a row in which at least 95% of the rollouts ran to
+    # sampling.max_new_tokens, when fewer than half did at some earlier step of the process: a policy that
+    # degenerated into text that never ends (trainer.step.DegeneratePolicy); 0 = never stop.
+    c.train.max_truncated_in_a_row = 10
 
     # Where the step metrics go: TensorBoard, W&B, Prometheus, JSON log lines; and the cost table.
     c.logging = ml_collections.ConfigDict()
@@ -239,6 +243,8 @@ KEY_HELP: dict[str, str] = {
     "train.checkpoint_every": "orbax checkpoint every N steps (and on SIGTERM)",
     "train.keep_checkpoints": "checkpoints kept (plus the best by held-out accuracy)",
     "train.max_skipped_in_a_row": "stop after this many updates in a row skipped for NaN / inf; 0 = never",
+    "train.max_truncated_in_a_row": "stop after this many steps in a row with >= 95% of rollouts cut off by "
+    "the token budget (when < 50% were earlier: a degenerated policy); 0 = never",
     "logging.tensorboard": "write TensorBoard event files under WORKDIR/tensorboard",
     "logging.wandb_project": "Weights & Biases project; None = off",
 }
@@ -308,6 +314,7 @@ _INTEGERS = {
     "train.checkpoint_every": 1,
     "train.keep_checkpoints": 1,
     "train.max_skipped_in_a_row": 0,
+    "train.max_truncated_in_a_row": 0,
     "logging.prometheus_port": 0,
     "logging.log_samples": 0,
 }
@@ -318,6 +325,7 @@ _ZERO_MEANS = {
     "optim.micro_batch_tokens": "off",
     "train.eval_every": "only before and after training",
     "train.max_skipped_in_a_row": "never stop",
+    "train.max_truncated_in_a_row": "never stop",
     "logging.prometheus_port": "off",
     "logging.log_samples": "none",
 }

@@ -134,9 +134,10 @@ def test_a_run_whose_answers_degenerated_is_marked_and_its_json_stays_valid(tmp_
     Its accuracy fell only 0.6 points, which a table of accuracies alone would show as "no change"."""
 
     def row(before, after, both=None):
-        return {"benchmark": "b", "label": "run", "n": 10, "before": 0.5, "after": 0.4, "difference": None,
-                "p_value": 0.5, "truncated_before": before, "truncated_after": after, "finished_in_both": both,
-                "minutes": 1, "usd": 0.1, "status": "done", "updates": {"steps": 4, "skipped": 0}}  # fmt: skip
+        return {"benchmark": "b", "label": "run", "n": 10, "before": 0.5, "after": 0.4,
+                "difference": None, "p_value": 0.5, "truncated_before": before, "truncated_after": after,
+                "finished_in_both": both, "minutes": 1, "usd": 0.1, "status": "done",
+                "updates": {"steps": 4, "skipped": 0}}  # fmt: skip
 
     lines = ls.markdown([row(0.003, 1.0, {"n": 0}), row(0.0, 0.5), row(0.95, 0.97)]).splitlines()[2:]
     assert "**(degenerated: 100% of answers cut off after training)**" in lines[0]

@@ -501,3 +501,49 @@ def test_skipped_updates_count_steps_in_a_row_and_reset_on_an_applied_update():
     for step in range(1, 50):
         never.check(step, {"train/skipped_updates": step}, updates=1)
     assert never.in_a_row == 49
+
+
+def test_a_policy_whose_samples_all_run_to_the_budget_stops_the_run():
+    """The NQ run of 2026-12-07: 0-5% of samples cut off for 30 steps, then 100% (junk to the budget)."""
+    from rlvr_jax.config import RunStopped
+    from rlvr_jax.trainer.step import DegeneratePolicy
+
+    watch = DegeneratePolicy(limit=3, checkpoint_every=4)
+    for step, rate in enumerate([0.02, 0.0, 0.97, 0.99, 0.5, 1.0, 1.0], start=1):  # a healthy step resets
+        watch.check(step, {"response/truncation_rate": rate, "reward/mean": 0.02})
+    assert watch.in_a_row == 2 and watch.fewest == (0.0, 2)
+    with pytest.raises(RunStopped, match=r"last 3 steps \(steps 6-8\) .* against 0% at step 2") as stopped:
+        watch.check(8, {"response/truncation_rate": 0.96, "reward/mean": 0.02})
+    assert "checkpoints up to step 4 predate it" in str(stopped.value)
+    assert "--checkpoint_step=4" in str(stopped.value) and "rl.beta" in str(stopped.value)
+    # Long answers from the start (a short budget on a verbose task) are the task, not a degeneration.
+    long = DegeneratePolicy(limit=2, checkpoint_every=10)
+    for step, rate in enumerate([0.9, 0.6, 1.0, 1.0, 1.0], start=1):
+        long.check(step, {"response/truncation_rate": rate})
+    assert long.in_a_row == 0
+    never = DegeneratePolicy(limit=0, checkpoint_every=1)
+    for step, rate in enumerate([0.0] + [1.0] * 30, start=1):
+        never.check(step, {"response/truncation_rate": rate})
+    early = DegeneratePolicy(limit=1, checkpoint_every=5)
+    early.check(1, {"response/truncation_rate": 0.1})
+    with pytest.raises(RunStopped, match=r"no checkpoint predates it \(the first is written at step 5\)"):
+        early.check(2, {"response/truncation_rate": 1.0})
+
+
+def test_the_degeneration_guard_would_have_stopped_the_committed_nq_run_at_step_41():
+    """Replayed on the metrics of the NQ run that degenerated (results/learning/qwen_nq_fixed_h100): the
+    default limit stops it 10 steps after its samples began to run to the budget, naming the checkpoint
+    from before, instead of training on junk to step 100."""
+    import json
+
+    from rlvr_jax.config import RunStopped, base_config
+    from rlvr_jax.trainer.step import DegeneratePolicy
+    from tests.tiny import REPO
+
+    path = REPO / "benchmarks" / "results" / "learning" / "qwen_nq_fixed_h100" / "metrics.jsonl"
+    steps = [r for r in map(json.loads, path.read_text().splitlines()) if "response/truncation_rate" in r]
+    guard = DegeneratePolicy(base_config().train.max_truncated_in_a_row, checkpoint_every=25)
+    with pytest.raises(RunStopped, match=r"steps 32-41\).* --checkpoint_step=25"):
+        for row in steps:
+            guard.check(row["step"], row)
+    assert row["step"] == 41 and len(steps) == 100

@@ -491,6 +491,25 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
     assert rows[0]["time/compile_s"] > 0 and all("time/compile_s" not in r for r in rows[1:])
 
 
+def test_a_run_whose_samples_degenerate_stops_before_training_on_them(tiny_model_dir, tmp_path, monkeypatch):
+    """train.max_truncated_in_a_row reaches the loop: steps whose rollouts (here, their metrics) run to the
+    token budget after a healthy step stop the run, and no checkpoint of the degenerate steps is written."""
+    import rlvr_jax.trainer.loop as loop
+    from rlvr_jax.config import RunStopped
+    from rlvr_jax.trainer import train
+
+    rates = iter([0.0, 1.0, 1.0, 1.0])
+    measured = loop.step_metrics
+    cut_off = lambda *a: {**measured(*a), "response/truncation_rate": next(rates)}
+    monkeypatch.setattr(loop, "step_metrics", cut_off)
+    config = _tiny_config(tiny_model_dir, **{"train.steps": 4, "train.export_hf": False})
+    config.train.max_truncated_in_a_row, config.train.checkpoint_every = 2, 1
+    with pytest.raises(RunStopped, match=r"degenerated: in each of the last 2 steps \(steps 2-3\)"):
+        train(config, tmp_path / "run")
+    steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [1, 2]  # step 3 stopped the run before its checkpoint
+
+
 def test_a_run_whose_updates_are_all_skipped_stops_and_says_why(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):

@@ -22,7 +22,7 @@ from rlvr_jax.trainer.reporting import (
 )
 from rlvr_jax.trainer.rollouts import RolloutSource
 from rlvr_jax.trainer.setup import Run, resume, setup_run
-from rlvr_jax.trainer.step import SkippedUpdates, step_metrics, update_policy
+from rlvr_jax.trainer.step import DegeneratePolicy, SkippedUpdates, step_metrics, update_policy
 from rlvr_jax.trainer.warmup import warm_up
 
 
@@ -49,6 +49,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     off_policy = config.rl.async_rollouts  # step n + 1 samples (with step n's parameters) while n updates
     skipped_so_far = int(jax.device_get(run.state.skipped))  # a resumed run's count goes on
     skips = SkippedUpdates(config.train.max_skipped_in_a_row, skipped_so_far, run.console.say)
+    degenerate = DegeneratePolicy(config.train.max_truncated_in_a_row, config.train.checkpoint_every)
     try:
         if off_policy and start < config.train.steps:
             rollouts.start(jax.random.fold_in(key, start + 1))
@@ -68,6 +69,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             metrics.update({f"eval/{k}": v for k, v in (evaluated or {}).items()})
             log.step(step, metrics, update.tokens)
             skips.check(step, metrics, update.updates)  # stops a run whose updates are all skipped
+            degenerate.check(step, metrics)  # stops a run whose samples all run to the token budget
             stop = preemption.should_stop(step)  # every host calls this every step
             if step % config.train.checkpoint_every == 0 or stop:
                 save_checkpoint(run, log, step, rollouts.iterator_state(), eval_before, evaluated)

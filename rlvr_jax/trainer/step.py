@@ -85,6 +85,56 @@ class SkippedUpdates:
             )
 
 
+class DegeneratePolicy:
+    """Watches for a policy that degenerated into text that never ends: almost every rollout running to
+    `sampling.max_new_tokens` when, earlier in this process, fewer than half did.
+
+    Such a policy has stopped answering (the NQ run of 2026-12-07 at lr 1e-5: from step 32 on, 95-100% of
+    the 256 samples of every step were 64 tokens of backticks and braces, and it trained on them for 68
+    more steps). A task whose answers are long from the start (over half cut off at step 1) never triggers it.
+    After `limit` steps in a row at or above `threshold` (0 = never) the run stops with `RunStopped`,
+    naming the steps and the checkpoints from before them; the current parameters are not checkpointed.
+    """
+
+    threshold = 0.95
+    healthy = 0.5
+
+    def __init__(self, limit: int, checkpoint_every: int) -> None:
+        self.limit, self.checkpoint_every = limit, checkpoint_every
+        self.fewest: tuple[float, int] | None = None  # (lowest truncation rate, its step) in this process
+        self.in_a_row = 0
+
+    def check(self, step: int, metrics: dict[str, Any]) -> None:
+        rate = metrics.get("response/truncation_rate")
+        if rate is None:
+            return
+        if self.fewest is None or rate < self.fewest[0]:
+            self.fewest = (rate, step)
+        was_healthy = self.fewest[0] < self.healthy
+        self.in_a_row = self.in_a_row + 1 if rate >= self.threshold and was_healthy else 0
+        if not self.limit or self.in_a_row < self.limit:
+            return
+        first = step - self.in_a_row + 1
+        before = (first - 1) // self.checkpoint_every * self.checkpoint_every
+        if before:
+            kept = (
+                f"checkpoints up to step {before} predate it, where train.keep_checkpoints kept them "
+                f"(scripts/evaluate.py --checkpoint=WORKDIR --checkpoint_step={before})"
+            )
+        else:
+            kept = f"no checkpoint predates it (the first is written at step {self.checkpoint_every})"
+        raise RunStopped(
+            f"the policy degenerated: in each of the last {self.in_a_row} steps (steps {first}-{step}) at "
+            f"least {self.threshold:.0%} of the rollouts ran to the token budget (sampling.max_new_tokens), "
+            f"against {self.fewest[0]:.0%} at step {self.fewest[1]}; mean reward now "
+            f"{metrics.get('reward/mean', float('nan')):.3g}. Read a few of its samples: text that never "
+            "ends is usually a collapsed policy, not a hard task. What usually helps: a lower "
+            "optim.learning_rate, a KL penalty to the reference (rl.beta > 0), unscaled advantages "
+            f"(rl.advantage=dr_grpo) where most groups score alike. Of this run, {kept}. "
+            "train.max_truncated_in_a_row=0 runs on anyway."
+        )
+
+
 def out_of_memory_advice(config: Any, rows: dict[str, Any]) -> str:
     """What to change when one update does not fit: the batch's shape and the memory knobs, in order of
     what they cost (micro-batches cost nothing in results; remat costs compute; a smaller batch changes
