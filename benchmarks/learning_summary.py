@@ -116,8 +116,10 @@ RUNS: list[Run] = [
     *(Run(f"qwen_gsm8k_lora_{card}", "GSM8K", "configs/gsm8k.py", QWEN, "GSM8K train", "GSM8K test (1,319)",
           "Qwen2.5-Coder-0.5B, GSM8K test: LoRA rank 64 (alpha 64, lr 2e-5), 60 steps of 32 x 8, eval "
           "budget 1024", pending=True) for card in ("h100", "h200")),
-    Run("qwen_gsm8k_lr1e5_h200", "GSM8K", "configs/gsm8k.py", QWEN, "GSM8K train", "GSM8K test (1,319)",
-        "Qwen2.5-Coder-0.5B, GSM8K test: 120 steps of 32 x 8, lr 1e-5, eval budget 1024", pending=True),
+    # benchmarks/learning_runs_gpu.sh gsm8k_lr1e5, on whichever card it runs
+    *(Run(f"qwen_gsm8k_lr1e5_{card}", "GSM8K", "configs/gsm8k.py", QWEN, "GSM8K train", "GSM8K test (1,319)",
+          "Qwen2.5-Coder-0.5B, GSM8K test: 120 steps of 32 x 8, lr 1e-5, eval budget 1024", pending=True)
+      for card in ("h100", "h200")),
 ]  # fmt: skip
 # Extra evaluations inside a run folder (each holds samples.jsonl): (run, before, after, benchmark, label).
 TRANSFER: list[tuple[str, str, str, str, str]] = [
