@@ -78,9 +78,9 @@ for run in "$@"; do
         --config.rl.prompts_per_step=32 --config.optim.micro_batches=4 --config.optim.learning_rate=${NQ_LR:-1e-5} \
         --config.train.steps=100 --config.train.checkpoint_every=25 ;;
     nq_lr3e6|nq_drgrpo)  # after nq_fixed degenerated at lr 1e-5 (2026-12-07, H100: entropy 1.9 -> 0.2 in
-      # 10 steps, every answer 64 tokens of junk from step 33): the config's own lr 3e-6, which never applied
+      # 10 steps, every answer 64 tokens of junk from step 32): lr 3e-6, the first NQ run's, which never applied
       # before (every update of qwen_nq_h100 was skipped), and with it Dr.GRPO's unscaled advantages: with
-      # 84-97% of groups all zero, GRPO's division by the group std turns one answer's F1 of 0.1 into an
+      # 84-97% of groups all zero from step 11 on, GRPO's division by the group std turns one answer's F1 of 0.1 into an
       # advantage as large as a right answer's
       adv=grpo; [[ $run == nq_drgrpo ]] && adv=dr_grpo
       bash benchmarks/learning_run.sh qwen_${run}_$card --config=configs/nq.py "${common[@]}" \

@@ -7,14 +7,20 @@ Local data: --config.data.path=../shared/data/humaneval; a local model: --config
 Not trained on HumanEval on the GPU yet: its 131 training problems are few. What was measured there
 (2026-11-27, `benchmarks/results/learning/qwen_coder_mbpp/humaneval`): Qwen2.5-Coder-0.5B-Instruct trained
 120 steps on MBPP with configs/mbpp.py, then evaluated on all 164 HumanEval problems with
-`scripts/evaluate.py --config=configs/humaneval.py --split=test`: 51.2% -> 56.7% (exact McNemar p = 0.21).
+`scripts/evaluate.py --config=configs/humaneval.py --split=test`: 51.2% -> 56.7% (exact McNemar p = 0.21),
+scored strictly (the whole code block as the program); with the solution extracted 56.1% -> 56.7%.
 Today that takes --checkpoint=RUN (or, for the base model, --train_config=configs/mbpp.py): the held-out
 check then compares with MBPP's training prompts, not this config's. MBPP nearly copies some HumanEval
 items; --exclude=benchmarks/results/mbpp_humaneval_near_duplicates.json also reports accuracy without them.
 The learning rate and micro-batches below are the MBPP run's.
 
 Evaluation budget: 768 tokens, as configs/mbpp.py: at 384 the base model's answers on all 164 problems
-were 23% cut off (`qwen_coder_mbpp/humaneval/before`).
+were 23% cut off (`qwen_coder_mbpp/humaneval/before`); at 768 it finished 98.8% of them greedy (95% within
+545 tokens) and 99.2% of 10 samples each at T 0.8 (2026-12-07, H100,
+`benchmarks/results/learning/qwen_mbpp_extracted_h100/humaneval/before*`). Scored with the solution
+extracted (the default), the base model passes 59.8% greedy, pass@1 49.7% and pass@10 82.9% sampled.
+After 40 MBPP steps of 16 x 8 (configs/mbpp.py, lr 2e-6): 53.0% greedy (p = 0.09), pass@1 47.8%, pass@10
+75.6%: no gain, and less varied samples.
 
 Held out: `validation`, the 33 problems of the seeded 80/20 split that training does not read; `test`
 (all 164) overlaps training with this config, and evaluating it removes the 131 trained ones.

@@ -14,8 +14,11 @@ benchmarks/results/mbpp_humaneval_near_duplicates.json); without them HumanEval 
 p = 0.34).
 
 Evaluation budget: 768 tokens. At 768 the base model finished 94% of the 50 held-out answers (the 3 others
-are repetition loops: 2026-12-05, H100, `benchmarks/results/learning/qwen_mbpp_h100`); at the
-old 384, 23% of its HumanEval answers were cut off.
+are repetition loops, which no budget ends: 2026-12-05 and again 2026-12-07, H100,
+`benchmarks/results/learning/qwen_mbpp_h100`, `qwen_mbpp_extracted_h100`); at the old 384, 23% of its
+HumanEval answers were cut off, at 768 1.2%.
+With extracted scoring (the default since 2026-12-05) the 2026-12-07 run, 40 steps of 16 x 8 at lr 2e-6,
+did not learn: MBPP held-out 40% -> 36% (p = 0.73), HumanEval 59.8% -> 53.0% (p = 0.09).
 
 Held out: `validation`, a seeded 10% carved from the split training reads and apart from it (the hub:
 MBPP's train split; the local copy in ../shared/data/mbpp has only MBPP's test split, so train and

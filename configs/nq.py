@@ -12,6 +12,14 @@ That model knows little trivia: 0.6% exact match, mean F1 0.05. Its run at 32 pr
 H100's memory at the first update (256 rows x the 152k vocabulary in one pass asked for 104 GiB), hence
 `optim.micro_batches = 2` here (128 rows) and 4 at 256 rows.
 
+Learning: not shown yet. At lr 1e-5 (32 x 8, 2026-12-07, H100,
+`benchmarks/results/learning/qwen_nq_fixed_h100`) the policy degenerated: from step 11 on, 84-97% of
+groups scored 0 on every sample, the sampled tokens' mean -log p fell 1.9 -> 0.2 in 10 steps, and from
+step 32 on 95-100% of samples were 64 tokens of junk (held-out F1 0.050 -> 0.004);
+`train.max_truncated_in_a_row` now stops such a run. The runs before it applied no update at all
+(non-finite gradients, fixed). Next to try: lr 3e-6, with GRPO and with `rl.advantage=dr_grpo`
+(`benchmarks/learning_runs_gpu.sh nq_lr3e6`, `nq_drgrpo`); this config keeps the base learning rate, 1e-6.
+
 Held out: `validation`, a seeded 10% carved from the split training reads and apart from it (the local
 copy has only NQ-open's validation file, which is also `test`, so there `test` overlaps training; on the
 hub `test` is NQ-open's validation split and held out too).
