@@ -491,6 +491,22 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
     assert rows[0]["time/compile_s"] > 0 and all("time/compile_s" not in r for r in rows[1:])
 
 
+def test_metrics_without_excluded_items_are_those_of_the_evaluation_budget(tiny_model_dir, tmp_path):
+    """`--exclude`'s block reports the budget the evaluation used (sampling.eval_max_new_tokens), as the
+    whole evaluation does; it said the training budget (the 2026-12-07 HumanEval files: 384 for 768)."""
+    import json
+
+    from rlvr_jax.evaluation.evaluate import evaluate
+
+    config = _tiny_config(tiny_model_dir, **{"sampling.eval_max_new_tokens": 12})
+    first = evaluate(config, tmp_path / "all", limit=4, quiet=True).rows
+    (tmp_path / "exclude.json").write_text(json.dumps({"exclude": [first[0]["id"], "not-an-item"]}))
+    result = evaluate(config, tmp_path / "some", limit=4, quiet=True, exclude=tmp_path / "exclude.json")
+    without = result.metrics["without_excluded"]
+    assert result.metrics["max_new_tokens"] == without["max_new_tokens"] == 12
+    assert without["excluded_ids"] == [str(first[0]["id"])] and without["num_items"] == 3
+
+
 def test_a_run_whose_samples_degenerate_stops_before_training_on_them(tiny_model_dir, tmp_path, monkeypatch):
     """train.max_truncated_in_a_row reaches the loop: steps whose rollouts (here, their metrics) run to the
     token budget after a healthy step stop the run, and no checkpoint of the degenerate steps is written."""

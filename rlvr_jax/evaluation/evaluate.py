@@ -358,7 +358,7 @@ def evaluate(
         metrics["without_excluded"] = {
             "source": str(exclude),
             **without_items(rows, excluded, reward=metrics["reward"],
-                            max_new_tokens=config.sampling.max_new_tokens, seed=config.seed),
+                            max_new_tokens=eval_max_new_tokens(config), seed=config.seed),
         }  # fmt: skip
     out = write_run(out, rows, metrics)
     return EvalResult(out=out, metrics=metrics, rows=rows)
