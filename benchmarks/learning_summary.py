@@ -377,10 +377,16 @@ def skipped_note(row: dict[str, Any]) -> str | None:
 
 
 def degenerate_note(row: dict[str, Any]) -> str | None:
-    """A run whose answers went from mostly finished to mostly cut off by the budget: the policy
-    degenerated (repetition or junk until the budget), whatever its accuracy says. None otherwise."""
+    """A run whose answers went from mostly finished to (nearly) all cut off by the budget: the policy
+    degenerated (repetition or junk until the budget), whatever its accuracy says. None otherwise. The
+    same rule, with the same thresholds, as the trainer's stop (`rlvr_jax.trainer.step.DegeneratePolicy`),
+    applied to the held-out evaluations before and after."""
+    from rlvr_jax.trainer.step import DegeneratePolicy
+
     before, after = row.get("truncated_before"), row.get("truncated_after")
-    if before is None or after is None or not (after >= 0.9 and before < 0.5):
+    if before is None or after is None:
+        return None
+    if not (after >= DegeneratePolicy.threshold and before < DegeneratePolicy.healthy):
         return None
     return f"degenerated: {100 * after:.0f}% of answers cut off after training"
 
