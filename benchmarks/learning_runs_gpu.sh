@@ -3,7 +3,7 @@
 #
 #   source benchmarks/gpu_setup.sh
 #   BUDGET=540 bash benchmarks/learning_runs_gpu.sh RUN [RUN...]
-#   # RUN: gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_lr2e5 | nq_g16 | nq_fixed | nq_lr3e6 | nq_drgrpo | mbpp | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
+#   # RUN: gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_lr2e5 | nq_g16 | nq_fixed | nq_lr3e6 | nq_drgrpo | mbpp | mbpp_g16 | mbpp_g16_lr5e6 | humaneval (Qwen) | smol_sst2 | smol_nq | ablations (SmolLM2)
 #
 # Each RUN is benchmarks/learning_run.sh with the flags below (the same call again resumes it from its
 # last checkpoint; a finished run only re-packs its results). Model: Qwen2.5-Coder-0.5B-Instruct, the
@@ -94,30 +94,42 @@ for run in "$@"; do
         --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
         --config.rl.prompts_per_step=16 --config.optim.micro_batches=4 --config.optim.learning_rate=2e-6 \
         --config.train.steps=${MBPP_STEPS:-120} --config.train.checkpoint_every=20 ;;
+    mbpp_g16|mbpp_g16_lr5e6)  # after qwen_mbpp_extracted (40 steps of 16 x 8, lr 2e-6) did not learn: 44-81% of
+      # its groups of 8 had no reward spread (no gradient), so groups of 16 over 8 prompts (the same 128
+      # rollouts per step), at its lr and at 2.5x it; then HumanEval greedy on both sides (HE_RUN=<run>)
+      lr=2e-6; [[ $run == mbpp_g16_lr5e6 ]] && lr=5e-6
+      bash benchmarks/learning_run.sh qwen_${run}_$card --config=configs/mbpp.py "${common[@]}" \
+        --config.data.path=/root/data/mbpp --config.data.eval_limit=500 \
+        --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} --config.rl.group_size=16 \
+        --config.rl.prompts_per_step=8 --config.optim.micro_batches=4 --config.optim.learning_rate=$lr \
+        --config.train.steps=${MBPP_STEPS:-60} --config.train.checkpoint_every=20 ;;
     humaneval)  # HE_WHICH="before after" (before needs no MBPP run: start it beside the training); each side
-      # greedy (pass@1) and HE_SAMPLES samples at temperature 0.8 (pass@k), then both comparisons
+      # greedy (pass@1) and HE_SAMPLES samples at temperature 0.8 (pass@k; 0: greedy only), then the
+      # comparisons. HE_RUN: the MBPP run folder whose weights are "after" (default qwen_mbpp)
       runs=${RUNS:-/root/runs}
-      mkdir -p $runs/qwen_mbpp_$card/humaneval
+      he_run=${HE_RUN:-qwen_mbpp}_$card
+      mkdir -p $runs/$he_run/humaneval
+      modes="greedy"; [[ ${HE_SAMPLES:-10} != 0 ]] && modes="greedy sampled"
       for which in ${HE_WHICH:-before after}; do
         ck=(--train_config=configs/mbpp.py)
-        [[ $which == after ]] && ck=(--checkpoint=$runs/qwen_mbpp_$card)
-        for mode in greedy sampled; do
+        [[ $which == after ]] && ck=(--checkpoint=$runs/$he_run)
+        for mode in $modes; do
           extra=(); suffix=""
           [[ $mode == sampled ]] && extra=(--num_samples=${HE_SAMPLES:-10} --temperature=0.8) && suffix=_k${HE_SAMPLES:-10}
           python3 scripts/evaluate.py --config=configs/humaneval.py --config.model.path=$M \
             --config.data.path=/root/data/humaneval --split=test "${ck[@]}" "${extra[@]}" --batch_size=256 \
             --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
             --exclude=benchmarks/results/mbpp_humaneval_near_duplicates.json \
-            --out=$runs/qwen_mbpp_$card/humaneval/$which$suffix 2>&1 | grep -v "^[IW][0-9]" | tail -8
+            --out=$runs/$he_run/humaneval/$which$suffix 2>&1 | grep -v "^[IW][0-9]" | tail -8
         done
       done
-      h=$runs/qwen_mbpp_$card/humaneval
+      h=$runs/$he_run/humaneval
       for suffix in "" _k${HE_SAMPLES:-10}; do
         [[ -f $h/before$suffix/metrics.json && -f $h/after$suffix/metrics.json ]] || continue
         python3 scripts/compare.py $h/before$suffix $h/after$suffix --out=$h/compare$suffix 2>&1 | tail -12
       done
-      [[ -n ${OUT:-} ]] && tar czf "$OUT/qwen_mbpp_$card.tgz" -C "$runs" --exclude=checkpoints \
-        --exclude=tensorboard qwen_mbpp_$card ;;
+      [[ -n ${OUT:-} ]] && tar czf "$OUT/$he_run.tgz" -C "$runs" --exclude=checkpoints \
+        --exclude=tensorboard $he_run ;;
     gsm8k_lr1e5)  # the gsm8k run at 3.3x its learning rate: at 3e-6 the training reward flattened at about
       # 0.36 from step 60 on (benchmarks/results/learning/qwen_gsm8k_h100/metrics.jsonl)
       bash benchmarks/learning_run.sh qwen_gsm8k_lr1e5_$card --config=configs/gsm8k.py "${common[@]}" \
@@ -143,6 +155,6 @@ for run in "$@"; do
         --config.data.eval_limit=174 --config.train.export_hf=False --config.rl.mu=2 \
         --config.rl.prompts_per_step=8 --config.optim.micro_batches=1 --config.optim.learning_rate=3e-5 \
         2>&1 | grep -v "^[IW][0-9]" ;;
-    *) echo "unknown run $run (gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_fixed | nq_lr3e6 | nq_drgrpo | mbpp | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
+    *) echo "unknown run $run (gsm8k | gsm8k_lora | gsm8k_lr1e5 | sst2 | nq | nq_fixed | nq_lr3e6 | nq_drgrpo | mbpp | mbpp_g16 | mbpp_g16_lr5e6 | humaneval | smol_sst2 | smol_nq | ablations)"; exit 2 ;;
   esac
 done
