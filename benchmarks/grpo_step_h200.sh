@@ -9,6 +9,9 @@
 set -euo pipefail
 out=${1:?usage: grpo_step_h200.sh OUT_DIR [ARM ...]}; shift
 arms=("${@:-before after}")
+# The card's name in the files (h200, or h100 where an H100 ran it): CARD=... to set it.
+card=${CARD:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9][0-9]*' | head -1 | tr H h)}
+card=${card:-cpu}
 common=(--prompts 32 --group 8 --new_tokens 256 --steps 8 --tokenizer .stage/qwen2.5-tokenizer --data .stage/gsm8k)
 for arm in ${arms[@]}; do
   case $arm in
@@ -20,9 +23,9 @@ for arm in ${arms[@]}; do
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
   echo "== $arm: ${extra[*]}"
-  python3 benchmarks/grpo_step.py "${common[@]}" "${extra[@]}" --out "$out/grpo_step_${arm}_h200.json" \
+  python3 benchmarks/grpo_step.py "${common[@]}" "${extra[@]}" --out "$out/grpo_step_${arm}_$card.json" \
     > "$out/grpo_step_${arm}.log" 2>&1 || { tail -20 "$out/grpo_step_${arm}.log"; continue; }
-  python3 - "$out/grpo_step_${arm}_h200.json" <<'PY'
+  python3 - "$out/grpo_step_${arm}_$card.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"step {r['step_s']} s  sample {r['components_s']['sample']} s  update {r['components_s']['update']} s "

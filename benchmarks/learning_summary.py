@@ -82,6 +82,13 @@ RUNS: list[Run] = [
     Run("qwen_mbpp_extracted_h100", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)",
         "MBPP held-out 50",
         "Qwen2.5-Coder-0.5B, MBPP: 40 steps of 16 x 8, extracted scoring, eval budget 768"),
+    # benchmarks/learning_runs_gpu.sh mbpp_g16 / mbpp_g16_lr5e6: the next two code settings after the
+    # extracted run did not learn (groups of 16: most of its groups of 8 had no reward spread)
+    *(Run(f"qwen_mbpp_{kind}_{card}", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)",
+          "MBPP held-out 50",
+          f"Qwen2.5-Coder-0.5B, MBPP: 60 steps of 8 x 16, lr {lr}, extracted scoring, eval budget 768",
+          pending=True)
+      for kind, lr in (("g16", "2e-6"), ("g16_lr5e6", "5e-6")) for card in ("h100", "h200")),
     Run("qwen_nq_oom_h100", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
         "Qwen2.5-Coder-0.5B, NQ-open: 32 x 8 rollouts, qa_f1",
         incomplete="out of memory at the first update: 256 rows x the 152k vocabulary in one pass asked for "
@@ -131,6 +138,9 @@ TRANSFER: list[tuple[str, str, str, str, str]] = [
      "HumanEval (164) after 40 MBPP steps of 16 x 8, extracted scoring, greedy"),
     ("qwen_mbpp_extracted_h100", "humaneval/before_k10", "humaneval/after_k10", "code",
      "HumanEval (164) after 40 MBPP steps of 16 x 8, 10 samples at T 0.8 (mean pass@1)"),
+    *((f"qwen_mbpp_{kind}_{card}", "humaneval/before", "humaneval/after", "code",
+       f"HumanEval (164) after 60 MBPP steps of 8 x 16, lr {lr}, extracted scoring, greedy")
+      for kind, lr in (("g16", "2e-6"), ("g16_lr5e6", "5e-6")) for card in ("h100", "h200")),
 ]  # fmt: skip
 # Versions of the runs that did not record theirs (2026-11-26/27): the train-step benchmark of that session.
 SESSION_HARDWARE = "train_step_h100.json"
