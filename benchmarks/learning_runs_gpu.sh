@@ -87,7 +87,7 @@ for run in "$@"; do
         --config.data.path=/root/data/nq_open --config.data.eval_limit=1000 \
         --config.sampling.eval_max_new_tokens=${NQ_EVAL:-128} --config.rl.advantage=$adv \
         --config.rl.prompts_per_step=32 --config.optim.micro_batches=4 --config.optim.learning_rate=3e-6 \
-        --config.train.steps=100 --config.train.checkpoint_every=25 ;;
+        --config.train.steps=${NQ_STEPS:-100} --config.train.checkpoint_every=25 ;;
     mbpp)
       bash benchmarks/learning_run.sh qwen_mbpp_$card --config=configs/mbpp.py "${common[@]}" \
         --config.data.path=/root/data/mbpp --config.data.eval_limit=500 \
