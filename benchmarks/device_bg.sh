@@ -25,10 +25,14 @@ case $cmd in
       echo "$name is still running: 'device_bg.sh stop $name' first" >&2; exit 1
     fi
     rm -rf "$src" && mkdir -p "$src" && cp -r . "$src/"
-    rm -f $bg/$name.rc
-    (cd "$src" && PYTHONUNBUFFERED=1 setsid nohup bash -c "export PYTHONPATH=/tmp/site:$src; $*; echo \$? > $bg/$name.rc" \
-      > $bg/$name.log 2>&1 < /dev/null & echo $! > $bg/$name.pid)
-    echo "started $name (pid $(cat $bg/$name.pid)) at $(date -u +%T)" ;;
+    rm -f $bg/$name.rc $bg/$name.pid
+    # The job writes its own pid: under job control (set -m, as the device's shell runs commands) a
+    # background command leads its own process group, so setsid forks and $! would be a parent that has
+    # already exited; the pid from inside is the new session's leader, whose group `stop` signals.
+    (cd "$src" && PYTHONUNBUFFERED=1 setsid nohup bash -c "echo \$\$ > $bg/$name.pid; export PYTHONPATH=/tmp/site:$src; $*; echo \$? > $bg/$name.rc" \
+      > $bg/$name.log 2>&1 < /dev/null &)
+    t=0; while [[ ! -s $bg/$name.pid && $t -lt 50 ]]; do sleep 0.1; t=$((t + 1)); done
+    echo "started $name (pid $(cat $bg/$name.pid 2>/dev/null)) at $(date -u +%T)" ;;
   wait)
     name=${1:?job name}; limit=${2:-100000}; t=0
     while [[ ! -f $bg/$name.rc && $t -lt $limit ]]; do sleep 5; t=$((t + 5)); done
