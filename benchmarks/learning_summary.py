@@ -1,6 +1,6 @@
 """One table and one figure for the GPU learning runs under benchmarks/results/learning/.
 
-    python benchmarks/learning_summary.py   # learning_runs_h100.{json,md,png} in benchmarks/results/
+    python benchmarks/learning_summary.py   # learning_runs.{json,md,png} in benchmarks/results/
 
 Each run folder is a training workdir as `benchmarks/learning_run.sh` brings it back (config.json,
 metrics.jsonl, versions.json, eval/{before,after}); a run may also hold extra evaluations on another
@@ -17,7 +17,7 @@ benchmark (qwen_coder_mbpp/humaneval/: trained on MBPP, tested on HumanEval). Fo
 Runs that did not finish stay in the table, marked incomplete with the reason and their base-model
 evaluation. Runs listed before they are brought back (`pending`, e.g. the LoRA run, named for whichever
 card ran it) are left out until their folder is in benchmarks/results/learning/, and listed as not run.
-The markdown table (learning_runs_h100.md) is what README.md and docs/benchmarks.md show.
+The markdown table (learning_runs.md) is what README.md and docs/benchmarks.md show.
 """
 
 from __future__ import annotations
@@ -82,13 +82,17 @@ RUNS: list[Run] = [
     Run("qwen_mbpp_extracted_h100", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)",
         "MBPP held-out 50",
         "Qwen2.5-Coder-0.5B, MBPP: 40 steps of 16 x 8, extracted scoring, eval budget 768"),
-    # benchmarks/learning_runs_gpu.sh mbpp_g16 / mbpp_g16_lr5e6: the next two code settings after the
-    # extracted run did not learn (groups of 16: most of its groups of 8 had no reward spread)
-    *(Run(f"qwen_mbpp_{kind}_{card}", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)",
-          "MBPP held-out 50",
-          f"Qwen2.5-Coder-0.5B, MBPP: 60 steps of 8 x 16, lr {lr}, extracted scoring, eval budget 768",
-          pending=True)
-      for kind, lr in (("g16", "2e-6"), ("g16_lr5e6", "5e-6")) for card in ("h100", "h200")),
+    # benchmarks/learning_runs_gpu.sh mbpp_g16 / mbpp_g16_lr5e6 (MBPP_STEPS=40; 2026-12-07, H200, four runs
+    # at once on the card): the next two code settings after the extracted run did not learn (groups of
+    # 16: 44-81% of its groups of 8 had no reward spread)
+    Run("qwen_mbpp_g16_h200", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)", "MBPP held-out 50",
+        "Qwen2.5-Coder-0.5B, MBPP: 40 steps of 8 x 16, lr 2e-6, extracted scoring, eval budget 768"),
+    Run("qwen_mbpp_g16_lr5e6_h200", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)",
+        "MBPP held-out 50",
+        "Qwen2.5-Coder-0.5B, MBPP: 40 steps of 8 x 16, lr 5e-6, extracted scoring, eval budget 768",
+        incomplete="out of device memory at the first update: the H200 held five processes (three other "
+        "learning runs and a speed benchmark that had not stopped, 85 GB in use); no device time was left "
+        "to run it again"),
     Run("qwen_nq_oom_h100", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
         "Qwen2.5-Coder-0.5B, NQ-open: 32 x 8 rollouts, qa_f1",
         incomplete="out of memory at the first update: 256 rows x the 152k vocabulary in one pass asked for "
@@ -107,10 +111,11 @@ RUNS: list[Run] = [
           "Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 8, lr 1e-5, cuDNN attention padded to whole tiles",
           pending=True)
       for card in ("h100", "h200")),
-    # benchmarks/learning_runs_gpu.sh nq_lr3e6 / nq_drgrpo: the next two settings after nq_fixed degenerated
-    *(Run(f"qwen_nq_{kind}_{card}", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
-          f"Qwen2.5-Coder-0.5B, NQ-open: 100 steps of 32 x 8, lr 3e-6, {adv} advantages", pending=True)
-      for kind, adv in (("lr3e6", "GRPO"), ("drgrpo", "Dr.GRPO")) for card in ("h100", "h200")),
+    # benchmarks/learning_runs_gpu.sh nq_lr3e6 / nq_drgrpo (NQ_STEPS=50; 2026-12-07, H200, beside the MBPP
+    # runs): the next two settings after nq_fixed degenerated
+    *(Run(f"qwen_nq_{kind}_h200", "Natural Questions", "configs/nq.py", QWEN, NQ_TRAIN, NQ_HELD_OUT,
+          f"Qwen2.5-Coder-0.5B, NQ-open: 50 steps of 32 x 8, lr 3e-6, {adv} advantages")
+      for kind, adv in (("lr3e6", "GRPO"), ("drgrpo", "Dr.GRPO"))),
     *(Run(f"smol_nq_{card}", "Natural Questions", "configs/nq.py", SMOL, NQ_TRAIN, NQ_HELD_OUT,
           "SmolLM2-135M, NQ-open: 60 steps of 32 x 8, lr 2e-5, float32", pending=True)
       for card in ("h100", "h200")),
@@ -138,9 +143,8 @@ TRANSFER: list[tuple[str, str, str, str, str]] = [
      "HumanEval (164) after 40 MBPP steps of 16 x 8, extracted scoring, greedy"),
     ("qwen_mbpp_extracted_h100", "humaneval/before_k10", "humaneval/after_k10", "code",
      "HumanEval (164) after 40 MBPP steps of 16 x 8, 10 samples at T 0.8 (mean pass@1)"),
-    *((f"qwen_mbpp_{kind}_{card}", "humaneval/before", "humaneval/after", "code",
-       f"HumanEval (164) after 60 MBPP steps of 8 x 16, lr {lr}, extracted scoring, greedy")
-      for kind, lr in (("g16", "2e-6"), ("g16_lr5e6", "5e-6")) for card in ("h100", "h200")),
+    ("qwen_mbpp_g16_h200", "humaneval/before", "humaneval/after", "code",
+     "HumanEval (164) after 40 MBPP steps of 8 x 16, lr 2e-6, extracted scoring, greedy"),
 ]  # fmt: skip
 # Versions of the runs that did not record theirs (2026-11-26/27): the train-step benchmark of that session.
 SESSION_HARDWARE = "train_step_h100.json"
@@ -374,7 +378,20 @@ def table_row(run: dict[str, Any], label: str, ev: dict[str, Any]) -> dict[str, 
         "status": "incomplete: " + run["incomplete"] if run.get("incomplete") else "done",
         "updates": run.get("updates"),
         "samples": ev.get("samples"),
+        "mean_reward": ev.get("mean_reward"),
     }
+
+
+def graded_note(row: dict[str, Any]) -> str | None:
+    """For a task whose reward is graded (NQ's token F1), not pass / fail: its mean before and after with
+    the paired permutation p, the measure a run there can move (exact match rarely does); None where the
+    mean reward is the accuracy (a reward of 0 or 1) or there is no after."""
+    r, before = row.get("mean_reward"), row.get("before")
+    if not r or r.get("after") is None or before is None:
+        return None
+    if abs(r["before"] - (before["value"] if isinstance(before, dict) else before)) < 1e-9:
+        return None
+    return f"mean reward {r['before']:.3f} -> {r['after']:.3f}, p = {r['p_value']:.2g}"
 
 
 def skipped_note(row: dict[str, Any]) -> str | None:
@@ -405,6 +422,9 @@ def marked_label(row: dict[str, Any], bold: bool) -> str:
     """The row's label with its skipped-update or degenerate-policy note: bold "(...)" in the table when
     no update applied or the policy degenerated, "[...]" in the figure."""
     note = skipped_note(row) or degenerate_note(row)
+    graded = graded_note(row)
+    if graded:
+        row = {**row, "label": f"{row['label']} ({graded})"}
     if note is None:
         return row["label"]
     if not bold:
@@ -473,8 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "not_run": not_run,  # planned runs not brought back yet
     }
-    (results / "learning_runs_h100.json").write_text(json.dumps(record, indent=1) + "\n")
-    (results / "learning_runs_h100.md").write_text(markdown(table) + "\n")
+    (results / "learning_runs.json").write_text(json.dumps(record, indent=1) + "\n")
+    (results / "learning_runs.md").write_text(markdown(table) + "\n")
 
     from rlvr_jax.evaluation.plots import plot_before_after
 
@@ -483,10 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in table
         if r["after"] is not None
     ]
-    title = "GRPO on one H100: held-out accuracy before and after"
-    png = plot_before_after(plotted, results / "learning_runs_h100.png", title=title)
+    title = "GRPO on one H100 or H200: held-out accuracy before and after"
+    png = plot_before_after(plotted, results / "learning_runs.png", title=title)
     print(markdown(table))
-    print(f"wrote {results / 'learning_runs_h100.json'}, {results / 'learning_runs_h100.md'} and {png}")
+    print(f"wrote {results / 'learning_runs.json'}, {results / 'learning_runs.md'} and {png}")
     return 0
 
 

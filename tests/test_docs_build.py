@@ -133,14 +133,14 @@ def test_concepts_page_renders_the_equations(site: Path) -> None:
 def test_benchmarks_page_embeds_the_committed_plots(site: Path) -> None:
     page = (site / "benchmarks.html").read_text()
     images = re.findall(r'<img[^>]+src="([^"]+)"', page)
-    assert "../_images/learning_runs_h100.png" not in images  # the page is at the root
-    assert "_images/learning_runs_h100.png" in images
-    copied = site / "_images" / "learning_runs_h100.png"
-    assert copied.read_bytes() == (REPO / "benchmarks" / "results" / "learning_runs_h100.png").read_bytes()
+    assert "../_images/learning_runs.png" not in images  # the page is at the root
+    assert "_images/learning_runs.png" in images
+    copied = site / "_images" / "learning_runs.png"
+    assert copied.read_bytes() == (REPO / "benchmarks" / "results" / "learning_runs.png").read_bytes()
     assert len(images) >= 5
     text = text_of(site / "benchmarks.html")
-    # The learning table is the generated one (benchmarks/results/learning_runs_h100.md), row for row.
-    table = (REPO / "benchmarks" / "results" / "learning_runs_h100.md").read_text().splitlines()[2:]
+    # The learning table is the generated one (benchmarks/results/learning_runs.md), row for row.
+    table = (REPO / "benchmarks" / "results" / "learning_runs.md").read_text().splitlines()[2:]
     for row in table:
         assert row.split(" | ")[4] in text  # each run's after (or "-") ...
     assert "+7.4 (+4.6, +10.0)" in text and "27.1% / 34.6% (2.6e-07)" in text

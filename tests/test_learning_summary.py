@@ -16,13 +16,14 @@ def test_summary_of_the_committed_runs(tmp_path):
     shutil.copytree(results / "learning", tmp_path / "learning")
     shutil.copy(results / "train_step_h100.json", tmp_path)
     assert ls.main(["--results", str(tmp_path)]) == 0
-    record = json.loads((tmp_path / "learning_runs_h100.json").read_text())
+    record = json.loads((tmp_path / "learning_runs.json").read_text())
     runs = {r["name"]: r for r in record["runs"]}
     back = {run.name for run in ls.RUNS if (results / "learning" / run.name).is_dir()}
     assert {run.name for run in ls.RUNS if not run.pending} <= back  # a run that is not pending is committed
     assert set(runs) == back
     assert set(record["not_run"]) == {run.name for run in ls.RUNS} - back  # pending, not brought back yet
-    assert all("H100" in r["device"] and r["versions"]["jax"] for r in runs.values())
+    assert all(("H100" in r["device"] or "H200" in r["device"]) for r in runs.values())
+    assert all(r["versions"]["jax"] for r in runs.values())
     gsm8k = runs["qwen_coder_gsm8k"]
     assert gsm8k["evaluation"]["n"] == 1319 and gsm8k["evaluation"]["test"] == "mcnemar_exact"
     assert gsm8k["evaluation"]["significant_at_0.01"] == (gsm8k["evaluation"]["p_value"] < 0.01)
@@ -45,9 +46,9 @@ def test_summary_of_the_committed_runs(tmp_path):
     incomplete = [r for r in record["table"] if r["status"] != "done"]
     assert {r["run"] for r in incomplete} == {run.name for run in ls.RUNS if run.incomplete}
     assert all(r["after"] is None and r["before"]["value"] >= 0 for r in incomplete)
-    markdown = (tmp_path / "learning_runs_h100.md").read_text()
+    markdown = (tmp_path / "learning_runs.md").read_text()
     assert markdown.count("\n") == len(record["table"]) + 2 and "**(incomplete)**" in markdown
-    assert (tmp_path / "learning_runs_h100.png").stat().st_size > 10_000
+    assert (tmp_path / "learning_runs.png").stat().st_size > 10_000
 
 
 def test_step_split_counts_a_resumed_step_once(tmp_path):
@@ -124,7 +125,7 @@ def test_a_run_whose_updates_were_all_skipped_is_marked(tmp_path):
     assert "all 4 updates skipped: the policy never changed" in lines[0]
     assert "(1 of 4 updates skipped)" in lines[1]
     assert "skipped" not in lines[2]
-    committed = json.loads((REPO / "benchmarks" / "results" / "learning_runs_h100.json").read_text())
+    committed = json.loads((REPO / "benchmarks" / "results" / "learning_runs.json").read_text())
     nq = {r["name"]: r for r in committed["runs"] if r["benchmark"] == "Natural Questions"}
     assert nq["qwen_nq_h100"]["updates"] == {"steps": 100, "skipped": 100}
 
@@ -146,9 +147,21 @@ def test_a_run_whose_answers_degenerated_is_marked_and_its_json_stays_valid(tmp_
     assert ls._number(float("nan")) is None and ls._number(0.25) == 0.25
 
     results = REPO / "benchmarks" / "results"
-    record = json.loads((results / "learning_runs_h100.json").read_text(), parse_constant=pytest.fail)
+    record = json.loads((results / "learning_runs.json").read_text(), parse_constant=pytest.fail)
     runs = {r["name"]: r for r in record["runs"]}
     nq = runs["qwen_nq_fixed_h100"]["evaluation"]
     assert nq["truncation"]["after"] == 1.0 and nq["accuracy_finished"]["after"] is None
     assert nq["mean_reward"]["after"] < nq["mean_reward"]["before"] and nq["mean_reward"]["p_value"] < 0.01
     assert runs["qwen_nq_fixed_h100"]["updates"] == {"steps": 100, "skipped": 0}  # updates did apply
+
+
+def test_a_graded_reward_is_shown_beside_accuracy_and_a_pass_fail_one_is_not():
+    """NQ's token F1: exact match hardly moves, the mean reward is what a run there can change, so the
+    table's label carries it with its permutation p; for a 0/1 reward (mean reward = accuracy) nothing."""
+    row = {"label": "NQ run", "before": {"value": 0.006}, "after": {"value": 0.006},
+           "mean_reward": {"before": 0.0498, "after": 0.0628, "p_value": 0.1137}}
+    assert ls.graded_note(row) == "mean reward 0.050 -> 0.063, p = 0.11"
+    assert ls.marked_label(row, bold=True) == "NQ run (mean reward 0.050 -> 0.063, p = 0.11)"
+    binary = {**row, "before": {"value": 0.25}, "mean_reward": {"before": 0.25, "after": 0.3, "p_value": 0.2}}
+    assert ls.graded_note(binary) is None and ls.marked_label(binary, bold=True) == "NQ run"
+    assert ls.graded_note({**row, "mean_reward": None}) is None
