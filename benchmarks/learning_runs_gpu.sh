@@ -94,8 +94,8 @@ for run in "$@"; do
         --config.sampling.eval_max_new_tokens=${CODE_EVAL:-768} \
         --config.rl.prompts_per_step=16 --config.optim.micro_batches=4 --config.optim.learning_rate=2e-6 \
         --config.train.steps=${MBPP_STEPS:-120} --config.train.checkpoint_every=20 ;;
-    mbpp_g16|mbpp_g16_lr5e6)  # after qwen_mbpp_extracted (40 steps of 16 x 8, lr 2e-6) did not learn: 44-81% of
-      # its groups of 8 had no reward spread (no gradient), so groups of 16 over 8 prompts (the same 128
+    mbpp_g16|mbpp_g16_lr5e6)  # after qwen_mbpp_extracted (40 steps of 16 x 8, lr 2e-6) did not learn: 44-88% of
+      # its groups of 8 (60% on average) had no reward spread (no gradient), so groups of 16 over 8 prompts (the same 128
       # rollouts per step), at its lr and at 2.5x it; then HumanEval greedy on both sides (HE_RUN=<run>)
       lr=2e-6; [[ $run == mbpp_g16_lr5e6 ]] && lr=5e-6
       bash benchmarks/learning_run.sh qwen_${run}_$card --config=configs/mbpp.py "${common[@]}" \

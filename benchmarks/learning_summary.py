@@ -84,7 +84,7 @@ RUNS: list[Run] = [
         "Qwen2.5-Coder-0.5B, MBPP: 40 steps of 16 x 8, extracted scoring, eval budget 768"),
     # benchmarks/learning_runs_gpu.sh mbpp_g16 / mbpp_g16_lr5e6 (MBPP_STEPS=40; 2026-12-07, H200, four runs
     # at once on the card): the next two code settings after the extracted run did not learn (groups of
-    # 16: 44-81% of its groups of 8 had no reward spread)
+    # 16: 44-88% of its groups of 8, 60% on average, had no reward spread)
     Run("qwen_mbpp_g16_h200", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)", "MBPP held-out 50",
         "Qwen2.5-Coder-0.5B, MBPP: 40 steps of 8 x 16, lr 2e-6, extracted scoring, eval budget 768"),
     Run("qwen_mbpp_g16_lr5e6_h200", "code", "configs/mbpp.py", QWEN, "MBPP (450 problems)",

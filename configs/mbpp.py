@@ -18,7 +18,10 @@ are repetition loops, which no budget ends: 2026-12-05 and again 2026-12-07, H10
 `benchmarks/results/learning/qwen_mbpp_h100`, `qwen_mbpp_extracted_h100`); at the old 384, 23% of its
 HumanEval answers were cut off, at 768 1.2%.
 With extracted scoring (the default since 2026-12-05) the 2026-12-07 run, 40 steps of 16 x 8 at lr 2e-6,
-did not learn: MBPP held-out 40% -> 36% (p = 0.73), HumanEval 59.8% -> 53.0% (p = 0.09).
+did not learn: MBPP held-out 40% -> 36% (p = 0.73), HumanEval 59.8% -> 53.0% (p = 0.09). With groups of 16
+over 8 prompts (40 steps at lr 2e-6, 2026-12-07, H200, `qwen_mbpp_g16_h200`; 60% of that run's groups of 8
+had no reward spread): 40% -> 42% (p = 1), HumanEval 59.8% -> 61.0% (p = 0.85), while its answers grew
+(173 -> 455 tokens on MBPP held-out, up to 70% of training samples at the 384-token budget).
 
 Held out: `validation`, a seeded 10% carved from the split training reads and apart from it (the hub:
 MBPP's train split; the local copy in ../shared/data/mbpp has only MBPP's test split, so train and

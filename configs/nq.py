@@ -17,8 +17,11 @@ Learning: not shown yet. At lr 1e-5 (32 x 8, 2026-12-07, H100,
 groups scored 0 on every sample, the sampled tokens' mean -log p fell 1.9 -> 0.2 in 10 steps, and from
 step 32 on 95-100% of samples were 64 tokens of junk (held-out F1 0.050 -> 0.004);
 `train.max_truncated_in_a_row` now stops such a run. The runs before it applied no update at all
-(non-finite gradients, fixed). Next to try: lr 3e-6, with GRPO and with `rl.advantage=dr_grpo`
-(`benchmarks/learning_runs_gpu.sh nq_lr3e6`, `nq_drgrpo`); this config keeps the base learning rate, 1e-6.
+(non-finite gradients, fixed). At lr 3e-6, 50 steps of 32 x 8 (2026-12-07, H200, `qwen_nq_lr3e6_h200`,
+`qwen_nq_drgrpo_h200`; `benchmarks/learning_runs_gpu.sh nq_lr3e6`, `nq_drgrpo`) nothing degenerated and
+nothing significant was learned: GRPO mean F1 0.050 -> 0.040 (p = 0.14), Dr.GRPO (`rl.advantage=dr_grpo`)
+0.050 -> 0.063 (p = 0.11); exact match 0.6% -> 0.0% and 0.6% -> 0.6%. This config keeps the base learning
+rate, 1e-6.
 How far exact match can move: with 8 samples at T 1.0 the model answers 5 of the 361 held-out questions
 exactly at least once (pass@8 1.4%, greedy 0.6%; `benchmarks/results/nq_base_passk_cpu/`), and a few
 greedy answers are a format away from exact ('10 episodes' for '10'): a handful of items, so a run shows
