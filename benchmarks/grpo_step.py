@@ -72,6 +72,8 @@ def run_config(args: argparse.Namespace, model_dir: Path):
     c.sampling.max_new_tokens = args.new_tokens
     c.rl.beta, c.rl.mu = 0.0, 1
     c.rl.async_rollouts = args.async_rollouts
+    if args.warmup_threads is not None:
+        c.train.warmup_threads = args.warmup_threads
     if args.micro_batches is not None:  # else the task config's (measured) choice
         c.optim.micro_batches = args.micro_batches
     if args.remat is not None:
@@ -131,6 +133,10 @@ def main() -> None:
         "--async_rollouts", action="store_true",
         help="rl.async_rollouts: sample and score step n + 1 while step n updates (one step off-policy)",
     )  # fmt: skip
+    p.add_argument(
+        "--warmup_threads", type=int, default=None,
+        help="train.warmup_threads: compiles at once in the warm-up (default: the config's, 1)",
+    )  # fmt: skip
     p.add_argument("--skip", type=int, default=2, help="first steps left out of the medians (compiles)")
     p.add_argument("--out", default=None, help="write the JSON here too")
     args = p.parse_args()
@@ -166,6 +172,7 @@ def main() -> None:
         "param_dtype": config.model.param_dtype,
         "sampler_params": args.sampler_params,
         "async_rollouts": args.async_rollouts,
+        "warmup_threads": int(config.train.warmup_threads),
         "micro_batches": int(rows[-1]["optim/micro_batches"]),
         **summarise(rows, args.skip),
         "run_wall_s": round(wall, 1),

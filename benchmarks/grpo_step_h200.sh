@@ -4,7 +4,8 @@
 # Arms: before (the sampler reads the float32 masters), after (the trainer's bf16 copy for the sampler),
 # probe (after, with the memory probe's fewest micro-batches and remat dots), 1.5b (after, qwen2.5-1.5b),
 # none2 / dots2 / full2 (after, remat none / dots / full at 2 micro-batches of 128 rows: the H200's 141 GB
-# holds what the H100's 80 needed 4 for), none1 (no remat, one pass of 256 rows).
+# holds what the H100's 80 needed 4 for), none1 (no remat, one pass of 256 rows), warm4 (after, with the
+# warm-up's compiles 4 at a time: train.warmup_threads=4 against the default 1; compare compile_s).
 # Expects benchmarks/gpu_setup.sh's carried .whl, .stage/gsm8k and .stage/qwen2.5-tokenizer.
 set -euo pipefail
 out=${1:?usage: grpo_step_h200.sh OUT_DIR [ARM ...]}; shift
@@ -17,6 +18,7 @@ for arm in ${arms[@]}; do
   case $arm in
     before) extra=(--shape qwen2.5-0.5b --sampler_params master) ;;
     after) extra=(--shape qwen2.5-0.5b) ;;
+    warm4) extra=(--shape qwen2.5-0.5b --warmup_threads 4) ;;
     probe) extra=(--shape qwen2.5-0.5b --micro_batches 0 --remat dots) ;;
     1.5b) extra=(--shape qwen2.5-1.5b) ;;
     none2|dots2|full2|none1) extra=(--shape qwen2.5-0.5b --remat ${arm%?} --micro_batches ${arm: -1}) ;;

@@ -491,6 +491,31 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
     assert rows[0]["time/compile_s"] > 0 and all("time/compile_s" not in r for r in rows[1:])
 
 
+def test_a_warm_up_in_threads_compiles_the_same_buckets_and_no_step_compiles(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """train.warmup_threads > 1: the sampler's compiles run in worker threads beside the update's. The
+    same buckets are announced and compiled (one sampler, two update widths), each compile's line is
+    printed, and no step lowers the sampler, the log-prob pass or the update afterwards."""
+    from rlvr_jax.trainer import train
+
+    steps = _spy_on_steps(monkeypatch)
+    config = _tiny_config(tiny_model_dir, **{"train.steps": 3, "train.export_hf": False})
+    config.train.warmup_threads = 3
+    config.data.task, config.data.eval_limit = "two_buckets_test", 4
+    config.sampling.prompt_buckets, config.rl.update_prompt_buckets = (128,), (64, 128)
+    summary = train(config, tmp_path / "run")
+    out = capsys.readouterr().out
+
+    assert "and the update for 2 (64, 128) before step 1, up to 3 at a time" in out
+    assert out.count("compiled the sampler") == 1 and out.count("compiled the update") == 2
+    assert out.index("compiled the update") < out.index("compiled the sampler") < out.index("warm-up done")
+    for s in steps:
+        assert not set(s["lowered"]) & set(STEP_FUNCTIONS), (s["step"], s["lowered"])
+    rows = [r for r in read_metrics(summary.metrics_file) if "reward/mean" in r]
+    assert len(rows) == 3 and rows[0]["time/compile_s"] > 0
+
+
 def test_metrics_without_excluded_items_are_those_of_the_evaluation_budget(tiny_model_dir, tmp_path):
     """`--exclude`'s block reports the budget the evaluation used (sampling.eval_max_new_tokens), as the
     whole evaluation does; it said the training budget (the 2026-12-07 HumanEval files: 384 for 768)."""

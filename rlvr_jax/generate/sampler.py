@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -361,6 +362,7 @@ class Sampler:
         self.new_token_buckets = tuple(new_token_buckets)
         self.compile_count = 0
         self._compiled: dict[tuple, Any] = {}
+        self._compiled_lock = threading.Lock()  # the trainer's warm-up compiles buckets from several threads
         self._prepared: tuple[Any, dict] | None = None  # (params, decode-ready arrays) for streaming
         # One jitted preparation for every parameter set (same structure), not one per update_params.
         self._decode_ready = jax.jit(lambda params: _decode_arrays(self.graphdef, params, None)[1])
@@ -394,6 +396,10 @@ class Sampler:
 
     def _fn(self, key: tuple) -> Any:
         """The jitted sampler for one shape bucket: fn(params, ids, mask, key, row_params, limit)."""
+        with self._compiled_lock:
+            return self._fn_locked(key)
+
+    def _fn_locked(self, key: tuple) -> Any:
         if key not in self._compiled:
             fn = functools.partial(generate, self.graphdef, **self._static(key))
             if self.mesh is None:
