@@ -9,9 +9,10 @@ a step whose prompts first reach a new bucket pays for both in the middle of the
 slow step and, on a busy machine, as a stall of minutes. Here every reachable bucket is compiled up
 front, one progress line per compile, and the total goes to the first step's metrics as `time/compile_s`.
 
-The sampler's compiles run in worker threads while the main thread compiles the updates
-(`train.warmup_threads` at once; XLA compiles outside Python's lock): at GSM8K's shape on an H200 one
-after another took 140.5 s, of which the sampler's 102 s (2026-12-07).
+With `train.warmup_threads` > 1 the sampler's compiles run in worker threads while the main thread
+compiles the updates (XLA compiles outside Python's lock). The default stays one by one until a GPU
+measurement says threads help: at GSM8K's shape on an H200 one by one took 140.5 s, the sampler's three
+compiles 102 s of it (2026-12-07); on a 2-core CPU threads gained nothing.
 
 Nothing runs on the device: the sampler and the log-prob pass are compiled ahead of time through
 `jit(...).lower(...).compile()`, which fills the jitted functions' own caches (the later real call with
