@@ -23,7 +23,15 @@
 # evaluation before training, and nothing finished in 500 s. Not profiled; most likely compiling (every
 # shape compiles once per process, and 8 processes compiling share 16 cores). Untested: whether 2 at a
 # time beats 1; run seed 0 of one arm alone first.
+# GPU_SHARE=k: this process is one of k runs on the card at once: it takes a fixed 0.9/k of the card's
+# memory up front (JAX's preallocated pool) instead of growing a pool without preallocation, which
+# fragments (on 2026-12-07 the fifth process on an H200 ran out of memory at its first update).
 set -uo pipefail
+if [[ -n ${GPU_SHARE:-} ]]; then
+  export XLA_PYTHON_CLIENT_PREALLOCATE=true
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / ${GPU_SHARE}, 3))") || exit 2
+  export XLA_PYTHON_CLIENT_MEM_FRACTION
+fi
 M=/root/models/qwen.gguf
 S=/root/models/smol.gguf
 card=${CARD:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9][0-9]*' | head -1 | tr H h)}
