@@ -386,10 +386,8 @@ def graded_note(row: dict[str, Any]) -> str | None:
     """For a task whose reward is graded (NQ's token F1), not pass / fail: its mean before and after with
     the paired permutation p, the measure a run there can move (exact match rarely does); None where the
     mean reward is the accuracy (a reward of 0 or 1) or there is no after."""
-    r, before = row.get("mean_reward"), row.get("before")
-    if not r or r.get("after") is None or before is None:
-        return None
-    if abs(r["before"] - (before["value"] if isinstance(before, dict) else before)) < 1e-9:
+    r = row.get("mean_reward")
+    if not r or r.get("after") is None or abs(r["before"] - row["before"]["value"]) < 1e-9:
         return None
     return f"mean reward {r['before']:.3f} -> {r['after']:.3f}, p = {r['p_value']:.2g}"
 
@@ -421,16 +419,14 @@ def degenerate_note(row: dict[str, Any]) -> str | None:
 def marked_label(row: dict[str, Any], bold: bool) -> str:
     """The row's label with its skipped-update or degenerate-policy note: bold "(...)" in the table when
     no update applied or the policy degenerated, "[...]" in the figure."""
-    note = skipped_note(row) or degenerate_note(row)
     graded = graded_note(row)
-    if graded:
-        row = {**row, "label": f"{row['label']} ({graded})"}
+    label = f"{row['label']} ({graded})" if graded else row["label"]
+    note = skipped_note(row) or degenerate_note(row)
     if note is None:
-        return row["label"]
+        return label
     if not bold:
-        return f"{row['label']} [{note}]"
-    strong = note.startswith(("all", "degenerated"))
-    return f"{row['label']} **({note})**" if strong else f"{row['label']} ({note})"
+        return f"{label} [{note}]"
+    return f"{label} **({note})**" if note.startswith(("all", "degenerated")) else f"{label} ({note})"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
