@@ -223,13 +223,13 @@ def test_a_compiled_bucket_is_not_compiled_again_and_submit_equals_generate(mode
         for width in (8, 16):
             key, seconds = sampler.compile_bucket(3, width, params, seed=seed, group_size=2)
             assert key[:4] == (3, width, 8, 2) and seconds > 0
-    assert warm.count("jit(generate)") == 2
+    assert warm.count("jit(rollout_prefill)") == warm.count("jit(rollout_decode)") == 2
     ids, mask = _prompts()
     longer = np.concatenate([ids, ids, ids], axis=1)  # 15 tokens: the 16 bucket
     with lowerings() as later:
         a = jax.device_get(sampler.generate_ids(longer, longer != PAD, params, seed=seed, group_size=2))
         b = sampler.submit_ids(ids, mask, params, seed=seed, group_size=2, weights=sampler.params)()
-    assert "jit(generate)" not in later
+    assert not {"jit(rollout_prefill)", "jit(rollout_decode)"} & set(later), later
     c = jax.device_get(sampler.generate_ids(ids, mask, params, seed=seed, group_size=2))
     for field in ("tokens", "logprobs", "mask", "lengths", "finished"):
         np.testing.assert_array_equal(getattr(b, field), getattr(c, field))
@@ -305,6 +305,37 @@ def test_streaming_yields_growing_prefixes_and_ends_with_generate_ids(model):
         np.testing.assert_array_equal(getattr(last, field), getattr(full, field), err_msg=field)
     with pytest.raises(ValueError, match="chunk_tokens"):
         next(sampler.stream_ids(ids, mask, params, chunk_tokens=0))
+
+
+def test_the_two_program_rollout_samples_what_one_program_of_generate_does(model):
+    """`Sampler` runs a bucket as two compiled programs (prefill, then the decode loop: they compile in
+    about 60% of the time of one); the pure `generate` that export and the docs use is one. Same keys,
+    same tokens, log-probs and stopping, with top-p filtering and top log-probs on."""
+    import functools
+
+    from rlvr_jax.generate.sampler import RowParams, generate
+
+    ids, mask = _prompts()
+    params = SamplingParams(temperature=0.9, top_p=0.8, max_new_tokens=7)
+    free = Sampler(model, _tokenizer(stop_ids=(VOCAB + 5,)), prompt_buckets=(8,), new_token_buckets=(8,))
+    free = jax.device_get(free.generate_ids(ids, mask, params, seed=11, group_size=3))
+    tokenizer = _tokenizer(stop_ids=(int(free.tokens[0, 2]),))  # a token row 0 samples: some rows stop
+    sampler = Sampler(model, tokenizer, prompt_buckets=(8,), new_token_buckets=(8,))
+    ours = jax.device_get(sampler.generate_ids(ids, mask, params, seed=11, group_size=3, top_logprobs=2))
+    padded = np.zeros((3, 8), np.int32)
+    padded[:, 3:] = ids
+    fn = jax.jit(functools.partial(
+        generate, sampler.graphdef, max_new_tokens=8, stop_ids=tokenizer.stop_ids, pad_id=PAD,
+        group_size=3, use_filters=True, top_logprobs=2,
+    ))  # fmt: skip
+    one = jax.device_get(fn(
+        sampler.params, jnp.asarray(padded), jnp.asarray(padded != PAD), jax.random.key(11),
+        RowParams.broadcast(params, 9), jnp.asarray(7, jnp.int32),
+    ))  # fmt: skip
+    assert ours.finished.any() and not ours.finished.all()  # stops and cut-offs both compared
+    np.testing.assert_array_equal(ours.finished, one.finished)
+    for field in ("tokens", "logprobs", "mask", "top_ids", "top_logprobs"):
+        np.testing.assert_array_equal(getattr(ours, field), getattr(one, field)[:, :7], err_msg=field)
 
 
 def test_streaming_stops_when_every_row_is_done(model):

@@ -424,7 +424,12 @@ def test_configured_prompt_buckets_reach_the_sampler_and_a_wrong_list_is_named(t
     assert encode_prompts(sampler, task, samples[:4], chat=True)[0].shape == (4, 100)
 
 
-STEP_FUNCTIONS = ("jit(generate)", "jit(train_step)", "jit(completion_logprobs)")
+STEP_FUNCTIONS = (
+    "jit(rollout_prefill)",
+    "jit(rollout_decode)",
+    "jit(train_step)",
+    "jit(completion_logprobs)",
+)
 
 
 def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
@@ -494,9 +499,9 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
 def test_a_warm_up_in_threads_compiles_the_same_buckets_and_no_step_compiles(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
-    """train.warmup_threads > 1: the sampler's compiles run in worker threads beside the update's. The
-    same buckets are announced and compiled (one sampler, two update widths), each compile's line is
-    printed, and no step lowers the sampler, the log-prob pass or the update afterwards."""
+    """train.warmup_threads > 1: every compile runs in a pool of threads. The same buckets are announced
+    and compiled (one sampler, two update widths), each compile's line is printed (the sampler's first,
+    as submitted), and no step lowers the sampler, the log-prob pass or the update afterwards."""
     from rlvr_jax.trainer import train
 
     steps = _spy_on_steps(monkeypatch)
@@ -509,7 +514,7 @@ def test_a_warm_up_in_threads_compiles_the_same_buckets_and_no_step_compiles(
 
     assert "and the update for 2 (64, 128) before step 1, up to 3 at a time" in out
     assert out.count("compiled the sampler") == 1 and out.count("compiled the update") == 2
-    assert out.index("compiled the update") < out.index("compiled the sampler") < out.index("warm-up done")
+    assert out.index("compiled the sampler") < out.index("compiled the update") < out.index("warm-up done")
     for s in steps:
         assert not set(s["lowered"]) & set(STEP_FUNCTIONS), (s["step"], s["lowered"])
     rows = [r for r in read_metrics(summary.metrics_file) if "reward/mean" in r]
