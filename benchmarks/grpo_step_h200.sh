@@ -5,7 +5,8 @@
 # probe (after, with the memory probe's fewest micro-batches and remat dots), 1.5b (after, qwen2.5-1.5b),
 # none2 / dots2 / full2 (after, remat none / dots / full at 2 micro-batches of 128 rows: the H200's 141 GB
 # holds what the H100's 80 needed 4 for), none1 (no remat, one pass of 256 rows), warm4 (after, with the
-# warm-up's compiles 4 at a time: train.warmup_threads=4 against the default 1; compare compile_s).
+# warm-up's compiles 4 at a time: train.warmup_threads=4 against the default 1; compare compile_s), warm6
+# (6 at a time: GSM8K's 3 sampler buckets and 3 update widths all at once).
 # Expects benchmarks/gpu_setup.sh's carried .whl, .stage/gsm8k and .stage/qwen2.5-tokenizer.
 set -euo pipefail
 out=${1:?usage: grpo_step_h200.sh OUT_DIR [ARM ...]}; shift
@@ -18,14 +19,17 @@ for arm in ${arms[@]}; do
   case $arm in
     before) extra=(--shape qwen2.5-0.5b --sampler_params master) ;;
     after) extra=(--shape qwen2.5-0.5b) ;;
-    warm4) extra=(--shape qwen2.5-0.5b --warmup_threads 4) ;;
+    warm4|warm6) extra=(--shape qwen2.5-0.5b --warmup_threads ${arm#warm}) ;;
     probe) extra=(--shape qwen2.5-0.5b --micro_batches 0 --remat dots) ;;
     1.5b) extra=(--shape qwen2.5-1.5b) ;;
     none2|dots2|full2|none1) extra=(--shape qwen2.5-0.5b --remat ${arm%?} --micro_batches ${arm: -1}) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
   echo "== $arm: ${extra[*]}"
-  python3 benchmarks/grpo_step.py "${common[@]}" "${extra[@]}" --out "$out/grpo_step_${arm}_$card.json" \
+  # Each arm compiles cold, in an empty persistent cache of its own: compile_s and the first steps of an
+  # arm must not be another arm's cache hits (the 2026-12-04 first steps probably were).
+  cache=$(mktemp -d /tmp/jax_cache_$arm.XXXX)
+  JAX_COMPILATION_CACHE_DIR=$cache python3 benchmarks/grpo_step.py "${common[@]}" "${extra[@]}" --out "$out/grpo_step_${arm}_$card.json" \
     > "$out/grpo_step_${arm}.log" 2>&1 || { tail -20 "$out/grpo_step_${arm}.log"; continue; }
   python3 - "$out/grpo_step_${arm}_$card.json" <<'PY'
 import json, sys

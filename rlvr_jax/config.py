@@ -173,8 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Before step 1, compile the sampler and the update for every prompt bucket the training prompts can
     # reach (a line per compile; time/compile_s at the first step), so no step stalls on a new bucket.
     c.train.warmup_compile = True
-    # How many of those compiles run at once: > 1 runs the sampler's in worker threads beside the update's
-    # (XLA compiles outside Python's lock). 1 = one by one: on a 2-core CPU 4 gained nothing (the demo's
+    # How many of those compiles run at once (sampler buckets and update widths, in a pool of threads: XLA
+    # compiles outside Python's lock). 1 = one by one: on a 2-core CPU 4 gained nothing (the demo's
     # warm-up 21.6 -> 22.8 s); on GPUs not measured yet (benchmarks/grpo_step_h200.sh warm4).
     c.train.warmup_threads = 1
     # Stop with an error after this many updates in a row were skipped for a non-finite loss or gradient

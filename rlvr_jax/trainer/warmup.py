@@ -9,20 +9,24 @@ a step whose prompts first reach a new bucket pays for both in the middle of the
 slow step and, on a busy machine, as a stall of minutes. Here every reachable bucket is compiled up
 front, one progress line per compile, and the total goes to the first step's metrics as `time/compile_s`.
 
-With `train.warmup_threads` > 1 the sampler's compiles run in worker threads while the main thread
-compiles the updates (XLA compiles outside Python's lock). The default stays one by one until a GPU
-measurement says threads help: at GSM8K's shape on an H200 one by one took 140.5 s, the sampler's three
-compiles 102 s of it (2026-12-07); on a 2-core CPU threads gained nothing.
+With `train.warmup_threads` > 1 every compile (each sampler bucket, each update width) runs in a pool of
+that many threads (XLA compiles outside Python's lock), and the lines come in a fixed order once each
+is done. The default stays one by one until a GPU measurement says threads help: at GSM8K's shape on an
+H200 one by one took 140.5 s, the sampler's three compiles 102 s of it (2026-12-07); on a 2-core CPU
+threads gained nothing.
 
-Nothing runs on the device: the sampler and the log-prob pass are compiled ahead of time through
-`jit(...).lower(...).compile()`, which fills the jitted functions' own caches (the later real call with
-that bucket finds it there), and the update through `CompiledUpdate.compile`, whose executables the
-steps call. The batch itself is built from zero rows by the very functions a step uses, which also
-compiles the few small eager operations (concatenations) that depend on the bucket.
+Almost nothing runs on the device: the sampler's two programs and the log-prob pass are compiled ahead of
+time through `jit(...).lower(...).compile()`, which fills the jitted functions' own caches (the later real
+call with that bucket finds it there; the sampler's prefill runs once on the zero rows, so that its decode
+loop is compiled for exactly the outputs a real call hands over), and the update through
+`CompiledUpdate.compile`, whose executables the steps call. The batch itself is built from zero rows by
+the very functions a step uses, which also compiles the few small eager operations (concatenations) that
+depend on the bucket.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -74,49 +78,56 @@ def warm_up(run: Run) -> float:
     else:
         say(f"warm-up: compiling the sampler for {len(widths)} prompt bucket(s) ({_join(widths)} tokens) and "
             f"the update for {len(update_widths)} ({_join(update_widths)}) {when}")  # fmt: skip
-    pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="warm-up") if threads > 1 else None
 
     def shape(width: int) -> str:
         return f"{prompts * G} rows x {width} + {N} tokens"
 
-    def compile_sampler(width: int) -> float:
+    def compile_sampler(width: int) -> list[str]:
         key = jax.random.key(config.seed)
-        return sampler.compile_bucket(prompts, width, run.sampling, seed=key, group_size=G)[1]
+        seconds = sampler.compile_bucket(prompts, width, run.sampling, seed=key, group_size=G)[1]
+        return [f"  compiled the sampler ({shape(width)}): {seconds:.1f}s"]
 
-    # With a pool the sampler's compiles start now and are reported once the updates are compiled.
-    pending: dict[int, Future] = {w: pool.submit(compile_sampler, w) for w in widths} if pool else {}
-    try:
-        for width in sorted({*widths, *update_widths}):
-            if width in widths and pool is None:
-                say(f"  compiled the sampler ({shape(width)}): {compile_sampler(width):.1f}s")
-            if width in update_widths:
-                _compile_update(run, width, shape(width))
-        for width, job in pending.items():
-            say(f"  compiled the sampler ({shape(width)}): {job.result():.1f}s")
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    jobs = [(compile_sampler, w) for w in widths] + [
+        (functools.partial(_compile_update, run), w) for w in update_widths
+    ]
+    if threads <= 1:  # one by one, each line as it is done
+        for job, width in sorted(jobs, key=lambda j: j[1]):
+            for line in job(width):
+                say(line)
+    else:  # all at once (the sampler's, the longest, first); the lines in that order
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warm-up") as pool:
+            pending: list[Future] = [pool.submit(job, width) for job, width in jobs]
+            try:
+                for future in pending:
+                    for line in future.result():
+                        say(line)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     total = time.perf_counter() - t_start
     say(f"warm-up done in {total:.1f}s", compile_s=total)
     return total
 
 
-def _compile_update(run: Run, width: int, shape: str) -> None:
-    """The update (and the log-prob passes it needs) for one prompt width, on a batch of zero rows."""
-    config, say = run.config, run.console.say
+def _compile_update(run: Run, width: int) -> list[str]:
+    """The update (and the log-prob passes it needs) for one prompt width, on a batch of zero rows;
+    returns a progress line per compile."""
+    config, lines = run.config, []
     G, prompts, N = config.rl.group_size, config.rl.prompts_per_step, config.sampling.max_new_tokens
+    shape = f"{prompts * G} rows x {width} + {N} tokens"
     t0 = time.perf_counter()
     zero_rows = _zero_rows(prompts, width, N, G)
     batch = make_batch(run, zero_rows, run.advantage_fn(jnp.asarray(zero_rows["rewards"]), G))
     for name, (key, params) in _logprob_params(run).items():
         run.logprob_fn.lower(params, batch).compile()
-        say(f"  compiled the {name} log-probs ({shape}): {time.perf_counter() - t0:.1f}s")
+        lines.append(f"  compiled the {name} log-probs ({shape}): {time.perf_counter() - t0:.1f}s")
         t0 = time.perf_counter()
         # The update's batch carries them (another executable than without); one forward on zeros
         # gives them with the very layout the step's will have.
         batch = {**batch, key: run.logprob_fn(params, batch)}
     run.train_step.compile(run.state, batch)
-    say(f"  compiled the update ({shape}): {time.perf_counter() - t0:.1f}s")
+    lines.append(f"  compiled the update ({shape}): {time.perf_counter() - t0:.1f}s")
+    return lines
 
 
 def _join(widths: Sequence[int]) -> str:
