@@ -1,9 +1,10 @@
-"""Where the sampler's compile time goes: one program (prefill + decode loop: `fused`, a jit of the pure
-`generate`) against two (`split`: the `Sampler`'s prefill, then its decode loop), each compiled in a fresh
-process with JAX's persistent cache off.
+"""Where the sampler's compile time goes, each variant compiled in a fresh process with JAX's persistent
+cache off: `before` (the sampler until 2026-12-07: one jit of `generate`, its prefill unrolled over the
+layers into the KV cache), `fused` (one jit of `generate` with today's scanned prefill, `prefill_cache`)
+and `split` (today's `Sampler`: the prefill and the decode loop as two programs).
 
     python benchmarks/compile_time.py --shape qwen2.5-0.5b --rows 32 --group 8 --prompt_len 128 \
-        --new_tokens 256 --variants fused split --out benchmarks/results/compile_time_h200.json
+        --new_tokens 256 --variants before fused split --out benchmarks/results/compile_time_h200.json
 
 Why: the trainer's warm-up spent 140 s on an H200 compiling GSM8K's three prompt buckets, two thirds of
 it in the sampler (31-36 s a bucket against 10-14 s for the update), and the speed issue asks for a first
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.rollout import SHAPES
 
-VARIANTS = ("fused", "split")
+VARIANTS = ("before", "fused", "split")
 
 
 def _timed_compile(jitted, *args) -> dict[str, float]:
@@ -72,16 +73,28 @@ def measure(args: argparse.Namespace, variant: str) -> dict:
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     until = jnp.asarray(limit, jnp.int32)
     programs: dict[str, dict[str, float]] = {}
-    if variant == "fused":  # the sampler before 2026-12-07: one jit of the pure `generate`
+    if variant == "before":  # the prefill as it was until 2026-12-07: the layers unrolled into the cache
+        from rlvr_jax.generate import sampler as sampler_module
+        from rlvr_jax.models.decoder import KVCache, apply
+
+        def unrolled_prefill_cache(cfg, arrays, tokens, mask, max_len, dtype=None):
+            cache = KVCache.init(cfg, tokens.shape[0], max_len, dtype)
+            return apply(cfg, arrays, tokens, mask=mask, cache=cache, return_hidden=True)
+
+        sampler_module.prefill_cache = unrolled_prefill_cache  # this child process only
+    if variant in ("before", "fused"):  # one jit of the pure `generate`, as the sampler was until 2026-12-07
         fn = jax.jit(functools.partial(generate, sampler.graphdef, **sampler._static(key)))
         programs["sampler"] = _timed_compile(fn, sampler.params, ids, mask, rng, row_params, until)
 
         def run():
             return fn(sampler.params, ids, mask, rng, row_params, until)
-    else:  # the sampler's `_Rollout`: prefill, then the decode loop
+    else:  # the sampler's `_Rollout`: the weight preparation (one program for all buckets), then per
+        # bucket the prefill and the decode loop
         rollout = sampler._fn(key)
-        programs["prefill"] = _timed_compile(rollout.prefill, sampler.params, ids, mask, rng, row_params)
-        arrays, state = rollout.prefill(sampler.params, ids, mask, rng, row_params)
+        programs["prepare"] = _timed_compile(rollout.prepare, sampler.params)
+        arrays = rollout.prepare(sampler.params)
+        programs["prefill"] = _timed_compile(rollout.prefill, arrays, ids, mask, rng, row_params)
+        state = rollout.prefill(arrays, ids, mask, rng, row_params)
         programs["decode"] = _timed_compile(rollout.decode, arrays, state, row_params, until)
         del arrays, state
 

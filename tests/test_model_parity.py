@@ -211,6 +211,44 @@ def test_fused_decoding_layers_match_full_forward(pair):
     assert diff < TOL, f"{family}: fused decoding weights differ by {diff}"
 
 
+def test_the_scanned_prefill_fills_the_cache_the_unrolled_one_does(pair):
+    """`prefill_cache` (the sampler's prefill: scanned layers, attention over the prompt's slots only)
+    gives the hidden states, keys, values, slot validity and next slot that the unrolled cached pass
+    gives, with the sampler's fused weights; decoding on from its cache gives the full forward's logits."""
+    from rlvr_jax.models.decoder import (
+        apply,
+        fuse_projections,
+        logits_from_hidden,
+        prefill_cache,
+        unstack_layers,
+    )
+
+    family, _, ours, _ = pair
+    cfg = ours.config
+    ids, mask = _batch(seed=4)
+    full, _ = ours.model(jnp.asarray(ids), mask=jnp.asarray(mask))
+    arrays = ours.model.arrays()
+    arrays["layers"] = [fuse_projections(cfg, p) for p in unstack_layers(arrays["layers"], cfg.num_layers)]
+    P = 8
+    head = (jnp.asarray(ids[:, :P]), jnp.asarray(mask[:, :P]))
+    want_hidden, want = apply(
+        cfg, arrays, *head[:1], mask=head[1], cache=KVCache.init(cfg, ids.shape[0], 16), return_hidden=True
+    )
+    hidden, cache = prefill_cache(cfg, arrays, *head, 16)
+    assert np.abs(np.asarray(hidden) - np.asarray(want_hidden))[mask[:, :P]].max() < TOL, family
+    for got, expected in zip(cache.k + cache.v, want.k + want.v, strict=True):
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        assert np.abs(np.asarray(got) - np.asarray(expected)).max() < TOL, family
+    np.testing.assert_array_equal(cache.valid, want.valid)
+    assert int(cache.index) == int(want.index) == P
+    steps = [np.asarray(logits_from_hidden(cfg, arrays, hidden))]
+    for t in range(P, ids.shape[1]):
+        logits, cache = apply(cfg, arrays, jnp.asarray(ids[:, t : t + 1]), cache=cache)
+        steps.append(np.asarray(logits))
+    diff = np.abs(np.concatenate(steps, axis=1) - np.asarray(full))[mask].max()
+    assert diff < TOL, f"{family}: decoding from the scanned prefill differs by {diff}"
+
+
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_gives_the_same_gradients(remat):
     import jax

@@ -29,6 +29,7 @@ from rlvr_jax.models.decoder import (
     apply,
     fuse_projections,
     logits_from_hidden,
+    prefill_cache,
     unstack_layers,
 )
 
@@ -116,6 +117,7 @@ def _decode_arrays(graphdef: nnx.GraphDef, params: Any, attention: str | None) -
     model: Decoder = nnx.merge(graphdef, params)
     cfg = model.cfg if attention is None else model.cfg.replace(attention=attention)
     arrays = model.arrays()
+    arrays["stacked_layers"] = arrays["layers"]  # the prefill scans these (`prefill_cache`)
     arrays["layers"] = [fuse_projections(cfg, p) for p in unstack_layers(arrays["layers"], cfg.num_layers)]
     return cfg, arrays
 
@@ -142,8 +144,8 @@ def _prefill(
     B, P = prompt_ids.shape
     G, N = group_size, max_new_tokens
     rows = B * G
-    cache = KVCache.init(cfg, B, P + N, cache_dtype)
-    hidden, cache = apply(cfg, arrays, prompt_ids, mask=prompt_mask, cache=cache, return_hidden=True)
+    stacked = {**arrays, "layers": arrays.get("stacked_layers", arrays["layers"])}
+    hidden, cache = prefill_cache(cfg, stacked, prompt_ids, prompt_mask, P + N, cache_dtype)
     last_logits = logits_from_hidden(cfg, arrays, hidden[:, -1:])[:, 0]  # only the last position
     if G > 1:
         cache = cache.repeat(G)
@@ -318,30 +320,28 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 class _Rollout:
-    """One shape bucket's rollout as two compiled programs: `prefill` (the per-layer weights sliced and
-    fused, the prompts into the KV cache, the first token) and `decode` (the loop, ending in the output).
+    """One shape bucket's rollout as two compiled programs: `prefill` (the prompts into the KV cache, the
+    first token) and `decode` (the loop, ending in the output), both on the decode-ready weights that
+    `Sampler._decode_ready` slices and fuses once per call (one program for every bucket).
 
-    Why two and not one jit of `generate`: XLA compiles the pair in about 60% of the time it takes for the
-    same code as one program (qwen2.5-0.5b, 256 rows x 128 + 256 tokens, CPU: 15.7 s against 5.4 + 3.9 s;
-    `benchmarks/compile_time.py`), and the trainer compiles one per prompt bucket before its first step.
-    Sampling is unchanged: the same functions in the same order with the same keys (the tests compare
-    with `generate` token for token), one more dispatch per rollout, and the state handed from one to
-    the other stays on the device (donated to the loop, which then updates the same cache in place).
+    Why not one jit of `generate`: one program per bucket then holds the weight preparation, the prefill
+    and the loop, and XLA compiles that whole for each prompt bucket; here the preparation is compiled
+    once and each bucket adds a prefill (its layers scanned: one compiled layer, `prefill_cache`) and a
+    loop (`benchmarks/compile_time.py` measures both layouts). Sampling is unchanged: the same functions
+    in the same order with the same keys (a test compares with `generate` token for token), two more
+    dispatches per rollout, and the state handed from one program to the other stays on the device
+    (donated to the loop, which then updates the same cache in place).
     """
 
     def __init__(self, sampler: Sampler, key: tuple):
         static = sampler._static(key)
-        graphdef, attention = sampler.graphdef, static.pop("attention")
-        decode_static = {k: v for k, v in static.items() if k not in ("max_new_tokens", "group_size")}
-
-        def rollout_prefill(params, prompt_ids, prompt_mask, rng, row_params):
-            cfg, arrays = _decode_arrays(graphdef, params, attention)
-            state = _prefill(
-                cfg, arrays, prompt_ids, prompt_mask, rng, row_params, cache_dtype=None, **static
-            )
-            return arrays, state
-
+        attention = static.pop("attention")
         cfg = sampler.config if attention is None else sampler.config.replace(attention=attention)
+        decode_static = {k: v for k, v in static.items() if k not in ("max_new_tokens", "group_size")}
+        self.prepare = sampler._decode_ready
+
+        def rollout_prefill(arrays, prompt_ids, prompt_mask, rng, row_params):
+            return _prefill(cfg, arrays, prompt_ids, prompt_mask, rng, row_params, cache_dtype=None, **static)
 
         def rollout_decode(arrays, state, row_params, limit):
             # The final state goes out too, unused: every donated input buffer then has an output of its
@@ -364,7 +364,7 @@ class _Rollout:
         tops = (rows, rows) if key[-1] > 0 else (None, None)
         self.prefill = jax.jit(
             rollout_prefill,
-            in_shardings=(sampler._param_shardings, rows, rows, same, RowParams(rows, rows, rows)),
+            in_shardings=(sampler._decode_shardings(), rows, rows, same, RowParams(rows, rows, rows)),
         )
         self.decode = jax.jit(
             rollout_decode,
@@ -375,18 +375,21 @@ class _Rollout:
     def __call__(
         self, params: Any, ids: Array, mask: Array, rng: Array, row_params: RowParams, limit: Array
     ) -> GenerateOutput:
-        arrays, state = self.prefill(params, ids, mask, rng, row_params)
+        arrays = self.prepare(params)
+        state = self.prefill(arrays, ids, mask, rng, row_params)
         return self.decode(arrays, state, row_params, limit)[0]
 
     def compile(
         self, params: Any, ids: Array, mask: Array, rng: Array, row_params: RowParams, limit: Array
     ) -> None:
-        """Compiles both programs for these arguments. The prefill runs once (on the padding rows the
-        warm-up passes: milliseconds), because the decode loop must be lowered for its outputs exactly as
-        a real call hands them over (committed or not, placed where): lowered for abstract shapes with
-        the compiled prefill's output shardings, the first real call did not find it and compiled again."""
-        self.prefill.lower(params, ids, mask, rng, row_params).compile()
-        arrays, state = self.prefill(params, ids, mask, rng, row_params)
+        """Compiles both programs for these arguments. The weight preparation and the prefill run once
+        (milliseconds, on the padding rows the warm-up passes), because the decode loop must be lowered
+        for the prefill's outputs exactly as a real call hands them over (committed or not, placed
+        where): lowered for abstract shapes with the compiled prefill's output shardings instead, the
+        first real call did not find it and compiled again."""
+        arrays = self.prepare(params)
+        self.prefill.lower(arrays, ids, mask, rng, row_params).compile()
+        state = self.prefill(arrays, ids, mask, rng, row_params)
         self.decode.lower(arrays, state, row_params, limit).compile()
 
 
@@ -439,6 +442,7 @@ class Sampler:
         self._prepared: tuple[Any, dict] | None = None  # (params, decode-ready arrays) for streaming
         # One jitted preparation for every parameter set (same structure), not one per update_params.
         self._decode_ready = jax.jit(lambda params: _decode_arrays(self.graphdef, params, None)[1])
+        self._decode_placement: Any = None
         self.last_timing: dict[str, float] = {}
         self.prng_impl = prng_impl
         self.mesh = mesh
@@ -455,6 +459,12 @@ class Sampler:
             self.rules = rules or sharding.DEFAULT_RULES
             self._param_shardings = sharding.param_shardings(self.params, mesh, self.rules)
             self.params = sharding.put_on_mesh(self.params, self._param_shardings)
+
+    def _decode_shardings(self) -> Any:
+        """Where `_decode_ready` places the decode-ready weights on the mesh (the prefill takes them so)."""
+        if self._decode_placement is None:
+            self._decode_placement = self._decode_ready.lower(self.params).compile().output_shardings
+        return self._decode_placement
 
     def update_params(self, params: Any) -> None:
         """Points the sampler at new parameters (same structure): the trainer calls this after a step."""

@@ -249,6 +249,34 @@ def apply(
     return logits_from_hidden(cfg, params, hidden), new_cache
 
 
+def prefill_cache(
+    cfg: ModelConfig, params: dict[str, Any], tokens: Array, mask: Array, max_len: int, dtype: Any = None
+) -> tuple[Array, KVCache]:
+    """Runs left-padded prompts [B, T] through the model and returns (hidden [B, T, D], a `KVCache` of
+    `max_len` slots holding their keys and values in slots 0..T-1, next slot T).
+
+    What `apply` with a fresh `KVCache.init` computes, but through the scanned layers of the cache-less
+    pass: XLA compiles one layer instead of one per layer (the sampler's prefill, compiled once per prompt
+    bucket before training starts), and attention covers the prompt's T slots rather than all max_len.
+    The per-layer cache buffers the decode loop updates in place are built from the scan's stacked output.
+    """
+    mask = mask.astype(bool)
+    hidden, (keys, values) = forward_hidden(
+        cfg, params, tokens, positions_from_mask(mask), mask, None, return_kv=True
+    )
+    B, T = tokens.shape
+    dtype = dtype or cfg.compute_dtype
+    empty = jnp.zeros((B, cfg.num_kv_heads, max_len, cfg.head_dim), dtype)
+    fill = lambda x: jax.lax.dynamic_update_slice(empty, x.astype(dtype), (0, 0, 0, 0))
+    cache = KVCache(
+        k=tuple(fill(keys[i]) for i in range(cfg.num_layers)),
+        v=tuple(fill(values[i]) for i in range(cfg.num_layers)),
+        valid=jax.lax.dynamic_update_slice(jnp.zeros((B, max_len), bool), mask, (0, 0)),
+        index=jnp.asarray(T, jnp.int32),
+    )
+    return hidden, cache
+
+
 def logits_from_hidden(cfg: ModelConfig, params: dict[str, Any], hidden: Array) -> Array:
     """Projects hidden states to float32 logits (tied or separate output head).
 
@@ -345,8 +373,14 @@ def forward_hidden(
     positions: Array,
     mask: Array,
     cache: KVCache | None,
-) -> tuple[Array, KVCache | None]:
-    """The pure forward pass: embeddings, scanned blocks, final norm."""
+    *,
+    return_kv: bool = False,
+) -> tuple[Array, Any]:
+    """The pure forward pass: embeddings, scanned blocks, final norm.
+
+    Returns (hidden, the updated cache) with a cache; without one, (hidden, None), or with `return_kv`
+    (hidden, (keys, values)): each [layers, batch, kv_heads, T, head_dim], what `prefill_cache` puts in
+    a new cache."""
     dt = cfg.compute_dtype
     x = jnp.take(params["embed"], tokens, axis=0).astype(dt)
     if cfg.embed_scale != 1.0:  # Gemma: the scale is rounded to the compute dtype first, as in transformers
@@ -367,8 +401,8 @@ def forward_hidden(
 
         def block(x, xs):
             p, window = xs
-            x, _, _ = _block(cfg, p, x, rope, q_slots, mask, window, start, None, None)
-            return x, None
+            x, k, v = _block(cfg, p, x, rope, q_slots, mask, window, start, None, None)
+            return x, ((k, v) if return_kv else None)
 
         if cfg.remat == "full":
             block = jax.checkpoint(block)
@@ -377,8 +411,7 @@ def forward_hidden(
         layers = params["layers"]
         if isinstance(layers, list):
             layers = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
-        x, _ = jax.lax.scan(block, x, (layers, jnp.asarray(cfg.window_array())))
-        new_cache = None
+        x, new_cache = jax.lax.scan(block, x, (layers, jnp.asarray(cfg.window_array())))
     else:
         start = cache.index
         if start.ndim:  # a write index per row: [B, T] query slots
@@ -434,6 +467,7 @@ def _block(cfg, p, x, rope, q_slots, k_valid, window, start, k_cache, v_cache):
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, Dh], the cache layout
     if k_cache is None:
         keys, values = k, v
+        k_cache, v_cache = k, v  # what a new cache would hold (`prefill_cache`); unused otherwise
     else:
         # Write this chunk into its cache slots, then attend over the whole cache.
         k_cache, v_cache = _write_cache(k_cache, k, start), _write_cache(v_cache, v, start)
