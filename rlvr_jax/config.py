@@ -175,7 +175,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.warmup_compile = True
     # How many of those compiles run at once (sampler buckets and update widths, in a pool of threads: XLA
     # compiles outside Python's lock). 1 = one by one: on a 2-core CPU 4 gained nothing (the demo's
-    # warm-up 21.6 -> 22.8 s); on GPUs not measured yet (benchmarks/grpo_step_h200.sh warm4).
+    # warm-up 21.6 -> 22.8 s); on an H100 6 gained 8% (GSM8K's shape, 50.8 -> 46.5 s: grpo_step_h200.sh
+    # warm6).
     c.train.warmup_threads = 1
     # Stop with an error after this many updates in a row were skipped for a non-finite loss or gradient
     # (the parameters are unchanged by a skipped update, so a run that skips them all trains nothing);

@@ -4,11 +4,13 @@ Design choices, and why:
 - The NNX module is a container of parameters with logical axis names; the computation is pure functions
   of arrays. `nnx.split` gives (graphdef, state) for jit, grad and sharding; `nnx.merge` gives the module
   back. The sampler and the trainer use the same parameter pytree.
-- Layer parameters are stacked (leading `layers` axis). A full-sequence forward (training, scoring) runs
-  them under `lax.scan`, so its compile time does not grow with depth. Decoding through a KV cache
-  unrolls the layers instead, with one cache buffer per layer: every buffer is then updated in place by
-  the decode loop and read once per step, which a scanned stacked cache does not guarantee (measured on an
-  H100: 4.6 ms per step scanned, see benchmarks/results).
+- Layer parameters are stacked (leading `layers` axis). A full-sequence forward (training, scoring, and
+  the sampler's prefill through `prefill_cache`) runs them under `lax.scan`, so its compile time does not
+  grow with depth. Decoding through a KV cache unrolls the layers instead, with one cache buffer per
+  layer: every buffer is then updated in place by the decode loop and read once per step, which a scanned
+  stacked cache does not guarantee (measured on an H100: 4.6 ms per step scanned, see benchmarks/results).
+  The prefill was unrolled too until 2026-12-07; scanned, a prompt bucket's sampler compiles in 7.5 s
+  instead of 18.0 s at qwen2.5-0.5b on an H100 (`benchmarks/compile_time.py`).
 - The KV cache is a preallocated pytree passed in and returned, laid out [batch, kv_heads, slots, head_dim]
   so that attention reads each head's keys contiguously. Sequences are left padded so that every row
   writes the same cache slot, and a per-slot validity mask handles the padding. A serving engine whose
