@@ -195,16 +195,25 @@ def test_export_round_trip_loads_in_transformers(pair, tmp_path):
     assert diff < TOL, f"{family}: exported model's logits differ by {diff}"
 
 
-def test_fused_decoding_layers_match_full_forward(pair):
-    """The sampler's form of the weights (unstacked, q/k/v and gate/up fused) gives the same logits."""
-    from rlvr_jax.models.decoder import apply, fuse_projections, unstack_layers
+def _sampler_inputs(ours, seed: int) -> tuple:
+    """(cfg, the sampler's form of the weights: unstacked, q/k/v and gate/up fused, a batch, the full
+    forward's logits on it)."""
+    from rlvr_jax.models.decoder import fuse_projections, unstack_layers
 
-    family, _, ours, _ = pair
     cfg = ours.config
-    ids, mask = _batch(seed=3)
+    ids, mask = _batch(seed=seed)
     full, _ = ours.model(jnp.asarray(ids), mask=jnp.asarray(mask))
     arrays = ours.model.arrays()
     arrays["layers"] = [fuse_projections(cfg, p) for p in unstack_layers(arrays["layers"], cfg.num_layers)]
+    return cfg, arrays, ids, mask, full
+
+
+def test_fused_decoding_layers_match_full_forward(pair):
+    """The sampler's form of the weights (unstacked, q/k/v and gate/up fused) gives the same logits."""
+    from rlvr_jax.models.decoder import apply
+
+    family, _, ours, _ = pair
+    cfg, arrays, ids, mask, full = _sampler_inputs(ours, seed=3)
     cache = KVCache.init(cfg, batch=ids.shape[0], max_len=ids.shape[1])
     fused, _ = apply(cfg, arrays, jnp.asarray(ids), mask=jnp.asarray(mask), cache=cache)
     diff = np.abs(np.asarray(fused) - np.asarray(full))[mask].max()
@@ -215,20 +224,10 @@ def test_the_scanned_prefill_fills_the_cache_the_unrolled_one_does(pair):
     """`prefill_cache` (the sampler's prefill: scanned layers, attention over the prompt's slots only)
     gives the hidden states, keys, values, slot validity and next slot that the unrolled cached pass
     gives, with the sampler's fused weights; decoding on from its cache gives the full forward's logits."""
-    from rlvr_jax.models.decoder import (
-        apply,
-        fuse_projections,
-        logits_from_hidden,
-        prefill_cache,
-        unstack_layers,
-    )
+    from rlvr_jax.models.decoder import apply, logits_from_hidden, prefill_cache
 
     family, _, ours, _ = pair
-    cfg = ours.config
-    ids, mask = _batch(seed=4)
-    full, _ = ours.model(jnp.asarray(ids), mask=jnp.asarray(mask))
-    arrays = ours.model.arrays()
-    arrays["layers"] = [fuse_projections(cfg, p) for p in unstack_layers(arrays["layers"], cfg.num_layers)]
+    cfg, arrays, ids, mask, full = _sampler_inputs(ours, seed=4)
     P = 8
     head = (jnp.asarray(ids[:, :P]), jnp.asarray(mask[:, :P]))
     want_hidden, want = apply(
