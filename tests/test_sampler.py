@@ -308,8 +308,8 @@ def test_streaming_yields_growing_prefixes_and_ends_with_generate_ids(model):
 
 
 def test_the_two_program_rollout_samples_what_one_program_of_generate_does(model):
-    """`Sampler` runs a bucket as two compiled programs (prefill, then the decode loop: they compile in
-    about 60% of the time of one); the pure `generate` that export and the docs use is one. Same keys,
+    """`Sampler` runs a bucket as two compiled programs (prefill, then the decode loop, on weights prepared
+    once for every bucket); the pure `generate` that export and the docs use is one. Same keys,
     same tokens, log-probs and stopping, with top-p filtering and top log-probs on."""
     import functools
 
