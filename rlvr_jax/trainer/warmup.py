@@ -66,7 +66,7 @@ def warm_up(run: Run) -> float:
 
     config, sampler, say = run.config, run.sampler, run.console.say
     t_start = time.perf_counter()
-    G, prompts, N = config.rl.group_size, config.rl.prompts_per_step, config.sampling.max_new_tokens
+    G, prompts = config.rl.group_size, config.rl.prompts_per_step
     lengths = prompt_lengths(sampler, run.task, run.train_samples, config.data.chat)
     widths = reachable_buckets(lengths, sampler.prompt_buckets, prompts)
     # rl.update_prompt_buckets: the update trims the sampler's width to its own buckets (step.make_batch).
@@ -80,13 +80,10 @@ def warm_up(run: Run) -> float:
         say(f"warm-up: compiling the sampler for {len(widths)} prompt bucket(s) ({_join(widths)} tokens) and "
             f"the update for {len(update_widths)} ({_join(update_widths)}) {when}")  # fmt: skip
 
-    def shape(width: int) -> str:
-        return f"{prompts * G} rows x {width} + {N} tokens"
-
     def compile_sampler(width: int) -> list[str]:
         key = jax.random.key(config.seed)
         seconds = sampler.compile_bucket(prompts, width, run.sampling, seed=key, group_size=G)[1]
-        return [f"  compiled the sampler ({shape(width)}): {seconds:.1f}s"]
+        return [f"  compiled the sampler ({_shape(config, width)}): {seconds:.1f}s"]
 
     jobs = [(compile_sampler, w) for w in widths] + [
         (functools.partial(_compile_update, run), w) for w in update_widths
@@ -115,7 +112,7 @@ def _compile_update(run: Run, width: int) -> list[str]:
     returns a progress line per compile."""
     config, lines = run.config, []
     G, prompts, N = config.rl.group_size, config.rl.prompts_per_step, config.sampling.max_new_tokens
-    shape = f"{prompts * G} rows x {width} + {N} tokens"
+    shape = _shape(config, width)
     t0 = time.perf_counter()
     zero_rows = _zero_rows(prompts, width, N, G)
     batch = make_batch(run, zero_rows, run.advantage_fn(jnp.asarray(zero_rows["rewards"]), G))
@@ -129,6 +126,12 @@ def _compile_update(run: Run, width: int) -> list[str]:
     run.train_step.compile(run.state, batch)
     lines.append(f"  compiled the update ({shape}): {time.perf_counter() - t0:.1f}s")
     return lines
+
+
+def _shape(config: Any, width: int) -> str:
+    """A compile's shape in its progress line: rows x prompt width + generation budget."""
+    rows = config.rl.prompts_per_step * config.rl.group_size
+    return f"{rows} rows x {width} + {config.sampling.max_new_tokens} tokens"
 
 
 def _join(widths: Sequence[int]) -> str:
