@@ -19,7 +19,9 @@ component of the step is read back from the run's metrics.jsonl:
   update      the jitted updates until the new state is ready (device)
   handover    the new parameters to the sampler
   overhead    (step - sample - update) / step: everything that is not the device sampling or updating
-  compile     the warm-up before step 1 (`train.warmup_compile`): every reachable bucket's sampler and update
+  compile     the warm-up before step 1 (`train.warmup_compile`): step 1's prompt bucket (sampler and
+              update), the other reachable ones in the background (`train.warmup_background`; with 0
+              all of them before step 1); compile_wait lists what each step waited for the background
 
 With --async_rollouts (`rl.async_rollouts`) the next step's rollout is sampled and scored while the update
 runs: sample / encode / detokenize / reward then overlap the update, and `rollout_wait` is what the step
@@ -74,6 +76,8 @@ def run_config(args: argparse.Namespace, model_dir: Path):
     c.rl.async_rollouts = args.async_rollouts
     if args.warmup_threads is not None:
         c.train.warmup_threads = args.warmup_threads
+    if args.warmup_background is not None:
+        c.train.warmup_background = bool(args.warmup_background)
     if args.micro_batches is not None:  # else the task config's (measured) choice
         c.optim.micro_batches = args.micro_batches
     if args.remat is not None:
@@ -104,6 +108,8 @@ def summarise(rows: list[dict], skip: int) -> dict:
         out["components_s"]["rollout_wait"] = round(med("time/rollout_wait_s"), 4)
     if "time/compile_s" in rows[0]:
         out["compile_s"] = round(rows[0]["time/compile_s"], 2)
+    if "time/compile_wait_s" in rows[0]:  # train.warmup_background: the steps' waits for its compiles
+        out["compile_wait_s"] = [round(r["time/compile_wait_s"], 3) for r in rows]
     if all("throughput/mfu" in r for r in steady):
         out["update_mfu"] = round(med("throughput/mfu"), 4)
     out["host_s"] = round(sum(out["components_s"][p] for p in ("encode", "detokenize", "reward", "batch")), 4)
@@ -128,6 +134,11 @@ def main() -> None:
         "--sampler_params", default="compute", choices=("compute", "master"),
         help="what the sampler is handed: the trainer's bf16 copy (compute) or the float32 masters as "
         "stored (master: the trainer before 2026-12-05), for a before / after in one call",
+    )  # fmt: skip
+    p.add_argument(
+        "--warmup_background", type=int, choices=(0, 1), default=None,
+        help="train.warmup_background: 1 compiles step 1's bucket before it and the rest in the background, "
+        "0 all before step 1 (default: the config's, 1)",
     )  # fmt: skip
     p.add_argument(
         "--async_rollouts", action="store_true",
@@ -173,6 +184,7 @@ def main() -> None:
         "sampler_params": args.sampler_params,
         "async_rollouts": args.async_rollouts,
         "warmup_threads": int(config.train.warmup_threads),
+        "warmup_background": bool(config.train.warmup_background),
         "micro_batches": int(rows[-1]["optim/micro_batches"]),
         **summarise(rows, args.skip),
         "run_wall_s": round(wall, 1),

@@ -6,7 +6,9 @@
 # none2 / dots2 / full2 (after, remat none / dots / full at 2 micro-batches of 128 rows: the H200's 141 GB
 # holds what the H100's 80 needed 4 for), none1 (no remat, one pass of 256 rows), warm4 (after, with the
 # warm-up's compiles 4 at a time: train.warmup_threads=4 against the default 1; compare compile_s), warm6
-# (6 at a time: GSM8K's 3 sampler buckets and 3 update widths all at once).
+# (6 at a time: GSM8K's 3 sampler buckets and 3 update widths all at once), upfront (after, with every
+# bucket compiled before step 1: train.warmup_background=0, the warm-up before 2026-12-08; `after`
+# compiles step 1's bucket before it and the others in the background).
 # Expects benchmarks/gpu_setup.sh's carried .whl, .stage/gsm8k and .stage/qwen2.5-tokenizer.
 set -euo pipefail
 out=${1:?usage: grpo_step_h200.sh OUT_DIR [ARM ...]}; shift
@@ -19,7 +21,8 @@ for arm in ${arms[@]}; do
   case $arm in
     before) extra=(--shape qwen2.5-0.5b --sampler_params master) ;;
     after) extra=(--shape qwen2.5-0.5b) ;;
-    warm4|warm6) extra=(--shape qwen2.5-0.5b --warmup_threads ${arm#warm}) ;;
+    warm4|warm6) extra=(--shape qwen2.5-0.5b --warmup_threads ${arm#warm} --warmup_background 0) ;;
+    upfront) extra=(--shape qwen2.5-0.5b --warmup_background 0) ;;
     probe) extra=(--shape qwen2.5-0.5b --micro_batches 0 --remat dots) ;;
     1.5b) extra=(--shape qwen2.5-1.5b) ;;
     none2|dots2|full2|none1) extra=(--shape qwen2.5-0.5b --remat ${arm%?} --micro_batches ${arm: -1}) ;;
@@ -35,6 +38,7 @@ for arm in ${arms[@]}; do
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"step {r['step_s']} s  sample {r['components_s']['sample']} s  update {r['components_s']['update']} s "
-      f"(MFU {r.get('update_mfu')})  overhead {r['overhead_fraction']}  first {r['first_steps_s']}")
+      f"(MFU {r.get('update_mfu')})  overhead {r['overhead_fraction']}  first {r['first_steps_s']}  "
+      f"compile {r.get('compile_s')} s  waits {r.get('compile_wait_s')}")
 PY
 done

@@ -178,6 +178,10 @@ def base_config() -> ml_collections.ConfigDict:
     # warm-up 21.6 -> 22.8 s); on an H100 6 gained 8% (GSM8K's shape, 50.8 -> 46.5 s: grpo_step_h200.sh
     # warm6).
     c.train.warmup_threads = 1
+    # Compile only step 1's prompt bucket before it, and every other reachable one in the background while
+    # the run evaluates and steps (a step that reaches a bucket still compiling waits for it:
+    # time/compile_wait_s). False: all of them before step 1.
+    c.train.warmup_background = True
     # Stop with an error after this many updates in a row were skipped for a non-finite loss or gradient
     # (the parameters are unchanged by a skipped update, so a run that skips them all trains nothing);
     # 0 = never stop. The first skipped update is reported on the console either way.

@@ -210,8 +210,8 @@ def test_same_seed_same_samples_and_bounded_recompiles(model):
 
 
 def test_a_compiled_bucket_is_not_compiled_again_and_submit_equals_generate(model):
-    """`compile_bucket` (the trainer's warm-up) fills the jitted sampler's own cache: a later call with a
-    prompt of that bucket lowers nothing. `submit_ids` (dispatch now, wait later, possibly in another
+    """`compile_bucket` (the trainer's warm-up) compiles a bucket from shapes alone and leaves the
+    executables, which a later call with a prompt of that bucket runs: it lowers nothing. `submit_ids` (dispatch now, wait later, possibly in another
     thread) samples exactly what `generate_ids` does, also with weights given explicitly."""
     from tests.tiny import lowerings
 

@@ -354,7 +354,7 @@ def _spy_on_steps(monkeypatch) -> list[dict]:
 
     def lowering(fn):
         def wrapped(*args, **kwargs):
-            with lowerings() as names:
+            with lowerings(this_thread=True) as names:
                 result = fn(*args, **kwargs)
             lowered.extend(names)
             return result
@@ -454,6 +454,7 @@ def test_async_rollouts_lag_one_step_learn_and_warm_up_compiles_every_bucket(
     n = 16
     config = _tiny_config(tiny_model_dir, **{"train.steps": n, "train.export_hf": False})
     config.rl.async_rollouts = True
+    config.train.warmup_background = False  # all before step 1 (the background's own test is below)
     config.data.task, config.data.eval_limit = "two_buckets_test", 4
     config.sampling.prompt_buckets, config.rl.update_prompt_buckets = (128,), (64, 128)
     summary = train(config, tmp_path / "run")
@@ -507,6 +508,7 @@ def test_a_warm_up_in_threads_compiles_the_same_buckets_and_no_step_compiles(
     steps = _spy_on_steps(monkeypatch)
     config = _tiny_config(tiny_model_dir, **{"train.steps": 3, "train.export_hf": False})
     config.train.warmup_threads = 3
+    config.train.warmup_background = False
     config.data.task, config.data.eval_limit = "two_buckets_test", 4
     config.sampling.prompt_buckets, config.rl.update_prompt_buckets = (128,), (64, 128)
     summary = train(config, tmp_path / "run")
@@ -519,6 +521,50 @@ def test_a_warm_up_in_threads_compiles_the_same_buckets_and_no_step_compiles(
         assert not set(s["lowered"]) & set(STEP_FUNCTIONS), (s["step"], s["lowered"])
     rows = [r for r in read_metrics(summary.metrics_file) if "reward/mean" in r]
     assert len(rows) == 3 and rows[0]["time/compile_s"] > 0
+
+
+def test_a_background_warm_up_compiles_step_one_first_and_trains_as_one_compiled_up_front(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """train.warmup_background (the default): before step 1 only its own prompt bucket is compiled (the
+    sampler and the update); the other reachable one compiles in a background thread while the run
+    evaluates and steps, its lines marked so. No step compiles anything in its own thread (a step that
+    reaches the other bucket finds it compiled, or waits for it: time/compile_wait_s), both buckets are
+    used, and the run trains exactly as one that compiled everything before step 1: the executables
+    compiled from shapes alone compute what the jitted functions do."""
+    from rlvr_jax.trainer import train
+
+    def run(name: str, background: bool) -> tuple[list[dict], str]:
+        config = _tiny_config(tiny_model_dir, **{"train.steps": 6, "train.export_hf": False})
+        config.train.warmup_background = background
+        config.data.task, config.data.eval_limit = "two_buckets_test", 4
+        config.sampling.prompt_buckets = (40, 100)  # short prompts pad to 40, a step with a long one to 100
+        summary = train(config, tmp_path / name)
+        rows = [r for r in read_metrics(summary.metrics_file) if "reward/mean" in r]
+        return rows, capsys.readouterr().out
+
+    steps = _spy_on_steps(monkeypatch)
+    rows, out = run("background", True)
+    first = steps[0]["rows"]["prompt_ids"].shape[1]
+    other = ({40, 100} - {first}).pop()
+    assert {s["rows"]["prompt_ids"].shape[1] for s in steps} == {40, 100}  # the steps reach both buckets
+    before_step_1 = out[: out.index("warm-up done")]
+    assert f"warm-up: compiling step 1's prompt bucket ({first} tokens) before it" in out
+    assert "the other 2 compile(s) of 2 prompt bucket(s) of 40, 100 tokens go on in the background" in out
+    assert before_step_1.count("compiled the sampler") == before_step_1.count("compiled the update") == 1
+    assert f"x {first} + 8 tokens" in before_step_1 and f"x {other} + 8 tokens" not in before_step_1
+    for what in ("sampler", "update"):
+        line = rf"compiled the {what} \(64 rows x {other} \+ 8 tokens\): [0-9.]+s \(in the background\)"
+        assert re.search(line, out), what
+    assert "background compiles done: 2 in" in out
+    for s in steps:
+        assert not set(s["lowered"]) & set(STEP_FUNCTIONS), (s["step"], s["lowered"])
+    assert all(r["time/compile_wait_s"] >= 0 for r in rows) and rows[0]["time/compile_s"] > 0
+
+    upfront, out = run("up_front", False)
+    assert "warm-up: compiling 2 prompt bucket(s) of 40, 100 tokens before step 1" in out
+    for key in ("reward/mean", "train/loss", "train/grad_norm", "response/length_mean"):
+        assert [r[key] for r in rows] == [r[key] for r in upfront], key
 
 
 def test_metrics_without_excluded_items_are_those_of_the_evaluation_budget(tiny_model_dir, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,13 +31,18 @@ TINY = ModelConfig(
 
 
 @contextlib.contextmanager
-def lowerings() -> Iterator[list[str]]:
+def lowerings(this_thread: bool = False) -> Iterator[list[str]]:
     """The names of the functions JAX lowers inside the block, through `jax.monitoring`'s public event
     listeners. A lowering is a miss of a jitted function's in-memory cache: a compile (or a load from the
-    persistent compilation cache) that the call waited for; none means every call found its executable."""
+    persistent compilation cache) that the call waited for; none means every call found its executable.
+    this_thread: only the lowerings of the thread that entered the block (the trainer's warm-up lowers in
+    a thread of its own meanwhile)."""
     names: list[str] = []
+    owner = threading.get_ident()
 
     def listener(event: str, seconds: float, **kwargs: object) -> None:
+        if this_thread and threading.get_ident() != owner:
+            return
         if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             names.append(str(kwargs.get("fun_name", "?")))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import threading
 import time
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlvr_jax.compiled import abstract, accepts, outputs
 from rlvr_jax.generate.sampling import row_keys, sample_tokens, sample_tokens_with_top, split_key
 from rlvr_jax.models.decoder import (
     Decoder,
@@ -34,6 +36,7 @@ from rlvr_jax.models.decoder import (
 )
 
 Array = jax.Array
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +354,10 @@ class _Rollout:
             )
             return _output(state), state
 
+        # (prefill, decode) compiled ahead of time (`compile`), called directly; None: through the jits.
+        self._exe: tuple[Any, Any] | None = None
+        self._checked = False  # whether a real call's arguments were found to fit `_exe`
+        self._committed = sampler.mesh is not None  # the prefill's outputs are placed (on the mesh)
         if sampler.mesh is None:
             self.prefill = jax.jit(rollout_prefill)
             self.decode = jax.jit(rollout_decode, donate_argnums=(1,))
@@ -376,21 +383,44 @@ class _Rollout:
         self, params: Any, ids: Array, mask: Array, rng: Array, row_params: RowParams, limit: Array
     ) -> GenerateOutput:
         arrays = self.prepare(params)
-        state = self.prefill(arrays, ids, mask, rng, row_params)
-        return self.decode(arrays, state, row_params, limit)[0]
+        if self._exe is None:
+            state = self.prefill(arrays, ids, mask, rng, row_params)
+            return self.decode(arrays, state, row_params, limit)[0]
+        prefill, decode = self._exe
+        if not self._checked and not accepts(prefill, (arrays, ids, mask, rng, row_params)):
+            return self._misfit(params, ids, mask, rng, row_params, limit)
+        state = prefill(arrays, ids, mask, rng, row_params)
+        if not self._checked:
+            if not accepts(decode, (arrays, state, row_params, limit)):
+                self._misfit()
+                return self.decode(arrays, state, row_params, limit)[0]
+            self._checked = True
+        return decode(arrays, state, row_params, limit)[0]
+
+    def _misfit(self, *args: Any) -> GenerateOutput | None:
+        """The ahead-of-time executables do not take a real call's arguments (a placement the compile did
+        not foresee): said once, dropped, and the call goes through the jits (which compile for it)."""
+        _log.warning(
+            "the rollout compiled ahead of time does not take this call's arguments; compiling for them "
+            "(a compile the warm-up meant to save)"
+        )
+        self._exe = None
+        return self(*args) if args else None
 
     def compile(
-        self, params: Any, ids: Array, mask: Array, rng: Array, row_params: RowParams, limit: Array
+        self, arrays: Any, ids: Any, mask: Any, rng: Any, row_params: Any, limit: Any
     ) -> None:
-        """Compiles both programs for these arguments. The weight preparation and the prefill run once
-        (milliseconds, on the padding rows the warm-up passes), because the decode loop must be lowered
-        for the prefill's outputs exactly as a real call hands them over (committed or not, placed
-        where): lowered for abstract shapes with the compiled prefill's output shardings instead, the
-        first real call did not find it and compiled again."""
-        arrays = self.prepare(params)
-        self.prefill.lower(arrays, ids, mask, rng, row_params).compile()
-        state = self.prefill(arrays, ids, mask, rng, row_params)
-        self.decode.lower(arrays, state, row_params, limit).compile()
+        """Compiles both programs ahead of time for these arguments, which may be shape structs
+        (`rlvr_jax.compiled.abstract`; `arrays` are the decode-ready weights `prepare` returns): nothing
+        runs on the device and no buffer is held, so any thread may call this while another dispatches
+        steps. The loop is compiled for the prefill's outputs as shape structs (`compiled.outputs`).
+
+        The executables are called directly by later calls (the first one checks its arguments fit), not
+        through the jits' caches, which a compile for shape structs on a mesh does not fill."""
+        prefill = self.prefill.lower(arrays, ids, mask, rng, row_params).compile()
+        state = outputs(prefill, committed=self._committed)
+        decode = self.decode.lower(arrays, state, row_params, limit).compile()
+        self._exe, self._checked = (prefill, decode), False
 
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
@@ -442,7 +472,8 @@ class Sampler:
         self._prepared: tuple[Any, dict] | None = None  # (params, decode-ready arrays) for streaming
         # One jitted preparation for every parameter set (same structure), not one per update_params.
         self._decode_ready = jax.jit(lambda params: _decode_arrays(self.graphdef, params, None)[1])
-        self._decode_placement: Any = None
+        self._decode_exe: Any = None
+        self._decode_lock = threading.Lock()  # `_fn` holds the other lock while a new bucket asks for this
         self.last_timing: dict[str, float] = {}
         self.prng_impl = prng_impl
         self.mesh = mesh
@@ -460,11 +491,16 @@ class Sampler:
             self._param_shardings = sharding.param_shardings(self.params, mesh, self.rules)
             self.params = sharding.put_on_mesh(self.params, self._param_shardings)
 
+    def _decode_compiled(self) -> Any:
+        """`_decode_ready` compiled (for the current parameters' structure; the jit's cache holds it too)."""
+        with self._decode_lock:
+            if self._decode_exe is None:
+                self._decode_exe = self._decode_ready.lower(self.params).compile()
+            return self._decode_exe
+
     def _decode_shardings(self) -> Any:
         """Where `_decode_ready` places the decode-ready weights on the mesh (the prefill takes them so)."""
-        if self._decode_placement is None:
-            self._decode_placement = self._decode_ready.lower(self.params).compile().output_shardings
-        return self._decode_placement
+        return self._decode_compiled().output_shardings
 
     def update_params(self, params: Any) -> None:
         """Points the sampler at new parameters (same structure): the trainer calls this after a step."""
@@ -697,25 +733,46 @@ class Sampler:
         seed: int | Array = 0,
         group_size: int = 1,
     ) -> tuple[tuple, float]:
-        """Compiles (ahead of time; only the prefill runs, once) the executables that `generate_ids` would
-        use for `rows` prompts `prompt_len` tokens wide under `params`; returns (its bucket key, seconds).
+        """Compiles ahead of time the executables that `generate_ids` would use for `rows` prompts
+        `prompt_len` tokens wide under `params`; returns (its bucket key, seconds). `bucket_compile` then
+        its compile, in this thread."""
+        key, compile_now = self.bucket_compile(rows, prompt_len, params, seed=seed, group_size=group_size)
+        return key, compile_now()
 
-        Goes through the same padding, keys and input placement as `generate_ids`, and compiles both
-        programs (`_Rollout.compile`) with `jit(...).lower(...).compile()`, which fills the jitted
-        functions' own caches: the later real call with this bucket traces and compiles nothing. A trainer
-        warms every bucket its prompts can reach before the first step, so no step pays for a compile
-        (`rlvr_jax.trainer.warmup`). seed: pass a key of the kind the real calls pass (a typed key, or an
-        integer with `prng_impl`).
+    def bucket_compile(
+        self,
+        rows: int,
+        prompt_len: int,
+        params: SamplingParams,
+        *,
+        seed: int | Array = 0,
+        group_size: int = 1,
+    ) -> tuple[tuple, Callable[[], float]]:
+        """The compile of one bucket, cut in two: returns (its bucket key, a function that compiles it and
+        returns the seconds it took). The shapes and placements are read here, through the same padding,
+        keys and input placement as `generate_ids`; the function runs nothing on the device and holds no
+        buffer, so it may run in another thread while this one dispatches steps (the trainer's warm-up
+        compiles step 1's bucket before it and the others in the background, `rlvr_jax.trainer.warmup`).
+
+        Later calls with this bucket run the executables it leaves (`_Rollout.compile`) and compile
+        nothing. seed: pass a key of the kind the real calls pass (a typed key, or an integer with
+        `prng_impl`).
         """
         ids = np.full((rows, prompt_len), self.tokenizer.pad_id, np.int32)
         mask = np.ones((rows, prompt_len), bool)
         key, ids, mask, row_params, limit = self._prepare(ids, mask, params, group_size, None)
         fn = self._fn(key)
         rng = self._rng(seed, len(ids) * group_size)
-        t0 = time.perf_counter()
         ids, mask, row_params = self._inputs(ids, mask, row_params)
-        fn.compile(self.params, ids, mask, rng, row_params, jnp.asarray(limit, jnp.int32))
-        return key, time.perf_counter() - t0
+        arrays = outputs(self._decode_compiled(), committed=self.mesh is not None)
+        shapes = abstract((ids, mask, rng, row_params, jnp.asarray(limit, jnp.int32)))
+
+        def compile_now() -> float:
+            t0 = time.perf_counter()
+            fn.compile(arrays, *shapes)
+            return time.perf_counter() - t0
+
+        return key, compile_now
 
     def stream_ids(
         self,

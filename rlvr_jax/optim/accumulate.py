@@ -16,6 +16,7 @@ supplies GRPO's. Why it is built this way:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -106,12 +107,14 @@ def jit_per_structure(build: Callable[[Any], Callable[..., Any]]) -> Callable[..
     taking them from the first call's arguments spares callers from passing the parameters twice.
     """
     compiled: dict[Any, Callable[..., Any]] = {}
+    lock = threading.Lock()  # one jit per structure also when the warm-up lowers from another thread
 
     def jitted(tree: Any) -> Callable[..., Any]:
         key = jax.tree.structure(tree)
-        if key not in compiled:
-            compiled[key] = build(tree)
-        return compiled[key]
+        with lock:
+            if key not in compiled:
+                compiled[key] = build(tree)
+            return compiled[key]
 
     def call(tree: Any, *rest: Any) -> Any:
         return jitted(tree)(tree, *rest)

@@ -39,18 +39,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
     clock_start = time.perf_counter()  # accelerators are billed from here: loading and compiles included
     run = setup_run(config, workdir)  # policy + sampler on the mesh, data, compiled update
     start, meta = resume(run)  # the newest checkpoint's state, if any
-    warm = config.train.warmup_compile and start < config.train.steps  # a finished run has no step left
-    compile_s = warm_up(run) if warm else None  # every prompt bucket the steps can reach, compiled now
-    log = RunLog(run, meta, start, clock_start)  # metrics.jsonl, TensorBoard, W&B, Prometheus, cost
-    eval_before = meta.get("eval_before") or _first_evaluation(run, log)
-    run.console.say(f"held-out accuracy before training: {describe_evaluation(eval_before)}")
     rollouts = RolloutSource(run, meta.get("data_iterator"))  # prompts -> sampler -> rewards
+    warm = config.train.warmup_compile and start < config.train.steps  # a finished run has no step left
+    compile_s = None
+    try:  # step 1's prompt bucket compiled now, every other one the steps can reach in the background
+        if warm:
+            compile_s, run.compiles = warm_up(run, rollouts.peek())
+        log = RunLog(run, meta, start, clock_start)  # metrics.jsonl, TensorBoard, W&B, Prometheus, cost
+    except BaseException:
+        _close(run, rollouts)
+        raise
     preemption, key, step = PreemptionHandler(), jax.random.key(config.seed), start
     off_policy = config.rl.async_rollouts  # step n + 1 samples (with step n's parameters) while n updates
     skipped_so_far = int(jax.device_get(run.state.skipped))  # a resumed run's count goes on
     skips = SkippedUpdates(config.train.max_skipped_in_a_row, skipped_so_far, run.console.say)
     degenerate = DegeneratePolicy(config.train.max_truncated_in_a_row, config.train.checkpoint_every)
+    waited = 0.0  # the steps' waits for background compiles so far
     try:
+        eval_before = meta.get("eval_before") or _first_evaluation(run, log)
+        run.console.say(f"held-out accuracy before training: {describe_evaluation(eval_before)}")
         if off_policy and start < config.train.steps:
             rollouts.start(jax.random.fold_in(key, start + 1))
         for step in range(start + 1, config.train.steps + 1):
@@ -65,6 +72,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
             metrics = step_metrics(run, collected, update, time.perf_counter() - t0)
             if compile_s is not None:  # the warm-up's compile time, with the first step of this process
                 metrics["time/compile_s"], compile_s = compile_s, None
+            if run.compiles is not None:  # waits for the warm-up's background compiles, and their lines
+                metrics["time/compile_wait_s"], waited = run.compiles.waited_s - waited, run.compiles.waited_s
+                for line in run.compiles.report():
+                    run.console.say(line)
             evaluated = _periodic_evaluation(run, log, step)
             metrics.update({f"eval/{k}": v for k, v in (evaluated or {}).items()})
             log.step(step, metrics, update.tokens)
@@ -79,8 +90,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> RunSummary:
                 break
     finally:
         log.progress.close()
-        rollouts.close()
+        _close(run, rollouts)
     return finish(run, log, step, eval_before, rollouts.iterator_state(), preemption.requested)
+
+
+def _close(run: Run, rollouts: RolloutSource) -> None:
+    """Stops the reward workers and the background compiles (those not started are dropped)."""
+    rollouts.close()
+    if run.compiles is not None:
+        run.compiles.close()
 
 
 def _first_evaluation(run: Run, log: RunLog) -> dict[str, float]:

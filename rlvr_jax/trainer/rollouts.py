@@ -109,13 +109,14 @@ class RolloutSource:
         t0 = time.perf_counter()
         prompts = next(self.iterator)
         ids, mask = encode_prompts(run.sampler, run.task, prompts, run.config.data.chat)
+        waited = self._wait_for_compile(ids)
         t1 = time.perf_counter()
         wait = run.sampler.submit_ids(ids, mask, run.sampling, seed=step_key, group_size=G, weights=weights)
         t2 = time.perf_counter()
 
         def finish() -> Rollouts:
             out = wait()
-            timing = {"encode": t1 - t0, "sample": t2 - t1 + time.perf_counter() - t2}
+            timing = {"encode": t1 - t0 - waited, "sample": t2 - t1 + time.perf_counter() - t2}
             rows = self._score(prompts, ids, mask, out, timing)
             return Rollouts(rows, None, timing, params_step, weights)
 
@@ -142,14 +143,28 @@ class RolloutSource:
         # each host generates and scores its own part, and the parts are gathered at the end.
         prompts = next(self.iterator)
         ids, mask = encode_prompts(run.sampler, run.task, prompts, run.config.data.chat)
+        waited = self._wait_for_compile(ids)
         prompts, ids, mask = (sharding.host_part(x) for x in (prompts, ids, mask))
         t1 = time.perf_counter()
         out = jax.device_get(run.sampler.generate_ids(ids, mask, run.sampling, seed=key, group_size=G))
         t2 = time.perf_counter()
-        timing["encode"] += t1 - t0
+        timing["encode"] += t1 - t0 - waited
         timing["sample"] += t2 - t1
         # In this (main) thread: a collective on several processes, in the same order as the device's.
         return sharding.gather_host_parts(self._score(prompts, ids, mask, out, timing))
+
+    def _wait_for_compile(self, ids: Any) -> float:
+        """Waits while the warm-up still compiles the sampler for these prompts' bucket in the background
+        (`BackgroundCompiles`); returns the seconds waited."""
+        compiles = self.run.compiles
+        return 0.0 if compiles is None else compiles.wait("sampler", int(np.shape(ids)[1]))
+
+    def peek(self) -> list:
+        """The next step's prompts, left for it to take (the warm-up compiles their bucket first)."""
+        state = self.iterator.get_state()
+        prompts = next(self.iterator)
+        self.iterator.set_state(state)
+        return prompts
 
     def _score(self, prompts: list, ids: Any, mask: Any, out: Any, timing: dict[str, float]) -> Rollout:
         """Detokenises a round's completions and scores them (adds to `timing`); its rows."""

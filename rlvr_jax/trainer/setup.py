@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.checkpointing import Checkpointer
+from rlvr_jax.compiled import abstract, accepts
 from rlvr_jax.config import lora_options, loss_config, optim_config, prompt_buckets
 from rlvr_jax.data import get_task
 from rlvr_jax.data.base import Sample, Task, load_samples
@@ -65,13 +68,18 @@ class Console:
 
 class CompiledUpdate:
     """The jitted train step, compiled ahead of time once per batch shape, so that XLA's cost analysis
-    of the very executable that runs gives the FLOPs for MFU without compiling anything twice."""
+    of the very executable that runs gives the FLOPs for MFU without compiling anything twice.
+
+    Compiled for the state's and the batch's shapes and placements (`rlvr_jax.compiled.abstract`), never
+    their buffers: `compile_job` hands the warm-up a compile that another thread can run while steps
+    donate and replace the state."""
 
     def __init__(self, step_fn: Any):
         self.step_fn = step_fn
         self.compiled: dict[Any, Any] = {}
         self._flops: dict[Any, float | None] = {}
         self._adopted: list[Any] = []
+        self._lock = threading.Lock()  # the warm-up's background thread adds executables
 
     @staticmethod
     def _key(batch: dict) -> tuple:
@@ -85,15 +93,35 @@ class CompiledUpdate:
 
     def compile(self, state: Any, batch: dict) -> Any:
         """The executable for this batch shape, compiled now if it is new (nothing runs, nothing is
-        donated): the warm-up compiles each reachable shape before step 1 (`rlvr_jax.trainer.warmup`)."""
+        donated)."""
         key = self._key(batch)
-        if key not in self.compiled:
-            fits = [c for c in self._adopted if _accepts(c, (state, batch))]
+        found = self.compiled.get(key)
+        return found if found is not None else self._build(key, abstract((state, batch)))
+
+    def compile_job(self, state: Any, batch: dict) -> Callable[[], float]:
+        """The compile for this batch shape as a function that returns its seconds; the shapes are read
+        now, so it may run later in any thread (nothing of the state is kept but its shapes)."""
+        key, args = self._key(batch), abstract((state, batch))
+
+        def job() -> float:
+            t0 = time.perf_counter()
+            self._build(key, args)
+            return time.perf_counter() - t0
+
+        return job
+
+    def _build(self, key: tuple, args: tuple) -> Any:
+        with self._lock:
+            if key in self.compiled:
+                return self.compiled[key]
+            fits = [c for c in self._adopted if accepts(c, args)]
             if fits:
                 self._adopted.remove(fits[0])
-            self.compiled[key] = fits[0] if fits else self.step_fn.lower(state, batch).compile()
-            self._flops[key] = step_flops(self.compiled[key])
-        return self.compiled[key]
+        compiled = fits[0] if fits else self.step_fn.lower(*args).compile()
+        flops = step_flops(compiled)
+        with self._lock:
+            self._flops.setdefault(key, flops)
+            return self.compiled.setdefault(key, compiled)
 
     def __call__(self, state: Any, batch: dict) -> Any:
         return self.compile(state, batch)(state, batch)
@@ -101,34 +129,6 @@ class CompiledUpdate:
     def flops(self, batch: dict) -> float | None:
         """FLOPs per device of one update on a batch of this shape (None before it ran, or unknown)."""
         return self._flops.get(self._key(batch))
-
-
-def _accepts(compiled: Any, args: tuple) -> bool:
-    """Whether a `jax.stages.Compiled` takes exactly these positional arguments: the same tree, and per
-    leaf the same shape, dtype and weak type, and (for a jax.Array) the sharding it was compiled for.
-    Anything it cannot tell counts as no (the step is then compiled as usual)."""
-    try:
-        return _same_signature(compiled, args)
-    except Exception:  # an executable that cannot be checked is not used
-        return False
-
-
-def _same_signature(compiled: Any, args: tuple) -> bool:
-    leaves, tree = jax.tree.flatten((args, {}))
-    if tree != compiled.in_tree:
-        return False
-    avals = jax.tree.leaves(compiled.in_avals)
-    shardings = jax.tree.leaves(compiled.input_shardings)
-    if not len(leaves) == len(avals) == len(shardings):
-        return False
-    for x, aval, want in zip(leaves, avals, shardings, strict=True):
-        if np.shape(x) != aval.shape or jnp.dtype(x.dtype) != aval.dtype:
-            return False
-        if bool(getattr(x, "weak_type", False)) != bool(getattr(aval, "weak_type", False)):
-            return False
-        if isinstance(x, jax.Array) and not x.sharding.is_equivalent_to(want, np.ndim(x)):
-            return False
-    return True
 
 
 @dataclasses.dataclass
@@ -161,6 +161,8 @@ class Run:
     ref_params: Any = None
     micro_batches: int = 1
     train_step: CompiledUpdate | None = None
+    # The warm-up's compiles left to a background thread (`warmup.BackgroundCompiles`); None when none is.
+    compiles: Any = None
     logprob_fn: Any = None
     advantage_fn: Any = None
     checkpointer: Checkpointer | None = None

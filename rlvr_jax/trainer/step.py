@@ -174,6 +174,9 @@ def update_policy(run: Run, rollouts: Rollouts, step: int) -> Update:
     scores = rollouts.rows["rewards"]
     advantages = run.advantage_fn(jnp.asarray(scores), run.config.rl.group_size)
     batch = make_batch(run, rollouts.rows, advantages)
+    waited = 0.0  # for the warm-up's background compile of this width, if it is still running
+    if run.compiles is not None:
+        waited = run.compiles.wait("update", batch["tokens"].shape[1] - batch["completion_mask"].shape[1])
     t1 = time.perf_counter()
     try:
         run.state, history = update_on_rollout(
@@ -188,7 +191,7 @@ def update_policy(run: Run, rollouts: Rollouts, step: int) -> Update:
         raise UpdateOutOfMemory(out_of_memory_advice(run.config, rollouts.rows)) from e
     t2 = time.perf_counter()
     run.hand_params_to_sampler(step)
-    seconds = {"batch": t1 - t0, "update": t2 - t1, "handover": time.perf_counter() - t2}
+    seconds = {"batch": t1 - t0 - waited, "update": t2 - t1, "handover": time.perf_counter() - t2}
     rows = rollouts.rows
     tokens = int(rows["prompt_mask"].sum() + rows["mask"].sum()) * run.config.rl.mu  # the batch's attn_mask
     return Update(batch, metrics, len(history), seconds, tokens)

@@ -27,9 +27,10 @@ depend on the bucket.
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -37,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlvr_jax.compiled import abstract, outputs
 from rlvr_jax.config import update_prompt_buckets
 from rlvr_jax.generate.sampler import bucket
 from rlvr_jax.rl.batch import rollout_rows
@@ -59,73 +61,210 @@ def reachable_buckets(lengths: Sequence[int], buckets: Sequence[int], batch: int
     return [b for b in reached if b == reached[-1] or int(np.sum(own <= b)) >= batch]
 
 
-def warm_up(run: Run) -> float:
-    """Compiles the sampler and the update for every prompt bucket the training prompts can reach;
-    returns the seconds spent. One line per compile on the console, and one for the total."""
-    from rlvr_jax.evaluation.generate_and_score import prompt_lengths
+class BackgroundCompiles:
+    """The compiles step 1 does not need, in a pool of threads while the run evaluates and steps.
+
+    Every job only compiles (from shapes, `rlvr_jax.compiled`): nothing runs on the device and no buffer
+    is held, so the main thread's dispatch order is untouched (on a mesh, and across processes). A step
+    whose prompts reach a bucket still compiling waits for it (`wait`) rather than compiling it a second
+    time; the seconds it waited go to `time/compile_wait_s`. A job that fails is said once and left to the
+    step that needs it, which then compiles it itself as without warm-up.
+    """
+
+    def __init__(self, threads: int):
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="compile")
+        self._jobs: dict[tuple[str, int], Future] = {}
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._start = time.perf_counter()
+        self._reported_done = False
+        self.waited_s = 0.0  # all steps' waits so far
+
+    def submit(self, kind: str, width: int, job: Callable[[], list[str]]) -> None:
+        """Queues `job` (which returns its progress lines) for the (kind, width) a step waits on."""
+        future = self._pool.submit(job)
+        self._jobs[(kind, width)] = future
+        future.add_done_callback(lambda f: self._done(kind, width, f))
+
+    def _done(self, kind: str, width: int, future: Future) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            lines = [f"{line} (in the background)" for line in future.result()]
+        else:
+            lines = [
+                f"  the background compile of the {kind} for prompt width {width} failed "
+                f"({type(error).__name__}: {error}); the step that needs it compiles it itself"
+            ]
+        with self._lock:
+            self._lines.extend(lines)
+
+    def wait(self, kind: str, width: int) -> float:
+        """Blocks until the (kind, width) compile is done, if one was queued; returns the seconds waited."""
+        future = self._jobs.get((kind, width))
+        if future is None or future.done():
+            return 0.0
+        t0 = time.perf_counter()
+        with contextlib.suppress(Exception):  # a failed job is said by `report`; the step compiles it
+            future.result()
+        waited = time.perf_counter() - t0
+        self.waited_s += waited
+        return waited
+
+    def report(self) -> list[str]:
+        """The progress lines of the jobs finished since the last call, then one line once all are."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if not self._reported_done and all(f.done() for f in self._jobs.values()):
+            self._reported_done = True
+            lines.append(
+                f"  background compiles done: {len(self._jobs)} in {time.perf_counter() - self._start:.1f}s; "
+                f"the steps waited {self.waited_s:.1f}s for them"
+            )
+        return lines
+
+    def close(self) -> None:
+        """Drops the jobs not started and waits for the running ones (a compile cannot be interrupted)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def warm_up(run: Run, first_prompts: Sequence[Any] | None = None) -> tuple[float, BackgroundCompiles | None]:
+    """Compiles the sampler and the update for the prompt buckets the training prompts can reach; returns
+    the seconds spent before step 1, and the compiles left to the background (None when none is).
+
+    With `train.warmup_background` and step 1's prompts (`first_prompts`) only step 1's sampler bucket
+    and update width are compiled now; the other reachable ones go to `BackgroundCompiles`, the likeliest
+    first (a step is padded to its longest prompt's bucket: with many prompts a step, mostly the largest).
+    Otherwise all of them now. One line per compile on the console, and one for the total."""
+    from rlvr_jax.evaluation.generate_and_score import encode_prompts, prompt_lengths
 
     config, sampler, say = run.config, run.sampler, run.console.say
     t_start = time.perf_counter()
-    G, prompts = config.rl.group_size, config.rl.prompts_per_step
+    prompts = config.rl.prompts_per_step
     lengths = prompt_lengths(sampler, run.task, run.train_samples, config.data.chat)
     widths = reachable_buckets(lengths, sampler.prompt_buckets, prompts)
     # rl.update_prompt_buckets: the update trims the sampler's width to its own buckets (step.make_batch).
     own = update_prompt_buckets(config) or sampler.prompt_buckets
     update_widths = reachable_buckets(lengths, own, prompts)
     threads = int(config.train.warmup_threads)
-    when = "before step 1" + (f", up to {threads} at a time" if threads > 1 else "")
-    if update_widths == widths:
-        say(f"warm-up: compiling {len(widths)} prompt bucket(s) ({_join(widths)} tokens) {when}")
+    jobs = [("sampler", w, _sampler_job(run, w)) for w in widths]
+    jobs += [("update", w, _update_job(run, w)) for w in update_widths]
+    first: set[tuple[str, int]] = set()
+    if config.train.warmup_background and first_prompts:
+        ids = encode_prompts(sampler, run.task, first_prompts, config.data.chat)[0]
+        longest = max(lengths_of(ids, sampler.tokenizer.pad_id))
+        first = {("sampler", ids.shape[1]), ("update", bucket(longest, own))}
+    now = [job for job in jobs if not first or job[:2] in first]
+    later = [job for job in jobs if job not in now]
+    shapes = _describe(widths, update_widths)
+    if later:
+        sampled, updated = (_join(w) for w in _widths(now))
+        width = f"{sampled}" if sampled == updated else f"{sampled} for the sampler, {updated} for the update"
+        say(f"warm-up: compiling step 1's prompt bucket ({width} tokens) before it; the other {len(later)} "
+            f"compile(s) of {shapes} go on in the background")  # fmt: skip
     else:
-        say(f"warm-up: compiling the sampler for {len(widths)} prompt bucket(s) ({_join(widths)} tokens) and "
-            f"the update for {len(update_widths)} ({_join(update_widths)}) {when}")  # fmt: skip
-
-    def compile_sampler(width: int) -> list[str]:
-        key = jax.random.key(config.seed)
-        seconds = sampler.compile_bucket(prompts, width, run.sampling, seed=key, group_size=G)[1]
-        return [f"  compiled the sampler ({_shape(config, width)}): {seconds:.1f}s"]
-
-    jobs = [(compile_sampler, w) for w in widths] + [
-        (functools.partial(_compile_update, run), w) for w in update_widths
-    ]
-    if threads <= 1:  # one by one, each line as it is done
-        for job, width in sorted(jobs, key=lambda j: j[1]):
-            for line in job(width):
-                say(line)
-    else:  # all at once (the sampler's, the longest, first); the lines in that order
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warm-up") as pool:
-            pending: list[Future] = [pool.submit(job, width) for job, width in jobs]
-            try:
-                for future in pending:
-                    for line in future.result():
-                        say(line)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        at_once = f", up to {threads} at a time" if threads > 1 else ""
+        say(f"warm-up: compiling {shapes} before step 1{at_once}")
+    _run_now(now, 1 if later else threads, say)
     total = time.perf_counter() - t_start
-    say(f"warm-up done in {total:.1f}s", compile_s=total)
-    return total
+    say(f"warm-up done in {total:.1f}s" + (" (the rest in the background)" if later else ""), compile_s=total)
+    if not later:
+        return total, None
+    background = BackgroundCompiles(threads)
+    likely = {
+        **_likelihood(lengths, sampler.prompt_buckets, prompts, "sampler"),
+        **_likelihood(lengths, own, prompts, "update"),
+    }
+    for kind, width, job in sorted(later, key=lambda j: (-likely.get(j[:2], 0.0), j[0] != "sampler")):
+        background.submit(kind, width, job)
+    return total, background
 
 
-def _compile_update(run: Run, width: int) -> list[str]:
-    """The update (and the log-prob passes it needs) for one prompt width, on a batch of zero rows;
-    returns a progress line per compile."""
-    config, lines = run.config, []
+def lengths_of(ids: np.ndarray, pad_id: int) -> list[int]:
+    """Each left-padded row's prompt length (its tokens after the leading padding)."""
+    ids = np.asarray(ids)
+    real = ids != pad_id
+    first = np.where(real.any(axis=1), real.argmax(axis=1), ids.shape[1])
+    return [int(n) for n in ids.shape[1] - first]
+
+
+def _run_now(jobs: list, threads: int, say: Callable[..., None]) -> None:
+    """The jobs in this thread one by one (each line as it is done), or in a pool (lines in order)."""
+    if threads <= 1:
+        for _, _, job in sorted(jobs, key=lambda j: j[1]):
+            for line in job():
+                say(line)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warm-up") as pool:
+        pending: list[Future] = [pool.submit(job) for _, _, job in jobs]
+        try:
+            for future in pending:
+                for line in future.result():
+                    say(line)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _likelihood(lengths: Sequence[int], buckets: Sequence[int], batch: int, kind: str) -> dict:
+    """{(kind, bucket): the chance that a step of `batch` prompts drawn at random is padded to it}: its
+    longest prompt falls in that bucket, P(longest <= b) - P(longest <= the bucket below)."""
+    own = np.asarray([bucket(int(n), buckets) for n in lengths])
+    out, below = {}, 0.0
+    for b in sorted({int(x) for x in own}):
+        at_most = float(np.mean(own <= b)) ** batch
+        out[(kind, b)], below = at_most - below, at_most
+    return out
+
+
+def _sampler_job(run: Run, width: int) -> Callable[[], list[str]]:
+    """The sampler's compile for one prompt bucket, its shapes read now (`Sampler.bucket_compile`)."""
+    config = run.config
+    _, compile_now = run.sampler.bucket_compile(
+        config.rl.prompts_per_step, width, run.sampling, seed=jax.random.key(config.seed),
+        group_size=config.rl.group_size,
+    )  # fmt: skip
+    return lambda: [f"  compiled the sampler ({_shape(config, width)}): {compile_now():.1f}s"]
+
+
+def _update_job(run: Run, width: int) -> Callable[[], list[str]]:
+    """The update (and the log-prob passes it needs) for one prompt width: the shapes of a batch of zero
+    rows built now by the step's own `make_batch`; the compiles run when the job is called."""
+    config = run.config
     G, prompts, N = config.rl.group_size, config.rl.prompts_per_step, config.sampling.max_new_tokens
-    shape = _shape(config, width)
-    t0 = time.perf_counter()
     zero_rows = _zero_rows(prompts, width, N, G)
-    batch = make_batch(run, zero_rows, run.advantage_fn(jnp.asarray(zero_rows["rewards"]), G))
-    for name, (key, params) in _logprob_params(run).items():
-        run.logprob_fn.lower(params, batch).compile()
-        lines.append(f"  compiled the {name} log-probs ({shape}): {time.perf_counter() - t0:.1f}s")
-        t0 = time.perf_counter()
-        # The update's batch carries them (another executable than without); one forward on zeros
-        # gives them with the very layout the step's will have.
-        batch = {**batch, key: run.logprob_fn(params, batch)}
-    run.train_step.compile(run.state, batch)
-    lines.append(f"  compiled the update ({shape}): {time.perf_counter() - t0:.1f}s")
-    return lines
+    batch = abstract(make_batch(run, zero_rows, run.advantage_fn(jnp.asarray(zero_rows["rewards"]), G)))
+    passes = {name: (key, abstract(params)) for name, (key, params) in _logprob_params(run).items()}
+    state, shape = abstract(run.state), _shape(config, width)
+
+    def job() -> list[str]:
+        lines, full = [], dict(batch)
+        for name, (key, params) in passes.items():
+            t0 = time.perf_counter()
+            # Fills the jitted pass's own cache (on the mesh it has shardings); the update's batch carries
+            # its outputs, whose shapes and placements the compiled pass gives.
+            compiled = run.logprob_fn.lower(params, batch).compile()
+            full[key] = outputs(compiled, committed=run.mesh is not None)
+            lines.append(f"  compiled the {name} log-probs ({shape}): {time.perf_counter() - t0:.1f}s")
+        lines.append(f"  compiled the update ({shape}): {run.train_step.compile_job(state, full)():.1f}s")
+        return lines
+
+    return job
+
+
+def _widths(jobs: list) -> tuple[list[int], list[int]]:
+    return [w for k, w, _ in jobs if k == "sampler"], [w for k, w, _ in jobs if k == "update"]
+
+
+def _describe(widths: Sequence[int], update_widths: Sequence[int]) -> str:
+    """The prompt buckets compiled, as the progress lines name them."""
+    if list(widths) == list(update_widths):
+        return f"{len(widths)} prompt bucket(s) of {_join(widths)} tokens"
+    return (
+        f"the sampler for {len(widths)} prompt bucket(s) ({_join(widths)} tokens) and the update for "
+        f"{len(update_widths)} ({_join(update_widths)})"
+    )
 
 
 def _shape(config: Any, width: int) -> str:
