@@ -10,7 +10,8 @@ structs, so the program that consumes them can be compiled before the first one 
 An executable compiled this way is called directly (`jax.stages.Compiled`), not through the jitted
 function's cache: on a mesh, a jit without `in_shardings` lowered for shape structs does not fill the
 cache that the later call with committed arrays looks up (it compiled again; jax 0.11). A compiled
-executable rejects arguments it was not compiled for, so the first call checks them with `accepts`.
+executable checks its arguments before it runs and raises (TypeError for another dtype or shape,
+ValueError for another placement), so a caller can fall back to the jit; `accepts` asks beforehand.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -56,8 +56,8 @@ def outputs(compiled: jax.stages.Compiled, committed: bool) -> Any:
 
 def accepts(compiled: Any, args: tuple) -> bool:
     """Whether a `jax.stages.Compiled` takes exactly these positional arguments: the same tree, and per
-    leaf the same shape, dtype and weak type, and (for a jax.Array) the sharding it was compiled for.
-    Anything it cannot tell counts as no (the caller then compiles for the real arguments)."""
+    leaf the same shape, dtype and weak type, and (for a jax.Array, or a shape struct that names one) the
+    sharding it was compiled for. Anything it cannot tell counts as no."""
     try:
         return _same_signature(compiled, args)
     except Exception:  # an executable that cannot be checked is not used
@@ -69,16 +69,16 @@ def _same_signature(compiled: Any, args: tuple) -> bool:
     if tree != compiled.in_tree:
         return False
     avals = jax.tree.leaves(compiled.in_avals)
-    shardings = jax.tree.leaves(compiled.input_shardings)
+    # One per argument leaf, None where the program does not use that argument (XLA drops it).
+    shardings = compiled.in_tree.flatten_up_to(compiled.input_shardings)
     if not len(leaves) == len(avals) == len(shardings):
         return False
     for x, aval, want in zip(leaves, avals, shardings, strict=True):
-        if np.shape(x) != aval.shape or jnp.dtype(x.dtype) != aval.dtype:
+        if np.shape(x) != aval.shape or x.dtype != aval.dtype:  # (jnp.dtype cannot read a PRNG key's)
             return False
         if bool(getattr(x, "weak_type", False)) != bool(getattr(aval, "weak_type", False)):
             return False
-        # A jax.Array's placement, or the one a shape struct names (None: the default device, unchecked).
         placed = x.sharding if isinstance(x, jax.Array) else getattr(x, "sharding", None)
-        if placed is not None and not placed.is_equivalent_to(want, np.ndim(x)):
+        if placed is not None and want is not None and not placed.is_equivalent_to(want, np.ndim(x)):
             return False
     return True

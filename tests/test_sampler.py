@@ -211,8 +211,9 @@ def test_same_seed_same_samples_and_bounded_recompiles(model):
 
 def test_a_compiled_bucket_is_not_compiled_again_and_submit_equals_generate(model):
     """`compile_bucket` (the trainer's warm-up) compiles a bucket from shapes alone and leaves the
-    executables, which a later call with a prompt of that bucket runs: it lowers nothing. `submit_ids` (dispatch now, wait later, possibly in another
-    thread) samples exactly what `generate_ids` does, also with weights given explicitly."""
+    executables, which a later call with a prompt of that bucket runs: it lowers nothing. `submit_ids`
+    (dispatch now, wait later, possibly in another thread) samples exactly what `generate_ids` does,
+    also with weights given explicitly."""
     from tests.tiny import lowerings
 
     tokenizer = _tokenizer(stop_ids=(VOCAB + 5,))
@@ -234,6 +235,61 @@ def test_a_compiled_bucket_is_not_compiled_again_and_submit_equals_generate(mode
     for field in ("tokens", "logprobs", "mask", "lengths", "finished"):
         np.testing.assert_array_equal(getattr(b, field), getattr(c, field))
     assert a.tokens.shape == (6, 5) and sampler.compile_count == 2
+
+
+def test_a_bucket_compiled_from_shapes_on_a_mesh_runs_without_compiling_and_survives_new_dtypes(
+    model, caplog
+):
+    """On a mesh (what the trainer always uses) `bucket_compile` compiles from shapes alone, in a thread
+    of its own here as in the warm-up's background, and the real call with a typed key per step runs
+    the executables it left: XLA compiles nothing more, and the tokens equal a sampler compiled the usual
+    way. Weights handed over in another dtype than at the compile (bf16 for float32) do not fit those
+    executables: said in a warning, and the call compiles for them and samples what that sampler would."""
+    import logging
+    import threading
+
+    from rlvr_jax import sharding
+
+    def xla_compiles() -> tuple[list[str], object]:
+        names: list[str] = []
+
+        def listener(event: str, seconds: float, **kwargs: object) -> None:
+            if event == "/jax/core/compile/backend_compile_duration":
+                names.append(str(kwargs.get("fun_name", "?")))
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        return names, listener
+
+    tokenizer = _tokenizer(stop_ids=(VOCAB + 5,))
+    params = SamplingParams(temperature=1.0, max_new_tokens=5)
+    ids, mask = _prompts()
+    key = jax.random.fold_in(jax.random.key(4), 1)  # as a step's: a typed key, not the warm-up's
+    ahead = Sampler(model, tokenizer, prompt_buckets=(8,), new_token_buckets=(8,), mesh=sharding.make_mesh())
+    bucket_key, compile_now = ahead.bucket_compile(3, 5, params, seed=jax.random.key(0), group_size=2)
+    worker = threading.Thread(target=compile_now)
+    worker.start()
+    worker.join()
+    compiles, listener = xla_compiles()
+    try:
+        got = jax.device_get(ahead.generate_ids(ids, mask, params, seed=key, group_size=2))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    # (Only a few small eager operations compile, around the rollout.)
+    assert not [n for n in compiles if "rollout" in n] and ahead._compiled[bucket_key]._exe is not None
+    usual = Sampler(model, tokenizer, prompt_buckets=(8,), new_token_buckets=(8,), mesh=sharding.make_mesh())
+    want = jax.device_get(usual.generate_ids(ids, mask, params, seed=key, group_size=2))
+    for field in ("tokens", "logprobs", "lengths"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+
+    half = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, ahead.params)
+    ahead.update_params(half)
+    usual.update_params(half)
+    with caplog.at_level(logging.WARNING, logger="rlvr_jax.generate.sampler"):
+        got = jax.device_get(ahead.generate_ids(ids, mask, params, seed=key, group_size=2))
+    assert "the prefill compiled ahead of time does not take this call's arguments" in caplog.text
+    assert "bfloat16" in caplog.text and ahead._compiled[bucket_key]._exe is None
+    want = jax.device_get(usual.generate_ids(ids, mask, params, seed=key, group_size=2))
+    np.testing.assert_array_equal(got.tokens, want.tokens)
 
 
 def test_per_row_keys_make_a_row_independent_of_its_batch(model):

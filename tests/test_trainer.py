@@ -527,7 +527,7 @@ def test_a_background_warm_up_compiles_step_one_first_and_trains_as_one_compiled
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
     """train.warmup_background (the default): before step 1 only its own prompt bucket is compiled (the
-    sampler and the update); the other reachable one compiles in a background thread while the run
+    sampler, the reference log-prob pass and the update); the other reachable one compiles in a background thread while the run
     evaluates and steps, its lines marked so. No step compiles anything in its own thread (a step that
     reaches the other bucket finds it compiled, or waits for it: time/compile_wait_s), both buckets are
     used, and the run trains exactly as one that compiled everything before step 1: the executables
@@ -537,6 +537,7 @@ def test_a_background_warm_up_compiles_step_one_first_and_trains_as_one_compiled
     def run(name: str, background: bool) -> tuple[list[dict], str]:
         config = _tiny_config(tiny_model_dir, **{"train.steps": 6, "train.export_hf": False})
         config.train.warmup_background = background
+        config.rl.beta = 0.04  # the reference log-prob pass compiles (from shapes) with each update width
         config.data.task, config.data.eval_limit = "two_buckets_test", 4
         config.sampling.prompt_buckets = (40, 100)  # short prompts pad to 40, a step with a long one to 100
         summary = train(config, tmp_path / name)
@@ -553,7 +554,7 @@ def test_a_background_warm_up_compiles_step_one_first_and_trains_as_one_compiled
     assert "the other 2 compile(s) of 2 prompt bucket(s) of 40, 100 tokens go on in the background" in out
     assert before_step_1.count("compiled the sampler") == before_step_1.count("compiled the update") == 1
     assert f"x {first} + 8 tokens" in before_step_1 and f"x {other} + 8 tokens" not in before_step_1
-    for what in ("sampler", "update"):
+    for what in ("sampler", "reference log-probs", "update"):
         line = rf"compiled the {what} \(64 rows x {other} \+ 8 tokens\): [0-9.]+s \(in the background\)"
         assert re.search(line, out), what
     assert "background compiles done: 2 in" in out
@@ -563,7 +564,7 @@ def test_a_background_warm_up_compiles_step_one_first_and_trains_as_one_compiled
 
     upfront, out = run("up_front", False)
     assert "warm-up: compiling 2 prompt bucket(s) of 40, 100 tokens before step 1" in out
-    for key in ("reward/mean", "train/loss", "train/grad_norm", "response/length_mean"):
+    for key in ("reward/mean", "train/loss", "train/kl", "train/grad_norm", "response/length_mean"):
         assert [r[key] for r in rows] == [r[key] for r in upfront], key
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax.compiled import abstract, accepts, outputs
+from rlvr_jax.compiled import abstract, outputs
 from rlvr_jax.generate.sampling import row_keys, sample_tokens, sample_tokens_with_top, split_key
 from rlvr_jax.models.decoder import (
     Decoder,
@@ -356,7 +356,6 @@ class _Rollout:
 
         # (prefill, decode) compiled ahead of time (`compile`), called directly; None: through the jits.
         self._exe: tuple[Any, Any] | None = None
-        self._checked = False  # whether a real call's arguments were found to fit `_exe`
         self._committed = sampler.mesh is not None  # the prefill's outputs are placed (on the mesh)
         if sampler.mesh is None:
             self.prefill = jax.jit(rollout_prefill)
@@ -387,25 +386,27 @@ class _Rollout:
             state = self.prefill(arrays, ids, mask, rng, row_params)
             return self.decode(arrays, state, row_params, limit)[0]
         prefill, decode = self._exe
-        if not self._checked and not accepts(prefill, (arrays, ids, mask, rng, row_params)):
-            return self._misfit(params, ids, mask, rng, row_params, limit)
-        state = prefill(arrays, ids, mask, rng, row_params)
-        if not self._checked:
-            if not accepts(decode, (arrays, state, row_params, limit)):
-                self._misfit()
-                return self.decode(arrays, state, row_params, limit)[0]
-            self._checked = True
-        return decode(arrays, state, row_params, limit)[0]
+        try:  # an executable checks its arguments before it runs (nothing is donated yet when it raises)
+            state = prefill(arrays, ids, mask, rng, row_params)
+        except (TypeError, ValueError) as e:
+            self._drop_exe("prefill", e)
+            return self(params, ids, mask, rng, row_params, limit)
+        try:
+            return decode(arrays, state, row_params, limit)[0]
+        except (TypeError, ValueError) as e:
+            self._drop_exe("decode loop", e)
+            return self.decode(arrays, state, row_params, limit)[0]
 
-    def _misfit(self, *args: Any) -> GenerateOutput | None:
-        """The ahead-of-time executables do not take a real call's arguments (a placement the compile did
-        not foresee): said once, dropped, and the call goes through the jits (which compile for it)."""
+    def _drop_exe(self, which: str, error: Exception) -> None:
+        """The executables compiled ahead of time do not take a call's arguments (weights of another dtype
+        than at the compile, a placement it did not foresee): said, dropped, and this call and the later
+        ones go through the jits, which compile for them."""
+        first = str(error).strip().splitlines()[:2]
         _log.warning(
-            "the rollout compiled ahead of time does not take this call's arguments; compiling for them "
-            "(a compile the warm-up meant to save)"
-        )
+            "the %s compiled ahead of time does not take this call's arguments (%s); compiling for them",
+            which, " ".join(first),
+        )  # fmt: skip
         self._exe = None
-        return self(*args) if args else None
 
     def compile(
         self, arrays: Any, ids: Any, mask: Any, rng: Any, row_params: Any, limit: Any
@@ -415,12 +416,12 @@ class _Rollout:
         runs on the device and no buffer is held, so any thread may call this while another dispatches
         steps. The loop is compiled for the prefill's outputs as shape structs (`compiled.outputs`).
 
-        The executables are called directly by later calls (the first one checks its arguments fit), not
-        through the jits' caches, which a compile for shape structs on a mesh does not fill."""
+        Later calls run the executables directly, not through the jits' caches, which a compile for shape
+        structs on a mesh does not fill; a call whose arguments they do not take drops them (`_drop_exe`)."""
         prefill = self.prefill.lower(arrays, ids, mask, rng, row_params).compile()
         state = outputs(prefill, committed=self._committed)
         decode = self.decode.lower(arrays, state, row_params, limit).compile()
-        self._exe, self._checked = (prefill, decode), False
+        self._exe = (prefill, decode)
 
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
