@@ -174,9 +174,9 @@ def base_config() -> ml_collections.ConfigDict:
     # reach (a line per compile; time/compile_s at the first step), so no step stalls on a new bucket.
     c.train.warmup_compile = True
     # How many of those compiles run at once (sampler buckets and update widths, in a pool of threads: XLA
-    # compiles outside Python's lock). 1 = one by one: on a 2-core CPU 4 gained nothing (the demo's
-    # warm-up 21.6 -> 22.8 s); on an H100 6 gained 8% (GSM8K's shape, 50.8 -> 46.5 s: grpo_step_h200.sh
-    # warm6).
+    # compiles outside Python's lock); with warmup_background, the background's threads. 1 = one by one:
+    # on a 2-core CPU 4 gained nothing (the demo's warm-up 21.6 -> 22.8 s); on an H100 6 gained 8% (GSM8K's
+    # shape, 50.8 -> 46.5 s: grpo_step_h200.sh warm6).
     c.train.warmup_threads = 1
     # Compile only step 1's prompt bucket before it, and every other reachable one in the background while
     # the run evaluates and steps (a step that reaches a bucket still compiling waits for it:

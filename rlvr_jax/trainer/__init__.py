@@ -2,7 +2,8 @@
 
     set up     setup.py      the policy and its sampler on the mesh, data, optimizer, compiled update
     resume     setup.py      the newest checkpoint's train state, data position, run id and cost so far
-    warm up    warmup.py     compile the sampler and the update for every reachable prompt bucket
+    warm up    warmup.py     compile the sampler and the update for step 1's prompt bucket, and for every
+                             other reachable one in a background thread (steps wait for one still compiling)
     each step  rollouts.py   prompts (grain, per-host shard) -> sampler (jit, on the mesh) -> rewards
                              (host processes), dynamic sampling's refill rounds; with rl.async_rollouts
                              the next step's rollout, scored in a worker thread during this update

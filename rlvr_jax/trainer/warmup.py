@@ -1,4 +1,4 @@
-"""Compiling before step 1 what the steps will run, so that no step waits for XLA (`train.warmup_compile`).
+"""Compiling what the steps will run, so that no step waits for XLA (`train.warmup_compile`).
 
 The sampler pads a step's prompts to the bucket of its longest prompt (`Sampler.prompt_buckets`), and the
 update's batch is prompt bucket + generation budget wide, so each prompt bucket a step can reach is one
@@ -6,23 +6,24 @@ sampler executable and one update executable (plus the log-prob pass where old o
 needed); with `rl.update_prompt_buckets` the update has widths of its own (the sampler's batch trimmed to
 the longest real prompt's bucket), and each reachable width of either kind is compiled. Compiled lazily,
 a step whose prompts first reach a new bucket pays for both in the middle of the run, which shows up as a
-slow step and, on a busy machine, as a stall of minutes. Here every reachable bucket is compiled up
-front, one progress line per compile, and the total goes to the first step's metrics as `time/compile_s`.
+slow step and, on a busy machine, as a stall of minutes.
 
-With `train.warmup_threads` > 1 every compile (each sampler bucket, each update width) runs in a pool of
-that many threads (XLA compiles outside Python's lock), and the lines come in a fixed order once each
-is done. The default stays one by one: at GSM8K's shape (qwen2.5-0.5b, 3 buckets) on an H100, 6 at a time
-took 46.5 s against 50.8 s one by one: each of the six compiles then took 42-44 s of wall time, so they
-ran one after another in effect (each takes 6-11 s alone); on a 2-core CPU threads gained nothing. (Before the
-sampler's prefill scanned its layers the same warm-up took 140.5 s on an H200.)
+Before step 1 only step 1's own bucket is compiled (its prompts are known: the prompt iterator is peeked
+at), one progress line per compile, and that time goes to the first step's metrics as `time/compile_s`.
+Every other reachable bucket compiles in a background thread (`train.warmup_background`; the likeliest
+first) while the run evaluates and steps; a step whose prompts reach a bucket still compiling waits for it
+(`time/compile_wait_s`), and the background's lines come after the steps they finished in. At GSM8K's
+shape (qwen2.5-0.5b, 3 buckets) on an H100 that took the time before step 1 from 53.0 s to 24.0 s
+(`benchmarks/README.md`, "The warm-up in the background"). With `train.warmup_background=False` every
+compile happens before step 1, `train.warmup_threads` at a time.
 
-Almost nothing runs on the device: the sampler's two programs and the log-prob pass are compiled ahead of
-time through `jit(...).lower(...).compile()`, which fills the jitted functions' own caches (the later real
-call with that bucket finds it there; the sampler's prefill runs once on the zero rows, so that its decode
-loop is compiled for exactly the outputs a real call hands over), and the update through
-`CompiledUpdate.compile`, whose executables the steps call. The batch itself is built from zero rows by
-the very functions a step uses, which also compiles the few small eager operations (concatenations) that
-depend on the bucket.
+Every compile is made from shapes alone (`rlvr_jax.compiled`): the batch of zero rows the update compiles
+for is built by the step's own `make_batch` (in the main thread, with the very placements a step's will
+have) and then reduced to shapes; the sampler's two programs and the update are compiled ahead of time
+and their executables are what later calls run (`Sampler.bucket_compile`, `CompiledUpdate.compile_job`);
+the log-prob pass fills its jitted function's own cache. Nothing runs on the device in the background and
+no buffer is held there, so the main thread's dispatch order stays the only one, on a mesh and across
+processes, and a donating step cannot free what a compile still reads.
 """
 
 from __future__ import annotations
