@@ -98,7 +98,8 @@ def _close(run: Run, rollouts: RolloutSource) -> None:
     """Stops the reward workers and the background compiles (those not started are dropped)."""
     rollouts.close()
     if run.compiles is not None:
-        run.compiles.close()
+        for line in run.compiles.close():
+            run.console.say(line)
 
 
 def _first_evaluation(run: Run, log: RunLog) -> dict[str, float]:

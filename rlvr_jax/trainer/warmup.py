@@ -119,15 +119,20 @@ class BackgroundCompiles:
             lines, self._lines = self._lines, []
         if not self._reported_done and all(f.done() for f in self._jobs.values()):
             self._reported_done = True
+            dropped = sum(f.cancelled() for f in self._jobs.values())
+            done = f"{len(self._jobs) - dropped} of {len(self._jobs)}" if dropped else f"{len(self._jobs)}"
             lines.append(
-                f"  background compiles done: {len(self._jobs)} in {time.perf_counter() - self._start:.1f}s; "
-                f"the steps waited {self.waited_s:.1f}s for them"
+                f"  background compiles done: {done} in {time.perf_counter() - self._start:.1f}s"
+                + (f" ({dropped} not started before the run ended)" if dropped else "")
+                + f"; the steps waited {self.waited_s:.1f}s for them"
             )
         return lines
 
-    def close(self) -> None:
-        """Drops the jobs not started and waits for the running ones (a compile cannot be interrupted)."""
+    def close(self) -> list[str]:
+        """Drops the jobs not started and waits for the running ones (a compile cannot be interrupted);
+        returns the lines not reported yet."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        return self.report()
 
 
 def warm_up(run: Run, first_prompts: Sequence[Any] | None = None) -> tuple[float, BackgroundCompiles | None]:
