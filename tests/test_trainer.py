@@ -527,11 +527,12 @@ def test_a_background_warm_up_compiles_step_one_first_and_trains_as_one_compiled
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
     """train.warmup_background (the default): before step 1 only its own prompt bucket is compiled (the
-    sampler, the reference log-prob pass and the update); the other reachable one compiles in a background thread while the run
-    evaluates and steps, its lines marked so. No step compiles anything in its own thread (a step that
-    reaches the other bucket finds it compiled, or waits for it: time/compile_wait_s), both buckets are
-    used, and the run trains exactly as one that compiled everything before step 1: the executables
-    compiled from shapes alone compute what the jitted functions do."""
+    sampler, the reference log-prob pass and the update); the other reachable one compiles in a
+    background thread while the run evaluates and steps, its lines marked so. No step compiles anything
+    in its own thread (a step that reaches the other bucket finds it compiled, or waits for it:
+    time/compile_wait_s), both buckets are used, and the run trains exactly as one that compiled
+    everything before step 1: the executables compiled from shapes alone compute what the jitted
+    functions do."""
     from rlvr_jax.trainer import train
 
     def run(name: str, background: bool) -> tuple[list[dict], str]:
