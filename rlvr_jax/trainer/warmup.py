@@ -79,6 +79,7 @@ class BackgroundCompiles:
         self._lock = threading.Lock()
         self._start = time.perf_counter()
         self._reported_done = False
+        self._last_done = self._start  # when the latest job ended
         self.waited_s = 0.0  # all steps' waits so far
 
     def submit(self, kind: str, width: int, job: Callable[[], list[str]]) -> None:
@@ -100,6 +101,7 @@ class BackgroundCompiles:
             ]
         with self._lock:
             self._lines.extend(lines)
+            self._last_done = time.perf_counter()
 
     def wait(self, kind: str, width: int) -> float:
         """Blocks until the (kind, width) compile is done, if one was queued; returns the seconds waited."""
@@ -122,7 +124,7 @@ class BackgroundCompiles:
             dropped = sum(f.cancelled() for f in self._jobs.values())
             done = f"{len(self._jobs) - dropped} of {len(self._jobs)}" if dropped else f"{len(self._jobs)}"
             lines.append(
-                f"  background compiles done: {done} in {time.perf_counter() - self._start:.1f}s"
+                f"  background compiles done: {done} in {self._last_done - self._start:.1f}s"
                 + (f" ({dropped} not started before the run ended)" if dropped else "")
                 + f"; the steps waited {self.waited_s:.1f}s for them"
             )
@@ -166,8 +168,8 @@ def warm_up(run: Run, first_prompts: Sequence[Any] | None = None) -> tuple[float
     shapes = _describe(widths, update_widths)
     if later:
         sampled, updated = (_join(w) for w in _widths(now))
-        width = f"{sampled}" if sampled == updated else f"{sampled} for the sampler, {updated} for the update"
-        say(f"warm-up: compiling step 1's prompt bucket ({width} tokens) before it; the other {len(later)} "
+        width = f"{sampled} tokens" if sampled == updated else f"sampler {sampled}, update {updated} tokens"
+        say(f"warm-up: compiling step 1's prompt bucket ({width}) before it; the other {len(later)} "
             f"compile(s) of {shapes} go on in the background")  # fmt: skip
     else:
         at_once = f", up to {threads} at a time" if threads > 1 else ""
