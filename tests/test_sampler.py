@@ -210,7 +210,7 @@ def test_same_seed_same_samples_and_bounded_recompiles(model):
 
 
 def test_a_compiled_bucket_is_not_compiled_again_and_submit_equals_generate(model):
-    """`compile_bucket` (the trainer's warm-up) compiles a bucket from shapes alone and leaves the
+    """`bucket_compile` (the trainer's warm-up) compiles a bucket from shapes alone and leaves the
     executables, which a later call with a prompt of that bucket runs: it lowers nothing. `submit_ids`
     (dispatch now, wait later, possibly in another thread) samples exactly what `generate_ids` does,
     also with weights given explicitly."""
@@ -222,7 +222,8 @@ def test_a_compiled_bucket_is_not_compiled_again_and_submit_equals_generate(mode
     seed = jax.random.key(4)
     with lowerings() as warm:
         for width in (8, 16):
-            key, seconds = sampler.compile_bucket(3, width, params, seed=seed, group_size=2)
+            key, compile_now = sampler.bucket_compile(3, width, params, seed=seed, group_size=2)
+            seconds = compile_now()
             assert key[:4] == (3, width, 8, 2) and seconds > 0
     assert warm.count("jit(rollout_prefill)") == warm.count("jit(rollout_decode)") == 2
     ids, mask = _prompts()

@@ -725,21 +725,6 @@ class Sampler:
 
         return wait
 
-    def compile_bucket(
-        self,
-        rows: int,
-        prompt_len: int,
-        params: SamplingParams,
-        *,
-        seed: int | Array = 0,
-        group_size: int = 1,
-    ) -> tuple[tuple, float]:
-        """Compiles ahead of time the executables that `generate_ids` would use for `rows` prompts
-        `prompt_len` tokens wide under `params`; returns (its bucket key, seconds). `bucket_compile` then
-        its compile, in this thread."""
-        key, compile_now = self.bucket_compile(rows, prompt_len, params, seed=seed, group_size=group_size)
-        return key, compile_now()
-
     def bucket_compile(
         self,
         rows: int,
