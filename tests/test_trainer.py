@@ -569,6 +569,44 @@ def test_a_background_warm_up_compiles_step_one_first_and_trains_as_one_compiled
         assert [r[key] for r in rows] == [r[key] for r in upfront], key
 
 
+def test_background_compiles_report_failures_waits_and_jobs_never_started():
+    """`BackgroundCompiles`: a step waits only for its own (kind, width), and not at all once it is done;
+    a failed compile is said (the step then compiles for itself) and does not raise in the step; closing
+    drops the jobs not started and the last line counts them."""
+    import threading
+
+    from rlvr_jax.trainer.warmup import BackgroundCompiles
+
+    release = threading.Event()
+
+    def slow() -> list[str]:
+        release.wait(10)
+        return ["  compiled the sampler (x): 1.0s"]
+
+    def broken() -> list[str]:
+        raise RuntimeError("out of host memory")
+
+    compiles = BackgroundCompiles(threads=1)
+    compiles.submit("sampler", 64, slow)
+    compiles.submit("update", 64, broken)
+    compiles.submit("update", 128, lambda: ["  never"])
+    assert compiles.wait("sampler", 32) == 0.0  # nothing queued for that width
+    threading.Timer(0.2, release.set).start()
+    assert compiles.wait("sampler", 64) > 0.1 and compiles.waited_s > 0.1
+    assert compiles.wait("update", 64) >= 0.0  # failed: the step goes on and compiles it itself
+    lines = compiles.report()
+    assert lines[0] == "  compiled the sampler (x): 1.0s (in the background)"
+    assert "compile of the update for prompt width 64 failed (RuntimeError: out of host memory)" in lines[1]
+
+    release.clear()
+    queued = BackgroundCompiles(threads=1)
+    queued.submit("sampler", 64, slow)
+    queued.submit("update", 64, lambda: ["  not reached"])
+    threading.Timer(0.2, release.set).start()
+    last = queued.close()[-1]
+    assert "background compiles done: 1 of 2 in" in last and "(1 not started before the run ended)" in last
+
+
 def test_metrics_without_excluded_items_are_those_of_the_evaluation_budget(tiny_model_dir, tmp_path):
     """`--exclude`'s block reports the budget the evaluation used (sampling.eval_max_new_tokens), as the
     whole evaluation does; it said the training budget (the 2026-12-07 HumanEval files: 384 for 768)."""

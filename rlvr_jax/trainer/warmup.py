@@ -28,7 +28,6 @@ processes, and a donating step cannot free what a compile still reads.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -84,17 +83,14 @@ class BackgroundCompiles:
 
     def submit(self, kind: str, width: int, job: Callable[[], list[str]]) -> None:
         """Queues `job` (which returns its progress lines) for the (kind, width) a step waits on."""
-        future = self._pool.submit(job)
-        self._jobs[(kind, width)] = future
-        future.add_done_callback(lambda f: self._done(kind, width, f))
+        self._jobs[(kind, width)] = self._pool.submit(self._run, kind, width, job)
 
-    def _done(self, kind: str, width: int, future: Future) -> None:
-        if future.cancelled():
-            return
-        error = future.exception()
-        if error is None:
-            lines = [f"{line} (in the background)" for line in future.result()]
-        else:
+    def _run(self, kind: str, width: int, job: Callable[[], list[str]]) -> None:
+        """Runs a job and keeps its lines (a failure's too) before its future is done, so that a step that
+        waited for it finds them in `report`."""
+        try:
+            lines = [f"{line} (in the background)" for line in job()]
+        except Exception as error:  # said; the step that needs it compiles it itself, as without warm-up
             lines = [
                 f"  the background compile of the {kind} for prompt width {width} failed "
                 f"({type(error).__name__}: {error}); the step that needs it compiles it itself"
@@ -109,8 +105,7 @@ class BackgroundCompiles:
         if future is None or future.done():
             return 0.0
         t0 = time.perf_counter()
-        with contextlib.suppress(Exception):  # a failed job is said by `report`; the step compiles it
-            future.result()
+        future.result()  # a failed job returns too: `report` says it, and the step compiles it itself
         waited = time.perf_counter() - t0
         self.waited_s += waited
         return waited
