@@ -23,7 +23,7 @@ def _rows(n: int = 256, prompt: int = 64, completion: int = 64) -> dict:
 def _run(config) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         config=config, advantage_fn=lambda r, g: r, mesh=None, train_step=None, state=None,
-        logprob_fn=None, ref_params=None,
+        logprob_fn=None, ref_params=None, compiles=None,
     )  # fmt: skip
 
 
