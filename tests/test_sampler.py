@@ -291,6 +291,13 @@ def test_a_bucket_compiled_from_shapes_on_a_mesh_runs_without_compiling_and_surv
     assert "bfloat16" in caplog.text and ahead._compiled[bucket_key]._exe is None
     want = jax.device_get(usual.generate_ids(ids, mask, params, seed=key, group_size=2))
     np.testing.assert_array_equal(got.tokens, want.tokens)
+    # A bucket compiled after the hand-over (as the trainer's warm-up is) is compiled for the new dtype.
+    caplog.clear()
+    other_key, compile_now = ahead.bucket_compile(3, 8, params, seed=jax.random.key(0), group_size=3)
+    compile_now()
+    with caplog.at_level(logging.WARNING, logger="rlvr_jax.generate.sampler"):
+        ahead.generate_ids(ids, mask, params, seed=key, group_size=3)
+    assert not caplog.text and ahead._compiled[other_key]._exe is not None
 
 
 def test_per_row_keys_make_a_row_independent_of_its_batch(model):

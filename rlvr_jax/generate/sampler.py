@@ -473,7 +473,7 @@ class Sampler:
         self._prepared: tuple[Any, dict] | None = None  # (params, decode-ready arrays) for streaming
         # One jitted preparation for every parameter set (same structure), not one per update_params.
         self._decode_ready = jax.jit(lambda params: _decode_arrays(self.graphdef, params, None)[1])
-        self._decode_exe: Any = None
+        self._decode_exe: dict[Any, Any] = {}
         self._decode_lock = threading.Lock()  # `_fn` holds the other lock while a new bucket asks for this
         self.last_timing: dict[str, float] = {}
         self.prng_impl = prng_impl
@@ -493,11 +493,14 @@ class Sampler:
             self.params = sharding.put_on_mesh(self.params, self._param_shardings)
 
     def _decode_compiled(self) -> Any:
-        """`_decode_ready` compiled (for the current parameters' structure; the jit's cache holds it too)."""
+        """`_decode_ready` compiled for the current parameters (their structure, dtypes and placements: the
+        trainer hands over a bf16 copy of float32 weights; the jit's cache holds it too)."""
+        leaves, tree = jax.tree.flatten(self.params)
+        signature = (tree, tuple((x.dtype, getattr(x, "sharding", None)) for x in leaves))
         with self._decode_lock:
-            if self._decode_exe is None:
-                self._decode_exe = self._decode_ready.lower(self.params).compile()
-            return self._decode_exe
+            if signature not in self._decode_exe:
+                self._decode_exe[signature] = self._decode_ready.lower(self.params).compile()
+            return self._decode_exe[signature]
 
     def _decode_shardings(self) -> Any:
         """Where `_decode_ready` places the decode-ready weights on the mesh (the prefill takes them so)."""
