@@ -155,8 +155,8 @@ def warm_up(run: Run, first_prompts: Sequence[Any] | None = None) -> tuple[float
     jobs += [("update", w, _update_job(run, w)) for w in update_widths]
     first: set[tuple[str, int]] = set()
     if config.train.warmup_background and first_prompts:
-        ids = encode_prompts(sampler, run.task, first_prompts, config.data.chat)[0]
-        longest = max(lengths_of(ids, sampler.tokenizer.pad_id))
+        ids, mask = encode_prompts(sampler, run.task, first_prompts, config.data.chat)
+        longest = int(np.asarray(mask).sum(axis=1).max())  # as make_batch's fit_prompt_width measures it
         first = {("sampler", ids.shape[1]), ("update", bucket(longest, own))}
     now = [job for job in jobs if not first or job[:2] in first]
     later = [job for job in jobs if job not in now]
@@ -182,14 +182,6 @@ def warm_up(run: Run, first_prompts: Sequence[Any] | None = None) -> tuple[float
     for kind, width, job in sorted(later, key=lambda j: (-likely.get(j[:2], 0.0), j[0] != "sampler")):
         background.submit(kind, width, job)
     return total, background
-
-
-def lengths_of(ids: np.ndarray, pad_id: int) -> list[int]:
-    """Each left-padded row's prompt length (its tokens after the leading padding)."""
-    ids = np.asarray(ids)
-    real = ids != pad_id
-    first = np.where(real.any(axis=1), real.argmax(axis=1), ids.shape[1])
-    return [int(n) for n in ids.shape[1] - first]
 
 
 def _run_now(jobs: list, threads: int, say: Callable[..., None]) -> None:
